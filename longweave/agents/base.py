@@ -1,0 +1,148 @@
+"""The Strategy protocol, the registry, and the run context every strategy's nodes receive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from longweave.answer import Citation, Step, Usage
+from longweave.errors import ConfigError
+from longweave.events import Event, EventSink, ignore
+
+if TYPE_CHECKING:
+    from langgraph.graph import StateGraph
+    from pydantic import BaseModel
+
+    from longweave.chunking import Chunk
+    from longweave.documents import Document
+    from longweave.llm import LLM, Completion, Message
+
+
+class Strategy(Protocol):
+    """A long-context strategy: validated settings, an initial state, and a LangGraph graph.
+
+    The graph's final state must hold `answer` (str) and may hold `citations` and `flags`.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    def initial_state(self, ctx: RunContext) -> dict[str, Any]: ...
+
+    def max_steps(self, state: dict[str, Any]) -> int:
+        """An upper bound on node visits, from the strategy's caps (the recursion limit)."""
+        ...
+
+    def build(self) -> StateGraph: ...
+
+
+@dataclass
+class RunContext:
+    """What a strategy's nodes may use: the model, the document, the question, and the ledger."""
+
+    llm: LLM
+    document: Document
+    question: str
+    strategy: str
+    emit: EventSink = ignore
+    usage: Usage = field(default_factory=Usage)
+    steps: list[Step] = field(default_factory=list)
+
+    async def call(
+        self,
+        role: str,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        schema: type[BaseModel] | None = None,
+        temperature: float = 0.0,
+        index: int | None = None,
+        total: int | None = None,
+    ) -> Completion:
+        """Call the model as `role`, adding its usage to the ledger and announcing it."""
+        self.emit(Event("call", self.strategy, role, index, total, f"{role} call"))
+        started = time.perf_counter()
+        completion = await self.llm.complete(
+            messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
+        )
+        self.usage = self.usage + completion.usage
+        self.emit(
+            Event(
+                "progress",
+                self.strategy,
+                role,
+                index,
+                total,
+                f"{role} done",
+                {"seconds": time.perf_counter() - started, "cache": completion.meta.get("cache")},
+            )
+        )
+        return completion
+
+    def step(self, role: str, output: str = "", *, index: int | None = None, **detail: Any) -> None:
+        """Record one step of the trace."""
+        self.steps.append(Step(role=role, index=index, detail=detail, output=output))
+        self.emit(Event("step", self.strategy, role, index, message=output[:200], data=detail))
+
+    def chunk(self, max_tokens: int) -> list[Chunk]:
+        """Split the document with the model's own tokenizer into chunks of at most max_tokens."""
+        from longweave.chunking import Chunker
+
+        return Chunker(max_tokens, tokenizer=self.llm.tokenizer).split(self.document.text)
+
+    def cite_chunk(self, chunk: Chunk) -> Citation:
+        """A citation covering one whole chunk."""
+        return Citation(
+            doc_id=self.document.id,
+            start=chunk.start,
+            end=chunk.end,
+            text=chunk.text,
+            chunk_index=chunk.index,
+            source=self.document.source,
+        )
+
+
+# Built-in strategies, imported only when asked for so `import longweave` stays light.
+BUILTINS: dict[str, str] = {
+    "chain-of-agents": "longweave.agents.chain_of_agents:ChainOfAgents",
+}
+
+
+def _load(target: str) -> type:
+    module, _, attr = target.partition(":")
+    return getattr(import_module(module), attr)
+
+
+def available() -> dict[str, str]:
+    """Every strategy name with where it comes from: built-ins first, then entry points."""
+    names = dict(BUILTINS)
+    for ep in entry_points(group="longweave.strategies"):
+        names.setdefault(ep.name, ep.value)
+    return names
+
+
+def strategy_class(name: str) -> type:
+    """The class registered under `name`; unknown names list the choices."""
+    names = available()
+    if name not in names:
+        raise ConfigError(
+            f"unknown strategy {name!r}", hint=f"choose one of: {', '.join(sorted(names))}"
+        )
+    return _load(names[name])
+
+
+def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
+    """A configured strategy by name; options are validated against its settings."""
+    if not isinstance(name, str):
+        if options:
+            raise ConfigError("options cannot be applied to a strategy instance")
+        return name
+    cls = strategy_class(name)
+    try:
+        return cls(**options)
+    except Exception as exc:  # pydantic's ValidationError, reworded for users
+        raise ConfigError(f"invalid options for {name}: {exc}") from exc

@@ -1,0 +1,226 @@
+"""Chain-of-Agents: workers read the chunks in order, each handing a summary on; a manager answers.
+
+Zhang et al., "Chain of Agents: Large Language Models Collaborating on Long-Context Tasks",
+NeurIPS 2024, arXiv:2406.02818. Algorithm and defaults: STRATEGIES.md §1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import re
+from collections import Counter
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field
+
+from longweave.agents.base import RunContext
+from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
+from longweave.answer import Citation
+from longweave.budget import chunk_budget
+from longweave.chunking import Chunk
+from longweave.errors import ConfigError, LongweaveError
+
+_MARKER = re.compile(r"\s*\[c(\d+)\]")
+
+
+class JudgeChoice(BaseModel):
+    """The judge's pick among the paths' answers (multi-path mode)."""
+
+    reason: str = Field(max_length=300)
+    index: int = Field(ge=1, le=5)
+
+
+class CoAState(TypedDict, total=False):
+    chunks: list[Chunk]
+    orders: list[list[int]]  # per path, the chunk indices in reading order
+    cus: list[str]  # per path, the latest communication unit
+    position: int  # how many workers of every path have run
+    answers: list[str]  # per path, the manager's answer
+    answer: str
+    citations: list[Citation]
+    flags: Annotated[list[str], operator.add]
+
+
+class ChainOfAgents(BaseModel):
+    """Sequential workers pass a communication unit along the chunks; a manager answers from the last."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: ClassVar[str] = "chain-of-agents"
+    summary: ClassVar[str] = "workers read chunks in order passing a summary; a manager answers"
+
+    window: int = 8192
+    """Agent window k in tokens, capped by the model's own window (paper, 2°: 8k in the main runs)."""
+    max_new: int = 1024
+    """Generation cap of the manager (paper: 1024)."""
+    cu_cap: int | None = None
+    """Generation cap of a worker, i.e. the largest communication unit; None means max_new (ours)."""
+    margin: int = 64
+    """Tokens kept free for chat-template overhead (ours)."""
+    reserve_cu: bool = True
+    """Reserve room for the incoming and outgoing CU in the chunk budget. False is the paper's
+    budget B = k - T(I_W) - T(q), allowed only when the model's window has room for both (§1.5.2)."""
+    temperature: float = 0.0
+    """Sampling temperature of every call (paper: 0)."""
+    paths: Literal["single", "bidir"] = "single"
+    """`bidir` adds a right-to-left chain and votes between the two answers (reference code)."""
+    selector: Literal["vote", "judge"] = "vote"
+    """How multi-path answers are chosen: majority vote, with ties going to path 1 or to a judge."""
+    task: Literal["auto", "query", "summarize"] = "auto"
+    """`auto` picks the non-query (summarize) prompts when the question is empty (paper)."""
+    cite: bool = True
+    """Workers tag kept statements with [c<i>] so the answer cites chunk spans (ours; the paper
+    has no citations — set False for the faithful prompts)."""
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _k(self, ctx: RunContext) -> int:
+        return min(self.window, ctx.llm.context_window)
+
+    def _cu_cap(self) -> int:
+        return self.cu_cap if self.cu_cap is not None else self.max_new
+
+    def _query_mode(self, question: str) -> bool:
+        return self.task == "query" or (self.task == "auto" and bool(question.strip()))
+
+    def initial_state(self, ctx: RunContext) -> dict[str, Any]:
+        query = self._query_mode(ctx.question)
+        if not query and self.task == "query":
+            raise ConfigError("task='query' needs a question")
+        fixed = ctx.llm.count_prompt_tokens(
+            worker_messages(0, 1, "", "", ctx.question, query=query, cite=self.cite)
+        )
+        k, cu_cap = self._k(ctx), self._cu_cap()
+        if self.reserve_cu:
+            budget = chunk_budget(
+                k, max_new=cu_cap, fixed_tokens=fixed, carried_tokens=cu_cap, margin=self.margin
+            )
+        else:
+            if ctx.llm.context_window < k + 2 * cu_cap:
+                raise ConfigError(
+                    "reserve_cu=False needs a model window of at least window + 2 * cu_cap",
+                    hint="keep reserve_cu=True or lower window",
+                )
+            budget = chunk_budget(k, max_new=0, fixed_tokens=fixed, margin=self.margin)
+        chunks = ctx.chunk(budget)
+        if not chunks:
+            raise LongweaveError(f"{ctx.document.name} has no text to read")
+        forward = list(range(len(chunks)))
+        orders = [forward] if self.paths == "single" else [forward, forward[::-1]]
+        ctx.step("plan", f"{len(chunks)} chunks of <= {budget} tokens", chunks=len(chunks),
+                 budget=budget, paths=len(orders))
+        return {"chunks": chunks, "orders": orders, "cus": [""] * len(orders), "position": 0,
+                "flags": []}
+
+    def max_steps(self, state: dict[str, Any]) -> int:
+        return len(state["chunks"]) + 5
+
+    # -- graph ---------------------------------------------------------------------------------
+
+    def build(self) -> StateGraph:
+        graph = StateGraph(CoAState, context_schema=RunContext)
+        graph.add_node(self.work)
+        graph.add_node(self.manage)
+        graph.add_node(self.select)
+        graph.add_edge(START, "work")
+        graph.add_conditional_edges("work", self._next, ["work", "manage"])
+        graph.add_edge("manage", "select")
+        graph.add_edge("select", END)
+        return graph
+
+    @staticmethod
+    def _next(state: CoAState) -> str:
+        return "work" if state["position"] < len(state["chunks"]) else "manage"
+
+    async def work(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        """One worker of every path, paths concurrently; workers within a path stay in order."""
+        ctx, position = runtime.context, state["position"]
+        results = await asyncio.gather(
+            *(self._worker(ctx, state, p, order[position]) for p, order in enumerate(state["orders"]))
+        )
+        cus = [cu for cu, _ in results]
+        flags = [flag for _, flag in results if flag]
+        return {"cus": cus, "position": position + 1, "flags": flags}
+
+    async def _worker(self, ctx: RunContext, state: CoAState, path: int, i: int) -> tuple[str, str]:
+        chunks, prev = state["chunks"], state["cus"][path]
+        query = self._query_mode(ctx.question)
+        messages = worker_messages(
+            i, len(chunks), chunks[i].text, prev, ctx.question, query=query, cite=self.cite
+        )
+        reply = await ctx.call(
+            "worker", messages, max_tokens=self._cu_cap(), temperature=self.temperature,
+            index=i, total=len(chunks),
+        )
+        cu = reply.text.strip()
+        blank = not cu
+        # A blank CU would erase everything read so far: keep the previous one (STRATEGIES §1.5.7).
+        ctx.step("worker", cu or prev, index=i, path=path, finish_reason=reply.finish_reason,
+                 blank=blank)
+        return (prev, "blank_cu") if blank else (cu, "")
+
+    async def manage(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        """The manager of each path answers from that path's last communication unit only."""
+        ctx = runtime.context
+        query = self._query_mode(ctx.question)
+
+        async def one(path: int, cu: str) -> str:
+            messages = manager_messages(cu, ctx.question, query=query, cite=self.cite)
+            reply = await ctx.call(
+                "manager", messages, max_tokens=self.max_new, temperature=self.temperature,
+                index=path,
+            )
+            ctx.step("manager", reply.text.strip(), index=path, finish_reason=reply.finish_reason)
+            return reply.text.strip()
+
+        answers = await asyncio.gather(*(one(p, cu) for p, cu in enumerate(state["cus"])))
+        return {"answers": list(answers)}
+
+    async def select(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        """Pick the answer (vote across paths), then resolve citation markers to chunk spans."""
+        ctx, answers = runtime.context, state["answers"]
+        chosen = _vote(answers)
+        if chosen is None:
+            chosen = 0
+            if self.selector == "judge":
+                reply = await ctx.call(
+                    "judge", judge_messages(ctx.question, answers), max_tokens=256,
+                    schema=JudgeChoice,
+                )
+                pick = reply.parsed.index - 1
+                chosen = pick if 0 <= pick < len(answers) else 0
+        if len(answers) > 1:
+            ctx.step("select", answers[chosen], index=chosen, candidates=len(answers))
+        text, citations = _resolve_markers(answers[chosen], state["chunks"], ctx)
+        flags = [] if citations else ["uncited"]
+        return {"answer": text or answers[chosen], "citations": citations, "flags": flags}
+
+
+def _normalize(answer: str) -> str:
+    text = _MARKER.sub("", answer).lower()
+    text = re.sub(r"\b(a|an|the)\b", " ", re.sub(r"[^\w\s]", " ", text))
+    return " ".join(text.split())
+
+
+def _vote(answers: list[str]) -> int | None:
+    """The index of the majority answer, or None on a tie."""
+    if len(answers) == 1:
+        return 0
+    counts = Counter(_normalize(a) for a in answers).most_common()
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return None
+    return next(i for i, a in enumerate(answers) if _normalize(a) == counts[0][0])
+
+
+def _resolve_markers(
+    text: str, chunks: list[Chunk], ctx: RunContext
+) -> tuple[str, list[Citation]]:
+    """Strip [c<i>] markers from the answer and turn valid ones into chunk citations."""
+    seen: list[int] = []
+    for match in _MARKER.finditer(text):
+        i = int(match.group(1)) - 1
+        if 0 <= i < len(chunks) and i not in seen:
+            seen.append(i)
+    return _MARKER.sub("", text).strip(), [ctx.cite_chunk(chunks[i]) for i in seen]

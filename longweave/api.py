@@ -1,0 +1,100 @@
+"""The library calls behind `longweave.ask`: resolve the source, the model and the strategy, then run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from longweave.events import EventSink, ignore
+
+if TYPE_CHECKING:
+    from longweave.agents.base import Strategy
+    from longweave.answer import Answer
+    from longweave.config import Settings
+    from longweave.documents import Document
+    from longweave.llm import LLM
+
+_DOC_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".text"}
+
+
+def load_source(source: str | os.PathLike[str] | Document) -> Document:
+    """A Document from a path, a Document, or literal text.
+
+    A `str` is read as a path when it names an existing file or looks like one (a single line
+    with a document suffix), so a mistyped file name fails clearly instead of being answered as text.
+    """
+    from longweave.documents import Document, open_document
+
+    if isinstance(source, Document):
+        return source
+    if isinstance(source, os.PathLike):
+        return open_document(source)
+    looks_like_path = "\n" not in source and len(source) < 1024 and (
+        Path(source).suffix.lower() in _DOC_SUFFIXES or os.path.exists(source)
+    )
+    return open_document(source) if looks_like_path else Document.from_text(source)
+
+
+def make_model(model: str | LLM, *, cache: bool = True, settings: Settings | None = None) -> LLM:
+    """Resolve a model string and put the on-disk completion cache in front of it."""
+    from longweave.config import Settings
+    from longweave.llm import resolve_model
+
+    settings = settings or Settings()
+    llm = resolve_model(model)
+    if not (cache and settings.cache):
+        return llm
+    from longweave.cache import CachedLLM, CompletionCache
+
+    return CachedLLM(llm, CompletionCache(settings.cache_dir / "completions.sqlite"))
+
+
+async def aask(
+    source: str | os.PathLike[str] | Document,
+    question: str,
+    *,
+    strategy: str | Strategy | None = None,
+    model: str | LLM | None = None,
+    cache: bool = True,
+    on_event: EventSink = ignore,
+    **options: Any,
+) -> Answer:
+    """Answer `question` about `source`; `options` configure the strategy (see its settings)."""
+    from longweave.agents.base import get_strategy
+    from longweave.config import Settings
+    from longweave.runner import arun
+
+    settings = Settings()
+    document = load_source(source)
+    chosen = get_strategy(strategy or settings.strategy, **options)
+    llm = make_model(model or settings.model, cache=cache, settings=settings)
+    return await arun(chosen, document, question, llm, on_event=on_event)
+
+
+def ask(
+    source: str | os.PathLike[str] | Document,
+    question: str,
+    *,
+    strategy: str | Strategy | None = None,
+    model: str | LLM | None = None,
+    cache: bool = True,
+    on_event: EventSink = ignore,
+    **options: Any,
+) -> Answer:
+    """Answer `question` about `source` (a path, a Document or text) with a long-context strategy.
+
+    >>> from longweave.testing import ScriptedModel
+    >>> model = ScriptedModel()
+    >>> model.on("worker", reply="Notes: the key is under the mat [c1].")
+    >>> model.on("manager", reply="Under the mat [c1].")
+    >>> answer = ask("The key is under the mat.", "Where is the key?", model=model, cache=False)
+    >>> answer.text, answer.usage.calls, answer.citations[0].text
+    ('Under the mat.', 2, 'The key is under the mat.')
+    """
+    import asyncio
+
+    return asyncio.run(
+        aask(source, question, strategy=strategy, model=model, cache=cache, on_event=on_event,
+             **options)
+    )

@@ -1,0 +1,40 @@
+"""The `longweave` command line: a thin typer layer over the library; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from longweave.cli import ask as _ask
+from longweave.cli import serve as _serve
+from longweave.cli import strategies as _strategies
+from longweave.errors import LongweaveError
+
+app = typer.Typer(
+    name="longweave",
+    help="Ask questions of documents far longer than a model's context window.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("ask")(_ask.ask)
+app.command("serve")(_serve.serve)
+app.command("strategies")(_strategies.strategies)
+
+
+def main() -> None:
+    """Entry point of the console script: errors become one clear message and an exit code."""
+    from rich.console import Console
+
+    try:
+        app()
+    except LongweaveError as exc:
+        console = Console(stderr=True)
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            console.print(f"[dim]{exc.hint}[/]", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,22 @@
+"""Parsing of `--set key=value` strategy options shared by the commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from longweave.errors import ConfigError
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`["max_new=256", "paths=bidir"]` -> `{"max_new": 256, "paths": "bidir"}` (JSON values)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad option {pair!r}", hint="write options as --set key=value")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = raw
+    return options

@@ -1,0 +1,45 @@
+"""Settings read from the environment (LONGWEAVE_* and OPENAI_*), validated and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "longweave"
+
+
+class Settings(BaseSettings):
+    """Process-wide defaults; every field can be set as LONGWEAVE_<FIELD> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LONGWEAVE_", extra="forbid")
+
+    model: str = "local"
+    """The model string used when none is given: 'local', 'hf:<id>' or 'openai:<model>'."""
+    strategy: str = "chain-of-agents"
+    """The strategy used when none is given."""
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    """Where completions and per-document artifacts are cached."""
+    cache: bool = True
+    """Cache completions made at temperature 0 on disk (SQLite)."""
+    max_document_bytes: int = 256 * 1024 * 1024
+    """Files larger than this are refused with a clear error rather than read into memory."""
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "LONGWEAVE_OPENAI_API_KEY")
+    )
+    """API key for the OpenAI-compatible backend."""
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "LONGWEAVE_OPENAI_BASE_URL")
+    )
+    """Base URL of an OpenAI-compatible server (vLLM, llama.cpp, `longweave serve`, ...)."""
+    request_timeout: float = 120.0
+    """Seconds before a remote model call is abandoned and retried."""
+    max_retries: int = 4
+    """Retries on 429, 5xx and timeouts, with exponential backoff that honours Retry-After."""
+    concurrency: int = 8
+    """Model calls in flight at once, per backend."""

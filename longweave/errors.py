@@ -1,0 +1,88 @@
+"""One documented error tree: every error carries its data and says what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LongweaveError(Exception):
+    """Base of every error longweave raises on purpose."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+        super().__init__(f"{message} ({self.hint})" if self.hint else message)
+
+
+class DocumentError(LongweaveError):
+    """A file could not be read as a document; `path` names it and `hint` says how to fix it."""
+
+    def __init__(self, path: str | Path, problem: str, *, hint: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}", hint=hint)
+
+
+class ConfigError(LongweaveError):
+    """Invalid settings, an unknown model string or strategy, or a missing optional extra."""
+
+
+class MissingDependency(ConfigError):
+    """An optional dependency is not installed; the hint names the extra that provides it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{package} is not installed",
+            hint=f"install it with: pip install 'longweave[{extra}]'",
+        )
+
+
+class BudgetExceeded(LongweaveError):
+    """A prompt plus its generation cap would not fit the model's window."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, window: int, *, hint: str = "") -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.window = window
+        super().__init__(
+            f"prompt of {prompt_tokens} tokens + {max_tokens} new tokens exceeds the "
+            f"{window}-token window",
+            hint=hint or "use smaller chunks or a model with a larger context window",
+        )
+
+
+class ModelError(LongweaveError):
+    """A model backend failed: the provider refused, timed out or returned an error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.status = status
+        super().__init__(message, hint=hint)
+
+
+class ParseError(ModelError):
+    """The model's output did not validate against the requested schema, even after a re-ask."""
+
+    def __init__(self, message: str, *, raw: str, provider: str = "") -> None:
+        self.raw = raw
+        super().__init__(
+            message,
+            provider=provider,
+            hint="use a stronger model, or raise max_tokens so the JSON can close",
+        )
+
+
+class UnscriptedCall(LongweaveError):
+    """A scripted test model received a request that no rule answers."""

@@ -1,0 +1,114 @@
+"""The model contract: one protocol every backend implements, and the model-string resolver.
+
+Strategies see only `LLM`; whether the model is local or remote is the backend's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from longweave.answer import Usage
+from longweave.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from longweave.tokenizers import Tokenizer
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: Role
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def system(content: str) -> Message:
+    return Message("system", content)
+
+
+def user(content: str) -> Message:
+    return Message("user", content)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's reply: the text, the parsed object when a schema was asked for, and exact usage."""
+
+    text: str
+    usage: Usage
+    parsed: Any = None
+    finish_reason: str = "stop"
+    model: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A chat model. `complete` must report exact usage; `role` names the caller for tracing."""
+
+    name: str
+    context_window: int
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens the messages occupy once the chat template is applied."""
+        ...
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        schema: type[BaseModel] | None = None,
+        role: str = "",
+    ) -> Completion: ...
+
+
+def check_budget(prompt_tokens: int, max_tokens: int, window: int) -> None:
+    """Raise `BudgetExceeded` unless the prompt and its generation cap fit the window."""
+    from longweave.errors import BudgetExceeded
+
+    if prompt_tokens + max_tokens > window:
+        raise BudgetExceeded(prompt_tokens, max_tokens, window)
+
+
+MODEL_FORMS = "'local', 'hf:<path or hub id>' or 'openai:<model>'"
+
+
+def resolve_model(spec: str | LLM, **options: Any) -> LLM:
+    """Turn a model string into a backend; heavy imports happen only here, on demand.
+
+    >>> resolve_model("nonsense")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ConfigError: unknown model 'nonsense'
+    """
+    if not isinstance(spec, str):
+        return spec
+    kind, _, rest = spec.partition(":")
+    if spec == "local":
+        from longweave.local_models import LocalLLM
+
+        return LocalLLM.bundled(**options)
+    if kind == "hf" and rest:
+        from longweave.local_models import LocalLLM
+
+        return LocalLLM.from_pretrained(rest, **options)
+    if kind == "openai" and rest:
+        from longweave.openai_backend import OpenAILLM
+
+        return OpenAILLM(rest, **options)
+    raise ConfigError(f"unknown model {spec!r}", hint=f"use {MODEL_FORMS}")

@@ -1,0 +1,58 @@
+"""The one runner every strategy goes through: compile, invoke with the run context, build the Answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from longweave.agents.base import RunContext, Strategy
+from longweave.answer import Answer
+from longweave.events import Event, EventSink, ignore
+
+if TYPE_CHECKING:
+    from longweave.documents import Document
+    from longweave.llm import LLM
+
+
+async def arun(
+    strategy: Strategy,
+    document: Document,
+    question: str,
+    llm: LLM,
+    *,
+    on_event: EventSink = ignore,
+) -> Answer:
+    """Answer `question` about `document` with `strategy` and `llm`."""
+    ctx = RunContext(llm, document, question, strategy.name, emit=on_event)
+    started = time.perf_counter()
+    on_event(Event("start", strategy.name, message=f"{strategy.name} on {document.name}"))
+    state = strategy.initial_state(ctx)
+    graph = strategy.build().compile()
+    final = await graph.ainvoke(
+        state, context=ctx, config={"recursion_limit": strategy.max_steps(state)}
+    )
+    answer = Answer(
+        text=final["answer"],
+        strategy=strategy.name,
+        model=llm.name,
+        citations=final.get("citations", []),
+        steps=ctx.steps,
+        usage=ctx.usage,
+        flags=sorted(set(final.get("flags", []))),
+    )
+    wall = time.perf_counter() - started
+    on_event(Event("finish", strategy.name, message=answer.usage.line(), data={"wall": wall}))
+    return answer
+
+
+def run(
+    strategy: Strategy,
+    document: Document,
+    question: str,
+    llm: LLM,
+    *,
+    on_event: EventSink = ignore,
+) -> Answer:
+    """The synchronous form of `arun`, for scripts and the CLI."""
+    return asyncio.run(arun(strategy, document, question, llm, on_event=on_event))
