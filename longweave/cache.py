@@ -1,0 +1,298 @@
+"""Content-addressed caches: model completions in SQLite, per-document artifacts as directories.
+
+A second question about the same document should cost only the question: completions made at
+temperature 0 are replayed from disk, and expensive per-document builds are done once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from longweave.answer import Usage
+from longweave.llm import LLM, Completion, Message
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from longweave.tokenizers import Tokenizer
+
+__all__ = ["ArtifactCache", "CachedLLM", "CompletionCache", "completion_key"]
+
+KEY_VERSION = 1
+"""Bumped when the key recipe changes, so old entries are never misread."""
+
+
+def completion_key(
+    model: str,
+    messages: Sequence[Message | Mapping[str, str]],
+    *,
+    max_tokens: int,
+    temperature: float,
+    schema: type[BaseModel] | None,
+) -> str:
+    """The sha256 of the canonical JSON of everything that determines a completion."""
+    payload = {
+        "v": KEY_VERSION,
+        "model": model,
+        "messages": [
+            [m.role, m.content] if isinstance(m, Message) else [m["role"], m["content"]]
+            for m in messages
+        ],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "schema": schema.model_json_schema() if schema is not None else None,
+    }
+    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class CompletionCache:
+    """A completion store in one SQLite file, safe across threads and processes.
+
+    >>> import tempfile, pathlib
+    >>> cache = CompletionCache(pathlib.Path(tempfile.mkdtemp()) / "c.sqlite")
+    >>> cache.put("k", {"text": "Lima"}); cache.get("k")
+    {'text': 'Lima'}
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path).expanduser()
+        self.busy_timeout_s = busy_timeout_s
+        # One connection per process, shared by threads under a lock: queries take
+        # microseconds next to a model call, and one connection is simple to rebuild.
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0  # the process that opened `_conn`
+        self._inode = 0  # the file `_conn` opened, to tell "corrupt" from "already rebuilt"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored record, or None on a miss (or when the cache is unusable)."""
+        row = self._run(lambda c: c.execute("SELECT record FROM completions WHERE key = ?", (key,)))
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        """Store a JSON-serializable record under `key`, replacing any earlier one."""
+        data = json.dumps(record, ensure_ascii=False)
+        self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO completions (key, record, created) VALUES (?, ?, ?)",
+                (key, data, time.time()),
+            )
+        )
+
+    def close(self) -> None:
+        """Close this process's connection (it reopens on next use)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _run(self, query: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> Any:
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    with self._connection() as conn:  # commits, or rolls back on error
+                        return query(conn).fetchone()
+                except (sqlite3.OperationalError, OSError) as exc:
+                    # Locked past the busy timeout, read-only, disk full, bad path: skip the cache
+                    # rather than fail the question.
+                    warnings.warn(f"completion cache {self.path}: {exc}", RuntimeWarning, 3)
+                    return None
+                except sqlite3.DatabaseError as exc:  # not a database, or malformed
+                    if attempt:
+                        warnings.warn(f"completion cache {self.path}: {exc}", RuntimeWarning, 3)
+                        return None
+                    self._rebuild(exc)
+        return None
+
+    def _connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._conn is not None and self._pid != pid:
+            self._conn = None  # inherited across fork: never reuse a parent's connection
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False)
+            self._inode = self.path.stat().st_ino
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")  # WAL keeps this crash-safe
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS completions "
+                    "(key TEXT PRIMARY KEY, record TEXT NOT NULL, created REAL NOT NULL)"
+                )
+            except sqlite3.Error:
+                conn.close()
+                raise
+            self._conn, self._pid = conn, pid
+        return self._conn
+
+    def _rebuild(self, exc: sqlite3.DatabaseError) -> None:
+        """Move a corrupt file aside and start empty, unless another process already did."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        try:
+            if self.path.stat().st_ino != self._inode:
+                return  # another process replaced the file since we opened it; just reconnect
+        except FileNotFoundError:
+            return
+        warnings.warn(
+            f"completion cache {self.path} is unreadable ({exc}); moving it aside and starting "
+            "a new one",
+            RuntimeWarning,
+            4,
+        )
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                os.replace(src, self.path.with_name(self.path.name + ".corrupt" + suffix))
+
+
+class CachedLLM:
+    """An `LLM` that replays temperature-0 completions from a `CompletionCache`."""
+
+    def __init__(self, inner: LLM, cache: CompletionCache, *, enabled: bool = True) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.enabled = enabled
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def context_window(self) -> int:
+        return self.inner.context_window
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.inner.tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return self.inner.count_prompt_tokens(messages)
+
+    def __getattr__(self, attr: str) -> Any:
+        # Backend-specific extras (attention scoring on a local model, say) stay reachable.
+        if attr == "inner":
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        schema: type[BaseModel] | None = None,
+        role: str = "",
+    ) -> Completion:
+        """Answer from the cache when possible; otherwise call the inner model and store."""
+        use = self.enabled and temperature == 0
+        key = ""
+        if use:
+            started = time.perf_counter()
+            key = completion_key(
+                self.inner.name, messages, max_tokens=max_tokens, temperature=0.0, schema=schema
+            )
+            record = await asyncio.to_thread(self.cache.get, key)
+            hit = _replay(record, schema, time.perf_counter() - started) if record else None
+            if hit is not None:
+                return hit
+        completion = await self.inner.complete(
+            messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
+        )
+        if use and (schema is None or completion.parsed is not None):
+            await asyncio.to_thread(self.cache.put, key, _record(completion))
+        return completion
+
+
+def _record(completion: Completion) -> dict[str, Any]:
+    parsed = completion.parsed
+    return {
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        "model": completion.model,
+        "usage": completion.usage.model_dump(),
+        # Backends may parse leniently (fenced JSON, say); keep what they validated.
+        "parsed": parsed.model_dump(mode="json") if hasattr(parsed, "model_dump") else None,
+    }
+
+
+def _replay(
+    record: dict[str, Any], schema: type[BaseModel] | None, seconds: float
+) -> Completion | None:
+    """A completion rebuilt from a record, or None if it no longer validates (then: a miss)."""
+    from pydantic import ValidationError
+
+    parsed = None
+    if schema is not None:
+        try:
+            parsed = schema.model_validate_json(record["text"])
+        except ValidationError:
+            try:
+                parsed = schema.model_validate(record.get("parsed"))
+            except ValidationError:
+                return None
+    return Completion(
+        text=record["text"],
+        usage=Usage(calls=1, cache_hits=1, seconds=seconds),
+        parsed=parsed,
+        finish_reason=record.get("finish_reason", "stop"),
+        model=record.get("model", ""),
+        meta={"cache": "hit"},
+    )
+
+
+_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+class ArtifactCache:
+    """Per-key directories built once, atomically: a reader never sees a half-built artifact.
+
+    >>> import tempfile
+    >>> cache = ArtifactCache(tempfile.mkdtemp())
+    >>> d = cache.get_or_build("doc1-tree", lambda p: (p / "tree.json").write_text("{}"))
+    >>> (d / "tree.json").read_text()
+    '{}'
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    def get_or_build(self, key: str, build: Callable[[Path], None]) -> Path:
+        """The directory for `key`, calling `build(tmp_dir)` to fill it first if it is missing."""
+        if not _SAFE_KEY.fullmatch(key):
+            raise ValueError(f"artifact key {key!r} must be letters, digits, '.', '_' or '-'")
+        final = self.root / key
+        if final.is_dir():
+            return final
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self.root))
+        try:
+            build(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                # Another process finished first; its copy is as good as ours.
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final

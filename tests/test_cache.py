@@ -1,0 +1,357 @@
+"""The completion cache (SQLite), the caching LLM wrapper, and the per-document artifact cache."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from longweave.answer import Usage
+from longweave.cache import ArtifactCache, CachedLLM, CompletionCache, completion_key
+from longweave.llm import LLM, Completion, Message, system, user
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class City(BaseModel):
+    name: str
+
+
+class Country(BaseModel):
+    name: str
+
+
+class FakeLLM:
+    """Answers "Lima" (or City JSON), counts calls, and can refuse anything that loads weights."""
+
+    def __init__(self, name: str = "fake-1", *, loaded: bool = True, parse: bool = True) -> None:
+        self.name = name
+        self.calls: list[tuple[list[Message], float]] = []
+        self.loaded = loaded
+        self.parse = parse
+
+    def _weights(self) -> None:
+        # Local backends load weights lazily; a cache hit must not trigger that.
+        if not self.loaded:
+            raise AssertionError("a cache hit touched the model")
+
+    @property
+    def context_window(self) -> int:
+        self._weights()
+        return 4096
+
+    @property
+    def tokenizer(self) -> str:
+        self._weights()
+        return "whitespace"
+
+    def count_tokens(self, text: str) -> int:
+        self._weights()
+        return len(text.split())
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        self._weights()
+        return sum(len(m.content.split()) + 2 for m in messages)
+
+    def extra_feature(self) -> str:
+        return "backend-specific"
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        schema: type[BaseModel] | None = None,
+        role: str = "",
+    ) -> Completion:
+        self._weights()
+        self.calls.append((list(messages), temperature))
+        text = '{"name": "Lima"}' if schema else "Lima"
+        parsed = schema.model_validate_json(text) if schema and self.parse else None
+        return Completion(
+            text=text,
+            usage=Usage(calls=1, prompt_tokens=12, completion_tokens=3, seconds=0.5),
+            parsed=parsed,
+            finish_reason="stop",
+            model=f"{self.name}-v2",
+        )
+
+
+QUESTION = [system("Answer briefly."), user("What is the capital of Peru?")]
+
+
+# -- completion_key ------------------------------------------------------------------------
+
+
+def key(**changes: object) -> str:
+    args: dict = {
+        "model": "m",
+        "messages": QUESTION,
+        "max_tokens": 16,
+        "temperature": 0.0,
+        "schema": None,
+    } | changes
+    model, messages = args.pop("model"), args.pop("messages")
+    return completion_key(model, messages, **args)
+
+
+def test_completion_key_covers_everything_that_shapes_the_output() -> None:
+    base = key()
+    assert len(base) == 64 and base == key()
+    assert key(messages=[m.as_dict() for m in QUESTION]) == base  # dicts and Messages agree
+    variants = [
+        key(model="other"),
+        key(messages=[system("Answer briefly."), user("What is the capital of Chile?")]),
+        key(messages=[user("Answer briefly."), user("What is the capital of Peru?")]),
+        key(messages=QUESTION[1:]),
+        key(max_tokens=17),
+        key(temperature=0.7),
+        key(schema=City),
+        key(schema=Country),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+# -- CompletionCache -----------------------------------------------------------------------
+
+
+def test_put_get_roundtrip_persists_in_a_wal_database(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "completions.sqlite"
+    cache = CompletionCache(path)
+    assert cache.get("k") is None
+    record = {"text": "Lima ✓", "finish_reason": "stop", "usage": {"prompt_tokens": 3}}
+    cache.put("k", record)
+    assert cache.get("k") == record
+    cache.put("k", {"text": "replaced"})
+    cache.close()
+    assert CompletionCache(path).get("k") == {"text": "replaced"}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "malformed"])
+def test_a_corrupt_database_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "completions.sqlite"
+    cache = CompletionCache(path)
+    for i in range(300):
+        cache.put(f"k{i}", {"text": "x" * 500})
+    cache.close()
+    with sqlite3.connect(path) as conn:  # fold the WAL into the main file before damaging it
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data = bytearray(b"not a database " * 100)
+    else:
+        for offset in range(4096, len(data), 4096):  # keep the header, wreck every page
+            data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+    cache = CompletionCache(path)
+    with pytest.warns(RuntimeWarning, match="moving it aside"):
+        assert cache.get("k1") is None
+    cache.put("fresh", {"text": "ok"})
+    assert cache.get("fresh") == {"text": "ok"}
+    assert (tmp_path / "completions.sqlite.corrupt").exists()
+
+
+async def test_an_unusable_cache_location_never_fails_the_question(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    cache = CompletionCache(tmp_path / "a-file" / "c.sqlite")  # its parent is not a directory
+    inner = FakeLLM()
+    with pytest.warns(RuntimeWarning, match="completion cache"):
+        answer = await CachedLLM(inner, cache).complete(QUESTION, max_tokens=16)
+    assert answer.text == "Lima" and len(inner.calls) == 1
+
+
+def test_many_threads_share_one_cache(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+
+    def work(worker: int) -> int:
+        seen = 0
+        for i in range(40):
+            cache.put(f"own-{worker}-{i}", {"worker": worker, "i": i})
+            cache.put(f"shared-{i}", {"i": i})  # every thread writes the same keys
+            assert cache.get(f"own-{worker}-{i}") == {"worker": worker, "i": i}
+            seen += cache.get(f"shared-{i}") == {"i": i}
+        return seen
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(work, range(16))) == [40] * 16
+    assert all(cache.get(f"own-{w}-39") == {"worker": w, "i": 39} for w in range(16))
+
+
+WRITER = """
+import sys
+from longweave.cache import CompletionCache
+cache = CompletionCache(sys.argv[1])
+for i in range(60):
+    cache.put(f"{sys.argv[2]}-{i}", {"text": str(i)})
+    assert cache.get(f"{sys.argv[2]}-{i}") == {"text": str(i)}
+"""
+
+
+def test_several_processes_write_one_cache(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"p{n}"], env=env)
+        for n in range(3)
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    cache = CompletionCache(path)
+    assert all(cache.get(f"p{n}-{i}") == {"text": str(i)} for n in range(3) for i in range(60))
+
+
+# -- CachedLLM -----------------------------------------------------------------------------
+
+
+async def test_a_miss_calls_the_model_and_a_hit_does_not(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    inner = FakeLLM()
+    llm = CachedLLM(inner, cache)
+    assert isinstance(llm, LLM)
+
+    first = await llm.complete(QUESTION, max_tokens=16, role="worker")
+    assert len(inner.calls) == 1
+    assert first.text == "Lima" and first.usage.prompt_tokens == 12 and first.meta == {}
+
+    # A later session: a fresh backend that has not loaded its weights.
+    cold = FakeLLM(loaded=False)
+    again = await CachedLLM(cold, cache).complete(QUESTION, max_tokens=16, role="judge")
+    assert cold.calls == []
+    assert again.text == "Lima" and again.finish_reason == "stop" and again.model == "fake-1-v2"
+    assert again.meta == {"cache": "hit"}
+    assert again.usage.calls == 1 and again.usage.cache_hits == 1
+    assert again.usage.prompt_tokens == again.usage.completion_tokens == 0  # nothing ran
+    stored = cache.get(key(model="fake-1"))
+    assert stored is not None and stored["usage"]["prompt_tokens"] == 12
+
+
+async def test_miss_returns_the_inner_completion_unchanged(tmp_path: Path) -> None:
+    inner = FakeLLM()
+    llm = CachedLLM(inner, CompletionCache(tmp_path / "c.sqlite"))
+    sentinel = await inner.complete(QUESTION, max_tokens=8)
+
+    async def fixed(*args: object, **kwargs: object) -> Completion:
+        return sentinel
+
+    inner.complete = fixed  # type: ignore[method-assign]
+    assert await llm.complete(QUESTION, max_tokens=8) is sentinel
+
+
+async def test_a_different_model_or_prompt_misses(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    await CachedLLM(FakeLLM(), cache).complete(QUESTION, max_tokens=16)
+    other = FakeLLM(name="fake-2")
+    await CachedLLM(other, cache).complete(QUESTION, max_tokens=16)
+    await CachedLLM(other, cache).complete(QUESTION[1:], max_tokens=16)
+    assert len(other.calls) == 2
+
+
+async def test_sampling_or_a_disabled_cache_always_runs_the_model(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    inner = FakeLLM()
+    sampled = CachedLLM(inner, cache)
+    for _ in range(2):
+        await sampled.complete(QUESTION, max_tokens=16, temperature=0.8)
+    disabled = CachedLLM(inner, cache, enabled=False)
+    for _ in range(2):
+        await disabled.complete(QUESTION, max_tokens=16)
+    assert len(inner.calls) == 4
+    assert cache.get(key(model="fake-1")) is None  # disabled means no writes either
+
+
+async def test_schema_hits_are_parsed_again(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    await CachedLLM(FakeLLM(), cache).complete(QUESTION, max_tokens=16, schema=City)
+    cold = FakeLLM(loaded=False)
+    hit = await CachedLLM(cold, cache).complete(QUESTION, max_tokens=16, schema=City)
+    assert hit.parsed == City(name="Lima") and hit.meta == {"cache": "hit"}
+    # Another schema is another key: that call must reach the model.
+    with pytest.raises(AssertionError, match="touched the model"):
+        await CachedLLM(cold, cache).complete(QUESTION, max_tokens=16, schema=Country)
+
+
+async def test_unparsed_schema_completions_are_not_stored(tmp_path: Path) -> None:
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    inner = FakeLLM(parse=False)
+    llm = CachedLLM(inner, cache)
+    await llm.complete(QUESTION, max_tokens=16, schema=City)
+    await llm.complete(QUESTION, max_tokens=16, schema=City)
+    assert len(inner.calls) == 2
+
+
+def test_everything_else_is_delegated(tmp_path: Path) -> None:
+    llm = CachedLLM(FakeLLM(), CompletionCache(tmp_path / "c.sqlite"))
+    assert llm.name == "fake-1" and llm.context_window == 4096
+    assert llm.tokenizer == "whitespace"
+    assert llm.count_tokens("a b c") == 3
+    assert llm.count_prompt_tokens(QUESTION) == 12
+    assert llm.extra_feature() == "backend-specific"
+    with pytest.raises(AttributeError):
+        llm.no_such_attribute  # noqa: B018
+
+
+# -- ArtifactCache -------------------------------------------------------------------------
+
+
+def test_artifacts_are_built_once(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "artifacts")
+    builds: list[Path] = []
+
+    def build(into: Path) -> None:
+        builds.append(into)
+        (into / "tree.json").write_text('{"root": 1}')
+
+    first = cache.get_or_build("doc-abc.tree.v1", build)
+    second = cache.get_or_build("doc-abc.tree.v1", build)
+    assert first == second == tmp_path / "artifacts" / "doc-abc.tree.v1"
+    assert len(builds) == 1 and builds[0] != first  # built elsewhere, then moved into place
+    assert (first / "tree.json").read_text() == '{"root": 1}'
+
+
+def test_a_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+
+    def broken(into: Path) -> None:
+        (into / "half.json").write_text("{")
+        raise RuntimeError("model went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        cache.get_or_build("k", broken)
+    assert list(tmp_path.iterdir()) == []
+    done = cache.get_or_build("k", lambda into: (into / "ok").write_text("1"))
+    assert (done / "ok").read_text() == "1"
+
+
+def test_racing_builders_agree_on_one_complete_copy(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+    both_building = threading.Barrier(4)
+
+    def build(into: Path) -> None:
+        name = threading.current_thread().name
+        (into / "a").write_text(name)
+        both_building.wait(timeout=30)  # every builder is mid-build before any finishes
+        (into / "b").write_text(name)
+
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: cache.get_or_build("graph", build), range(4)))
+    assert len(set(paths)) == 1
+    winner = paths[0]
+    assert (winner / "a").read_text() == (winner / "b").read_text()  # one builder's whole copy
+    assert [p.name for p in tmp_path.iterdir()] == ["graph"]  # the losers' copies are gone
+
+
+@pytest.mark.parametrize("bad", ["", "../escape", "a/b", ".hidden", "x" * 300])
+def test_unsafe_artifact_keys_are_rejected(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="artifact key"):
+        ArtifactCache(tmp_path).get_or_build(bad, lambda into: None)
