@@ -1,0 +1,468 @@
+"""The OpenAI-compatible backend: OpenAI itself, vLLM, llama.cpp, `longweave serve` and the like.
+
+Retries are ours, not the client's (it is created with `max_retries=0`), so the policy is the same
+for every server, honours Retry-After, and is testable with an injected `sleep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from longweave.answer import Usage
+from longweave.config import Settings
+from longweave.errors import ConfigError, ModelError, ParseError
+from longweave.llm import Completion, Message, check_budget
+from longweave.structured import (
+    json_instructions,
+    parse_structured,
+    reask_message,
+    repair_json,
+    strict_schema,
+)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from longweave.tokenizers import Tokenizer
+
+__all__ = ["OpenAILLM", "known_context_window"]
+
+PROVIDER = "openai"
+StructuredMode = Literal["auto", "json_schema", "instructions"]
+
+# Longest prefix wins. Unknown models (most local servers) get DEFAULT_CONTEXT_WINDOW: pass
+# `context_window=` with the server's real window (vLLM's --max-model-len, llama.cpp's -c).
+_CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-3.5-turbo": 16_385,
+    "gpt-4": 8_192,
+    "gpt-4-32k": 32_768,
+    "gpt-4-turbo": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.5": 128_000,
+    "gpt-5": 400_000,
+    "gpt-5-chat": 128_000,
+    "o1": 200_000,
+    "o1-mini": 128_000,
+    "o1-preview": 128_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+}
+DEFAULT_CONTEXT_WINDOW = 8_192
+MAX_RETRY_WAIT = 60.0
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+_RETRY_STATUS = {408, 409, 429}
+
+
+def known_context_window(model: str) -> int | None:
+    """The published window of a known OpenAI model, or None."""
+    matches = [p for p in _CONTEXT_WINDOWS if model == p or model.startswith(p + "-")]
+    return _CONTEXT_WINDOWS[max(matches, key=len)] if matches else None
+
+
+def _is_reasoning_model(model: str) -> bool:
+    # These reject `max_tokens` (they take `max_completion_tokens`) and any temperature but 1.
+    return model.startswith(("o1", "o3", "o4", "gpt-5")) and not model.startswith("gpt-5-chat")
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, then `Retry-After`), or None."""
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way worth retrying; `wait` is the server's Retry-After, if any."""
+
+    def __init__(self, error: ModelError, wait: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.wait = wait
+
+
+@dataclass
+class _Call:
+    """One `complete` call's request settings and what its requests have spent so far."""
+
+    messages: list[Message]
+    max_tokens: int
+    temperature: float
+    started: float = field(default_factory=time.perf_counter)
+    usage: Usage = field(default_factory=Usage)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class _FormatRejected(Exception):
+    """The server refused `response_format=json_schema`."""
+
+
+class OpenAILLM:
+    """A chat model behind an OpenAI-compatible HTTP API.
+
+    >>> llm = OpenAILLM("gpt-4o-mini", api_key="sk-test")
+    >>> llm.context_window, llm.name
+    (128000, 'openai:gpt-4o-mini')
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        context_window: int | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        structured: StructuredMode = "auto",
+        concurrency: int | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        settings = settings or Settings()
+        self.model = model
+        self.name = f"openai:{model}"
+        self.base_url = base_url or settings.openai_base_url
+        key = api_key or settings.openai_api_key
+        if not key and not self.base_url:
+            raise ConfigError(
+                f"no API key for model {model!r}", hint="set OPENAI_API_KEY or use --model local"
+            )
+        # Local servers accept any key, but the client insists on one.
+        self._api_key = key or "not-needed"
+        known = known_context_window(model)
+        self.context_window = context_window or known or DEFAULT_CONTEXT_WINDOW
+        self.timeout = timeout if timeout is not None else settings.request_timeout
+        self.max_retries = max_retries if max_retries is not None else settings.max_retries
+        if structured not in ("auto", "json_schema", "instructions"):
+            raise ConfigError(
+                f"unknown structured mode {structured!r}",
+                hint="use 'auto', 'json_schema' or 'instructions'",
+            )
+        self.structured: StructuredMode = structured
+        # Set when the server refuses or ignores json_schema; later calls skip straight to
+        # instructions rather than paying for a rejected request each time.
+        self.json_schema_unsupported = False
+        self.concurrency = concurrency or settings.concurrency
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.random = random.Random()
+        self._tokenizer: Tokenizer | None = None
+        # The client and semaphore belong to one event loop; a new loop (a second asyncio.run)
+        # gets fresh ones rather than a connection pool bound to a closed loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            from longweave.tokenizers import for_openai_model
+
+            self._tokenizer = for_openai_model(self.model)
+        return self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return self.tokenizer.count(text)
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens the messages occupy, by OpenAI's cookbook estimate of the chat format."""
+        # 3 framing tokens and 1 role token per message, and 3 that prime the reply.
+        return sum(4 + self.count_tokens(m.content) for m in messages) + 3
+
+    # -- the call ---------------------------------------------------------------------------
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        schema: type[BaseModel] | None = None,
+        role: str = "",
+    ) -> Completion:
+        call = _Call(list(messages), max_tokens, temperature)
+        if schema is None:
+            return self._done(call, await self._send(call, call.messages), None)
+        if self.structured == "json_schema" or (
+            self.structured == "auto" and not self.json_schema_unsupported
+        ):
+            try:
+                reply = await self._send(call, call.messages, schema)
+            except _FormatRejected:
+                self.json_schema_unsupported = True  # remembered: later calls skip the attempt
+                call.meta["structured_fallback"] = "rejected"
+            else:
+                text, finish, _ = reply
+                if self.structured == "json_schema" or finish == "length" or _has_json(text):
+                    call.meta["structured"] = "json_schema"
+                    return await self._validate(call, call.messages, reply, schema, True)
+                # The server accepted the format but ignored it: fall back from now on.
+                self.json_schema_unsupported = True
+                call.meta["structured_fallback"] = "ignored"
+        call.meta["structured"] = "instructions"
+        prompt = _with_instructions(call.messages, json_instructions(schema))
+        return await self._validate(call, prompt, await self._send(call, prompt), schema, False)
+
+    async def _validate(
+        self,
+        call: _Call,
+        prompt: list[Message],
+        reply: tuple[str, str, Any],
+        schema: type[BaseModel],
+        use_schema: bool,
+    ) -> Completion:
+        """Parse with repair; on failure re-ask once with the complaint, then raise ParseError."""
+        text = reply[0]
+        try:
+            return self._done(call, reply, parse_structured(text, schema))
+        except ParseError as error:
+            complaint = error.message
+        retry = [*prompt, Message("assistant", text), reask_message(complaint)]
+        if self.count_prompt_tokens(retry) + call.max_tokens > self.context_window:
+            raise ParseError(f"{complaint} (no room left to re-ask)", raw=text, provider=PROVIDER)
+        call.meta["reasked"] = True
+        reply = await self._send(call, retry, schema if use_schema else None)
+        try:
+            parsed = parse_structured(reply[0], schema)
+        except ParseError as error:
+            message = f"{error.message} (after one re-ask)"
+            raise ParseError(message, raw=reply[0], provider=PROVIDER) from None
+        return self._done(call, reply, parsed)
+
+    def _done(self, call: _Call, reply: tuple[str, str, Any], parsed: Any) -> Completion:
+        text, finish, resp = reply
+        usage = call.usage.model_copy(update={"seconds": time.perf_counter() - call.started})
+        model = str(getattr(resp, "model", None) or self.model)
+        return Completion(text, usage, parsed, finish, model, call.meta)
+
+    async def _send(
+        self, call: _Call, messages: list[Message], schema: type[BaseModel] | None = None
+    ) -> tuple[str, str, Any]:
+        """One logical request, budget-checked and retried; returns (text, finish_reason, raw)."""
+        # Servers reject an oversized prompt or, worse, truncate it silently: refuse first.
+        check_budget(self.count_prompt_tokens(messages), call.max_tokens, self.context_window)
+        kwargs = self._kwargs(messages, call.max_tokens, call.temperature, schema)
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            call.meta["attempts"] = call.meta.get("attempts", 0) + 1
+            try:
+                resp = await self._attempt(kwargs, schema is not None)
+                break
+            except _Retryable as failure:
+                if attempt == attempts:
+                    error = failure.error
+                    hint = error.hint or "the server is failing: retry later or raise max_retries"
+                    raise ModelError(
+                        f"{error.message}; gave up after {attempts} attempts",
+                        provider=PROVIDER,
+                        status=error.status,
+                        hint=hint,
+                    ) from None
+                await self.sleep(self._wait(attempt, failure.wait))
+        text, finish = _text(resp)
+        call.usage += self._usage(resp, messages, text, call.meta)
+        return text, finish, resp
+
+    def _wait(self, attempt: int, server_wait: float | None) -> float:
+        if server_wait is not None:
+            return min(server_wait, MAX_RETRY_WAIT)
+        # Exponential backoff with jitter, so many clients do not retry in lockstep.
+        base = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+        return base * (0.5 + 0.5 * self.random.random())
+
+    def _kwargs(
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float,
+        schema: type[BaseModel] | None,
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.as_dict() for m in messages],
+        }
+        if _is_reasoning_model(self.model):
+            kwargs["max_completion_tokens"] = max_tokens
+        else:
+            kwargs["max_tokens"] = max_tokens
+            kwargs["temperature"] = temperature
+        if schema is not None:
+            body, strict = strict_schema(schema)
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": _schema_name(schema), "schema": body, "strict": strict},
+            }
+        return kwargs
+
+    def _client_for_loop(self) -> tuple[Any, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop or self._semaphore is None:
+            import openai
+
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=0,
+            )
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+            self._loop = loop
+        return self._client, self._semaphore
+
+    async def _attempt(self, kwargs: dict[str, Any], with_schema: bool) -> Any:
+        """One HTTP request, its failures sorted into retryable, rejected format, or final."""
+        import openai
+
+        client, semaphore = self._client_for_loop()
+        try:
+            async with semaphore:
+                resp = await client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, with_schema) from None
+        except openai.APITimeoutError:
+            raise _Retryable(
+                ModelError(f"{self.model}: no reply within {self.timeout:g} s", provider=PROVIDER)
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise _Retryable(
+                ModelError(
+                    f"{self.model}: cannot connect to {self._where()}: {exc.__cause__ or exc}",
+                    provider=PROVIDER,
+                    hint="check OPENAI_BASE_URL and that the server is running",
+                )
+            ) from None
+        except ValueError as exc:  # the body was not JSON (a proxy cut it, or a broken server)
+            raise _Retryable(self._malformed(f"body is not JSON: {exc}")) from None
+        if not _is_chat_completion(resp):
+            raise _Retryable(self._malformed(f"unexpected body {str(resp)[:200]!r}"))
+        return resp
+
+    def _malformed(self, detail: str) -> ModelError:
+        return ModelError(
+            f"{self.model}: malformed response from {self._where()}: {detail}",
+            provider=PROVIDER,
+            hint="check that OPENAI_BASE_URL points at an OpenAI-compatible /v1 endpoint",
+        )
+
+    def _where(self) -> str:
+        return self.base_url or "api.openai.com"
+
+    def _status_error(self, exc: Any, with_schema: bool) -> Exception:
+        status = int(exc.status_code)
+        detail = _error_detail(exc)
+        code = str(getattr(exc, "code", "") or "")
+        message = f"{self.model}: HTTP {status} from {self._where()}: {detail}"
+        lowered = f"{detail} {code}".lower()
+        if (status in _RETRY_STATUS or status >= 500) and code != "insufficient_quota":
+            wait = retry_after_seconds(getattr(exc.response, "headers", None))
+            return _Retryable(ModelError(message, provider=PROVIDER, status=status), wait)
+        rejects_format = "response_format" in lowered or "json_schema" in lowered
+        if with_schema and status in (400, 422) and rejects_format and self.structured == "auto":
+            return _FormatRejected(message)
+        hint = None
+        if status == 401:
+            hint = "check OPENAI_API_KEY (or the key your server expects)"
+        elif status == 403:
+            hint = "the key is not allowed to use this model or endpoint"
+        elif status == 404:
+            hint = "check the model name and OPENAI_BASE_URL (it should end in /v1)"
+        elif code == "insufficient_quota":
+            hint = "the account is out of quota: check billing, or use --model local"
+        elif "context" in lowered and ("length" in lowered or "window" in lowered):
+            hint = (
+                "the prompt does not fit the server's window: pass context_window= with the "
+                "server's real window, or use smaller chunks"
+            )
+        elif with_schema and rejects_format:
+            hint = "the server cannot do json_schema output: use structured='instructions'"
+        return ModelError(message, provider=PROVIDER, status=status, hint=hint)
+
+    def _usage(self, resp: Any, messages: list[Message], text: str, meta: dict[str, Any]) -> Usage:
+        usage = getattr(resp, "usage", None)
+        if usage is None or getattr(usage, "prompt_tokens", None) is None:
+            meta["usage_estimated"] = True  # a server without usage: count it ourselves
+            return Usage(
+                calls=1,
+                prompt_tokens=self.count_prompt_tokens(messages),
+                completion_tokens=self.count_tokens(text),
+            )
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        return Usage(
+            calls=1,
+            prompt_tokens=int(usage.prompt_tokens or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            cached_tokens=int(cached or 0),
+        )
+
+
+def _is_chat_completion(resp: Any) -> bool:
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return False
+    return getattr(choices[0], "message", None) is not None
+
+
+def _text(resp: Any) -> tuple[str, str]:
+    choice = resp.choices[0]
+    content = getattr(choice.message, "content", None) or ""
+    return content, getattr(choice, "finish_reason", None) or "stop"
+
+
+def _has_json(text: str) -> bool:
+    try:
+        repair_json(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _error_detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            for key in ("message", "detail"):  # OpenAI's shape, then FastAPI-style servers
+                if inner.get(key):
+                    return str(inner[key])
+        if isinstance(inner, str):
+            return inner
+    return str(getattr(exc, "message", "") or exc)
+
+
+def _schema_name(schema: type[BaseModel]) -> str:
+    # OpenAI accepts [a-zA-Z0-9_-]{1,64}.
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in schema.__name__)
+    return name[:64] or "answer"
+
+
+def _with_instructions(messages: list[Message], instructions: str) -> list[Message]:
+    if messages and messages[0].role == "system":
+        head = Message("system", f"{messages[0].content}\n\n{instructions}")
+        return [head, *messages[1:]]
+    return [Message("system", instructions), *messages]

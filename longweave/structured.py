@@ -1,0 +1,386 @@
+"""Schema-valid output: JSON instructions, tolerant parsing with repair, and the re-ask message.
+
+Backend-independent: the OpenAI-compatible backend uses it when a server cannot enforce a JSON
+schema, and local backends use it to validate (and, without constrained decoding, to repair).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from longweave.errors import ParseError
+from longweave.llm import Message
+
+T = TypeVar("T", bound=BaseModel)
+
+__all__ = [
+    "compact_schema",
+    "json_instructions",
+    "parse_structured",
+    "reask_message",
+    "repair_json",
+    "schema_fits",
+    "strict_schema",
+]
+
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NUMBER = re.compile(r"[-+]?[0-9.]+(?:[eE][-+]?[0-9]*)?")
+_PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
+_JSON_LITERALS = {"true", "false", "null"}
+_MAX_STARTS = 5  # prose may contain stray braces; try only the first few object starts
+
+
+def compact_schema(schema: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema without `title` keys, which cost tokens and say nothing new."""
+    return _drop_titles(schema.model_json_schema())
+
+
+def _drop_titles(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_drop_titles(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in ("properties", "$defs") and isinstance(value, dict):
+            # Keys of these maps are field and type names (a field may be called "title").
+            out[key] = {name: _drop_titles(sub) for name, sub in value.items()}
+        else:
+            out[key] = _drop_titles(value)
+    return out
+
+
+def json_instructions(schema: type[BaseModel]) -> str:
+    """The instruction that asks for one JSON object matching `schema`, schema included."""
+    text = json.dumps(compact_schema(schema), separators=(",", ":"), ensure_ascii=False)
+    return (
+        "Answer with exactly one JSON object and nothing else: no prose, no code fences. "
+        f"It must match this JSON schema: {text}"
+    )
+
+
+def strict_schema(schema: type[BaseModel]) -> tuple[dict[str, Any], bool]:
+    """The schema shaped for OpenAI strict mode, and whether strict mode can accept it.
+
+    Strict mode wants every property required, `additionalProperties: false` and no defaults;
+    free-form maps (`dict[str, X]`) cannot be expressed, so those schemas go non-strict.
+    """
+    ok = [True]
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("title", "default"):
+                continue
+            if key in ("properties", "$defs") and isinstance(value, dict):
+                out[key] = {name: walk(sub) for name, sub in value.items()}
+            else:
+                out[key] = walk(value)
+        if out.get("type") == "object" or "properties" in out:
+            if out.get("additionalProperties", False) not in (False, None):
+                ok[0] = False
+            else:
+                out["additionalProperties"] = False
+                out["required"] = list(out.get("properties", {}))
+        return out
+
+    return walk(schema.model_json_schema()), ok[0]
+
+
+class _Repairer:
+    """One pass over JSON-ish text that writes strict JSON and remembers where it may be cut."""
+
+    def __init__(self, text: str, start: int) -> None:
+        self.s = text
+        self.i = start
+        self.out: list[str] = []
+        self.stack: list[str] = []
+        self.expect_key: list[bool] = []
+        self.safe: tuple[int, tuple[str, ...]] | None = None
+        self.repaired = False
+
+    def emit(self, piece: str) -> None:
+        self.out.append(piece)
+
+    def mark_safe(self) -> None:
+        self.safe = (len(self.out), tuple(self.stack))
+
+    def value_done(self) -> None:
+        if not self.stack:
+            return
+        self.mark_safe()
+
+    def run(self) -> str:
+        s, n = self.s, len(self.s)
+        while self.i < n:
+            ch = s[self.i]
+            if ch in " \t\r\n":
+                self.emit(ch)
+                self.i += 1
+            elif ch in "{[":
+                self.stack.append(ch)
+                self.expect_key.append(ch == "{")
+                self.emit(ch)
+                self.i += 1
+                self.mark_safe()
+            elif ch in "}]":
+                self.close_one()
+                self.i += 1
+                if not self.stack:
+                    return "".join(self.out)  # the root value closed; whatever follows is prose
+                self.value_done()
+            elif ch == ",":
+                self.emit(ch)
+                self.i += 1
+                if self.stack and self.stack[-1] == "{":
+                    self.expect_key[-1] = True
+            elif ch == ":":
+                self.emit(ch)
+                self.i += 1
+                if self.expect_key:
+                    self.expect_key[-1] = False
+            elif ch in "\"'":
+                if not self.string(ch):
+                    return self.finish_truncated(in_string=True)
+            elif ch.isalpha() or ch == "_":
+                if not self.word():
+                    return self.finish_truncated(in_string=False)
+            elif ch in "-+.0123456789":
+                if not self.number():
+                    return self.finish_truncated(in_string=False)
+            else:
+                raise ValueError(f"unexpected character {ch!r} at position {self.i}")
+        return self.finish_truncated(in_string=False)
+
+    def close_one(self) -> None:
+        if not self.stack:
+            raise ValueError(f"unbalanced {self.s[self.i]!r} at position {self.i}")
+        self.drop_trailing_comma()
+        self.expect_key.pop()
+        self.emit("}" if self.stack.pop() == "{" else "]")
+
+    def drop_trailing_comma(self) -> None:
+        for k in range(len(self.out) - 1, -1, -1):
+            piece = self.out[k]
+            if piece.strip() == "":
+                continue
+            if piece == ",":
+                del self.out[k]
+                self.repaired = True
+            return
+
+    def string(self, quote: str) -> bool:
+        """Copy one string as a JSON string; False when the text ends inside it."""
+        s, n = self.s, len(self.s)
+        j = self.i + 1
+        chars: list[str] = []
+        while j < n:
+            c = s[j]
+            if c == "\\" and j + 1 < n:
+                nxt = s[j + 1]
+                chars.append("'" if (quote == "'" and nxt == "'") else c + nxt)
+                j += 2
+                continue
+            if c == "\\":  # a lone backslash at the very end: a cut escape
+                j += 1
+                continue
+            if c == quote:
+                # In a single-quoted string an apostrophe ends it only where JSON may continue.
+                rest = s[j + 1 :].lstrip()
+                if quote == '"' or not rest or rest[0] in ",:}]":
+                    break
+            chars.append('\\"' if (c == '"' and quote == "'") else c)
+            j += 1
+        is_key = bool(self.stack) and self.stack[-1] == "{" and self.expect_key[-1]
+        if quote == "'":
+            self.repaired = True
+        self.emit('"' + "".join(chars) + '"')
+        if j >= n:
+            self.i = n
+            self.repaired = True
+            # A cut value string is kept (partial text beats none); a cut key is not.
+            if not is_key:
+                self.value_done()
+            return False
+        self.i = j + 1
+        if not is_key:
+            self.value_done()
+        return True
+
+    def word(self) -> bool:
+        m = _WORD.match(self.s, self.i)
+        assert m is not None
+        word = m.group(0)
+        self.i = m.end()
+        if word in _PY_LITERALS:
+            word = _PY_LITERALS[word]
+            self.repaired = True
+        if word not in _JSON_LITERALS:
+            if self.i >= len(self.s):
+                return False  # e.g. "tru" cut by the length limit
+            raise ValueError(f"unexpected word {word!r}")
+        self.emit(word)
+        self.value_done()
+        return True
+
+    def number(self) -> bool:
+        m = _NUMBER.match(self.s, self.i)
+        if m is None:
+            raise ValueError(f"unexpected character {self.s[self.i]!r} at position {self.i}")
+        self.i = m.end()
+        if self.i >= len(self.s):
+            return False  # a number at the cut may have lost digits: drop it
+        self.emit(m.group(0).lstrip("+"))
+        self.value_done()
+        return True
+
+    def finish_truncated(self, *, in_string: bool) -> str:
+        """Close a value cut by a length limit: back up to the last complete value, then close."""
+        if not self.stack:
+            return "".join(self.out)
+        self.repaired = True
+        if self.safe is None:
+            raise ValueError("the JSON text ends before its first value")
+        count, stack = self.safe
+        text = "".join(self.out[:count]).rstrip()
+        if text.endswith(","):
+            text = text[:-1]
+        closers = "".join("}" if c == "{" else "]" for c in reversed(stack))
+        return text + closers
+
+
+def _candidates(text: str) -> list[tuple[str, int]]:
+    """Texts to try and where the JSON value starts in each: fenced blocks first, then the text."""
+    sources = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    found: list[tuple[str, int]] = []
+    for source in sources:
+        starts = [k for k, c in enumerate(source) if c in "{["][:_MAX_STARTS]
+        found.extend((source, k) for k in starts)
+    return found
+
+
+def repair_json(text: str) -> tuple[Any, bool]:
+    """Parse JSON from model output, repairing common breakage; returns (value, was_repaired).
+
+    Handles code fences, prose around the value, trailing commas, single-quoted strings,
+    Python's True/False/None and a value cut off by a length limit. Raises ValueError.
+    """
+    stripped = text.strip()
+    try:
+        # strict=False: raw newlines inside strings are common and harmless.
+        return json.loads(stripped, strict=False), False
+    except ValueError:
+        pass
+    first_error = "no JSON object found"
+    for source, start in _candidates(text):
+        try:
+            repairer = _Repairer(source, start)
+            fixed = repairer.run()
+            return json.loads(fixed, strict=False), True
+        except ValueError as exc:
+            if first_error == "no JSON object found":
+                first_error = str(exc)
+    raise ValueError(first_error)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_structured(text: str, schema: type[T]) -> T:
+    """Parse and validate `text` against `schema`, repairing common breakage; raises ParseError."""
+    try:
+        value, _ = repair_json(text)
+    except ValueError as exc:
+        raise ParseError(f"the reply is not valid JSON: {exc}", raw=text) from None
+    try:
+        return schema.model_validate(value)
+    except ValidationError as exc:
+        raise ParseError(
+            f"the reply does not match {schema.__name__}: {_describe(exc)}", raw=text
+        ) from None
+
+
+def reask_message(error: ParseError | str) -> Message:
+    """The user message for the one re-ask, carrying the validator's complaint."""
+    complaint = error.message if isinstance(error, ParseError) else str(error)
+    return Message(
+        "user",
+        f"Your previous reply was not usable: {complaint}. Reply again with only one JSON "
+        "object that matches the schema: no prose, no code fences.",
+    )
+
+
+def schema_fits(
+    schema: type[BaseModel], max_tokens: int, count_tokens: Callable[[str], int]
+) -> bool:
+    """Whether `max_tokens` covers the schema's serialized upper bound (§8.4); False if unbounded.
+
+    The skeleton (keys, punctuation, widest numbers and enum values) is counted with the
+    tokenizer; free string content is counted as one token per allowed character, which is an
+    upper bound for ASCII text.
+    """
+    root = schema.model_json_schema()
+    worst = _worst(root, root.get("$defs", {}))
+    if worst is None:
+        return False
+    skeleton, content_tokens = worst
+    return count_tokens(json.dumps(skeleton, ensure_ascii=False)) + content_tokens <= max_tokens
+
+
+def _worst(node: dict[str, Any], defs: dict[str, Any]) -> tuple[Any, int] | None:
+    """A worst-case skeleton value for `node` and the string-content tokens it leaves out."""
+    if "$ref" in node:
+        return _worst(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+    if "const" in node:
+        return node["const"], 0
+    if "enum" in node:
+        return max(node["enum"], key=lambda v: len(json.dumps(v))), 0
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            options = [_worst(sub, defs) for sub in node[key]]
+            if any(o is None for o in options):
+                return None
+            return max(options, key=lambda o: len(json.dumps(o[0])) + o[1])  # type: ignore[index]
+    kind = node.get("type")
+    if kind == "string":
+        return ("", node["maxLength"]) if "maxLength" in node else None
+    if kind == "integer":
+        bounds = [node[k] for k in ("minimum", "maximum") if k in node]
+        return (max(bounds, key=lambda b: len(str(b))), 0) if len(bounds) == 2 else None
+    if kind == "number":
+        return -1.2345678901234567e-300, 0  # the widest float repr
+    if kind in ("boolean", "null"):
+        return (False if kind == "boolean" else None), 0
+    if kind == "array":
+        item = _worst(node.get("items", {}), defs)
+        if item is None or "maxItems" not in node:
+            return None
+        return [item[0]] * node["maxItems"], item[1] * node["maxItems"]
+    if kind == "object" and not node.get("additionalProperties"):
+        out: dict[str, Any] = {}
+        total = 0
+        for name, sub in node.get("properties", {}).items():
+            worst = _worst(sub, defs)
+            if worst is None:
+                return None
+            out[name], extra = worst
+            total += extra
+        return out, total
+    return None

@@ -1,0 +1,163 @@
+"""Schema-valid output: instructions, repair of small models' broken JSON, re-ask, schema bounds."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from longweave.errors import ParseError
+from longweave.structured import (
+    json_instructions,
+    parse_structured,
+    reask_message,
+    repair_json,
+    schema_fits,
+    strict_schema,
+)
+
+
+class Step(BaseModel):
+    """A bounded nested item."""
+
+    action: Literal["read", "answer"]
+    chunk: int = Field(ge=0, le=999)
+
+
+class Plan(BaseModel):
+    """A bounded schema, as §8.4 asks of every structured call."""
+
+    title: str = Field(max_length=30)
+    steps: list[Step] = Field(max_length=3)
+    done: bool = False
+    note: str | None = Field(default=None, max_length=20)
+
+
+GOOD = {"title": "Find it", "steps": [{"action": "read", "chunk": 3}], "done": True, "note": None}
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        (
+            'Sure! Here:\n```json\n{"a": 1, "b": [1, 2,],}\n```\nHope that helps {x}.',
+            {"a": 1, "b": [1, 2]},
+        ),
+        ("{'a': 'it's fine', 'b': True, 'c': None}", {"a": "it's fine", "b": True, "c": None}),
+        ('Thinking {not json} then {"a": "x"} and more prose', {"a": "x"}),
+        ('{"a": "line\nbreak"}', {"a": "line\nbreak"}),
+        ("{'a': 'say \"hi\"'}", {"a": 'say "hi"'}),
+    ],
+)
+def test_repair_of_common_breakage(text: str, value: dict[str, object]) -> None:
+    assert repair_json(text)[0] == value
+
+
+@pytest.mark.parametrize(
+    ("cut", "value"),
+    [
+        ('{"answer": "Lima is the cap', {"answer": "Lima is the cap"}),  # a cut string is kept
+        ('{"answer": "Lima", "ite', {"answer": "Lima"}),  # a cut key is dropped
+        ('{"answer": "Lima", "items": [1, 2, 3', {"answer": "Lima", "items": [1, 2]}),
+        ('{"answer": "Lima", "ok": tru', {"answer": "Lima"}),
+        ('{"a": [{"x": "a"}, {"x": "b\\', {"a": [{"x": "a"}, {"x": "b"}]}),
+        ('{"a": {"b": 1,', {"a": {"b": 1}}),
+    ],
+)
+def test_a_length_cut_is_closed_at_the_last_complete_value(cut: str, value: object) -> None:
+    assert repair_json(cut) == (value, True)
+
+
+def test_every_prefix_of_valid_json_repairs_or_fails_cleanly() -> None:
+    text = json.dumps(
+        GOOD | {"steps": [{"action": "read", "chunk": 3}, {"action": "answer", "chunk": 12}]}
+    )
+    closed = 0
+    for end in range(1, len(text) + 1):
+        try:
+            value, _ = repair_json(text[:end])
+        except ValueError:
+            continue
+        assert isinstance(value, dict)
+        closed += 1
+    assert repair_json(text) == (json.loads(text), False)
+    assert closed > len(text) - 5  # nearly every cut point yields an object
+
+
+def test_text_without_json_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="no JSON object found"):
+        repair_json("I am not sure what you mean.")
+
+
+def test_parse_structured_validates_and_complains_precisely() -> None:
+    assert parse_structured(json.dumps(GOOD), Plan) == Plan.model_validate(GOOD)
+    with pytest.raises(ParseError) as info:
+        parse_structured('{"title": "x", "steps": [{"action": "jump", "chunk": 5000}]}', Plan)
+    message = info.value.message
+    assert message.startswith("the reply does not match Plan:")
+    assert "steps.0.action: Input should be 'read' or 'answer'" in message
+    assert "steps.0.chunk: Input should be less than or equal to 999" in message
+    assert info.value.raw.startswith('{"title"')
+
+
+def test_parse_structured_reports_broken_json_with_the_raw_text() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_structured("No JSON here.", Plan)
+    assert "not valid JSON" in info.value.message and info.value.raw == "No JSON here."
+
+
+def test_reask_message_carries_the_complaint() -> None:
+    error = ParseError("the reply does not match Plan: title: Field required", raw="{}")
+    message = reask_message(error)
+    assert message.role == "user" and "title: Field required" in message.content
+    assert reask_message("plain complaint").content.startswith(
+        "Your previous reply was not usable: plain complaint."
+    )
+
+
+def test_instructions_embed_the_compact_schema() -> None:
+    text = json_instructions(Plan)
+    schema = json.loads(text.split("JSON schema: ", 1)[1])
+    assert schema["required"] == ["title", "steps"]
+    assert "title" in schema["properties"]  # a field named "title" survives title-stripping
+    assert "title" not in schema["properties"]["title"]
+    assert '"required":["title","steps"]' in text  # compact separators
+
+
+def test_strict_schema_requires_every_field_and_forbids_extras() -> None:
+    body, strict = strict_schema(Plan)
+    assert strict
+    assert body["required"] == ["title", "steps", "done", "note"]
+    assert body["additionalProperties"] is False
+    assert body["$defs"]["Step"]["additionalProperties"] is False
+    assert "default" not in json.dumps(body)
+
+
+def test_free_form_maps_are_not_strict() -> None:
+    class Scores(BaseModel):
+        scores: dict[str, int]
+
+    assert strict_schema(Scores)[1] is False
+
+
+def test_schema_fits_uses_the_serialized_upper_bound() -> None:
+    count = len  # one token per character: an upper bound for ASCII
+    skeleton = {
+        "title": "",
+        "steps": [{"action": "answer", "chunk": 999}] * 3,
+        "done": False,
+        "note": "",
+    }
+    bound = len(json.dumps(skeleton)) + 30 + 20
+    assert schema_fits(Plan, bound, count)
+    assert not schema_fits(Plan, bound - 1, count)
+
+
+def test_unbounded_schemas_never_fit() -> None:
+    class Loose(BaseModel):
+        items: list[str]
+
+    assert not schema_fits(Loose, 10**9, len)
