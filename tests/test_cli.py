@@ -1,0 +1,96 @@
+"""The command line wiring: ask (text and JSON), errors, the completion cache, strategies."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import longweave.llm
+from longweave.cli import main
+from longweave.testing import ScriptedModel
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+    """A scripted model behind every model string, and a private cache directory."""
+    scripted = ScriptedModel(name="scripted", context_window=700)
+    scripted.on("worker", reply=lambda r: "Mara Quill kept the light [c1].")
+    scripted.on("manager", reply="Mara Quill [c1].")
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    return scripted
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["longweave", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+def test_ask_prints_answer_citation_and_usage(model, monkeypatch, capsys) -> None:
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who was the first keeper?",
+                   "--set", "max_new=64")
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "Mara Quill." in out
+    assert "chars 0-" in out  # the cited span of chunk 1
+    calls = len(model.requests)
+    assert f"{calls} calls" in err
+
+
+def test_ask_json_counts_one_call_per_chunk_plus_the_manager(model, monkeypatch, capsys) -> None:
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--json", "--set", "max_new=64")
+    answer = json.loads(capsys.readouterr().out)
+    assert code == 0
+    chunks = answer["steps"][0]["detail"]["chunks"]
+    assert chunks >= 2
+    assert answer["usage"]["calls"] == chunks + 1 == len(model.requests)
+    assert answer["citations"][0]["start"] == 0
+
+
+def test_second_identical_ask_is_served_from_the_cache(model, monkeypatch, capsys) -> None:
+    args = ("ask", str(EXAMPLE), "Who?", "--json", "--set", "max_new=64")
+    run_cli(monkeypatch, *args)
+    first = json.loads(capsys.readouterr().out)
+    sent = len(model.requests)
+    run_cli(monkeypatch, *args)
+    second = json.loads(capsys.readouterr().out)
+    assert len(model.requests) == sent, "the model must not be called again"
+    assert second["usage"]["cache_hits"] == second["usage"]["calls"] == first["usage"]["calls"]
+    assert second["text"] == first["text"]
+
+
+def test_no_cache_calls_the_model_again(model, monkeypatch, capsys) -> None:
+    args = ("ask", str(EXAMPLE), "Who?", "--json", "--set", "max_new=64")
+    run_cli(monkeypatch, *args)
+    sent = len(model.requests)
+    run_cli(monkeypatch, *args, "--no-cache")
+    assert len(model.requests) == 2 * sent
+
+
+def test_missing_file_is_a_clear_error(model, monkeypatch, capsys, tmp_path) -> None:
+    missing = tmp_path / "nope.txt"
+    code = run_cli(monkeypatch, "ask", str(missing), "Who?")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error:" in err and "nope.txt" in err
+    assert model.requests == []
+
+
+def test_bad_option_is_a_clear_error(model, monkeypatch, capsys) -> None:
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--set", "max_nwe=3")
+    assert code == 1
+    assert "max_nwe" in capsys.readouterr().err
+
+
+def test_strategies_lists_the_builtins(monkeypatch, capsys) -> None:
+    code = run_cli(monkeypatch, "strategies")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "chain-of-agents" in out and "max_new" in out

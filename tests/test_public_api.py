@@ -1,0 +1,65 @@
+"""The public surface: an explicit sorted __all__, and `import longweave` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import longweave
+
+
+def test_all_is_sorted_and_every_name_resolves() -> None:
+    assert longweave.__all__ == sorted(longweave.__all__)
+    for name in longweave.__all__:
+        assert getattr(longweave, name) is not None
+
+
+def test_import_does_not_load_heavy_dependencies() -> None:
+    code = (
+        "import sys, longweave; "
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'openai', 'outlines', "
+        "'langgraph', 'sentence_transformers') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_strategies_lists_chain_of_agents() -> None:
+    assert "chain-of-agents" in longweave.strategies()
+
+
+def test_unknown_strategy_lists_the_choices() -> None:
+    from longweave.agents.base import get_strategy
+    from longweave.errors import ConfigError
+
+    try:
+        get_strategy("chain-of-nothing")
+    except ConfigError as exc:
+        assert "chain-of-agents" in str(exc)
+    else:
+        raise AssertionError("an unknown strategy must raise ConfigError")
+
+
+def test_bad_strategy_option_is_a_config_error() -> None:
+    from longweave.agents.base import get_strategy
+    from longweave.errors import ConfigError
+
+    try:
+        get_strategy("chain-of-agents", max_nwe=5)
+    except ConfigError as exc:
+        assert "max_nwe" in str(exc)
+    else:
+        raise AssertionError("a misspelt option must raise ConfigError")
+
+
+def test_unknown_model_string_names_the_forms() -> None:
+    from longweave.errors import ConfigError
+    from longweave.llm import resolve_model
+
+    try:
+        resolve_model("gpt4")
+    except ConfigError as exc:
+        assert "openai:<model>" in str(exc)
+    else:
+        raise AssertionError("an unknown model string must raise ConfigError")
