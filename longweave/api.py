@@ -69,7 +69,10 @@ async def aask(
     document = load_source(source)
     chosen = get_strategy(strategy or settings.strategy, **options)
     llm = make_model(model or settings.model, cache=cache, settings=settings)
-    return await arun(chosen, document, question, llm, on_event=on_event)
+    from longweave.cache import ArtifactCache
+
+    artifacts = ArtifactCache(settings.cache_dir / "artifacts")
+    return await arun(chosen, document, question, llm, on_event=on_event, artifacts=artifacts)
 
 
 def ask(

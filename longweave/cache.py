@@ -276,6 +276,11 @@ class ArtifactCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
 
+    def find(self, key: str) -> Path | None:
+        """The directory for `key` if it has been built, else None."""
+        final = self.root / key
+        return final if _SAFE_KEY.fullmatch(key) and final.is_dir() else None
+
     def get_or_build(self, key: str, build: Callable[[Path], None]) -> Path:
         """The directory for `key`, calling `build(tmp_dir)` to fill it first if it is missing."""
         if not _SAFE_KEY.fullmatch(key):

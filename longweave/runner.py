@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from longweave.answer import Answer
 from longweave.events import Event, EventSink, ignore
 
 if TYPE_CHECKING:
+    from longweave.cache import ArtifactCache
     from longweave.documents import Document
     from longweave.llm import LLM
 
@@ -22,12 +24,15 @@ async def arun(
     llm: LLM,
     *,
     on_event: EventSink = ignore,
+    artifacts: ArtifactCache | None = None,
 ) -> Answer:
     """Answer `question` about `document` with `strategy` and `llm`."""
-    ctx = RunContext(llm, document, question, strategy.name, emit=on_event)
+    ctx = RunContext(llm, document, question, strategy.name, emit=on_event, artifacts=artifacts)
     started = time.perf_counter()
     on_event(Event("start", strategy.name, message=f"{strategy.name} on {document.name}"))
     state = strategy.initial_state(ctx)
+    if inspect.isawaitable(state):
+        state = await state
     graph = strategy.build().compile()
     final = await graph.ainvoke(
         state, context=ctx, config={"recursion_limit": strategy.max_steps(state)}
@@ -53,6 +58,9 @@ def run(
     llm: LLM,
     *,
     on_event: EventSink = ignore,
+    artifacts: ArtifactCache | None = None,
 ) -> Answer:
     """The synchronous form of `arun`, for scripts and the CLI."""
-    return asyncio.run(arun(strategy, document, question, llm, on_event=on_event))
+    return asyncio.run(
+        arun(strategy, document, question, llm, on_event=on_event, artifacts=artifacts)
+    )

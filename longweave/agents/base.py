@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from langgraph.graph import StateGraph
     from pydantic import BaseModel
 
+    from longweave.cache import ArtifactCache
     from longweave.chunking import Chunk
     from longweave.documents import Document
     from longweave.llm import LLM, Completion, Message
@@ -26,6 +27,8 @@ class Strategy(Protocol):
     """A long-context strategy: validated settings, an initial state, and a LangGraph graph.
 
     The graph's final state must hold `answer` (str) and may hold `citations` and `flags`.
+    `initial_state` may be a coroutine function: strategies that build per-document artifacts
+    (a tree, a graph, an index) build or load them there, through `ctx.artifacts`.
     """
 
     name: ClassVar[str]
@@ -49,6 +52,8 @@ class RunContext:
     question: str
     strategy: str
     emit: EventSink = ignore
+    artifacts: ArtifactCache | None = None
+    """Where per-document artifacts are kept between runs; None keeps nothing."""
     usage: Usage = field(default_factory=Usage)
     steps: list[Step] = field(default_factory=list)
 
