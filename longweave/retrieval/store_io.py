@@ -1,0 +1,218 @@
+"""Saving and loading a `VectorStore`: atomic writes, a checksummed manifest, strict loads.
+
+A saved store is a folder holding `index.faiss`, `records.jsonl` (one JSON array per vector id,
+null for a masked one) and `manifest.json` (format version, dimension, embedder name, counts,
+index kind and the size and sha256 of both files). A load that finds anything amiss raises
+`StoreError` rather than answer searches from the wrong vectors.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from longweave.retrieval.store import Record, StoreError, _faiss
+
+__all__ = ["read_store", "write_store"]
+
+
+FORMAT = "longweave-vector-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+RECORDS_FILE = "records.jsonl"
+_REBUILD = "delete the folder and build the index again"
+RECORD_FIELDS = ["document_id", "chunk_index", "start", "end", "source", "text"]
+
+
+def write_store(path: Path, index: Any, records: Sequence[Record | None], about: dict) -> None:
+    """Write a faiss index, its records and a manifest into a temporary sibling, then rename."""
+    if path.exists() and not (path / MANIFEST).is_file():
+        if not path.is_dir() or any(path.iterdir()):
+            raise StoreError(path, "exists and is not a vector store", hint="save to a new folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        _faiss().write_index(index, str(tmp / INDEX_FILE))
+        with open(tmp / RECORDS_FILE, "w", encoding="utf-8") as f:
+            for r in records:
+                row = None if r is None else [getattr(r, name) for name in RECORD_FIELDS]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            **about,
+            "record_fields": RECORD_FIELDS,
+            "files": {name: _digest(tmp / name) for name in (INDEX_FILE, RECORDS_FILE)},
+        }
+        # The manifest is written last: a folder without one is a save that never finished.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        for name in (INDEX_FILE, RECORDS_FILE, MANIFEST):
+            _fsync(tmp / name)
+        _fsync(tmp)
+        _swap(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_store(
+    path: Path, *, expected_embedder: str | None = None, expected_dim: int | None = None
+) -> tuple[dict[str, Any], Any, list[Record | None]]:
+    """The manifest, faiss index and records saved at `path`, each checked before use."""
+    manifest = _read_manifest(path)
+    _check_expected(path, manifest, expected_embedder, expected_dim)
+    for name in (INDEX_FILE, RECORDS_FILE):
+        _verify(path, name, manifest["files"].get(name))
+    try:
+        index = _faiss().read_index(str(path / INDEX_FILE))
+        records = _read_records(path / RECORDS_FILE)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise _corrupt(path, f"unreadable: {exc}") from None
+    if index.d != manifest["dim"] or index.ntotal != len(records):
+        raise _corrupt(
+            path,
+            f"{index.ntotal} vectors of {index.d} dimensions for {len(records)} records of "
+            f"{manifest['dim']}",
+        )
+    return manifest, index, records
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    # rename() cannot replace a non-empty folder, so the old one steps aside first; a crash in
+    # between leaves it as `.NAME.old-*`, which `load` puts back.
+    if not path.exists():
+        os.rename(tmp, path)
+    else:
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on Windows; NTFS journals renames anyway
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _corrupt(path: Path, problem: str) -> StoreError:
+    return StoreError(path, problem, hint=_REBUILD)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.exists() and not _recover(path):
+        raise StoreError(path, "does not exist", hint="build the index first, or check the path")
+    if not (path / MANIFEST).is_file():
+        raise StoreError(
+            path,
+            f"has no {MANIFEST}: not a vector store, or a save that never finished",
+            hint=_REBUILD,
+        )
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _corrupt(path, f"{MANIFEST} is unreadable: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _corrupt(path, f"{MANIFEST} is not a longweave vector store manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise StoreError(
+            path,
+            f"has format version {manifest.get('version')!r}; this longweave reads "
+            f"{FORMAT_VERSION}",
+            hint="build the index again with this version of longweave",
+        )
+    if not (
+        isinstance(manifest.get("dim"), int)
+        and isinstance(manifest.get("embedder"), str)
+        and isinstance(manifest.get("files"), dict)
+    ):
+        raise _corrupt(path, f"{MANIFEST} lacks dim, embedder or files")
+    return manifest
+
+
+def _recover(path: Path) -> bool:
+    """Put back the previous store when a save died between its two renames."""
+    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), reverse=True):
+        if (old / MANIFEST).is_file():
+            try:
+                os.rename(old, path)
+                return True
+            except OSError:
+                return path.exists()
+    return False
+
+
+def _check_expected(
+    path: Path, manifest: dict[str, Any], embedder: str | None, dim: int | None
+) -> None:
+    if embedder is not None and manifest["embedder"] != embedder:
+        raise StoreError(
+            path,
+            f"was built with embedder {manifest['embedder']!r}, not {embedder!r}",
+            hint=f"build the index again with {embedder!r}, or query it with "
+            f"{manifest['embedder']!r}",
+        )
+    if dim is not None and manifest["dim"] != dim:
+        raise StoreError(
+            path,
+            f"holds {manifest['dim']}-dimensional vectors, not {dim}",
+            hint="build the index again with the embedder you query it with",
+        )
+
+
+def _verify(path: Path, name: str, entry: Any) -> None:
+    file = path / name
+    if not isinstance(entry, dict) or not {"bytes", "sha256"} <= entry.keys():
+        raise _corrupt(path, f"{MANIFEST} has no checksum for {name}")
+    if not file.is_file():
+        raise _corrupt(path, f"{name} is missing")
+    size = file.stat().st_size
+    if size != entry["bytes"]:
+        raise _corrupt(path, f"{name} is {size} bytes, not {entry['bytes']} (truncated?)")
+    if _sha256(file) != entry["sha256"]:
+        raise _corrupt(path, f"{name} does not match its checksum (corrupted)")
+
+
+def _read_records(file: Path) -> list[Record | None]:
+    records: list[Record | None] = []
+    with open(file, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row is None:
+                records.append(None)
+            else:
+                doc, chunk, start, end, source, text = row
+                records.append(Record(str(doc), int(chunk), int(start), int(end), source, text))
+    return records
