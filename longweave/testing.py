@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from longweave.answer import Usage
-from longweave.errors import UnscriptedCall
+from longweave.errors import ParseError, UnscriptedCall
 from longweave.llm import Completion, Message, check_budget, user
 
 __all__ = ["RegexTokenizer", "Request", "Rule", "ScriptedModel", "user"]
@@ -135,19 +135,23 @@ class ScriptedModel:
             )
         rule.used += 1
         value = rule.reply(request) if callable(rule.reply) else rule.reply
-        text, parsed = _render(value, schema)
+        text, parsed = _render(value, schema, self.name)
         completion_tokens = self.count_tokens(text)
         finish = "length" if completion_tokens > max_tokens else "stop"
         usage = Usage(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         return Completion(text, usage, parsed=parsed, finish_reason=finish, model=self.name)
 
 
-def _render(value: Any, schema: type[BaseModel] | None) -> tuple[str, Any]:
+def _render(value: Any, schema: type[BaseModel] | None, name: str) -> tuple[str, Any]:
+    """The reply's text and, for schema calls, the validated object, as real backends give them."""
     if isinstance(value, BaseModel):
         return value.model_dump_json(), value
-    if isinstance(value, dict):
-        parsed = schema.model_validate(value) if schema else None
-        return json.dumps(value), parsed
-    text = str(value)
-    parsed = schema.model_validate_json(text) if schema else None
-    return text, parsed
+    text = json.dumps(value) if isinstance(value, dict) else str(value)
+    if schema is None:
+        return text, None
+    try:
+        return text, schema.model_validate_json(text)
+    except ValidationError as exc:
+        # Real backends raise ParseError for output that fails the schema; so does the fake.
+        raise ParseError(f"reply does not match {schema.__name__}: {exc}", raw=text,
+                         provider=name) from exc

@@ -1,0 +1,510 @@
+"""MemWalker against the strict scripted model: STRATEGIES.md §4.6 acceptance checks, caps,
+invalid decisions, working memory, the cached tree, and one run of the real local model."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from longweave.agents import mem_walker_prompts
+from longweave.agents.base import RunContext
+from longweave.agents.mem_walker import MemWalker
+from longweave.cache import ArtifactCache
+from longweave.documents import Document, open_document
+from longweave.errors import BudgetExceeded
+from longweave.events import EventLog
+from longweave.memory.summary_tree import SummaryTree, TreeNode, balanced_groups
+from longweave.runner import arun
+from longweave.testing import Request, ScriptedModel
+
+TAG = re.compile(r"SENTINEL-(\d+)|\bS(\d+)\b")
+SHOWN = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
+GOTO_1 = {"reasoning": "the first part", "action": "goto", "child": 1}
+BACK = {"reasoning": "not here", "action": "back"}
+LEAF = "You reached this passage"  # in leaf prompts only (the fallback shows a passage too)
+# 9 paragraphs of ~62 tokens and 80-token segments: one sentinel per leaf; K=3 gives 9 -> 3 -> 1.
+MW = MemWalker(window=1024, max_children=3, segment_tokens=80, nav_max_new=48, answer_max_new=32,
+               reasoning_chars=100, margin=16)
+
+
+def sentinel_document(n: int, words: int = 60) -> Document:
+    paras = [
+        f"SENTINEL-{i} " + " ".join(f"word{i}x{j}" for j in range(words)) + "." for i in range(n)
+    ]
+    return Document.from_text("\n\n".join(paras))
+
+
+def tags(text: str) -> list[int]:
+    return sorted({int(a or b) for a, b in TAG.findall(text)})
+
+
+def summary_reply(request: Request) -> str:
+    """A summary naming every sentinel its input covers, so prompts show what each node holds."""
+    return "covers " + " ".join(f"S{i}" for i in tags(request.text))
+
+
+def shown(request: Request) -> list[list[int]]:
+    """The sentinels of each numbered child summary in a triage prompt, in order."""
+    return [tags(text) for _, text in SHOWN.findall(request.text)]
+
+
+def passage(request: Request) -> list[int]:
+    return tags(request.text.split("<passage>")[1].split("</passage>")[0])
+
+
+def memory(request: Request) -> list[str]:
+    if "<memory>" not in request.text:
+        return []
+    return request.text.split("<memory>\n")[1].split("\n</memory>")[0].split("\n\n")
+
+
+def towards(target: int) -> Any:
+    """A navigator that goes to the child covering `target`, or back when none does."""
+
+    def reply(request: Request) -> dict[str, Any]:
+        for n, covered in enumerate(shown(request), 1):
+            if target in covered:
+                return {"reasoning": f"S{target} is in part {n}", "action": "goto", "child": n}
+        return BACK
+
+    return reply
+
+
+def reader_for(target: int, answer: str = "found it") -> Any:
+    def reply(request: Request) -> dict[str, Any]:
+        if target in passage(request):
+            return {"reasoning": "it is here", "action": "answer", "answer": answer}
+        return BACK
+
+    return reply
+
+
+def scripted(navigator: Any = GOTO_1, reader: Any = None, window: int = 1024) -> ScriptedModel:
+    model = ScriptedModel(context_window=window)
+    model.on("summarizer", reply=summary_reply)
+    model.on("navigator", reply=navigator)
+    if reader is not None:
+        model.on("reader", contains=LEAF, reply=reader)
+    model.on("reader", contains="The search is over", reply="best guess")
+    return model
+
+
+# -- §4.6.1: the tree ------------------------------------------------------------------------------
+
+
+async def test_tree_shape_and_one_summary_call_per_node() -> None:
+    model, doc = scripted(reader=reader_for(0)), sentinel_document(9)
+    answer = await arun(MW, doc, "Where is S0?", model)
+    ctx = RunContext(model, doc, "q", MW.name)
+    plan = MW.plan(ctx)
+    tree = await MW.tree(ctx, plan)  # no artifact cache: built again, 13 more calls
+    assert len(tree.leaves) == 9 and tree.depth == 2 and len(tree.nodes) == 13
+    assert tree.tiles(len(doc.text))
+    assert [tags(doc.text[leaf.start:leaf.end]) for leaf in tree.leaves] == [[i] for i in range(9)]
+    for node in tree.nodes:
+        assert node.is_leaf or 2 <= len(node.children) <= 3
+    assert tree.node(tree.root).summary == "covers " + " ".join(f"S{i}" for i in range(9))
+    build = next(s for s in answer.steps if s.role == "tree")
+    assert build.detail == build.detail | {"cached": False, "nodes": 13, "calls": 13}
+    summaries = model.calls("summarizer")
+    assert len(summaries) == 26
+    # leaves first, then the three parents, then the root: levels in order
+    assert ["consecutive parts" in r.text for r in summaries[:13]] == [False] * 9 + [True] * 4
+    assert all(r.max_tokens == plan.summary_cap for r in summaries)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 8])
+def test_balanced_groups_never_leave_a_single_child(k: int) -> None:
+    for count in range(2, 60):
+        groups = balanced_groups(count, k)
+        assert [i for g in groups for i in g] == list(range(count))
+        assert all(2 <= len(g) <= k for g in groups)
+        assert len(groups) == -(-count // k)
+
+
+@dataclass
+class CountingModel(ScriptedModel):
+    """Yields once inside every call, so concurrent callers overlap; records the peak."""
+
+    in_flight: int = 0
+    peak: int = 0
+
+    async def complete(self, messages: Any, **kwargs: Any) -> Any:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(0)
+            return await super().complete(messages, **kwargs)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 4, 8])
+async def test_summaries_of_a_level_run_concurrently_within_the_bound(concurrency: int) -> None:
+    model = CountingModel(context_window=1024)
+    model.on("summarizer", reply=summary_reply)
+    model.on("navigator", reply=GOTO_1)
+    model.on("reader", reply={"reasoning": "r", "action": "answer", "answer": "a"})
+    walker = MW.model_copy(update={"concurrency": concurrency})
+    await arun(walker, sentinel_document(9), "q?", model)
+    assert model.peak == concurrency
+
+
+async def test_second_question_reuses_the_cached_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, doc = scripted(navigator=towards(4), reader=reader_for(4)), sentinel_document(9)
+    cache = ArtifactCache(tmp_path)
+    first = await arun(MW, doc, "Where is S4?", model, artifacts=cache)
+    assert len(model.calls("summarizer")) == 13
+    model.requests.clear()
+    second = await arun(MW, doc, "Where is S4, again?", model, artifacts=cache)
+    assert model.calls("summarizer") == []
+    assert second.usage.calls == 3 == first.usage.calls - 13  # depth triage + 1 leaf
+    (tree_step,) = [s for s in second.steps if s.role == "tree"]
+    assert tree_step.detail["cached"] is True and tree_step.detail["nodes"] == 13
+    assert [p.name for p in tmp_path.iterdir()] == [tree_step.detail["key"]]
+    # other tree settings are another artifact: built anew
+    await arun(MW.model_copy(update={"max_children": 4}), doc, "q?", model, artifacts=cache)
+    assert model.calls("summarizer")
+    assert len(list(tmp_path.iterdir())) == 2
+    # new prompt wording invalidates the trees built with the old one (§8.6)
+    monkeypatch.setattr(mem_walker_prompts, "PROMPT_VERSION", "changed")
+    model.requests.clear()
+    await arun(MW, doc, "q?", model, artifacts=cache)
+    assert len(model.calls("summarizer")) == 13 and len(list(tmp_path.iterdir())) == 3
+
+
+async def test_an_unreadable_cached_tree_is_rebuilt_with_a_warning(tmp_path: Path) -> None:
+    model, doc = scripted(reader=reader_for(0)), sentinel_document(9)
+    cache = ArtifactCache(tmp_path)
+    await arun(MW, doc, "q?", model, artifacts=cache)
+    (folder,) = tmp_path.iterdir()
+    (folder / "tree.json").write_text("{not json")
+    model.requests.clear()
+    with pytest.warns(RuntimeWarning, match="rebuilding the MemWalker tree"):
+        answer = await arun(MW, doc, "q?", model, artifacts=cache)
+    assert len(model.calls("summarizer")) == 13 and answer.text == "found it"
+
+
+def test_tree_round_trips_and_rejects_bad_shapes(tmp_path: Path) -> None:
+    leaves = [TreeNode(id=i, level=0, summary=f"s{i}", start=i * 5, end=i * 5 + 5, chunk_index=i)
+              for i in range(2)]
+    root = TreeNode(id=2, level=1, summary="r", children=(0, 1), start=0, end=10)
+    tree = SummaryTree(doc_id="d", nodes=(*leaves, root), root=2, settings={"K": 3})
+    tree.save(tmp_path / "t.json")
+    assert SummaryTree.load(tmp_path / "t.json") == tree
+    assert tree.tiles(10) and not tree.tiles(11)
+    with pytest.raises(ValueError, match="invalid child"):
+        SummaryTree(doc_id="d", nodes=(*leaves, root.model_copy(update={"children": (0, 5)})),
+                    root=2)
+
+
+async def test_a_single_segment_is_read_without_a_tree() -> None:
+    model = scripted(reader=reader_for(0))
+    doc = sentinel_document(1, words=20)
+    answer = await arun(MW, doc, "q?", model)
+    assert [r.role for r in model.requests] == ["reader"]
+    assert answer.usage.calls == 1 and answer.text == "found it"
+    assert answer.citations[0].text == doc.text
+
+
+# -- §4.6.2: budgets -------------------------------------------------------------------------------
+
+
+async def test_full_summaries_and_full_memory_fit_the_window() -> None:
+    model = ScriptedModel(context_window=1024)
+    model.on("summarizer", reply=lambda r: " ".join(["long"] * (2 * r.max_tokens)))
+    model.on("navigator", reply=GOTO_1)
+    model.on("reader", contains=LEAF, reply=BACK)
+    model.on("reader", reply="best guess")
+    walker = MW.model_copy(update={"max_leaves_read": 9, "max_nav_steps": 40})
+    doc = sentinel_document(9)
+    plan = walker.plan(RunContext(model, doc, "What is hidden?", walker.name))
+    answer = await arun(walker, doc, "What is hidden?", model)
+    nav = [r for r in model.requests if r.role != "summarizer"]
+    assert len(nav) == 9 + 12 + 1  # every leaf read, 12 triage decisions, one fallback
+    full = max(len(memory(r)) for r in nav)
+    assert full >= 3  # the memory was truncated: far more than 3 summaries were left on descent
+    for request in nav:
+        assert request.prompt_tokens + request.max_tokens <= 1024
+        wm = "\n\n".join(memory(request))
+        assert model.count_tokens(wm) <= plan.wm_cap
+    assert "capped" not in answer.flags and "exhausted" in answer.flags
+
+
+def test_budgets_do_not_depend_on_the_question() -> None:
+    model, doc = scripted(), sentinel_document(3)
+    short = MW.plan(RunContext(model, doc, "q?", MW.name))
+    long = MW.plan(RunContext(model, doc, "why " * 300, MW.name))
+    assert short == long
+    assert short.wm_cap == 256 and 16 <= short.summary_cap and short.segment_tokens == 80
+
+
+async def test_a_long_question_takes_room_from_the_working_memory() -> None:
+    model, doc = scripted(), sentinel_document(9)
+    ctx = RunContext(model, doc, "why " * 150, MW.name)
+    state = await MW.initial_state(ctx)
+    assert state["wm_limit"] == 256 - (150 - 102)
+    with pytest.raises(BudgetExceeded, match="question"):
+        await MW.initial_state(RunContext(model, doc, "why " * 400, MW.name))
+
+
+# -- §4.6.3 and backtracking -----------------------------------------------------------------------
+
+
+async def test_child_one_everywhere_costs_depth_plus_one_and_cites_the_leftmost_leaf() -> None:
+    model, doc = scripted(reader=reader_for(0, "S0 is here")), sentinel_document(9)
+    answer = await arun(MW, doc, "Where is S0?", model)
+    roles = [r.role for r in model.requests]
+    assert roles == ["summarizer"] * 13 + ["navigator"] * 2 + ["reader"]
+    assert answer.usage.calls == 13 + 2 + 1  # build n·K/(K-1)-ish, then depth + 1
+    assert answer.usage.prompt_tokens == sum(r.prompt_tokens for r in model.requests)
+    assert answer.text == "S0 is here" and answer.flags == []
+    (citation,) = answer.citations
+    assert citation.start == 0 and citation.text == doc.text[citation.start:citation.end]
+    assert tags(citation.text) == [0] and citation.chunk_index == 0
+
+
+async def test_a_not_here_decision_backtracks_to_the_parent_and_tries_elsewhere() -> None:
+    model = scripted(reader=reader_for(7, "S7 found"))
+    # wrong turn at the root (part 1), "not here" inside it, then the right branch
+    model.rules[1:2] = []
+    model.on("navigator", contains="[1] covers S0 S1 S2\n[2]", reply=GOTO_1, times=1)
+    model.on("navigator", contains="[1] covers S0\n", reply=BACK, times=1)
+    model.on("navigator", reply=towards(7))
+    doc = sentinel_document(9)
+    answer = await arun(MW, doc, "Where is S7?", model)
+    triage = model.calls("navigator")
+    assert [shown(r) for r in triage] == [
+        [[0, 1, 2], [3, 4, 5], [6, 7, 8]],  # root
+        [[0], [1], [2]],  # the wrong part: "not here"
+        [[3, 4, 5], [6, 7, 8]],  # back at the root: the exhausted part is no longer offered
+        [[6], [7], [8]],
+    ]
+    assert [passage(r) for r in model.calls("reader")] == [[7]]
+    assert answer.text == "S7 found" and tags(answer.citations[0].text) == [7]
+    assert answer.usage.calls == 13 + 4 + 1
+    moves = [(s.detail["action"], s.detail["node"]) for s in answer.steps if s.role == "navigator"]
+    assert [a for a, _ in moves] == ["goto", "back", "goto", "goto"]
+
+
+# -- §4.6.4: caps and exhaustion -------------------------------------------------------------------
+
+
+async def test_always_back_at_leaves_reads_left_to_right_then_falls_back_once() -> None:
+    model, doc = scripted(reader=BACK), sentinel_document(9)
+    answer = await arun(MW, doc, "q?", model)  # max_leaves_read = 5
+    reads = [r for r in model.calls("reader") if LEAF in r.text]
+    assert [passage(r) for r in reads] == [[0], [1], [2], [3], [4]]
+    fallback = [r for r in model.calls("reader") if "The search is over" in r.text]
+    assert len(fallback) == 1 and model.requests[-1] is fallback[0]
+    assert "word4x0" in fallback[0].text  # the last leaf read is in the fallback prompt
+    assert answer.text == "best guess" and {"fallback", "capped"} <= set(answer.flags)
+    assert tags(answer.citations[0].text) == [4]
+    # root, part 1 three times, root again, part 2 twice (the third leaf of part 2 is never read)
+    assert len(model.calls("navigator")) == 1 + 3 + 1 + 2
+    assert answer.usage.calls == 13 + 7 + 5 + 1
+
+
+async def test_the_step_cap_stops_the_walk_and_falls_back() -> None:
+    model, doc = scripted(reader=BACK), sentinel_document(9)
+    walker = MW.model_copy(update={"max_nav_steps": 4, "max_leaves_read": 100})
+    answer = await arun(walker, doc, "q?", model)
+    decisions = [r for r in model.requests if r.role == "navigator" or LEAF in r.text]
+    assert len(decisions) == 4
+    assert "capped" in answer.flags and answer.usage.calls == 13 + 4 + 1
+
+
+async def test_an_exhausted_tree_falls_back_once_after_visiting_every_leaf_once() -> None:
+    model, doc = scripted(reader=BACK), sentinel_document(4)  # 4 leaves: root -> (2, 2)
+    answer = await arun(MW, doc, "q?", model)
+    reads = [passage(r) for r in model.calls("reader") if LEAF in r.text]
+    assert reads == [[0], [1], [2], [3]]
+    assert [shown(r) for r in model.calls("navigator")] == [
+        [[0, 1], [2, 3]], [[0], [1]], [[1]], [[2, 3]], [[2], [3]], [[3]],
+    ]  # a part with nothing left is left without a call
+    assert {"fallback", "exhausted"} <= set(answer.flags) and "capped" not in answer.flags
+
+
+async def test_adversarial_walks_never_hit_the_recursion_limit() -> None:
+    model = scripted(navigator=BACK)
+    for steps in (1, 2, 20):
+        walker = MW.model_copy(update={"max_nav_steps": steps, "max_leaves_read": 100})
+        answer = await arun(walker, sentinel_document(9), "q?", model)
+        assert answer.text == "best guess"
+    model = scripted(reader=BACK)
+    walker = MW.model_copy(update={"max_nav_steps": 60, "max_leaves_read": 100})
+    answer = await arun(walker, sentinel_document(120, words=20), "q?", model)
+    assert "capped" in answer.flags
+    assert len([r for r in model.requests if r.role != "summarizer"]) == 60 + 1
+
+
+# -- §4.6.5: invalid decisions ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"reasoning": "r", "action": "goto", "child": 0},
+        {"reasoning": "r", "action": "goto", "child": 4},  # |C| + 1
+        {"reasoning": "r", "action": "goto", "child": "two"},
+        {"reasoning": "r", "action": "goto"},  # child missing
+        {"reasoning": "r", "action": "jump", "child": 1},
+        "I would pick the second one",
+    ],
+)
+async def test_an_invalid_choice_is_reasked_twice_then_counts_as_back(bad: Any) -> None:
+    model = scripted(navigator=bad)
+    answer = await arun(MW, sentinel_document(9), "q?", model)
+    triage = model.calls("navigator")
+    assert len(triage) == 3  # the first try and 2 re-asks at the root, then back: nothing left
+    assert "not usable" not in triage[0].text
+    assert all("Your previous reply was not usable" in r.text for r in triage[1:])
+    assert all(r.messages[:-1] == triage[0].messages for r in triage[1:])
+    assert {"invalid_action", "fallback", "exhausted", "uncited"} <= set(answer.flags)
+    assert answer.citations == [] and answer.text == "best guess"
+
+
+async def test_a_reask_that_succeeds_continues_the_walk() -> None:
+    model = scripted(reader=reader_for(0))
+    model.rules[1:2] = []
+    model.on("navigator", reply={"reasoning": "r", "action": "goto", "child": 9}, times=1)
+    model.on("navigator", reply=GOTO_1)
+    answer = await arun(MW, sentinel_document(9), "q?", model)
+    triage = model.calls("navigator")
+    assert len(triage) == 3 and "child" in triage[1].messages[-1].content
+    assert answer.text == "found it" and "invalid_action" not in answer.flags
+    assert [s.detail["attempts"] for s in answer.steps if s.role == "navigator"] == [2, 1]
+
+
+async def test_a_reply_cut_at_the_token_limit_is_invalid() -> None:
+    model = scripted()
+    long_reasoning = {"reasoning": "x " * 45, "action": "answer", "answer": "a"}
+    model.on("reader", contains=LEAF, reply=long_reasoning, times=1)
+    model.on("reader", contains=LEAF, reply={"reasoning": "ok", "action": "answer",
+                                                     "answer": "short"})
+    answer = await arun(MW, sentinel_document(9), "q?", model)
+    reads = model.calls("reader")
+    assert len(reads) == 2 and "token limit" in reads[1].messages[-1].content
+    assert answer.text == "short"
+
+
+async def test_an_answer_without_text_is_reasked_at_the_leaf() -> None:
+    model = scripted(reader={"reasoning": "r", "action": "answer", "answer": " "})
+    walker = MW.model_copy(update={"max_leaves_read": 1})
+    answer = await arun(walker, sentinel_document(9), "q?", model)
+    reads = [r for r in model.calls("reader") if LEAF in r.text]
+    assert len(reads) == 3 and '"answer" needs' in reads[-1].text
+    assert {"invalid_action", "fallback"} <= set(answer.flags)
+
+
+# -- §4.6.6: working memory ------------------------------------------------------------------------
+
+
+def _summary(ids: range | list[int]) -> str:
+    return "covers " + " ".join(f"S{i}" for i in ids)
+
+
+async def test_working_memory_holds_summaries_left_on_descent_in_order() -> None:
+    model = scripted(reader=BACK)
+    await arun(MW.model_copy(update={"max_leaves_read": 4}), sentinel_document(9), "q?", model)
+    root, a, b = _summary(range(9)), _summary([0, 1, 2]), _summary([3, 4, 5])
+    decisions = [r for r in model.requests if r.role == "navigator" or LEAF in r.text]
+    assert [memory(r) for r in decisions] == [
+        [],  # root
+        [root],  # part 1
+        [root, a],  # leaf S0
+        [root, a],  # part 1 again
+        [root, a, a],  # leaf S1
+        [root, a, a],
+        [root, a, a, a],  # leaf S2
+        [root, a, a, a],  # root again (part 1 is exhausted)
+        [root, a, a, a, root],  # part 2
+        [root, a, a, a, root, b],  # leaf S3
+    ]
+
+
+async def test_working_memory_drops_the_oldest_entries_at_its_cap() -> None:
+    model = scripted(reader=BACK)
+    walker = MW.model_copy(update={"max_leaves_read": 4, "wm_share": 0.015})  # 15 tokens
+    await arun(walker, sentinel_document(9), "q?", model)
+    root, a, b = _summary(range(9)), _summary([0, 1, 2]), _summary([3, 4, 5])
+    last = next(r for r in model.calls("reader") if [3] == passage(r))
+    assert memory(last) == [root, b]  # 15 tokens hold the two newest of [root, a, a, a, root, b]
+    assert model.count_tokens("\n\n".join([a, root, b])) > 15 >= model.count_tokens(root + b)
+
+
+async def test_path_memory_and_no_memory() -> None:
+    model = scripted(reader=BACK)
+    walker = MW.model_copy(update={"max_leaves_read": 4, "working_memory": "path"})
+    await arun(walker, sentinel_document(9), "q?", model)
+    last = next(r for r in model.calls("reader") if [3] == passage(r))
+    assert memory(last) == [_summary(range(9)), _summary([3, 4, 5])]
+    model = scripted(reader=BACK)
+    await arun(MW.model_copy(update={"working_memory": "none"}), sentinel_document(9), "q", model)
+    assert all("<memory>" not in r.text for r in model.requests)
+
+
+# -- trace and events ------------------------------------------------------------------------------
+
+
+async def test_trace_and_events_show_the_build_and_the_walk() -> None:
+    model, log = scripted(reader=reader_for(0)), EventLog()
+    answer = await arun(MW, sentinel_document(9), "q?", model, on_event=log)
+    roles = [s.role for s in answer.steps]
+    assert roles == ["summarizer"] * 13 + ["tree", "navigator", "navigator", "reader"]
+    calls = log.of_kind("call")
+    assert [e.role for e in calls] == [r.role for r in model.requests]
+    assert {(e.index, e.total) for e in calls[:9]} == {(i, 9) for i in range(9)}
+
+
+async def test_an_empty_question_returns_the_root_summary() -> None:
+    model, doc = scripted(), sentinel_document(9)
+    answer = await arun(MW, doc, "", model)
+    assert [r.role for r in model.requests] == ["summarizer"] * 13
+    assert answer.text == _summary(range(9))
+    assert len(answer.citations) == 9 and answer.citations[-1].end == len(doc.text)
+    single = scripted()
+    answer = await arun(MW, sentinel_document(1, words=20), " ", single)
+    assert [r.role for r in single.requests] == ["summarizer"] and answer.text == _summary([0])
+
+
+# -- the real local model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    local_models = pytest.importorskip("longweave.local_models")
+    model = local_models.LocalLLM.bundled(
+        cache_dir=tmp_path_factory.getbasetemp() / "longweave-cache"
+    )
+    yield model
+    model.close()
+
+
+@pytest.mark.real_model
+async def test_real_local_model_end_to_end(local_llm: Any, tmp_path: Path) -> None:
+    doc = open_document(Path(__file__).parents[1] / "examples" / "harbour_report.md")
+    # ~950 tokens in 400-token segments: 3 leaves under one root; short generations throughout
+    walker = MemWalker(window=2048, segment_tokens=400, max_children=3, nav_max_new=48,
+                       answer_max_new=32, summary_max_new=32, reasoning_chars=40, answer_chars=60,
+                       max_nav_steps=4, max_leaves_read=2)
+    cache = ArtifactCache(tmp_path)
+    answer = await arun(walker, doc, "Who was the first keeper of the lighthouse?", local_llm,
+                        artifacts=cache)
+    assert answer.text.strip()
+    assert answer.citations
+    for citation in answer.citations:
+        assert doc.text[citation.start:citation.end] == citation.text
+    built = next(s for s in answer.steps if s.role == "tree")
+    assert built.detail["calls"] == built.detail["nodes"] >= 3
+    again = await arun(walker, doc, "When was the lamp first lit?", local_llm, artifacts=cache)
+    assert not [s for s in again.steps if s.role == "summarizer"]
+    assert again.usage.calls < answer.usage.calls
+
