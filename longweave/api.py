@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +19,28 @@ if TYPE_CHECKING:
 _DOC_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".text"}
 
 
-def load_source(source: str | os.PathLike[str] | Document) -> Document:
-    """A Document from a path, a Document, or literal text.
+def load_source(
+    source: str | os.PathLike[str] | Document,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> Document:
+    """A Document from a path, a folder (corpus mode), a Document, or literal text.
 
     A `str` is read as a path when it names an existing file or looks like one (a single line
     with a document suffix), so a mistyped file name fails clearly instead of being answered as text.
+    A folder becomes one corpus document of its files matching `include` and not `exclude`
+    (see `longweave.retrieval.corpus`).
     """
     from longweave.documents import Document, open_document
 
     if isinstance(source, Document):
         return source
+    if isinstance(source, os.PathLike) or "\n" not in source and len(source) < 1024:
+        if os.path.isdir(Path(source).expanduser()):
+            from longweave.retrieval.corpus import open_corpus
+
+            return open_corpus(source, include=include, exclude=exclude)
     if isinstance(source, os.PathLike):
         return open_document(source)
     looks_like_path = "\n" not in source and len(source) < 1024 and (

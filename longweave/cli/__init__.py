@@ -7,6 +7,7 @@ import sys
 import typer
 
 from longweave.cli import ask as _ask
+from longweave.cli import index as _index
 from longweave.cli import serve as _serve
 from longweave.cli import strategies as _strategies
 from longweave.errors import LongweaveError
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("ask")(_ask.ask)
+app.command("index")(_index.index)
 app.command("serve")(_serve.serve)
 app.command("strategies")(_strategies.strategies)
 

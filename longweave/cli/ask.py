@@ -12,7 +12,9 @@ from longweave.cli.options import parse_options
 
 
 def ask(
-    path: Annotated[Path, typer.Argument(help="The document: .txt, .md, .html or .pdf.")],
+    path: Annotated[
+        Path, typer.Argument(help="The document (.txt, .md, .html, .pdf) or a folder of them.")
+    ],
     question: Annotated[str, typer.Argument(help="The question; '' asks for a summary.")],
     strategy: Annotated[str, typer.Option("--strategy", "-s", help="Strategy name.")] = (
         "chain-of-agents"
@@ -27,19 +29,27 @@ def ask(
     option: Annotated[
         list[str] | None, typer.Option("--set", help="Strategy option key=value (repeatable).")
     ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
+    ] = None,
 ) -> None:
     """Answer QUESTION about the document at PATH."""
     from rich.console import Console
 
     from longweave.api import ask as run_ask
+    from longweave.api import load_source
     from longweave.cli.progress import ProgressView
     from longweave.cli.render import print_answer
 
     err = Console(stderr=True)
     started = time.perf_counter()
+    source = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode
     with ProgressView(err) as view:
         answer = run_ask(
-            path, question, strategy=strategy, model=model, cache=not no_cache,
+            source, question, strategy=strategy, model=model, cache=not no_cache,
             on_event=view, **parse_options(option),
         )
     if as_json:

@@ -1,0 +1,67 @@
+"""`longweave index PATH...`: build the retrieval index of files and folders ahead of questions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def index(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Documents, or folders indexed as one corpus each.")
+    ],
+    embedder: Annotated[
+        str, typer.Option("--embedder", help="'bundled', 'st:<model>' or 'openai:<model>'.")
+    ] = "bundled",
+    chunk_tokens: Annotated[
+        int, typer.Option("--chunk-tokens", help="Chunk size in the model's tokens.")
+    ] = 256,
+    overlap: Annotated[int, typer.Option("--overlap", help="Tokens chunks share.")] = 0,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Whose tokenizer cuts the chunks (as `ask` will)."),
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Chunk and embed PATHS once, so `ask --strategy rag` reuses the index; prints what it did."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from longweave.cache import ArtifactCache
+    from longweave.config import Settings
+    from longweave.llm import resolve_model
+    from longweave.retrieval.index import IndexReport, index_paths, resolve_embedder
+
+    settings = Settings()
+    out = Console(highlight=False)
+
+    def show(row: IndexReport) -> None:
+        if as_json:
+            typer.echo(json.dumps(asdict(row)))
+            return
+        verb = "[dim]reused[/]" if row.reused else "[green]built[/] "
+        what = "corpus " if row.kind == "corpus" else ""
+        out.print(f"{verb} {what}{row.source}: {row.chunks} chunks, {row.embedded} embedded")
+
+    tokenizer = resolve_model(model or settings.model).tokenizer
+    index_paths(
+        paths,
+        embedder=resolve_embedder(embedder, settings.cache_dir),
+        tokenizer=tokenizer,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        artifacts=ArtifactCache(settings.cache_dir / "artifacts"),
+        include=include,
+        exclude=exclude,
+        on_report=show,
+    )
