@@ -16,6 +16,8 @@ def print_answer(console: Console, answer: Answer, *, context: int = 80) -> None
         if len(excerpt) > 2 * context:
             excerpt = f"{excerpt[:context]} … {excerpt[-context:]}"
         where = f"chars {cite.start}-{cite.end}"
+        if cite.source:
+            where = f"{cite.source}, {where}"
         if cite.chunk_index is not None:
             where += f", chunk {cite.chunk_index + 1}"
         console.print(f"[bold][{n}][/] [dim]{where}[/] {excerpt}", highlight=False)
