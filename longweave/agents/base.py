@@ -114,6 +114,7 @@ class RunContext:
 # Built-in strategies, imported only when asked for so `import longweave` stays light.
 BUILTINS: dict[str, str] = {
     "chain-of-agents": "longweave.agents.chain_of_agents:ChainOfAgents",
+    "graph-reader": "longweave.agents.graph_reader:GraphReader",
     "mem-walker": "longweave.agents.mem_walker:MemWalker",
     "rag": "longweave.agents.rag:RAG",
     "truncate": "longweave.agents.truncate:Truncate",

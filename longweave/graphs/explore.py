@@ -1,0 +1,166 @@
+"""The model's side of one GraphReader path: show the state, ask for a call, validate, run it.
+
+Step 7 of Query(q) in STRATEGIES.md §3.2. Every call the model chooses is checked against the
+graph by `PathState.check` before it runs; an invalid one is re-asked with the validator's
+message at most `retries` times, then the path ends (§3.5.4, §8.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from longweave.agents import graph_reader_prompts as prompts
+from longweave.errors import ParseError
+from longweave.graphs.paths import Call, PathState
+from longweave.graphs.store import Fact, KeyGraph
+from longweave.structured import reask_message, repair_json
+
+if TYPE_CHECKING:
+    from longweave.agents.base import RunContext
+    from longweave.agents.graph_reader import Budgets, GraphReader
+
+__all__ = ["Explorer"]
+
+
+class Explorer:
+    """Runs exploration paths for one question; counts attempts and invalid calls."""
+
+    def __init__(self, reader: GraphReader, ctx: RunContext, graph: KeyGraph, plan: str,
+                 budgets: Budgets) -> None:
+        self.reader, self.ctx, self.graph, self.plan, self.budgets = (
+            reader, ctx, graph, plan, budgets)
+        self.attempts = 0
+        self.invalid = 0
+        self.flags: list[str] = []
+
+    async def walk(self, index: int, start: str) -> PathState:
+        """One path from `start`: at most max_steps_per_path step calls."""
+        r = self.reader
+        path = PathState(self.graph, start, neighbor_limit=r.neighbor_limit)
+        for _ in range(r.max_steps_per_path):
+            if path.mode == "done":
+                break
+            await self._step(index, path)
+        else:
+            if path.mode != "done":
+                path.end("capped")
+        return path
+
+    async def _step(self, index: int, path: PathState) -> None:
+        r, ctx = self.reader, self.ctx
+        mode, legal = path.mode, tuple(path.legal())
+        ids, names = (), ()
+        if mode == "facts":
+            content, ids = await self._facts(path), tuple(path.chunk_choices())
+        elif mode == "chunk":
+            assert path.current is not None
+            start, end = self.graph.spans[path.current]
+            content = f"[chunk {path.current}]\n{ctx.document.text[start:end]}"
+        else:
+            names = tuple(path.neighbor_choices())
+            content = self._fit("\n".join(f"- {n}" for n in names))
+        schema = prompts.step_schema(mode, legal, ids, names, r.notebook_chars,
+                                     r.rationale_chars, r.max_chunk_ids)
+        recent = path.actions[-r.last_actions:] if r.last_actions else []
+        messages = prompts.step_messages(mode, ctx.question, self.plan, recent, path.notebook,
+                                         content, legal)
+        call, reply, attempts = await self._decide(index, path, messages, schema)
+        path.steps += 1
+        ctx.step("stepper", reply.get("rationale", ""), index=index, path=index, node=path.node,
+                 mode=mode, chunk=path.current, attempts=attempts,
+                 action=None if call is None else call.action)
+        if call is None:
+            path.end("invalid")
+            return
+        path.notebook = str(reply.get("notebook", path.notebook))[: r.notebook_chars]
+        path.apply(call)
+
+    async def _decide(self, index: int, path: PathState, messages: list[Any],
+                      schema: type[Any]) -> tuple[Call | None, dict[str, Any], int]:
+        """A validated call, re-asking with the complaint; (None, ...) when none came."""
+        r, prompt = self.reader, messages
+        for attempt in range(1, r.retries + 2):
+            self.attempts += 1
+            data: dict[str, Any] = {}
+            try:
+                reply = await self.ctx.call("stepper", prompt, max_tokens=r.step_max_new,
+                                            schema=schema, temperature=r.temperature,
+                                            index=index, total=r.max_steps_per_path)
+                if reply.finish_reason == "length":
+                    raise ParseError("the reply was cut off at the token limit; be briefer",
+                                     raw=reply.text)
+                if reply.parsed is None:
+                    raise ParseError("the reply held no JSON object", raw=reply.text)
+                data = reply.parsed.model_dump()
+                problem = None
+            except ParseError as exc:
+                # Read what the model wrote anyway: a graph-level complaint ("no node named X")
+                # helps more than the schema's, and a near-miss name may still resolve.
+                data, problem = _loose(exc.raw), exc.message
+            call, complaint = path.check(_call(data)) if data else (None, None)
+            if call is not None and (problem is None or _args_ok(data)):
+                return call, data, attempt
+            self.invalid += 1
+            prompt = [*messages, reask_message(complaint or problem or "invalid reply")]
+        return None, {}, r.retries + 1
+
+    async def _facts(self, path: PathState) -> str:
+        """The node's facts grouped by chunk id, within the content budget (§3.5.6)."""
+        facts = self.graph.node_facts(path.node)
+        text = _render(facts)
+        if self.ctx.llm.count_tokens(text) > self.budgets.content_tokens:
+            facts = await self._rank(facts)
+            self.flags.append("facts_truncated")
+            text = _render(facts)
+        path.shown_facts.extend(f.id for f in facts if f.id not in path.shown_facts)
+        return text
+
+    async def _rank(self, facts: list[Fact]) -> list[Fact]:
+        """The facts most similar to question and plan that fit, shown in chunk order."""
+        embedder = self.reader.get_embedder(self.ctx)
+        texts = [f"{self.ctx.question} {self.plan}", *(f.text for f in facts)]
+        vectors = await asyncio.to_thread(embedder.embed, texts)
+        order = sorted(range(len(facts)), key=lambda i: -float(vectors[i + 1] @ vectors[0]))
+        kept: list[Fact] = []
+        for i in order:
+            trial = [*kept, facts[i]]
+            if self.ctx.llm.count_tokens(_render(trial)) > self.budgets.content_tokens:
+                break
+            kept = trial
+        return sorted(kept, key=lambda f: (f.chunk, f.id))
+
+    def _fit(self, text: str) -> str:
+        lines, kept = text.split("\n"), []
+        for line in lines:
+            if self.ctx.llm.count_tokens("\n".join([*kept, line])) > self.budgets.content_tokens:
+                break
+            kept.append(line)
+        return "\n".join(kept)
+
+
+def _render(facts: list[Fact]) -> str:
+    groups: dict[int, list[str]] = {}
+    for fact in sorted(facts, key=lambda f: (f.chunk, f.id)):
+        groups.setdefault(fact.chunk, []).append(fact.text)
+    return "\n".join(f"[chunk {c}] " + " ".join(texts) for c, texts in groups.items())
+
+
+def _loose(raw: str) -> dict[str, Any]:
+    try:
+        value, _ = repair_json(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _call(data: dict[str, Any]) -> Call:
+    ids = data.get("chunk_ids") or []
+    clean = tuple(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else ()
+    neighbor = data.get("neighbor")
+    return Call(str(data.get("action", "")), clean, neighbor if isinstance(neighbor, str) else "")
+
+
+def _args_ok(data: dict[str, Any]) -> bool:
+    """A reply that failed the schema is still usable if its notebook is a bounded string."""
+    return isinstance(data.get("notebook", ""), str)
