@@ -7,7 +7,7 @@ tiktoken pass over the same text (the floor). longweave's output is then checked
 the text at exact offsets and every `n_tokens` equals a fresh count of the chunk's text.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python benchmarks/chunking.py [DATA_DIR] [--out docs/bench_chunking.md]
+    .venv/bin/python benchmarks/chunking.py [DATA_DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = (
-    ".venv/bin/python benchmarks/chunking.py ../shared/data --rounds 7 --out docs/bench_chunking.md"
+    ".venv/bin/python benchmarks/chunking.py ../shared/data --rounds 7"
 )
 
 

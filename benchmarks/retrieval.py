@@ -14,7 +14,7 @@
    time budget (estimated from the previous size) are skipped and reported as skipped.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python benchmarks/retrieval.py [DATA_DIR] [--out docs/bench_retrieval.md]
+    .venv/bin/python benchmarks/retrieval.py [DATA_DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from longweave.retrieval.embeddings import SentenceTransformerEmbedder  # noqa: E402
 from longweave.retrieval.store import Record, VectorStore  # noqa: E402
 
-COMMAND = ".venv/bin/python benchmarks/retrieval.py ../shared/data --out docs/bench_retrieval.md"
+COMMAND = ".venv/bin/python benchmarks/retrieval.py ../shared/data"
 KS = (2, 5, 10)
 NOTES = [
     "- Timings come from a shared 2-core machine on which other jobs ran at the same time (see",
