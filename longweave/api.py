@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from longweave.llm import LLM
 
 _DOC_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".text"}
+_CONVERSATION_SUFFIXES = {".jsonl", ".json"}
 
 
 def load_source(
@@ -41,6 +42,11 @@ def load_source(
             from longweave.retrieval.corpus import open_corpus
 
             return open_corpus(source, include=include, exclude=exclude)
+        if Path(source).suffix.lower() in _CONVERSATION_SUFFIXES:
+            # A conversation file (turns, LoCoMo or BEAM): rendered one turn per line, with spans.
+            from longweave.conversations import load_conversation
+
+            return load_conversation(Path(source)).document(source=str(source))
     if isinstance(source, os.PathLike):
         return open_document(source)
     looks_like_path = "\n" not in source and len(source) < 1024 and (

@@ -63,3 +63,13 @@ def test_unknown_model_string_names_the_forms() -> None:
         assert "openai:<model>" in str(exc)
     else:
         raise AssertionError("an unknown model string must raise ConfigError")
+
+
+def test_load_source_reads_conversation_files_as_turns() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "conversations" / "turns.jsonl"
+    document = longweave.load_source(str(path))
+    assert document.meta["kind"] == "conversation"
+    first = document.meta["turns"][0]
+    assert document.text[first["start"] : first["end"]].startswith("[2024-03-01] Ana:")

@@ -1,0 +1,63 @@
+"""Conversation input: JSONL/JSON turn lists, LoCoMo and BEAM files, rendered with turn spans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from longweave.conversations import (
+    Conversation,
+    Turn,
+    conversation_turns,
+    load_conversation,
+    load_conversations,
+)
+from longweave.documents import Document
+from longweave.errors import DocumentError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "conversations"
+
+
+def test_jsonl_renders_one_line_per_turn_with_spans() -> None:
+    conv = load_conversation(FIXTURES / "turns.jsonl")
+    assert [t.speaker for t in conv.turns] == ["Ana", "Ben", "Ana"]
+    doc = conv.document()
+    lines = doc.text.split("\n")
+    assert len(lines) == 3
+    assert lines[0] == "[2024-03-01] Ana: I moved to Lima last spring."
+    assert lines[1] == "Ben: How do you like it? The food must be great."  # inner break flattened
+    spans = conversation_turns(doc)
+    assert spans is not None
+    assert [doc.text[s.start:s.end] for s in spans] == lines
+
+
+def test_locomo_sessions_are_dated_and_ordered() -> None:
+    convs = load_conversations(FIXTURES / "locomo_excerpt.json")
+    assert len(convs) == 1 and convs[0].name == "conv-26"
+    turns = convs[0].turns
+    assert len(turns) == 6
+    assert turns[0].id == "D1:1" and turns[-1].id.startswith("D2:")
+    assert turns[0].time != turns[-1].time
+
+
+def test_beam_strips_index_tags_and_keeps_time_anchor() -> None:
+    conv = load_conversation(FIXTURES / "beam_excerpt.json")
+    assert [t.speaker for t in conv.turns] == ["user", "assistant"]
+    assert "->->" not in conv.turns[0].text
+    assert conv.turns[0].time == "March-15-2024"
+
+
+def test_plain_documents_have_no_turns_and_bad_files_fail_clearly(tmp_path: Path) -> None:
+    assert conversation_turns(Document.from_text("hello")) is None
+    bad = tmp_path / "x.json"
+    bad.write_text('[{"speaker": 1}]')
+    with pytest.raises(DocumentError, match="speaker"):
+        load_conversations(bad)
+    with pytest.raises(DocumentError, match="named"):
+        load_conversation(FIXTURES / "turns.jsonl", "nope")
+
+
+def test_role_content_keys_accepted() -> None:
+    conv = Conversation((Turn("user", "hi"), Turn("assistant", "hello")))
+    assert conv.document().text == "user: hi\nassistant: hello"

@@ -1,0 +1,182 @@
+"""LIGHT against the strict scripted model: STRATEGIES.md §6.6 acceptance checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from longweave.agents.light import LIGHT
+from longweave.cache import ArtifactCache
+from longweave.conversations import Conversation, Turn
+from longweave.documents import Document
+from longweave.runner import arun
+from longweave.testing import Request, ScriptedModel
+from tests.test_memory import WordEmbedder
+
+SENTINEL = re.compile(r"SENTINEL-(\d+)")
+
+
+def sentinel_document(n: int, words: int = 40) -> Document:
+    paras = [f"SENTINEL-{i} " + " ".join(f"w{i}x{j}" for j in range(words)) + "."
+             for i in range(n)]
+    return Document.from_text("\n\n".join(paras))
+
+
+def latest(request: Request) -> str:
+    text = request.text
+    for tag in ("<passage>", "<latest>"):
+        if tag in text:
+            return text.split(tag)[1].split("</")[0]
+    return text
+
+
+def scripted(window: int = 2048, facts: int = 1, filter_reply: Any = None) -> ScriptedModel:
+    model = ScriptedModel(context_window=window)
+    model.on("extractor", contains="<passage>", reply=lambda r: {
+        "items": [{"key": "marker", "value": ",".join(SENTINEL.findall(latest(r)))}],
+        "summary": "a part"})
+    model.on("extractor", contains="<latest>", reply=lambda r: {
+        "facts": [f"fact{k} about SENTINEL-{s}" for s in SENTINEL.findall(latest(r))
+                  for k in range(facts)]})
+    model.on("compressor", reply=lambda r: {"critical_context": ["merged facts [u0]"]})
+    model.on("filter", reply=filter_reply or {"needed": "yes"})
+    model.on("reader", reply="The answer.")
+    return model
+
+
+def light(**kw: Any) -> LIGHT:
+    base = dict(unit_tokens=60, max_new=32, extract_max_new=96, margin=16, k=2, z=3,
+                piece_tokens=40)
+    return LIGHT(**{**base, **kw}).with_embedder(WordEmbedder())
+
+
+async def test_two_extractions_per_unit_then_cached(tmp_path: Path) -> None:
+    model, doc, cache = scripted(), sentinel_document(6), ArtifactCache(tmp_path)
+    strategy = light()
+    answer = await arun(strategy, doc, "Where is SENTINEL-2?", model, artifacts=cache)
+    built = next(s for s in answer.steps if s.role == "memory")
+    n = built.detail["units"]
+    assert n >= 3
+    assert len(model.calls("extractor")) == 2 * n
+    filters = len(model.calls("filter"))
+    compressions = len(model.calls("compressor"))
+    assert answer.usage.calls == 2 * n + compressions + filters + 1
+    before = len(model.requests)
+    again = await arun(strategy, doc, "Where is SENTINEL-4?", model, artifacts=cache)
+    new = model.requests[before:]
+    assert not [r for r in new if r.role in ("extractor", "compressor")]
+    assert again.usage.calls == len(new) == len([r for r in new if r.role == "filter"]) + 1
+
+
+async def test_extractions_run_concurrently() -> None:
+    import asyncio
+
+    model, doc = scripted(), sentinel_document(4)
+    inflight, peak = 0, 0
+    inner = model.complete
+
+    async def slow(*a: Any, **kw: Any) -> Any:
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        await asyncio.sleep(0.01)
+        try:
+            return await inner(*a, **kw)
+        finally:
+            inflight -= 1
+
+    model.complete = slow  # type: ignore[method-assign]
+    await arun(light(), doc, "q?", model)
+    assert peak > 2
+
+
+async def test_compression_exactly_past_twice_target_and_within_target() -> None:
+    model, doc = scripted(facts=3), sentinel_document(8)
+    strategy = light(scratch_target=32)
+    answer = await arun(strategy, doc, "q?", model)
+    steps = [s for s in answer.steps if s.role == "compressor"]
+    assert steps, "synthetic facts must trigger compression"
+    for s in steps:
+        assert s.detail["before"] > 2 * s.detail["target"]
+        assert s.detail["after"] <= s.detail["target"]
+    assert len(steps) == len(model.calls("compressor"))
+
+
+async def test_reader_prompt_within_budget_and_newest_unit_present() -> None:
+    for window in (700, 900, 2048):
+        model, doc = scripted(window=window, facts=4), sentinel_document(10)
+        strategy = light(scratch_target=10000, z=100)
+        answer = await arun(strategy, doc, "Where is SENTINEL-0?", model)
+        reader = model.calls("reader")[0]
+        assert reader.prompt_tokens + reader.max_tokens <= window
+        assert "SENTINEL-9" in reader.text  # the newest unit is in working memory
+        for c in answer.citations:
+            assert doc.text[c.start:c.end] == c.text
+
+
+async def test_episodic_hits_shown_raw_and_cited() -> None:
+    model, doc = scripted(), sentinel_document(8)
+    answer = await arun(light(z=0), doc, "marker SENTINEL-3 w3x1 w3x2", model)
+    reader = model.calls("reader")[0]
+    assert "w3x5" in reader.text  # raw unit text, not the key/value text
+    cited = [c for c in answer.citations if "SENTINEL-3" in c.text]
+    assert cited and cited[0].chunk_index is not None
+
+
+async def test_filter_invalid_counts_as_yes_and_is_flagged() -> None:
+    model = scripted(filter_reply="not json")
+    doc = sentinel_document(5)
+    answer = await arun(light(retries=1), doc, "q?", model)
+    pieces = next(s for s in answer.steps if s.role == "filter")
+    assert pieces.detail["invalid"] > 0 and pieces.detail["kept"] > 0
+    assert "filter_invalid" in answer.flags
+    candidates = next(s for s in answer.steps if s.role == "retrieve").detail["candidates"]
+    assert len(model.calls("filter")) == 2 * candidates  # one call plus one re-ask each
+
+
+async def test_filter_cap_keeps_most_similar_pieces() -> None:
+    model, doc = scripted(facts=2), sentinel_document(8)
+    answer = await arun(light(filter_cap=2, piece_tokens=16), doc, "q?", model)
+    assert len(model.calls("filter")) == 2
+    assert "capped" in answer.flags
+
+
+async def test_conversation_units_are_turn_pairs_with_spans() -> None:
+    conv = Conversation(tuple(Turn("user" if i % 2 == 0 else "assistant",
+                                   f"SENTINEL-{i} message {i}") for i in range(6)))
+    doc = conv.document()
+    model = scripted()
+    answer = await arun(light(unit_tokens=200), doc, "What was said?", model)
+    assert next(s for s in answer.steps if s.role == "memory").detail["units"] == 3
+    latest_calls = [latest(r) for r in model.calls("extractor") if "<passage>" in r.text]
+    assert any("SENTINEL-0" in t and "SENTINEL-1" in t for t in latest_calls)
+    for c in answer.citations:
+        assert doc.text[c.start:c.end] == c.text
+
+
+@pytest.fixture(scope="module")
+def local_llm() -> Any:
+    pytest.importorskip("transformers")
+    from longweave.local_models import LocalLLM
+
+    return LocalLLM.bundled(context_window=1024)
+
+
+@pytest.mark.real_model
+async def test_real_local_model_end_to_end(local_llm: Any, tmp_path: Path) -> None:
+    doc_path = Path(__file__).parents[1] / "examples" / "harbour_report.md"
+    from longweave.documents import open_document
+
+    doc = open_document(doc_path)
+    strategy = LIGHT(unit_tokens=500, max_new=24, extract_max_new=48, kv_items=2, fact_items=2,
+                     section_items=2, k=1, z=1, retries=0, filter_cap=1, piece_tokens=64,
+                     margin=32)
+    answer = await arun(strategy, doc, "Who was the first keeper of the lighthouse?", local_llm,
+                        artifacts=ArtifactCache(tmp_path))
+    assert answer.text.strip()
+    assert answer.citations
+    for c in answer.citations:
+        assert doc.text[c.start:c.end] == c.text

@@ -1,0 +1,69 @@
+"""Memory classes shared by LIGHT and chat: working, episodic, scratchpad."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from longweave.memory.episodic import Episode, EpisodicMemory
+from longweave.memory.scratchpad import Bullet, Scratchpad, parse_bullet
+from longweave.memory.working import MemoryUnit, WorkingMemory
+
+
+class WordEmbedder:
+    """Deterministic bag-of-words vectors: texts sharing words are similar."""
+
+    name = "test:words"
+    dim = 64
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in re.findall(r"\w+", t.lower()):
+                out[i, sum(map(ord, w)) % self.dim] += 1
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1)
+
+
+def unit(i: int, text: str = "x") -> MemoryUnit:
+    return MemoryUnit(i, 10 * i, 10 * i + 5, text)
+
+
+def test_working_memory_keeps_newest_in_order_and_selects_newest_first() -> None:
+    wm = WorkingMemory(3)
+    wm.extend(unit(i) for i in range(5))
+    assert [u.index for u in wm.units] == [2, 3, 4]
+    # budget for two units: the two newest, shown chronologically
+    assert [u.index for u in wm.select(2, lambda u: 1)] == [3, 4]
+    assert wm.select(0, lambda u: 1) == []
+
+
+def test_episodic_search_returns_nearest_and_round_trips(tmp_path: Path) -> None:
+    mem = EpisodicMemory(WordEmbedder(), "doc")
+    mem.add([Episode(unit(0, "a"), "lighthouse keeper Mara"), Episode(unit(1, "b"), "fish market")])
+    (best, _), *_ = mem.search("who was the lighthouse keeper", 1)
+    assert best.unit.index == 0
+    mem.save(tmp_path)
+    again = EpisodicMemory.load(tmp_path, WordEmbedder())
+    assert again.search("fish market prices", 1)[0][0].unit.index == 1
+
+
+def test_scratchpad_tags_compression_trigger_and_pieces() -> None:
+    pad = Scratchpad(target_tokens=10, count=lambda s: len(s.split()))
+    pad.add(["Ana lives in Lima"], unit=0)
+    assert pad.render() == "- Ana lives in Lima [u0]"
+    assert not pad.needs_compression()
+    pad.add(["Ben likes fish", "Rosa visits in May", "Ana works at the port"], unit=1)
+    assert pad.tokens() > 20 and pad.needs_compression()
+    pad.replace([Bullet("Ana: Lima, port", (0, 1)), Bullet("x " * 30)])
+    assert pad.tokens() <= 10 and len(pad.bullets) == 1 and pad.compressions == 1
+    assert parse_bullet("- fact [u3] [u7]") == Bullet("fact", (3, 7))
+    pad2 = Scratchpad(100, lambda s: len(s.split()))
+    for i in range(6):
+        pad2.add([f"topic{i // 3} fact {i}"], unit=i)
+    pieces = pad2.pieces(WordEmbedder(), max_tokens=8)
+    assert all(p.bullets for p in pieces)
+    assert [b for p in pieces for b in p.bullets] == pad2.bullets
