@@ -115,6 +115,8 @@ class RunContext:
 BUILTINS: dict[str, str] = {
     "chain-of-agents": "longweave.agents.chain_of_agents:ChainOfAgents",
     "graph-reader": "longweave.agents.graph_reader:GraphReader",
+    "infini-retri": "longweave.agents.infini_retri:InfiniRetri",
+    "light": "longweave.agents.light:LIGHT",
     "mem-walker": "longweave.agents.mem_walker:MemWalker",
     "rag": "longweave.agents.rag:RAG",
     "truncate": "longweave.agents.truncate:Truncate",

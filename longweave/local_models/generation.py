@@ -1,0 +1,92 @@
+"""Run one batch of requests through `model.generate`: left-padded, each row with its own cap."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from longweave.local_models.batcher import GenRequest, GenResult
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+def eos_ids(model: PreTrainedModel, fallback: int | None) -> list[int]:
+    """Every token that ends a reply (chat models often have more than one)."""
+    value = model.generation_config.eos_token_id
+    if value is None:
+        value = fallback
+    ids = value if isinstance(value, list) else [value]
+    return [int(i) for i in ids if i is not None]
+
+
+class _RowCaps:
+    """Stops each row at its own `max_tokens`, so one batch can mix caps without waste."""
+
+    def __init__(self, prompt_len: int, caps: Sequence[int]) -> None:
+        import torch
+
+        self.prompt_len = prompt_len
+        self.caps: torch.Tensor = torch.tensor(list(caps))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+        done = input_ids.shape[1] - self.prompt_len >= self.caps.to(input_ids.device)
+        return done
+
+
+def run_batch(
+    model: PreTrainedModel,
+    requests: Sequence[GenRequest],
+    *,
+    pad_id: int,
+    stop_ids: Sequence[int],
+) -> list[GenResult]:
+    """Generate for all `requests` (same temperature and group) in one padded batch."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    started = time.perf_counter()
+    width = max(len(r.prompt_ids) for r in requests)
+    ids = [[pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests]
+    mask = [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests]
+    device = model.device
+    input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+    attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
+    caps = [r.max_tokens for r in requests]
+    temperature = requests[0].temperature
+    # A fresh config: a checkpoint's own sampling defaults (top_k, top_p, ...) must not leak
+    # into greedy decoding, and `temperature` means the same for every model.
+    config = GenerationConfig(
+        max_new_tokens=max(caps),
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None,
+        top_k=None,
+        top_p=None,
+        pad_token_id=pad_id,
+        eos_token_id=list(stop_ids),
+    )
+    processors = LogitsProcessorList()
+    if requests[0].extra is not None:
+        from longweave.local_models.constrained import SchemaLogitsProcessor
+
+        processors.append(SchemaLogitsProcessor(requests[0].extra))
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([_RowCaps(width, caps)]),
+        )
+    seconds = time.perf_counter() - started
+    stops = set(stop_ids)
+    results = []
+    for row, request in enumerate(requests):
+        new = out[row, width:].tolist()[: request.max_tokens]
+        cut = next((i for i, token in enumerate(new) if token in stops), None)
+        finish = "length" if cut is None else "stop"
+        tokens = new if cut is None else new[:cut]
+        results.append(GenResult(tokens, finish, len(requests), seconds))
+    return results

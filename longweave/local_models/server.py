@@ -1,0 +1,255 @@
+"""`longweave serve`: an OpenAI-compatible HTTP server over any `LLM` (the local model by default).
+
+Endpoints: `POST /v1/chat/completions` and `GET /v1/models`. Concurrent HTTP requests reach
+`LLM.complete` concurrently, so the local backend batches them. `response_format` of type
+`json_schema` is turned into a pydantic model (see `schema_model`) and decoded under that
+schema; `stream=true` is accepted, but the reply arrives as one chunk once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from longweave.errors import BudgetExceeded, ConfigError, LongweaveError, MissingDependency
+from longweave.llm import LLM, Message
+from longweave.local_models.schema_model import model_from_schema
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+__all__ = ["build_app", "running_server", "serve"]
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class BadRequest(ConfigError):
+    """The request body is not a chat completion request this server can answer."""
+
+
+def _require_starlette() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependency(exc.name or "starlette", "local") from None
+
+
+def build_app(llm: LLM | None = None) -> Starlette:
+    """The ASGI app serving `llm` (default: the bundled local model, loaded on first request)."""
+    _require_starlette()
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    if llm is None:
+        from longweave.local_models import LocalLLM
+
+        llm = LocalLLM.bundled()
+    model = llm
+    schemas: dict[str, Any] = {}
+
+    async def models(request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        entry = {"id": model.name, "object": "model", "created": 0, "owned_by": "longweave"}
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def chat(request: Request) -> Response:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BadRequest("the request body is not valid JSON") from None
+            call = _parse_request(body, model, schemas)
+            completion = await model.complete(call["messages"], **call["kwargs"])
+        except MissingDependency as exc:
+            return _error(500, str(exc), "server_error", "missing_dependency")
+        except (BudgetExceeded, ConfigError) as exc:
+            code = "context_length_exceeded" if isinstance(exc, BudgetExceeded) else None
+            return _error(400, str(exc), "invalid_request_error", code)
+        except LongweaveError as exc:
+            return _error(500, str(exc), "server_error", type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - an HTTP client must get a JSON error body
+            return _error(500, f"{type(exc).__name__}: {exc}", "server_error", None)
+        text = completion.text
+        if completion.parsed is not None:
+            text = json.dumps(
+                completion.parsed.model_dump(mode="json", by_alias=True, exclude_unset=True),
+                ensure_ascii=False,
+            )
+        finish = completion.finish_reason
+        text, finish = _apply_stop(text, finish, call["stop"])
+        usage = completion.usage
+        usage_body = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        }
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": completion.model or model.name,
+        }
+        if call["stream"]:
+            events = _stream(head, text, finish, usage_body if call["include_usage"] else None)
+            return StreamingResponse(events, media_type="text/event-stream")
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+            "logprobs": None,
+        }
+        return JSONResponse(
+            {**head, "object": "chat.completion", "choices": [choice], "usage": usage_body}
+        )
+
+    routes = [
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def _error(status: int, message: str, kind: str, code: str | None) -> Response:
+    from starlette.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _parse_request(body: Any, llm: LLM, schemas: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = [_message(m) for m in body.get("messages") or []]
+    if not messages:
+        raise BadRequest("'messages' must be a non-empty list")
+    for key in ("tools", "functions"):
+        if body.get(key):
+            raise BadRequest(f"'{key}' is not supported by this server")
+    if body.get("n", 1) not in (1, None):
+        raise BadRequest("only n=1 is supported")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is None:  # as vLLM: whatever room the window leaves
+        max_tokens = llm.context_window - llm.count_prompt_tokens(messages)
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    temperature = body.get("temperature")
+    temperature = 1.0 if temperature is None else temperature  # the OpenAI API's default
+    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+        raise BadRequest("temperature must be a number between 0 and 2")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": float(temperature),
+        "schema": _schema(body.get("response_format"), schemas),
+    }
+    options = body.get("stream_options") or {}
+    return {
+        "messages": messages,
+        "kwargs": kwargs,
+        "stop": stop,
+        "stream": bool(body.get("stream")),
+        "include_usage": bool(options.get("include_usage")),
+    }
+
+
+def _message(raw: Any) -> Message:
+    if not isinstance(raw, dict) or raw.get("role") not in _ROLES:
+        raise BadRequest(f"each message needs a role among {sorted(_ROLES)}, got {raw!r:.80}")
+    content = raw.get("content")
+    if isinstance(content, list):  # content parts: only text is understood
+        if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            raise BadRequest("only text content parts are supported")
+        content = "".join(str(p.get("text", "")) for p in content)
+    if not isinstance(content, str):
+        raise BadRequest("message content must be a string or a list of text parts")
+    return Message(_ROLES[raw["role"]], content)  # type: ignore[arg-type]
+
+
+def _schema(response_format: Any, schemas: dict[str, Any]) -> Any:
+    if not response_format or response_format.get("type") == "text":
+        return None
+    if response_format.get("type") != "json_schema":
+        raise BadRequest(
+            "response_format must be 'text' or 'json_schema' (json_object is not "
+            "supported: send a schema)"
+        )
+    spec = response_format.get("json_schema") or {}
+    key = json.dumps(spec, sort_keys=True)
+    if key not in schemas:
+        if len(schemas) >= 256:
+            schemas.clear()
+        schemas[key] = model_from_schema(spec.get("schema") or {}, spec.get("name", "Response"))
+    return schemas[key]
+
+
+def _apply_stop(text: str, finish: str, stop: list[str]) -> tuple[str, str]:
+    """Cut at the first stop string (applied after generation; usage still counts every token)."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], "stop") if cuts else (text, finish)
+
+
+async def _stream(
+    head: dict[str, Any], text: str, finish: str, usage: dict[str, Any] | None
+) -> AsyncIterator[str]:
+    def event(delta: dict[str, Any], reason: str | None, **more: Any) -> str:
+        choices = [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]
+        chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **more}
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    yield event({"role": "assistant", "content": text}, None)
+    yield event({}, finish)
+    if usage is not None:
+        yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"  # noqa: E501
+    yield "data: [DONE]\n\n"
+
+
+def serve(
+    llm: LLM | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+) -> None:
+    """Serve `llm` until interrupted; binds loopback unless told otherwise."""
+    _require_starlette()
+    import uvicorn
+
+    uvicorn.run(build_app(llm), host=host, port=port, log_level=log_level)
+
+
+@contextlib.contextmanager
+def running_server(llm: LLM | None = None, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run the server in a background thread; yields its base URL (`http://host:port/v1`).
+
+    Port 0 picks a free port, which suits tests and in-process use.
+    """
+    _require_starlette()
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(build_app(llm), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the longweave server did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,169 @@
+"""`longweave serve`: the OpenAI-compatible server, called with the real `openai` client."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from longweave.local_models.schema_model import model_from_schema
+from longweave.local_models.server import running_server
+from longweave.testing import ScriptedModel
+
+
+class Capital(BaseModel):
+    city: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+
+
+@pytest.fixture(scope="module")
+def scripted() -> ScriptedModel:
+    model = ScriptedModel(name="scripted-model", context_window=64)
+    model.on("", contains="capital of Peru", reply="Lima is the capital. END more")
+    model.on("", contains="as JSON", reply=Capital(city="Lima", country="Peru"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def fake_url(scripted: ScriptedModel):
+    with running_server(scripted) as url:
+        yield url
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+
+
+def test_models_lists_the_served_model(fake_url: str) -> None:
+    ids = [m.id for m in client(fake_url).models.list()]
+    assert ids == ["scripted-model"]
+
+
+def test_chat_completion_reports_usage(fake_url: str, scripted: ScriptedModel) -> None:
+    reply = client(fake_url).chat.completions.create(
+        model="anything",
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "What is the capital of Peru?"}]},
+        ],
+        max_tokens=16,
+        temperature=0,
+    )
+    assert reply.choices[0].message.content == "Lima is the capital. END more"
+    assert reply.choices[0].finish_reason == "stop"
+    sent = scripted.requests[-1]
+    assert [m.role for m in sent.messages] == ["system", "user"]
+    assert sent.max_tokens == 16 and sent.temperature == 0.0
+    assert reply.usage.prompt_tokens == sent.prompt_tokens
+    assert reply.usage.completion_tokens == scripted.count_tokens(reply.choices[0].message.content)
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_stop_strings_and_streaming(fake_url: str) -> None:
+    stream = client(fake_url).chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "capital of Peru?"}],
+        max_tokens=16,
+        stop=[" END"],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Lima is the capital."
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_json_schema_response_format(fake_url: str, scripted: ScriptedModel) -> None:
+    reply = client(fake_url).chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "Peru's capital as JSON"}],
+        max_tokens=32,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "capital", "schema": Capital.model_json_schema()},
+        },
+    )
+    assert json.loads(reply.choices[0].message.content) == {"city": "Lima", "country": "Peru"}
+    schema = scripted.requests[-1].schema
+    assert schema is not None and schema.model_json_schema()["required"] == ["city", "country"]
+
+
+def test_errors_are_openai_shaped(fake_url: str) -> None:
+    over = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "capital of Peru"}],
+        "max_tokens": 1000,
+    }
+    response = httpx.post(f"{fake_url}/chat/completions", json=over)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client(fake_url).chat.completions.create(
+            model="m", messages=[{"role": "tool", "content": "x"}], max_tokens=4
+        )
+    response = httpx.post(f"{fake_url}/chat/completions", content=b"{not json")
+    assert response.status_code == 400 and "error" in response.json()
+    response = httpx.post(
+        f"{fake_url}/chat/completions",
+        json={"messages": [{"role": "user", "content": "unscripted"}], "max_tokens": 4},
+    )
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "UnscriptedCall"
+
+
+def test_schema_conversion_keeps_bounds_and_refuses_free_maps() -> None:
+    class Inner(BaseModel):
+        tags: list[str] = Field(max_length=3)
+
+    class Outer(BaseModel):
+        name: str = Field(max_length=10)
+        inner: Inner
+        kind: str = Field(default="a", pattern="^[ab]$")
+
+    model = model_from_schema(Outer.model_json_schema(), "outer")
+    value = model.model_validate({"name": "n", "inner": {"tags": ["x"]}})
+    assert value.model_dump(by_alias=True, exclude_unset=True) == {
+        "name": "n",
+        "inner": {"tags": ["x"]},
+    }
+    with pytest.raises(ValueError):
+        model.model_validate({"name": "n" * 11, "inner": {"tags": []}})
+    with pytest.raises(ValueError):
+        model.model_validate({"name": "n", "inner": {"tags": ["a", "b", "c", "d"]}})
+    from longweave.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="free-form"):
+        model_from_schema({"type": "object", "properties": {"m": {"type": "object"}}})
+
+
+@pytest.mark.real_model
+def test_real_local_model_through_the_server(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from longweave.local_models import LocalLLM
+
+    llm = LocalLLM.bundled(cache_dir=tmp_path_factory.getbasetemp() / "longweave-cache")
+    with running_server(llm) as url:
+        reply = client(url).chat.completions.create(
+            model=llm.name,
+            messages=[
+                {
+                    "role": "user",
+                    "content": "Text: The capital of Peru is Lima.\n"
+                    "Question: What is the capital of Peru?",
+                }
+            ],
+            max_tokens=12,
+            temperature=0,
+        )
+    assert "Lima" in reply.choices[0].message.content
+    messages_tokens = reply.usage.prompt_tokens
+    from longweave.llm import user
+
+    assert messages_tokens == llm.count_prompt_tokens(
+        [user("Text: The capital of Peru is Lima.\nQuestion: What is the capital of Peru?")]
+    )
+    assert 0 < reply.usage.completion_tokens <= 12
