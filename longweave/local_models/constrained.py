@@ -30,8 +30,12 @@ _SPIECE_UNDERLINE = "\u2581"
 
 
 def schema_text(schema: type[BaseModel]) -> str:
-    """The schema as canonical JSON: the cache key and what outlines-core compiles."""
-    return json.dumps(schema.model_json_schema(), sort_keys=True, separators=(",", ":"))
+    """The schema as compact JSON: the cache key and what outlines-core compiles.
+
+    Keys keep pydantic's order (deterministic for a given model): the grammar generates
+    properties in that order, and schemas put reasoning fields before decisions on purpose.
+    """
+    return json.dumps(schema.model_json_schema(), separators=(",", ":"))
 
 
 class SchemaCompiler:
