@@ -117,7 +117,9 @@ BUILTINS: dict[str, str] = {
     "graph-reader": "longweave.agents.graph_reader:GraphReader",
     "infini-retri": "longweave.agents.infini_retri:InfiniRetri",
     "light": "longweave.agents.light:LIGHT",
+    "long-agent": "longweave.agents.long_agent:LongAgent",
     "mem-walker": "longweave.agents.mem_walker:MemWalker",
+    "prism": "longweave.agents.prism:Prism",
     "rag": "longweave.agents.rag:RAG",
     "truncate": "longweave.agents.truncate:Truncate",
 }

@@ -348,15 +348,19 @@ class MemWalker(BaseModel):
         """One answer call from the working memory and the last leaf read (§4.2 line 19, ours)."""
         ctx, tree = runtime.context, state["tree"]
         last = tree.node(state["last_leaf"]) if state["last_leaf"] is not None else None
-        segment = ctx.document.text[last.start:last.end] if last else None
+        if last is not None:
+            segment, cited = ctx.document.text[last.start:last.end], [last]
+        else:
+            # Nothing was read: answer from the root summary, which rests on every leaf (ours).
+            segment, cited = tree.node(tree.root).summary, list(tree.leaves)
         messages = prompts.fallback_messages(ctx.question, self._memory(ctx, state), segment)
         reply = await ctx.call("reader", messages, max_tokens=self.answer_max_new,
                                temperature=self.temperature)
         text = reply.text.strip()
         why = "exhausted" if state["done"] else "capped"
         ctx.step("fallback", text, reason=why, last_leaf=state["last_leaf"])
-        return {"answer": text, "citations": [_cite(ctx, last)] if last else [],
-                "flags": ["fallback", why] + ([] if last else ["uncited"])}
+        return {"answer": text, "citations": [_cite(ctx, leaf) for leaf in cited],
+                "flags": ["fallback", why] + ([] if last else ["overview"])}
 
     # -- helpers -------------------------------------------------------------------------------
 

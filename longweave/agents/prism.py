@@ -1,0 +1,355 @@
+"""PRISM: stream the chunks through a typed memory the model revises, then answer from the memory.
+
+Jayalath, Wendt, Monath, Tata, Gunel. v1: "Long-Range Tasks Using Short-Context LLMs: Incremental
+Reasoning With Structured Memories", arXiv:2412.18914; v2: "PRISM: Efficient Long-Range
+Reasoning With Short-Context LLMs", EMNLP 2025. Algorithm and defaults: STRATEGIES.md §5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field
+
+from longweave.agents import prism_prompts as prompts
+from longweave.agents.base import RunContext
+from longweave.answer import Citation
+from longweave.budget import chunk_budget
+from longweave.chunking import Chunk
+from longweave.errors import BudgetExceeded, ConfigError, LongweaveError, ParseError
+from longweave.llm import Message
+from longweave.memory.structured_memory import (
+    SchemaSpec,
+    StructuredMemory,
+    TypeNode,
+    from_model,
+    from_spec,
+    load_schema_file,
+    render_json,
+)
+from longweave.structured import reask_message
+
+__all__ = ["Prism"]
+
+COMPLAINT_CHARS = 240
+"""A validator's complaint is clipped to this many characters in the re-ask (ours)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Budgets of one run (§5.2, §8.2)."""
+
+    window: int
+    chunk_tokens: int
+    mem_cap: int
+    prefix_tokens: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every node of one run shares: the static prefix, the batch schema, the budgets."""
+
+    prefix: str
+    batch: type[BaseModel]
+    plan: Plan
+    schema: TypeNode
+
+
+class PrismState(TypedDict, total=False):
+    chunks: list[Chunk]
+    memory: StructuredMemory
+    position: int
+    last_prompt: str  # the previous step prompt, to measure the prefix it shares with the next
+    run: Run
+    answer: str
+    citations: list[Citation]
+    flags: Annotated[list[str], operator.add]
+
+
+class Prism(BaseModel):
+    """Reads chunks in order, revising a schema-typed memory; answers from the memory alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    name: ClassVar[str] = "prism"
+    summary: ClassVar[str] = "read chunks in order, revising a typed memory; answer from it"
+
+    memory_schema: str | type[BaseModel] = "auto"
+    """`auto` (qa with a question, summary without), `qa`, `summary`, `generate` (one model call
+    from `task`, validated, falling back to qa), a JSON schema file path, or a pydantic model
+    class (paper: typed hierarchies; ours: the built-ins)."""
+    task: str = ""
+    """What the memory is for, shown in every prompt and used by `generate`; empty picks a
+    default from the question (ours)."""
+    window: int = Field(32768, ge=512)
+    """Window W in tokens, capped by the model's own (paper: 32k)."""
+    chunk_tokens: int = Field(2048, ge=64)
+    """Largest chunk (paper: 2k BooookScore, 8k RepoQA; v2 down to < 500); smaller when the
+    window needs it."""
+    mem_cap: int | None = Field(None, ge=16)
+    """Memory cap in tokens; None: W - T(prefix) - chunk - max_new - margin, with the chunk cut
+    to half the room when both do not fit (ours, §5.2)."""
+    overflow: Literal["freeze"] = "freeze"
+    """At mem_cap, revisions that would grow the memory are rejected and logged (§5.2 rule 5),
+    so the prompt prefix is never rebuilt. `compact` (a rewrite call) is not implemented (ours)."""
+    variant: Literal["amendments", "in_place"] = "amendments"
+    """Memory shown as a revision log (amendments) or as JSON edited in place (paper; ours:
+    amendments, the cheapest in the paper's chunk-size study)."""
+    ops: Literal["add", "add_update"] = "add"
+    """Allowed operations (paper: add-only most efficient; add+update best BooookScore)."""
+    step_max_new: int = Field(512, ge=16)
+    """Generation cap of a step's revision batch (ours)."""
+    answer_max_new: int = Field(512, ge=8)
+    """Generation cap of the final call (ours)."""
+    answer_chars: int = Field(1000, ge=16)
+    """Bound of the final answer (§5.3)."""
+    value_chars: int = Field(300, ge=8)
+    """Longest string value in a revision (§5.2 rule 4)."""
+    list_items: int = Field(10, ge=1)
+    """Most items of a list or map value in one revision (§5.2 rule 4)."""
+    max_revisions: int = Field(16, ge=1)
+    """Revisions per step (ours, §5.2)."""
+    retries: int = Field(2, ge=0)
+    """Re-asks after unparseable step output, then an empty batch (ours, §5.2)."""
+    schema_max_new: int = Field(512, ge=64)
+    """Generation cap of schema generation (ours)."""
+    temperature: float = 0.0
+    """Sampling temperature (paper: 0.8 with top-k 40 over 5 samples; ours: 0 for repeatability)."""
+    margin: int = Field(64, ge=0)
+    """Tokens kept free for chat-template overhead (ours)."""
+
+    # -- schema and budget ---------------------------------------------------------------------
+
+    def _ops(self) -> tuple[str, ...]:
+        return ("add",) if self.ops == "add" else ("add", "update")
+
+    def _task(self, question: str) -> str:
+        if self.task.strip():
+            return self.task.strip()
+        if question.strip():
+            return "Answer the question about the text."
+        return "Summarize the text."
+
+    def _query(self, schema_choice: str | type[BaseModel], question: str) -> bool:
+        return bool(question.strip()) and schema_choice != "summary"
+
+    async def resolve_schema(self, ctx: RunContext) -> TypeNode:
+        """The memory schema from the settings; `generate` asks the model once (cached)."""
+        choice = self.memory_schema
+        if isinstance(choice, type):
+            return from_model(choice)
+        if choice == "auto":
+            choice = "qa" if ctx.question.strip() else "summary"
+        if choice == "qa":
+            return from_model(prompts.QAMemory)
+        if choice == "summary":
+            return from_model(prompts.SummaryMemory)
+        if choice == "generate":
+            return await self._generate(ctx)
+        if not Path(choice).is_file():
+            raise ConfigError(f"memory_schema {choice!r} is neither a built-in nor a file",
+                              hint="use auto, qa, summary, generate or a JSON schema file path")
+        return load_schema_file(choice)
+
+    async def _generate(self, ctx: RunContext) -> TypeNode:
+        """One SchemaSpec call (§5.2), cached per task type; falls back to the QA schema."""
+        task = self._task(ctx.question)
+        settings = {"prompts": prompts.PROMPT_VERSION, "model": ctx.llm.name, "task": task}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        key = f"prism-schema-{digest[:24]}"
+        found = ctx.artifacts.find(key) if ctx.artifacts is not None else None
+        if found is not None:
+            try:
+                spec = SchemaSpec.model_validate_json((found / "schema.json").read_text("utf-8"))
+                ctx.step("planner", spec.name, cached=True, fields=[f.name for f in spec.fields])
+                return from_spec(spec)
+            except (OSError, ValueError, ConfigError):
+                pass  # unusable: generate again
+        try:
+            reply = await ctx.call("planner", prompts.schema_messages(task, ctx.question),
+                                   max_tokens=self.schema_max_new, schema=SchemaSpec,
+                                   temperature=self.temperature)
+            spec = reply.parsed
+            schema = from_spec(spec)
+        except (ParseError, ConfigError) as exc:
+            ctx.step("planner", "fell back to the built-in QA schema", fallback=True,
+                     reason=str(exc)[:300])
+            return from_model(prompts.QAMemory)
+        ctx.step("planner", spec.name, cached=False, fields=[f.name for f in spec.fields])
+        if ctx.artifacts is not None:
+            text = spec.model_dump_json()
+            ctx.artifacts.get_or_build(key, lambda d: (d / "schema.json").write_text(text, "utf-8"))
+        return schema
+
+    def plan(self, ctx: RunContext, prefix: str, schema: TypeNode) -> Plan:
+        """Chunk size and mem_cap from the window (§5.2): every step and the final call fit."""
+        llm = ctx.llm
+        w = min(self.window, llm.context_window)
+        empty = prompts.memory_part("", self.variant)
+        fixed = llm.count_prompt_tokens(prompts.step_messages(prefix, empty, 9998, 9999, ""))
+        fixed += llm.count_prompt_tokens([reask_message("x" * COMPLAINT_CHARS)])
+        room = chunk_budget(w, max_new=self.step_max_new, fixed_tokens=fixed, margin=self.margin)
+        final_fixed = llm.count_prompt_tokens(
+            prompts.final_messages(self._task(ctx.question), ctx.question, schema, "", query=True))
+        final_room = w - final_fixed - self.answer_max_new - self.margin
+        if self.mem_cap is not None:
+            chunk = min(self.chunk_tokens, room - self.mem_cap)
+            mem_cap = self.mem_cap
+        else:
+            chunk = min(self.chunk_tokens, room // 2)
+            mem_cap = min(room - chunk, final_room)
+        if chunk < 32 or mem_cap > final_room or mem_cap < 16:
+            raise BudgetExceeded(fixed + mem_cap, self.step_max_new, w,
+                                 hint="lower mem_cap, step_max_new or answer_max_new, or use a "
+                                      "model with a larger window")
+        prefix_tokens = llm.count_tokens(prefix)  # text tokens, as shared_prefix_tokens counts
+        return Plan(w, chunk, mem_cap, prefix_tokens)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    async def initial_state(self, ctx: RunContext) -> dict[str, Any]:
+        schema = await self.resolve_schema(ctx)
+        ops = self._ops()
+        batch = prompts.revision_schema(schema, ops, self.value_chars, self.list_items,
+                                        self.max_revisions)
+        prefix = prompts.static_prefix(self._task(ctx.question), ctx.question, schema, ops,
+                                       self.variant, batch)
+        plan = self.plan(ctx, prefix, schema)
+        chunks = ctx.chunk(plan.chunk_tokens)
+        if not chunks:
+            raise LongweaveError(f"{ctx.document.name} has no text to read")
+        memory = StructuredMemory(schema, self.value_chars, self.list_items, ops)
+        ctx.step("plan", f"{len(chunks)} chunks of <= {plan.chunk_tokens} tokens",
+                 chunks=len(chunks), chunk_tokens=plan.chunk_tokens, mem_cap=plan.mem_cap,
+                 prefix_tokens=plan.prefix_tokens, schema=schema.label(), variant=self.variant,
+                 ops=list(ops), overflow=self.overflow)
+        return {"chunks": chunks, "memory": memory, "position": 0, "last_prompt": "",
+                "run": Run(prefix, batch, plan, schema), "flags": []}
+
+    def max_steps(self, state: dict[str, Any]) -> int:
+        return len(state["chunks"]) + 3
+
+    # -- graph ---------------------------------------------------------------------------------
+
+    def build(self) -> StateGraph:
+        graph = StateGraph(PrismState, context_schema=RunContext)
+        graph.add_node(self.step)
+        graph.add_node(self.final)
+        graph.add_edge(START, "step")
+        graph.add_conditional_edges("step", self._next, ["step", "final"])
+        graph.add_edge("final", END)
+        return graph
+
+    @staticmethod
+    def _next(state: PrismState) -> str:
+        return "step" if state["position"] < len(state["chunks"]) else "final"
+
+    async def step(self, state: PrismState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        """Read chunk i: one revision batch, each revision validated, then applied or rejected."""
+        ctx, i, memory = runtime.context, state["position"], state["memory"]
+        run, chunks = state["run"], state["chunks"]
+        messages = prompts.step_messages(
+            run.prefix, prompts.memory_part(memory.render(self.variant), self.variant), i,
+            len(chunks), chunks[i].text)
+        text = "\n".join(m.content for m in messages)
+        shared = _common_prefix(state["last_prompt"], text)
+        batch, attempts, cached, ok = await self._batch(ctx, messages, run.batch, i, len(chunks))
+
+        def fits(trial: StructuredMemory) -> bool:
+            return all(ctx.llm.count_tokens(trial.render(v)) <= run.plan.mem_cap
+                       for v in {self.variant, "in_place"})
+
+        applied: list[str] = []
+        rejected: list[dict[str, str]] = []
+        for revision in batch:
+            reason = memory.apply(revision.op, list(revision.path), revision.value, i, fits)
+            shown = prompts.render_revision(revision)
+            if reason is None:
+                applied.append(shown)
+            else:
+                rejected.append({"revision": shown, "reason": reason})
+        flags = [] if ok else ["invalid_step"]
+        capped = [r for r in rejected if "mem_cap" in r["reason"]]
+        if capped:
+            flags.append("mem_cap")
+            ctx.step("overflow", f"{len(capped)} revisions rejected at mem_cap", index=i,
+                     policy=self.overflow, mem_cap=run.plan.mem_cap)
+        memory_tokens = ctx.llm.count_tokens(memory.render(self.variant))
+        ctx.step("stepper", f"{len(applied)} applied, {len(rejected)} rejected", index=i,
+                 applied=applied, rejected=rejected, attempts=attempts,
+                 empty_batch=not ok,
+                 prefix_tokens=run.plan.prefix_tokens,
+                 shared_prefix_tokens=ctx.llm.count_tokens(text[:shared]) if shared else 0,
+                 cached_tokens=cached, memory_tokens=memory_tokens)
+        return {"memory": memory, "position": i + 1, "last_prompt": text, "flags": flags}
+
+    async def _batch(self, ctx: RunContext, messages: list[Message], schema: type[BaseModel],
+                     i: int, n: int) -> tuple[list[Any], int, int, bool]:
+        """(revisions, attempts, cached tokens, ok); after `retries` re-asks an empty batch."""
+        prompt, cached = messages, 0
+        for attempt in range(1, self.retries + 2):
+            try:
+                reply = await ctx.call("stepper", prompt, max_tokens=self.step_max_new,
+                                       schema=schema, temperature=self.temperature, index=i,
+                                       total=n)
+                cached += reply.usage.cached_tokens
+                if reply.finish_reason != "length" and reply.parsed is not None:
+                    return list(reply.parsed.revisions), attempt, cached, True
+                problem = "the reply was cut off at the token limit; propose fewer revisions"
+            except ParseError as exc:
+                problem = exc.message
+            prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]
+        return [], self.retries + 1, cached, False
+
+    async def final(self, state: PrismState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        """Answer from the folded memory; cite the chunks that wrote the paths used."""
+        ctx, memory = runtime.context, state["memory"]
+        run = state["run"]
+        query = self._query(self.memory_schema, ctx.question)
+        messages = prompts.final_messages(self._task(ctx.question), ctx.question, run.schema,
+                                          memory.render("in_place"), query=query)
+        flags: list[str] = []
+        used: list[list[Any]] = []
+        if query:
+            try:
+                reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
+                                       schema=prompts.final_schema(self.answer_chars),
+                                       temperature=self.temperature)
+                answer, used = reply.parsed.answer.strip(), list(reply.parsed.used_paths)
+            except ParseError as exc:  # fallback: the same prompt as free text
+                flags.append("invalid_final")
+                ctx.step("manager", "structured answer failed; answering as text",
+                         reason=exc.message[:300])
+                reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
+                                       temperature=self.temperature)
+                answer = reply.text.strip()
+        else:
+            reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
+                                   temperature=self.temperature)
+            answer = reply.text.strip()
+        sources = sorted({c for path in used for c in memory.sources(path)})
+        cited_by = "used_paths" if sources else "contributing"
+        sources = sources or memory.contributing()
+        chunks = state["chunks"]
+        citations = [ctx.cite_chunk(chunks[c]) for c in sources]
+        ctx.step("manager", answer, used_paths=[render_json(p) for p in used],
+                 cited_by=cited_by, memory=memory.render("in_place"),
+                 memory_tokens=ctx.llm.count_tokens(memory.render("in_place")))
+        if not citations:
+            flags.append("uncited")
+        return {"answer": answer, "citations": citations, "flags": flags}
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,294 @@
+"""PRISM's built-in schemas, structured-output models and prompt wording (STRATEGIES.md §5.3).
+
+The step prompt is laid out static prefix (system message: task, question, schema, revision
+format) -> memory -> chunk, so consecutive step prompts share as long a byte prefix as possible.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from longweave.llm import Message, system, user
+from longweave.memory.structured_memory import (
+    KEY_CHARS,
+    FieldSpec,
+    SchemaSpec,
+    TypeNode,
+    render_json,
+)
+from longweave.structured import json_instructions
+
+PROMPT_VERSION = "prism-1"
+"""Bumped when wording changes; keys the cached generated schemas."""
+
+END_OF_MEMORY = "--- end of memory ---"
+Variant = Literal["amendments", "in_place"]
+
+
+class QAMemory(BaseModel):
+    """Built-in memory for answering a question about a long text."""
+
+    evidence: list[str] = Field(
+        description="facts from the text that bear on the question, with names, numbers, dates")
+    entities: dict[str, str] = Field(
+        description="people, places or things that matter to the question -> what the text says")
+    candidate_answers: list[str] = Field(description="possible answers, best supported first")
+
+
+class SummaryMemory(BaseModel):
+    """Built-in memory for summarizing a long text."""
+
+    events: list[str] = Field(description="main events or points, in the order the text gives")
+    people: dict[str, str] = Field(description="people or groups -> their role in the text")
+    themes: list[str] = Field(description="recurring topics, conclusions or themes")
+
+
+# Hand-written specs from other domains, the few-shot examples of schema generation (§5.2).
+EXAMPLE_SPECS = [
+    ("Questions about a software repository", "Which function parses the config file?",
+     SchemaSpec(name="code_repository", fields=[
+         FieldSpec(name="functions", type="dict[str,str]",
+                   description="function name -> what it does and where it is defined"),
+         FieldSpec(name="call_edges", type="list[str]", description="'caller -> callee' pairs"),
+         FieldSpec(name="config_keys", type="list[str]", description="configuration names seen"),
+     ])),
+    ("Questions about a commercial contract", "When can either party terminate?",
+     SchemaSpec(name="contract", fields=[
+         FieldSpec(name="parties", type="dict[str,str]", description="party name -> its role"),
+         FieldSpec(name="obligations", type="dict[str,list[str]]",
+                   description="party name -> what it must do"),
+         FieldSpec(name="dates", type="dict[str,str]", description="event -> date or deadline"),
+     ])),
+    ("Questions about a cookbook", "Which recipes use saffron?",
+     SchemaSpec(name="cookbook", fields=[
+         FieldSpec(name="recipes", type="dict[str,list[str]]",
+                   description="recipe name -> its ingredients"),
+         FieldSpec(name="cooking_minutes", type="dict[str,int]",
+                   description="recipe name -> total time in minutes"),
+     ])),
+]
+
+
+class FinalAnswer(BaseModel):
+    """The final answer and the memory paths it used (for citations)."""
+
+    answer: str = Field(max_length=1000)
+    used_paths: list[Annotated[list[Annotated[str, Field(max_length=KEY_CHARS)] | Annotated[
+        int, Field(ge=0, le=9999)]], Field(max_length=4)]] = Field(default_factory=list,
+                                                                    max_length=10)
+
+
+def final_schema(answer_chars: int) -> type[BaseModel]:
+    """FinalAnswer with the configured answer bound."""
+    if answer_chars == 1000:
+        return FinalAnswer
+    return create_model(
+        "FinalAnswer", __base__=FinalAnswer,
+        answer=(str, Field(max_length=answer_chars)),
+    )
+
+
+def _value_type(node: TypeNode, chars: int, items: int) -> Any:
+    if node.kind == "str":
+        return Annotated[str, Field(max_length=chars)]
+    if node.kind == "int":
+        return Annotated[int, Field(ge=-(10**12), le=10**12)]
+    if node.kind == "float":
+        return float
+    if node.kind == "bool":
+        return bool
+    if node.kind == "list":
+        return Annotated[list[_value_type(node.item, chars, items)], Field(max_length=items)]  # type: ignore[misc]
+    raise ValueError(f"no revision value type for {node.label()}")
+
+
+def _all_types(node: TypeNode) -> list[TypeNode]:
+    found: list[TypeNode] = []
+    for child in node.fields.values() if node.kind == "object" else [node.item]:  # type: ignore[list-item]
+        found += [child, *(_all_types(child) if child.kind not in ("str", "int", "float",
+                                                                    "bool") else [])]
+    return found
+
+
+def _has_mapping(node: TypeNode) -> bool:
+    if node.kind in ("map", "object"):
+        return True
+    return node.kind == "list" and _has_mapping(node.item)  # type: ignore[arg-type]
+
+
+def revision_schema(
+    schema: TypeNode, ops: tuple[str, ...], chars: int, items: int, max_revisions: int
+) -> type[BaseModel]:
+    """RevisionBatch for `schema`: any path of its depth; values are its scalar and list types."""
+    values: list[Any] = []
+    labels: list[str] = []
+    for node in _all_types(schema):
+        # Maps and objects are written key by key (missing ones are created), so values stay
+        # free of free-form maps, which small models cannot be held to (§8.4).
+        if _has_mapping(node):
+            continue
+        if node.label() not in labels:  # one alternative per distinct type, in schema order
+            labels.append(node.label())
+            values.append(_value_type(node, chars, items))
+    value = Union[tuple(values)] if len(values) > 1 else values[0]  # noqa: UP007
+    step = Annotated[str, Field(max_length=KEY_CHARS)] | Annotated[int, Field(ge=0, le=9999)]
+    revision = create_model(
+        "Revision",
+        op=(Literal[ops], ...),  # type: ignore[valid-type]
+        path=(list[step], Field(min_length=1, max_length=max(1, schema.depth()))),
+        value=(value, ...),
+    )
+    variants = _templates(schema, ops, chars, items)
+
+    def templated(js: dict[str, Any]) -> None:
+        # Decoding follows the schema's path templates (§5.3: anyOf over fixed field names and
+        # free keys or indices, each with its value type); parsing stays generic, so a
+        # well-formed revision on a wrong path is a logged validator reject, not a parse error.
+        js["properties"]["revisions"]["items"] = {"anyOf": variants}
+        js.pop("$defs", None)
+
+    return create_model(
+        "RevisionBatch",
+        __config__=ConfigDict(json_schema_extra=templated),
+        revisions=(list[revision], Field(max_length=max_revisions)),  # type: ignore[valid-type]
+    )
+
+
+def _templates(
+    schema: TypeNode, ops: tuple[str, ...], chars: int, items: int
+) -> list[dict[str, Any]]:
+    """One JSON schema per path template whose value has no map inside."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: TypeNode, steps: list[dict[str, Any]]) -> None:
+        children: list[tuple[dict[str, Any], TypeNode]]
+        if node.kind == "object":
+            children = [({"const": name}, sub) for name, sub in node.fields.items()]
+        elif node.kind == "map":
+            children = [({"type": "string", "minLength": 1, "maxLength": KEY_CHARS}, node.item)]  # type: ignore[list-item]
+        elif node.kind == "list":
+            children = [({"type": "integer", "minimum": 0, "maximum": 9999}, node.item)]  # type: ignore[list-item]
+        else:
+            return
+        for step, child in children:
+            path = [*steps, step]
+            if not _has_mapping(child):
+                value = TypeAdapter(_value_type(child, chars, items)).json_schema()
+                found.append({
+                    "type": "object",
+                    "properties": {
+                        "op": {"enum": list(ops)} if len(ops) > 1 else {"const": ops[0]},
+                        "path": {"type": "array", "prefixItems": path, "items": step,
+                                 "minItems": len(path), "maxItems": len(path)},
+                        "value": value,
+                    },
+                    "required": ["op", "path", "value"],
+                })
+            walk(child, path)
+
+    walk(schema, [])
+    return found
+
+
+def _ops_text(ops: tuple[str, ...]) -> str:
+    text = (
+        '- "add" creates a value that does not exist yet: a field (path ["field"]), a new key of '
+        'a dict (path ["field", "key"]) or the next item of a list (path ["field", n] where n is '
+        "the number of items the list has now, starting at 0)."
+    )
+    if "update" in ops:
+        text += '\n- "update" replaces a value that exists, at the same path.'
+    else:
+        text += "\n- Values cannot be changed once written: only add."
+    return text
+
+
+def static_prefix(
+    task: str, question: str, schema: TypeNode, ops: tuple[str, ...], variant: Variant,
+    batch: type[BaseModel],
+) -> str:
+    """The cached part of every step prompt: byte-identical across the steps of a run."""
+    lines = [
+        "You keep a structured memory while reading a long text one piece at a time. You never "
+        "see the whole text again: only the memory and the current piece.",
+        f"Task: {task}",
+    ]
+    if question.strip():
+        lines.append(f"Question: {question.strip()}")
+    lines += ["Memory schema (the memory is a JSON object with these fields):",
+              *("- " + line for line in schema.outline())]
+    lines += [
+        'You change the memory only through revisions {"op", "path", "value"}:', _ops_text(ops),
+        "A revision that breaks the schema is rejected.",
+    ]
+    if variant == "amendments":
+        lines.append("The memory is shown as a log of revisions, one per line; later lines "
+                     "override earlier ones.")
+    lines += [
+        "Propose only revisions this piece justifies, or none when it adds nothing relevant. "
+        "Keep values short and exact: names, numbers and dates as the text gives them.",
+        json_instructions(batch),
+    ]
+    return "\n".join(lines)
+
+
+def memory_part(rendered: str, variant: Variant) -> str:
+    """The memory block; it ends where the chunk part begins, with no closing tag of its own."""
+    if variant == "amendments":
+        return "Memory log:\n" + rendered
+    return "Memory:\n" + rendered + "\n"
+
+
+def chunk_part(i: int, total: int, chunk: str) -> str:
+    """The piece being read (i is 0-based)."""
+    return (
+        f"{END_OF_MEMORY}\n\nPiece {i + 1} of {total}:\n<piece>\n{chunk}\n</piece>\n\n"
+        "Reply with the revisions this piece justifies (an empty list if none)."
+    )
+
+
+def step_messages(prefix: str, memory: str, i: int, total: int, chunk: str) -> list[Message]:
+    """A step prompt: static prefix, then memory, then chunk."""
+    return [system(prefix), user(memory + chunk_part(i, total, chunk))]
+
+
+def final_messages(
+    task: str, question: str, schema: TypeNode, memory: str, *, query: bool
+) -> list[Message]:
+    """The final call: the memory and the question, no chunk text."""
+    head = [f"Task: {task}"]
+    if question.strip():
+        head.append(f"Question: {question.strip()}")
+    head += ["Memory schema:", *("- " + line for line in schema.outline()),
+             f"Memory:\n{memory}"]
+    if query:
+        ask = ("Answer the question from the memory alone, briefly. In used_paths list the "
+               'memory paths you relied on, like ["evidence", 0].')
+    else:
+        ask = "Write a summary of the whole text from the memory alone.\n\nSummary:"
+    return [
+        system("You complete a task about a long text that you can only see through a "
+               "structured memory written while reading it."),
+        user("\n".join(head) + "\n\n" + ask),
+    ]
+
+
+def schema_messages(task: str, example_query: str) -> list[Message]:
+    """Schema generation: three specs from other domains, then this task (§5.3)."""
+    shots = "\n\n".join(
+        f"Task: {t}\nExample question: {q}\nSchema: {render_json(s.model_dump())}"
+        for t, q, s in EXAMPLE_SPECS
+    )
+    return [
+        system("You design the memory a reader keeps while reading a long text for a task: a "
+               "few typed fields that will hold what the task needs."),
+        user(f"{shots}\n\nTask: {task}\nExample question: {example_query or '(none)'}\n"
+             "Schema:"),
+    ]
+
+
+def render_revision(revision: BaseModel) -> str:
+    """A revision as the trace shows it."""
+    return render_json(revision.model_dump())
