@@ -122,6 +122,15 @@ def require_transformers() -> None:
     for module, package in (("torch", "torch"), ("transformers", "transformers")):
         if importlib.util.find_spec(module) is None:
             raise MissingDependency(package, "local")
+    quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-tensor progress bars and info logs: longweave shows its own."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def resolve_device(device: str) -> str:

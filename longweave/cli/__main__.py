@@ -1,0 +1,5 @@
+"""`python -m longweave.cli` runs the command line."""
+
+from longweave.cli import main
+
+main()
