@@ -98,12 +98,23 @@ class Explorer:
                 # Read what the model wrote anyway: a graph-level complaint ("no node named X")
                 # helps more than the schema's, and a near-miss name may still resolve.
                 data, problem = _loose(exc.raw), exc.message
-            call, complaint = path.check(_call(data)) if data else (None, None)
+            chosen = self._defaults(path, _call(data))
+            call, complaint = path.check(chosen) if data else (None, None)
             if call is not None and (problem is None or _args_ok(data)):
                 return call, data, attempt
             self.invalid += 1
             prompt = [*messages, reask_message(complaint or problem or "invalid reply")]
         return None, {}, r.retries + 1
+
+    def _defaults(self, path: PathState, call: Call) -> Call:
+        """`read_chunk` with no ids reads the node's unread chunks, up to max_chunk_ids (ours).
+
+        The grammar cannot tie chunk_ids to the action, and a small model often picks
+        read_chunk yet writes `[]`; its intent is plain, and re-asking costs a whole step call.
+        """
+        if call.action == "read_chunk" and not call.chunk_ids:
+            return Call(call.action, tuple(path.chunk_choices()[: self.reader.max_chunk_ids]))
+        return call
 
     async def _facts(self, path: PathState) -> str:
         """The node's facts grouped by chunk id, within the content budget (§3.5.6)."""
