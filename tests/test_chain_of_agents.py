@@ -183,3 +183,26 @@ async def test_trace_has_plan_workers_and_manager() -> None:
     assert roles[0] == "plan" and roles[-1] == "manager"
     assert roles.count("worker") == len(model.calls("worker"))
     assert answer.steps[0].detail["chunks"] == len(model.calls("worker"))
+
+
+@pytest.mark.real_model
+async def test_real_local_model_end_to_end() -> None:
+    from pathlib import Path
+
+    from longweave.documents import open_document
+    from longweave.local_models import LocalLLM
+
+    doc = open_document(Path(__file__).parents[1] / "examples" / "harbour_report.md")
+    llm = LocalLLM.bundled()
+    coa = ChainOfAgents(window=1024, max_new=48)
+    answer = await arun(coa, doc, "Who was the first keeper of the lighthouse?", llm)
+    chunks = answer.steps[0].detail["chunks"]
+    assert chunks >= 2
+    assert answer.usage.calls == chunks + 1
+    assert [s.role for s in answer.steps] == ["plan"] + ["worker"] * chunks + ["manager"]
+    assert answer.text.strip()
+    # every call fitted the agent window: its prompt plus the generation cap
+    assert answer.usage.prompt_tokens + 48 * answer.usage.calls <= 1024 * answer.usage.calls
+    assert answer.citations or "uncited" in answer.flags
+    for citation in answer.citations:
+        assert doc.text[citation.start : citation.end] == citation.text

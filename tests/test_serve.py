@@ -167,3 +167,29 @@ def test_real_local_model_through_the_server(tmp_path_factory: pytest.TempPathFa
         [user("Text: The capital of Peru is Lima.\nQuestion: What is the capital of Peru?")]
     )
     assert 0 < reply.usage.completion_tokens <= 12
+
+
+@pytest.mark.real_model
+def test_openai_backend_runs_chain_of_agents_through_the_server() -> None:
+    """The whole path: longweave's OpenAI backend -> `longweave serve` -> the bundled model."""
+    from pathlib import Path
+
+    import longweave
+    from longweave.local_models import LocalLLM
+    from longweave.openai_backend import OpenAILLM
+
+    llm = LocalLLM.bundled()
+    example = Path(__file__).parents[1] / "examples" / "harbour_report.md"
+    with running_server(llm) as url:
+        remote = OpenAILLM(llm.name, base_url=url, context_window=llm.context_window)
+        answer = longweave.ask(
+            example, "Who was the first keeper of the lighthouse?", model=remote, cache=False,
+            window=1024, max_new=32,
+        )
+    assert answer.model == f"openai:{llm.name}"
+    assert answer.text.strip()
+    chunks = answer.steps[0].detail["chunks"]
+    assert chunks >= 2
+    assert answer.usage.calls == chunks + 1
+    # the usage comes from the server's replies, counted with the served model's tokenizer
+    assert answer.usage.completion_tokens > 0 and answer.usage.prompt_tokens > 300 * chunks
