@@ -20,10 +20,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ask(document: str, question: str, strategy: str, model: str, cache_dir: str) -> tuple[float, dict]:
+def ask(
+    document: str, question: str, strategy: str, model: str, cache_dir: str
+) -> tuple[float, dict]:
     env = dict(os.environ, LONGWEAVE_CACHE_DIR=cache_dir, HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "longweave.cli", "ask", document, question,
-               "--strategy", strategy, "--model", model, "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "longweave.cli",
+        "ask",
+        document,
+        question,
+        "--strategy",
+        strategy,
+        "--model",
+        model,
+        "--json",
+    ]
     started = time.perf_counter()
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return time.perf_counter() - started, json.loads(out.stdout)

@@ -1,4 +1,4 @@
-"""The library calls behind `longweave.ask`: resolve the source, the model and the strategy, then run."""
+"""The library calls behind `longweave.ask`: resolve source, model and strategy, then run."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def load_source(
     """A Document from a path, a folder (corpus mode), a Document, or literal text.
 
     A `str` is read as a path when it names an existing file or looks like one (a single line
-    with a document suffix), so a mistyped file name fails clearly instead of being answered as text.
+    with a document suffix), so a mistyped file name fails clearly instead of being answered
+    as text.
     A folder becomes one corpus document of its files matching `include` and not `exclude`
     (see `longweave.retrieval.corpus`).
     """
@@ -49,8 +50,10 @@ def load_source(
             return load_conversation(Path(source)).document(source=str(source))
     if isinstance(source, os.PathLike):
         return open_document(source)
-    looks_like_path = "\n" not in source and len(source) < 1024 and (
-        Path(source).suffix.lower() in _DOC_SUFFIXES or os.path.exists(source)
+    looks_like_path = (
+        "\n" not in source
+        and len(source) < 1024
+        and (Path(source).suffix.lower() in _DOC_SUFFIXES or os.path.exists(source))
     )
     return open_document(source) if looks_like_path else Document.from_text(source)
 
@@ -117,6 +120,13 @@ def ask(
     import asyncio
 
     return asyncio.run(
-        aask(source, question, strategy=strategy, model=model, cache=cache, on_event=on_event,
-             **options)
+        aask(
+            source,
+            question,
+            strategy=strategy,
+            model=model,
+            cache=cache,
+            on_event=on_event,
+            **options,
+        )
     )

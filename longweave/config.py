@@ -1,4 +1,4 @@
-"""Settings read from the environment (LONGWEAVE_* and OPENAI_*), validated and passed explicitly."""
+"""Settings from the environment (LONGWEAVE_* and OPENAI_*), validated and passed explicitly."""
 
 from __future__ import annotations
 

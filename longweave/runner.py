@@ -1,4 +1,4 @@
-"""The one runner every strategy goes through: compile, invoke with the run context, build the Answer."""
+"""The one runner all strategies share: compile, invoke with the context, build the Answer."""
 
 from __future__ import annotations
 

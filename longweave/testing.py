@@ -1,4 +1,5 @@
-"""A strict scripted model for tests: answers by caller role and request content, records every request.
+"""Test doubles: a strict scripted model (answers by role and content, records every request)
+and a deterministic embedder.
 
 >>> model = ScriptedModel()
 >>> model.on("worker", contains="part 1", reply="summary one")
@@ -21,7 +22,7 @@ from longweave.answer import Usage
 from longweave.errors import ParseError, UnscriptedCall
 from longweave.llm import Completion, Message, check_budget, user
 
-__all__ = ["RegexTokenizer", "Request", "Rule", "ScriptedModel", "user"]
+__all__ = ["HashEmbedder", "RegexTokenizer", "Request", "Rule", "ScriptedModel", "user"]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -155,3 +156,25 @@ def _render(value: Any, schema: type[BaseModel] | None, name: str) -> tuple[str,
         # Real backends raise ParseError for output that fails the schema; so does the fake.
         raise ParseError(f"reply does not match {schema.__name__}: {exc}", raw=text,
                          provider=name) from exc
+
+
+class HashEmbedder:
+    """A deterministic bag-of-words embedder for tests; `texts` counts what it has embedded."""
+
+    def __init__(self, name: str = "fake:hash", dim: int = 128) -> None:
+        self.name = name
+        self.dim = dim
+        self.texts = 0
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        import hashlib
+
+        import numpy as np
+
+        self.texts += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1)

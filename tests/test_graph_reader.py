@@ -3,13 +3,10 @@ invalid calls, the cached graph, and one run of the real local model."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from longweave.agents.graph_reader import GraphReader
@@ -17,7 +14,7 @@ from longweave.cache import ArtifactCache
 from longweave.documents import Document, open_document
 from longweave.graphs.paths import Call, PathState
 from longweave.runner import arun
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import HashEmbedder, Request, ScriptedModel
 
 WORD = re.compile(r"\w+")
 # One paragraph per chunk (chunk_tokens=6 with the scripted model's word tokenizer).
@@ -26,24 +23,11 @@ PARAS = ["Alpha met Beta at Harbour.", "Beta sailed with Gamma.", "Gamma built D
 QUESTION = "Who built Delta?"
 
 
-class HashEmbedder:
-    """A deterministic bag-of-words embedder."""
-
-    name = "fake:hash"
-    dim = 64
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in WORD.findall(text.lower()):
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1)
 
 
 def reader(**settings: Any) -> GraphReader:
     base = {"chunk_tokens": 6, "n_init": 2, "merge_threshold": None, "margin": 16}
-    return GraphReader(**{**base, **settings}).with_embedder(HashEmbedder())
+    return GraphReader(**{**base, **settings}).with_embedder(HashEmbedder(dim=64))
 
 
 def document() -> Document:
@@ -239,7 +223,7 @@ async def test_real_local_model_end_to_end(local_llm: Any, tmp_path: Path) -> No
         max_steps_per_path=2, retries=0, notebook_chars=24, rationale_chars=8,
         step_max_new=64, plan_max_new=16, analysis_chars=8, answer_chars=32,
         answer_max_new=64, merge_threshold=None, margin=32,
-    ).with_embedder(HashEmbedder())
+    ).with_embedder(HashEmbedder(dim=64))
     cache = ArtifactCache(tmp_path)
     answer = await arun(strategy, doc, "Who was the first keeper of the lighthouse?", local_llm,
                         artifacts=cache)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +16,12 @@ from longweave.errors import DocumentError
 from longweave.retrieval.corpus import cite_span, corpus_parts, member, open_corpus
 from longweave.retrieval.embeddings import CachedEmbedder, EmbeddingCache
 from longweave.retrieval.index import corpus_index, document_index, index_key, index_paths
-from longweave.testing import RegexTokenizer
+from longweave.testing import HashEmbedder, RegexTokenizer
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 WORD = re.compile(r"\w+")
 
 
-class HashEmbedder:
-    """A deterministic bag-of-words embedder that counts the texts it embeds."""
-
-    def __init__(self, name: str = "fake:hash", dim: int = 128) -> None:
-        self.name = name
-        self._dim = dim
-        self.texts = 0
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts += len(texts)
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in WORD.findall(text.lower()):
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self._dim] += 1
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1)
 
 
 @pytest.fixture(scope="module")

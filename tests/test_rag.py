@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from longweave.agents.rag import RAG
@@ -20,7 +17,7 @@ from longweave.errors import ConfigError
 from longweave.events import EventLog
 from longweave.retrieval.corpus import open_corpus
 from longweave.runner import arun
-from longweave.testing import ScriptedModel
+from longweave.testing import HashEmbedder, ScriptedModel
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 WORD = re.compile(r"\w+")
@@ -29,26 +26,6 @@ TOPICS = ["apples", "bananas", "cherries", "dates", "elderberries", "figs", "gra
           "kiwis", "lemons", "mangoes", "nectarines"]
 
 
-class HashEmbedder:
-    """A deterministic bag-of-words embedder that counts the texts it embeds."""
-
-    def __init__(self, name: str = "fake:hash", dim: int = 256) -> None:
-        self.name = name
-        self._dim = dim
-        self.texts = 0
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts += len(texts)
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in WORD.findall(text.lower()):
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self._dim] += 1
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1)
 
 
 def topic_document(words: int = 40) -> Document:
@@ -72,7 +49,7 @@ def passages_of(text: str) -> list[int]:
 
 
 def rag(**settings: Any) -> tuple[RAG, HashEmbedder]:
-    fake = HashEmbedder()
+    fake = HashEmbedder(dim=256)
     return RAG(**{"chunk_tokens": 48, "max_new": 32, "margin": 16, **settings}).with_embedder(
         fake
     ), fake
@@ -202,7 +179,8 @@ def test_cli_ask_a_folder_with_rag(monkeypatch, tmp_path, capsys) -> None:
     (folder / "boats.txt").write_text("The lifeboat was rowed by twelve men. " * 5)
     model = scripted()
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
-    monkeypatch.setattr(rag_module, "resolve_embedder", lambda spec, cache_dir=None: HashEmbedder())
+    fake = HashEmbedder(dim=256)
+    monkeypatch.setattr(rag_module, "resolve_embedder", lambda spec, cache_dir=None: fake)
     monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["longweave", "ask", str(folder), "first keeper light",
                                       "--strategy", "rag", "--set", "k=1", "--json"])

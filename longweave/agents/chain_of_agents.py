@@ -45,23 +45,24 @@ class CoAState(TypedDict, total=False):
 
 
 class ChainOfAgents(BaseModel):
-    """Sequential workers pass a communication unit along the chunks; a manager answers from the last."""
+    """Sequential workers pass a communication unit along the chunks; a manager answers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str] = "chain-of-agents"
     summary: ClassVar[str] = "workers read chunks in order passing a summary; a manager answers"
 
     window: int = 8192
-    """Agent window k in tokens, capped by the model's own window (paper, 2°: 8k in the main runs)."""
+    """Agent window k in tokens, capped by the model's own window (paper, 2°: 8k in main runs)."""
     max_new: int = 1024
     """Generation cap of the manager (paper: 1024)."""
     cu_cap: int | None = None
-    """Generation cap of a worker, i.e. the largest communication unit; None means max_new (ours)."""
+    """Generation cap of a worker, i.e. the largest communication unit; None: max_new (ours)."""
     margin: int = 64
     """Tokens kept free for chat-template overhead (ours)."""
     reserve_cu: bool = True
     """Reserve room for the incoming and outgoing CU in the chunk budget. False is the paper's
-    budget B = k - T(I_W) - T(q), allowed only when the model's window has room for both (§1.5.2)."""
+    budget B = k - T(I_W) - T(q), allowed only when the model's window has room for both
+    (§1.5.2)."""
     temperature: float = 0.0
     """Sampling temperature of every call (paper: 0)."""
     paths: Literal["single", "bidir"] = "single"
@@ -109,10 +110,20 @@ class ChainOfAgents(BaseModel):
             raise LongweaveError(f"{ctx.document.name} has no text to read")
         forward = list(range(len(chunks)))
         orders = [forward] if self.paths == "single" else [forward, forward[::-1]]
-        ctx.step("plan", f"{len(chunks)} chunks of <= {budget} tokens", chunks=len(chunks),
-                 budget=budget, paths=len(orders))
-        return {"chunks": chunks, "orders": orders, "cus": [""] * len(orders), "position": 0,
-                "flags": []}
+        ctx.step(
+            "plan",
+            f"{len(chunks)} chunks of <= {budget} tokens",
+            chunks=len(chunks),
+            budget=budget,
+            paths=len(orders),
+        )
+        return {
+            "chunks": chunks,
+            "orders": orders,
+            "cus": [""] * len(orders),
+            "position": 0,
+            "flags": [],
+        }
 
     def max_steps(self, state: dict[str, Any]) -> int:
         return len(state["chunks"]) + 5
@@ -138,7 +149,10 @@ class ChainOfAgents(BaseModel):
         """One worker of every path, paths concurrently; workers within a path stay in order."""
         ctx, position = runtime.context, state["position"]
         results = await asyncio.gather(
-            *(self._worker(ctx, state, p, order[position]) for p, order in enumerate(state["orders"]))
+            *(
+                self._worker(ctx, state, p, order[position])
+                for p, order in enumerate(state["orders"])
+            )
         )
         cus = [cu for cu, _ in results]
         flags = [flag for _, flag in results if flag]
@@ -151,14 +165,19 @@ class ChainOfAgents(BaseModel):
             i, len(chunks), chunks[i].text, prev, ctx.question, query=query, cite=self.cite
         )
         reply = await ctx.call(
-            "worker", messages, max_tokens=self._cu_cap(), temperature=self.temperature,
-            index=i, total=len(chunks),
+            "worker",
+            messages,
+            max_tokens=self._cu_cap(),
+            temperature=self.temperature,
+            index=i,
+            total=len(chunks),
         )
         cu = reply.text.strip()
         blank = not cu
         # A blank CU would erase everything read so far: keep the previous one (STRATEGIES §1.5.7).
-        ctx.step("worker", cu or prev, index=i, path=path, finish_reason=reply.finish_reason,
-                 blank=blank)
+        ctx.step(
+            "worker", cu or prev, index=i, path=path, finish_reason=reply.finish_reason, blank=blank
+        )
         return (prev, "blank_cu") if blank else (cu, "")
 
     async def manage(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -169,7 +188,10 @@ class ChainOfAgents(BaseModel):
         async def one(path: int, cu: str) -> str:
             messages = manager_messages(cu, ctx.question, query=query, cite=self.cite)
             reply = await ctx.call(
-                "manager", messages, max_tokens=self.max_new, temperature=self.temperature,
+                "manager",
+                messages,
+                max_tokens=self.max_new,
+                temperature=self.temperature,
                 index=path,
             )
             ctx.step("manager", reply.text.strip(), index=path, finish_reason=reply.finish_reason)
@@ -186,7 +208,9 @@ class ChainOfAgents(BaseModel):
             chosen = 0
             if self.selector == "judge":
                 reply = await ctx.call(
-                    "judge", judge_messages(ctx.question, answers), max_tokens=256,
+                    "judge",
+                    judge_messages(ctx.question, answers),
+                    max_tokens=256,
                     schema=JudgeChoice,
                 )
                 pick = reply.parsed.index - 1
@@ -214,9 +238,7 @@ def _vote(answers: list[str]) -> int | None:
     return next(i for i, a in enumerate(answers) if _normalize(a) == counts[0][0])
 
 
-def _resolve_markers(
-    text: str, chunks: list[Chunk], ctx: RunContext
-) -> tuple[str, list[Citation]]:
+def _resolve_markers(text: str, chunks: list[Chunk], ctx: RunContext) -> tuple[str, list[Citation]]:
     """Strip [c<i>] markers from the answer and turn valid ones into chunk citations."""
     seen: list[int] = []
     for match in _MARKER.finditer(text):

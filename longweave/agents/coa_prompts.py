@@ -33,7 +33,8 @@ def worker_messages(
             f"Question: {question}\n\n"
             "Write updated notes that keep every piece of evidence, from the notes and from this "
             "part, that bears on the question. Readers after you see only your notes, so keep "
-            "names, numbers and wording exact. Do not answer the question yet; write only the notes."
+            "names, numbers and wording exact. Do not answer the question yet; "
+            "write only the notes."
         )
     else:
         task = (
