@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/longweave ask examples/the_sky_is_ours.txt \
-		"What does Kane want from the expedition, and does he get it?"
+	HF_HUB_OFFLINE=1 $(BIN)/longweave ask examples/moon_stories.txt \
+		"Why did Marcia secretly go to the Moon?" --set max_new=256
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

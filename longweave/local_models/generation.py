@@ -36,12 +36,35 @@ class _RowCaps:
         return done
 
 
+class GeneratedRepetitionPenalty:
+    """Penalize tokens this reply has already produced, and only those.
+
+    transformers' own repetition penalty also counts the prompt, which would push an
+    extractive answer away from the very names it must copy from the document.
+    """
+
+    def __init__(self, prompt_len: int, penalty: float) -> None:
+        self.prompt_len = prompt_len
+        self.penalty = penalty
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        generated = input_ids[:, self.prompt_len :]
+        if generated.shape[1] == 0:
+            return scores
+        seen = torch.gather(scores, 1, generated)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, generated, seen)
+
+
 def run_batch(
     model: PreTrainedModel,
     requests: Sequence[GenRequest],
     *,
     pad_id: int,
     stop_ids: Sequence[int],
+    repetition_penalty: float = 1.0,
 ) -> list[GenResult]:
     """Generate for all `requests` (same temperature and group) in one padded batch."""
     import torch
@@ -72,6 +95,8 @@ def run_batch(
         from longweave.local_models.constrained import SchemaLogitsProcessor
 
         processors.append(SchemaLogitsProcessor(requests[0].extra))
+    elif repetition_penalty != 1.0:
+        processors.append(GeneratedRepetitionPenalty(width, repetition_penalty))
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,
