@@ -94,3 +94,17 @@ def test_strategies_lists_the_builtins(monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0
     assert "chain-of-agents" in out and "max_new" in out
+
+
+def test_unexpected_errors_are_one_line_with_a_debug_hint(model, monkeypatch, capsys) -> None:
+    def broken(request):
+        raise RuntimeError("backend exploded")
+
+    model.rules.clear()
+    model.on("worker", reply=broken)
+    monkeypatch.delenv("LONGWEAVE_DEBUG", raising=False)
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--no-cache", "--set", "max_new=64")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "RuntimeError: backend exploded" in err and "LONGWEAVE_DEBUG" in err
+    assert "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -40,3 +41,11 @@ def main() -> None:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)
+    except Exception as exc:  # a bug or an unexpected library failure: one line, not a wall
+        if os.environ.get("LONGWEAVE_DEBUG"):
+            raise
+        console = Console(stderr=True)
+        console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}",
+                      highlight=False)
+        console.print("[dim]set LONGWEAVE_DEBUG=1 for the traceback, and please report it[/]")
+        sys.exit(1)
