@@ -169,8 +169,8 @@ def test_registered_with_documented_defaults() -> None:
 
 
 def test_cli_ask_a_folder_with_rag(monkeypatch, tmp_path, capsys) -> None:
-    import longweave.agents.rag as rag_module
     import longweave.llm
+    import longweave.retrieval.index as index_module
     from longweave.cli import main
 
     folder = tmp_path / "docs"
@@ -180,7 +180,7 @@ def test_cli_ask_a_folder_with_rag(monkeypatch, tmp_path, capsys) -> None:
     model = scripted()
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
     fake = HashEmbedder(dim=256)
-    monkeypatch.setattr(rag_module, "resolve_embedder", lambda spec, cache_dir=None: fake)
+    monkeypatch.setattr(index_module, "resolve_embedder", lambda spec, cache_dir=None: fake)
     monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["longweave", "ask", str(folder), "first keeper light",
                                       "--strategy", "rag", "--set", "k=1", "--json"])

@@ -17,10 +17,11 @@ from typing import Any, ClassVar, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.agents import graph_reader_prompts as prompts
 from longweave.agents.base import RunContext
+from longweave.agents.embedding import UsesEmbedder
 from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.errors import LongweaveError, ParseError
@@ -54,7 +55,7 @@ class ReaderState(TypedDict, total=False):
     flags: list[str]
 
 
-class GraphReader(BaseModel):
+class GraphReader(UsesEmbedder):
     """Builds a graph of atomic facts once; per question, explores it and answers from notebooks."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,21 +123,6 @@ class GraphReader(BaseModel):
     margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""
 
-    _embedder: Embedder | None = PrivateAttr(default=None)
-
-    def with_embedder(self, embedder: Embedder) -> GraphReader:
-        """A copy that embeds node names with this object (a fake in tests, a shared model)."""
-        copy = self.model_copy(update={"embedder": embedder.name})
-        copy._embedder = embedder
-        return copy
-
-    def get_embedder(self, ctx: RunContext) -> Embedder:
-        if self._embedder is None:
-            from longweave.retrieval.index import resolve_embedder
-
-            cache_dir = ctx.artifacts.root.parent if ctx.artifacts is not None else None
-            self._embedder = resolve_embedder(self.embedder, cache_dir)
-        return self._embedder
 
     # -- budgets ---------------------------------------------------------------------------------
 

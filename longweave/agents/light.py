@@ -15,17 +15,17 @@ from typing import Annotated, Any, ClassVar, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.agents import light_prompts as prompts
 from longweave.agents.base import RunContext
+from longweave.agents.embedding import UsesEmbedder
 from longweave.agents.light_build import Plan, build_memory, make_plan
 from longweave.answer import Citation
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
 from longweave.memory.episodic import EpisodicMemory
 from longweave.memory.scratchpad import Piece
 from longweave.memory.working import MemoryUnit, WorkingMemory
-from longweave.retrieval.embeddings import Embedder
 from longweave.structured import reask_message
 
 __all__ = ["LIGHT"]
@@ -46,7 +46,7 @@ class LightState(TypedDict, total=False):
     flags: Annotated[list[str], operator.add]
 
 
-class LIGHT(BaseModel):
+class LIGHT(UsesEmbedder):
     """Answers from retrieved units, the most recent units and filtered scratchpad facts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,32 +103,6 @@ class LIGHT(BaseModel):
     """Sampling temperature of every call (reference code: 0)."""
     margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""
-
-    _embedder: Embedder | None = PrivateAttr(default=None)
-    _loaded: dict[str, Embedder] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _shares(self) -> LIGHT:
-        if self.working_share + self.scratch_share > 1 - self.episodic_share + 1e-9:
-            raise ValueError("working_share + scratch_share must leave episodic_share")
-        return self
-
-    def with_embedder(self, embedder: Embedder) -> LIGHT:
-        """A copy that embeds with this object (a fake in tests, a shared model in a server)."""
-        copy = self.model_copy(update={"embedder": embedder.name})
-        copy._embedder = embedder
-        return copy
-
-    def get_embedder(self, ctx: RunContext) -> Embedder:
-        if self._embedder is not None:
-            return self._embedder
-        from longweave.retrieval.index import resolve_embedder
-
-        cache_dir = ctx.artifacts.root.parent if ctx.artifacts is not None else None
-        key = f"{self.embedder}|{cache_dir}"
-        if key not in self._loaded:
-            self._loaded[key] = resolve_embedder(self.embedder, cache_dir)
-        return self._loaded[key]
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -16,23 +16,22 @@ from typing import Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.agents.base import RunContext
 from longweave.agents.baseline_prompts import passage_block, rag_messages
+from longweave.agents.embedding import UsesEmbedder
 from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.errors import ConfigError, LongweaveError
 from longweave.events import Event
 from longweave.retrieval.corpus import corpus_parts
-from longweave.retrieval.embeddings import Embedder
 from longweave.retrieval.index import (
     DEFAULT_CHUNK_TOKENS,
     DocumentIndex,
     corpus_index,
     document_index,
     embed_counted,
-    resolve_embedder,
 )
 from longweave.retrieval.store import Hit, VectorStore
 
@@ -57,7 +56,7 @@ class RAGState(TypedDict, total=False):
     flags: list[str]
 
 
-class RAG(BaseModel):
+class RAG(UsesEmbedder):
     """Retrieve the top-k chunks that fit the window, answer from them, cite them by span."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,25 +83,6 @@ class RAG(BaseModel):
     temperature: float = 0.0
     """Sampling temperature of the answer call (ours)."""
 
-    _embedder: Embedder | None = PrivateAttr(default=None)
-    _loaded: dict[str, Embedder] = PrivateAttr(default_factory=dict)
-
-    def with_embedder(self, embedder: Embedder) -> RAG:
-        """A copy that embeds with this object (a fake in tests, a shared model in a server)."""
-        copy = self.model_copy(update={"embedder": embedder.name})
-        copy._embedder = embedder
-        return copy
-
-    def _get_embedder(self, ctx: RunContext) -> Embedder:
-        if self._embedder is not None:
-            return self._embedder
-        # Vectors are kept by text hash next to the artifacts, so a chunk is never embedded
-        # twice; loaded models are kept on this instance so a batch loads them once.
-        cache_dir = ctx.artifacts.root.parent if ctx.artifacts is not None else None
-        key = f"{self.embedder}|{cache_dir}"
-        if key not in self._loaded:
-            self._loaded[key] = resolve_embedder(self.embedder, cache_dir)
-        return self._loaded[key]
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -115,7 +95,7 @@ class RAG(BaseModel):
             )
         if self.overlap >= self.chunk_tokens:
             raise ConfigError("overlap must be smaller than chunk_tokens")
-        embedder = self._get_embedder(ctx)
+        embedder = self.get_embedder(ctx)
         common = dict(embedder=embedder, tokenizer=ctx.llm.tokenizer,
                       chunk_tokens=self.chunk_tokens, overlap=self.overlap,
                       artifacts=ctx.artifacts)
@@ -169,7 +149,7 @@ class RAG(BaseModel):
         )
         # With no k, fetch enough full-size chunks to fill the budget several times over.
         fetch = self.k or 4 * math.ceil(budget / self.chunk_tokens) + 16
-        embedder = self._get_embedder(ctx)
+        embedder = self.get_embedder(ctx)
         query, computed = await asyncio.to_thread(embed_counted, embedder, [ctx.question])
         hits = store.search(query[0], k=min(fetch, len(store)))
         labels = _Labeller(ctx)
