@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,12 +17,7 @@ from longweave.tokenizers import (
     default_tokenizer,
     for_openai_model,
 )
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog. It was not amused!",
-    "Paragraphs are separated by blank lines.\n\nSentences end with stops.",
-    "Numbers like 12345 and 3.14 appear, as do contractions: it's, we'll, they've.",
-] * 20
+from tests.tiny_tokenizers import tiny_bpe
 
 TEXTS = st.text(
     alphabet=st.sampled_from(list("ab cd\n\t.!?,'\"0123456789éß") + list("日本語😀\u200d")),
@@ -31,23 +25,6 @@ TEXTS = st.text(
 )
 
 
-def tiny_bpe(pre_tokenizer: str) -> Any:
-    """A small BPE trained in milliseconds: byte-level (like GPT-2) or metaspace (like Llama 2)."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import models, pre_tokenizers, trainers
-
-    if pre_tokenizer == "bytelevel":
-        backend = Backend(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet)
-    else:
-        backend = Backend(models.BPE(unk_token="[UNK]"))
-        backend.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"])
-    trainer.show_progress = False
-    backend.train_from_iterator(CORPUS, trainer)
-    return backend
 
 
 @pytest.fixture(scope="module")
