@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -109,6 +109,28 @@ class RunContext:
             chunk_index=chunk.index,
             source=self.document.source,
         )
+
+
+def repeat_then(
+    state: type, repeat: Callable[..., Any], then: Sequence[Callable[..., Any]], *, over: str
+) -> StateGraph:
+    """Wiring shared by stream strategies: `repeat` runs once per item of `state[over]`
+    (it advances `state["position"]`), then the `then` nodes run in order."""
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(state, context_schema=RunContext)
+    for node in (repeat, *then):
+        graph.add_node(node)  # named after the method: `self.work` is node "work"
+    first, rest = repeat.__name__, [node.__name__ for node in then]
+
+    def more(current: dict[str, Any]) -> str:
+        return first if current["position"] < len(current[over]) else rest[0]
+
+    graph.add_edge(START, first)
+    graph.add_conditional_edges(first, more, [first, rest[0]])
+    for a, b in zip(rest, [*rest[1:], END], strict=True):
+        graph.add_edge(a, b)
+    return graph
 
 
 # Built-in strategies, imported only when asked for so `import longweave` stays light.

@@ -12,11 +12,11 @@ import re
 from collections import Counter
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
-from longweave.agents.base import RunContext
+from longweave.agents.base import RunContext, repeat_then
 from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
 from longweave.answer import Citation
 from longweave.budget import chunk_budget
@@ -131,19 +131,7 @@ class ChainOfAgents(BaseModel):
     # -- graph ---------------------------------------------------------------------------------
 
     def build(self) -> StateGraph:
-        graph = StateGraph(CoAState, context_schema=RunContext)
-        graph.add_node(self.work)
-        graph.add_node(self.manage)
-        graph.add_node(self.select)
-        graph.add_edge(START, "work")
-        graph.add_conditional_edges("work", self._next, ["work", "manage"])
-        graph.add_edge("manage", "select")
-        graph.add_edge("select", END)
-        return graph
-
-    @staticmethod
-    def _next(state: CoAState) -> str:
-        return "work" if state["position"] < len(state["chunks"]) else "manage"
+        return repeat_then(CoAState, self.work, [self.manage, self.select], over="chunks")
 
     async def work(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """One worker of every path, paths concurrently; workers within a path stay in order."""

@@ -12,11 +12,11 @@ import time
 from typing import Any, ClassVar, Literal, TypedDict
 
 import numpy as np
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
-from longweave.agents.base import RunContext
+from longweave.agents.base import RunContext, repeat_then
 from longweave.agents.infini_retri_prompts import SUMMARY_TASK, Template, reader_messages
 from longweave.agents.infini_retri_sentences import Sentence, pack, split_sentences
 from longweave.answer import Citation, Usage
@@ -157,17 +157,7 @@ class InfiniRetri(BaseModel):
     # -- graph ---------------------------------------------------------------------------------
 
     def build(self) -> StateGraph:
-        graph = StateGraph(InfiniState, context_schema=RunContext)
-        graph.add_node(self.retrieve)
-        graph.add_node(self.respond)
-        graph.add_edge(START, "retrieve")
-        graph.add_conditional_edges("retrieve", self._next, ["retrieve", "respond"])
-        graph.add_edge("respond", END)
-        return graph
-
-    @staticmethod
-    def _next(state: InfiniState) -> str:
-        return "retrieve" if state["position"] < len(state["windows"]) else "respond"
+        return repeat_then(InfiniState, self.retrieve, [self.respond], over="windows")
 
     async def retrieve(self, state: InfiniState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """One scoring forward over cache + window + question; keep the top tokens' sentences."""

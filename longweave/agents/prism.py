@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.agents import prism_prompts as prompts
-from longweave.agents.base import RunContext
+from longweave.agents.base import RunContext, repeat_then
 from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
@@ -238,17 +238,7 @@ class Prism(BaseModel):
     # -- graph ---------------------------------------------------------------------------------
 
     def build(self) -> StateGraph:
-        graph = StateGraph(PrismState, context_schema=RunContext)
-        graph.add_node(self.step)
-        graph.add_node(self.final)
-        graph.add_edge(START, "step")
-        graph.add_conditional_edges("step", self._next, ["step", "final"])
-        graph.add_edge("final", END)
-        return graph
-
-    @staticmethod
-    def _next(state: PrismState) -> str:
-        return "step" if state["position"] < len(state["chunks"]) else "final"
+        return repeat_then(PrismState, self.step, [self.final], over="chunks")
 
     async def step(self, state: PrismState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """Read chunk i: one revision batch, each revision validated, then applied or rejected."""
