@@ -200,8 +200,9 @@ async def test_citations_are_chunks_read_and_chunks_of_noted_facts() -> None:
 
 @pytest.fixture(scope="module")
 def local_llm() -> Any:
-    local_models = pytest.importorskip("longweave.local_models")
-    torch = pytest.importorskip("torch")
+    import torch
+
+    from longweave import local_models
     # One torch thread: on 2 cores shared with other processes, two OpenMP threads spin-wait
     # and decoding collapses (measured here: 32 tokens in 83 s with two, 2.7 s with one).
     threads = torch.get_num_threads()

@@ -27,7 +27,6 @@ WORD = re.compile(r"\w+")
 @pytest.fixture(scope="module")
 def minilm():
     """The real bundled all-MiniLM-L6-v2, loaded once for the module."""
-    pytest.importorskip("sentence_transformers")
     from longweave.retrieval.embeddings import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder()

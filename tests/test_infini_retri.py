@@ -287,7 +287,8 @@ async def test_exclude_sinks_zeroes_the_first_context_tokens() -> None:
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same.")
 def test_box_filter_matches_conv1d_same() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from longweave.local_models.attention import box_filter
 
     rows = np.random.default_rng(0).random((3, 40)).astype(np.float32)

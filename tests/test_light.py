@@ -159,7 +159,6 @@ async def test_conversation_units_are_turn_pairs_with_spans() -> None:
 
 @pytest.fixture(scope="module")
 def local_llm() -> Any:
-    pytest.importorskip("transformers")
     from longweave.local_models import LocalLLM
 
     return LocalLLM.bundled(context_window=1024)

@@ -468,7 +468,7 @@ async def test_random_member_pick_is_seeded() -> None:
 
 @pytest.fixture(scope="module")
 def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    local_models = pytest.importorskip("longweave.local_models")
+    from longweave import local_models
     model = local_models.LocalLLM.bundled(
         cache_dir=tmp_path_factory.getbasetemp() / "longweave-cache"
     )

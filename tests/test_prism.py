@@ -318,7 +318,7 @@ async def test_cached_tokens_are_reported_through_an_openai_compatible_server() 
 
 @pytest.fixture(scope="module")
 def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    local_models = pytest.importorskip("longweave.local_models")
+    from longweave import local_models
     model = local_models.LocalLLM.bundled(
         cache_dir=tmp_path_factory.getbasetemp() / "longweave-cache")
     yield model

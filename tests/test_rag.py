@@ -216,7 +216,6 @@ async def test_openai_compatible_backend(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def minilm():
     """The real bundled all-MiniLM-L6-v2, loaded once for the module."""
-    pytest.importorskip("sentence_transformers")
     from longweave.retrieval.embeddings import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder()
@@ -224,7 +223,7 @@ def minilm():
 
 @pytest.fixture(scope="module")
 def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    local_models = pytest.importorskip("longweave.local_models")
+    from longweave import local_models
     model = local_models.LocalLLM.bundled(
         cache_dir=tmp_path_factory.getbasetemp() / "longweave-cache"
     )
