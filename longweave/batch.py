@@ -1,0 +1,323 @@
+"""Batch question answering: (document, question) items in, one JSONL record per answer out.
+
+The output file is the state of the run: each record is appended and flushed the moment its
+answer is done, a rerun skips every key already answered (failures are retried), and a run
+stopped by Ctrl-C or a crash loses nothing but the answers in flight. Where the work runs is an
+executor's business (`longweave.executors`); this module owns the items, the records, the
+output log and the job that turns one item into one record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from longweave.answer import Citation, Step, Usage
+from longweave.errors import LongweaveError
+from longweave.events import EventSink, ignore
+
+if TYPE_CHECKING:
+    from longweave.documents import Document
+    from longweave.executors.base import Executor
+    from longweave.llm import LLM
+
+__all__ = [
+    "BatchItem",
+    "BatchJob",
+    "BatchRecord",
+    "BatchSummary",
+    "ResultLog",
+    "arun_batch",
+    "group_by_document",
+    "run_batch",
+]
+
+
+class BatchItem(BaseModel):
+    """One question about one document; `meta` rides along to the record (e.g. gold answers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    document: str
+    """The document's path (or any source `longweave.load_source` accepts)."""
+    question: str
+    id: str | None = None
+    """The caller's id for the question; when set it, not the text, identifies the item."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def key(self, strategy: str, model: str) -> str:
+        """The item's identity in an output file: document, question (or id), strategy, model."""
+        ident = [self.document, self.id if self.id is not None else self.question, strategy, model]
+        return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
+
+
+class BatchRecord(BaseModel):
+    """One line of a batch output: the answer or the error, with what it cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    document: str
+    question: str
+    id: str | None = None
+    strategy: str
+    model: str
+    answer: str | None = None
+    citations: list[Citation] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    seconds: float = 0.0
+    """Wall time of this item, document loading included."""
+    error: str | None = None
+    error_type: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    steps: list[Step] | None = None
+    """The trace, only when the job was run with `trace=True` (it can be large)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class BatchSummary(BaseModel):
+    """What a batch run did: counts, summed usage and wall time."""
+
+    answered: int = 0
+    failed: int = 0
+    skipped: int = 0
+    """Items already answered in the output file before this run started."""
+    usage: Usage = Field(default_factory=Usage)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def add(self, record: BatchRecord) -> None:
+        if record.ok:
+            self.answered += 1
+        else:
+            self.failed += 1
+        self.usage = self.usage + record.usage
+
+
+class ResultLog:
+    """An append-only JSONL file of `BatchRecord`s that survives crashes and reruns."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def records(self) -> list[BatchRecord]:
+        """Every readable record, in file order; a torn last line (a crash mid-write) is skipped."""
+        if not self.path.exists():
+            return []
+        found: list[BatchRecord] = []
+        with self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    found.append(BatchRecord.model_validate_json(line))
+                except ValueError:
+                    continue  # a torn or foreign line: the item is simply asked again
+        return found
+
+    def answered(self) -> dict[str, BatchRecord]:
+        """Records without an error, by key: what a rerun skips."""
+        return {r.key: r for r in self.records() if r.ok}
+
+    def append(self, record: BatchRecord) -> None:
+        """Write one record and flush it to disk before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell():
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # the previous run died mid-line: start a fresh one
+                    handle.write(b"\n")
+            handle.write(record.model_dump_json(exclude_none=False).encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class BatchJob:
+    """How every item of a run is answered: strategy, its options, model and cache.
+
+    It is plain data so an executor can ship it to another process; the model and the open
+    documents are built lazily where the job runs and are not part of its pickled state.
+    """
+
+    def __init__(
+        self,
+        strategy: str = "chain-of-agents",
+        model: str | LLM = "local",
+        *,
+        options: dict[str, Any] | None = None,
+        cache: bool = True,
+        trace: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.model = model
+        self.options = dict(options or {})
+        self.cache = cache
+        self.trace = trace
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._llm: LLM | None = None
+        self._documents: OrderedDict[str, Document] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_llm"] = None if isinstance(self.model, str) else state["_llm"]
+        state["_documents"] = OrderedDict()
+        return state
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
+    def key(self, item: BatchItem) -> str:
+        return item.key(self.strategy, self.model_name)
+
+    def check(self) -> None:
+        """Fail before any work starts on an unknown strategy or a bad option."""
+        from longweave.agents.base import get_strategy
+
+        get_strategy(self.strategy, **self.options)
+
+    def settings(self) -> Any:
+        from longweave.config import Settings
+
+        return Settings(cache_dir=self.cache_dir) if self.cache_dir else Settings()
+
+    def llm(self) -> LLM:
+        if self._llm is None:
+            from longweave.api import make_model
+
+            self._llm = make_model(self.model, cache=self.cache, settings=self.settings())
+        return self._llm
+
+    def document(self, source: str) -> Document:
+        """Open a document once per job and keep the last few (a group's questions share it)."""
+        from longweave.api import load_source
+
+        if source in self._documents:
+            self._documents.move_to_end(source)
+            return self._documents[source]
+        document = load_source(Path(source))
+        self._documents[source] = document
+        while len(self._documents) > 4:
+            self._documents.popitem(last=False)
+        return document
+
+    async def answer(self, item: BatchItem, *, on_event: EventSink = ignore) -> BatchRecord:
+        """Answer one item; any failure becomes the record's error instead of an exception."""
+        from longweave.agents.base import get_strategy
+        from longweave.cache import ArtifactCache
+        from longweave.runner import arun
+
+        record = BatchRecord(
+            key=self.key(item), document=item.document, question=item.question, id=item.id,
+            strategy=self.strategy, model=self.model_name, meta=item.meta,
+        )
+        started = time.perf_counter()
+        try:
+            document = self.document(item.document)
+            strategy = get_strategy(self.strategy, **self.options)
+            artifacts = ArtifactCache(self.settings().cache_dir / "artifacts")
+            answer = await arun(
+                strategy, document, item.question, self.llm(),
+                on_event=on_event, artifacts=artifacts,
+            )
+        except LongweaveError as exc:
+            record.error, record.error_type = exc.message, type(exc).__name__
+        except Exception as exc:  # a failing item is recorded and the run goes on
+            record.error, record.error_type = f"{type(exc).__name__}: {exc}", type(exc).__name__
+        else:
+            record.answer, record.citations = answer.text, answer.citations
+            record.flags, record.usage = answer.flags, answer.usage
+            record.steps = answer.steps if self.trace else None
+        record.seconds = time.perf_counter() - started
+        return record
+
+
+def group_by_document(items: Iterable[BatchItem]) -> list[list[BatchItem]]:
+    """Items grouped per document, in first-seen order: documents are the unit of work."""
+    groups: dict[str, list[BatchItem]] = {}
+    for item in items:
+        groups.setdefault(item.document, []).append(item)
+    return list(groups.values())
+
+
+async def arun_batch(
+    items: Iterable[BatchItem],
+    out: str | os.PathLike[str],
+    job: BatchJob,
+    *,
+    executor: Executor | None = None,
+    concurrency: int = 4,
+    on_record: Callable[[BatchRecord], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> BatchSummary:
+    """Answer every item not yet answered in `out`, appending each record as it completes.
+
+    `on_start(todo, skipped)` is called once the resume set is known; `on_record` after each
+    record is written. Cancelling the run (Ctrl-C) keeps everything already written.
+    """
+    from longweave.executors.local import LocalExecutor
+
+    job.check()
+    log = ResultLog(out)
+    done = log.answered()
+    todo: list[BatchItem] = []
+    seen: set[str] = set()
+    skipped = 0
+    for item in items:
+        key = job.key(item)
+        if key in done:
+            skipped += 1
+        elif key not in seen:  # the same question twice in the input is asked once
+            seen.add(key)
+            todo.append(item)
+    summary = BatchSummary(skipped=skipped)
+    if on_start is not None:
+        on_start(len(todo), skipped)
+    runner = executor or LocalExecutor(concurrency=concurrency)
+    started = time.perf_counter()
+    stream: AsyncIterator[BatchRecord] = runner.run(job, group_by_document(todo))
+    try:
+        async for record in stream:
+            log.append(record)
+            summary.add(record)
+            if on_record is not None:
+                on_record(record)
+    except BaseException:
+        summary.interrupted = True
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - started
+        await _close(stream)
+    return summary
+
+
+async def _close(stream: AsyncIterator[BatchRecord]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def run_batch(
+    items: Sequence[BatchItem] | Iterable[BatchItem],
+    out: str | os.PathLike[str],
+    job: BatchJob,
+    **kwargs: Any,
+) -> BatchSummary:
+    """The synchronous form of `arun_batch`."""
+    import asyncio
+
+    return asyncio.run(arun_batch(items, out, job, **kwargs))

@@ -1,0 +1,181 @@
+"""The batch core: records appended as they finish, resume, failures recorded, executors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from longweave.batch import BatchItem, BatchJob, BatchRecord, ResultLog, arun_batch
+from longweave.errors import ConfigError
+from longweave.executors import get_executor
+from longweave.executors.local import LocalExecutor
+from longweave.testing import ScriptedModel
+
+
+def _docs(tmp_path: Path) -> tuple[Path, Path]:
+    red = tmp_path / "red.txt"
+    red.write_text("The door of the red house is painted blue.", encoding="utf-8")
+    green = tmp_path / "green.txt"
+    green.write_text("The green house has no door at all.", encoding="utf-8")
+    return red, green
+
+
+def _model() -> ScriptedModel:
+    model = ScriptedModel()
+    model.on("reader", contains="red house", reply="Blue.")
+    model.on("reader", contains="green house", reply="It has none.")
+    return model
+
+
+def _items(red: Path, green: Path) -> list[BatchItem]:
+    return [
+        BatchItem(document=str(red), question="What colour is the door?", id="q1"),
+        BatchItem(document=str(green), question="What colour is the door?", id="q1"),
+        BatchItem(document=str(red), question="Which house?", meta={"gold": ["red"]}),
+    ]
+
+
+async def test_every_item_is_answered_once_and_written(tmp_path: Path) -> None:
+    red, green = _docs(tmp_path)
+    model = _model()
+    job = BatchJob("truncate", model, cache=False, cache_dir=tmp_path / "cache")
+    out = tmp_path / "out.jsonl"
+    seen: list[str] = []
+    summary = await arun_batch(_items(red, green), out, job, on_record=lambda r: seen.append(r.key))
+    records = ResultLog(out).records()
+    assert summary.answered == 3 and summary.failed == 0 and summary.skipped == 0
+    assert sorted(seen) == sorted(r.key for r in records) and len(set(seen)) == 3
+    by_doc = {(Path(r.document).name, r.question): r for r in records}
+    assert by_doc["red.txt", "What colour is the door?"].answer == "Blue."
+    assert by_doc["green.txt", "What colour is the door?"].answer == "It has none."
+    which = by_doc["red.txt", "Which house?"]
+    assert which.meta == {"gold": ["red"]} and which.citations[0].text.startswith("The door")
+    assert summary.usage.calls == 3 == len(model.requests)
+    assert all(r.steps is None for r in records)  # traces only on request
+
+
+async def test_a_rerun_skips_answered_items_and_retries_failures(tmp_path: Path) -> None:
+    red, green = _docs(tmp_path)
+    model = ScriptedModel()
+    model.on("reader", contains="red house", reply="Blue.")  # green is unscripted: it fails
+    job = BatchJob("truncate", model, cache=False, cache_dir=tmp_path / "cache")
+    out = tmp_path / "out.jsonl"
+    first = await arun_batch(_items(red, green), out, job)
+    assert (first.answered, first.failed) == (2, 1)
+    failed = [r for r in ResultLog(out).records() if not r.ok]
+    assert failed[0].error_type == "UnscriptedCall" and "green" in failed[0].document
+
+    model.on("reader", contains="green house", reply="It has none.")
+    calls_before = len(model.requests)
+    second = await arun_batch(_items(red, green), out, job)
+    assert (second.answered, second.failed, second.skipped) == (1, 0, 2)
+    assert len(model.requests) == calls_before + 1  # only the failed item was asked again
+    assert len(ResultLog(out).answered()) == 3
+
+
+async def test_a_torn_last_line_is_ignored_and_the_next_record_starts_a_new_line(
+    tmp_path: Path,
+) -> None:
+    red, green = _docs(tmp_path)
+    job = BatchJob("truncate", _model(), cache=False, cache_dir=tmp_path / "cache")
+    out = tmp_path / "out.jsonl"
+    await arun_batch(_items(red, green)[:1], out, job)
+    with out.open("a", encoding="utf-8") as handle:
+        handle.write('{"key": "torn", "docu')  # a crash in the middle of a write
+    summary = await arun_batch(_items(red, green), out, job)
+    assert summary.skipped == 1 and summary.answered == 2
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[1] == '{"key": "torn", "docu'
+    assert [json.loads(line)["key"] for line in lines[2:]]  # whole lines after the torn one
+    assert len(ResultLog(out).records()) == 3
+
+
+async def test_missing_documents_and_duplicate_items(tmp_path: Path) -> None:
+    red, _ = _docs(tmp_path)
+    job = BatchJob("truncate", _model(), cache=False, cache_dir=tmp_path / "cache")
+    items = [
+        BatchItem(document=str(tmp_path / "nope.txt"), question="Q?"),
+        BatchItem(document=str(red), question="Colour?"),
+        BatchItem(document=str(red), question="Colour?"),  # asked once
+    ]
+    summary = await arun_batch(items, tmp_path / "out.jsonl", job)
+    records = ResultLog(tmp_path / "out.jsonl").records()
+    assert (summary.answered, summary.failed, len(records)) == (1, 1, 2)
+    missing = next(r for r in records if not r.ok)
+    assert missing.error_type == "DocumentError" and "nope.txt" in (missing.error or "")
+
+
+async def test_an_unknown_strategy_fails_before_any_work(tmp_path: Path) -> None:
+    red, green = _docs(tmp_path)
+    job = BatchJob("no-such-strategy", _model(), cache=False, cache_dir=tmp_path / "cache")
+    with pytest.raises(ConfigError):
+        await arun_batch(_items(red, green), tmp_path / "out.jsonl", job)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+class _RecordingJob(BatchJob):
+    """A job whose answers wait, recording how many run at once and in which order."""
+
+    def __init__(self) -> None:
+        super().__init__("truncate", "scripted")
+        self.running = 0
+        self.peak = 0
+        self.started: list[str] = []
+
+    async def answer(self, item: BatchItem, **_: object) -> BatchRecord:
+        self.started.append(item.question)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.01)
+        self.running -= 1
+        return BatchRecord(key=self.key(item), document=item.document, question=item.question,
+                           strategy=self.strategy, model="scripted", answer="ok")
+
+    def check(self) -> None:
+        return None
+
+
+async def test_local_executor_bounds_concurrency_and_runs_a_documents_first_question_alone(
+    tmp_path: Path,
+) -> None:
+    job = _RecordingJob()
+    groups = [
+        [BatchItem(document="a", question=f"a{i}") for i in range(4)],
+        [BatchItem(document="b", question=f"b{i}") for i in range(4)],
+    ]
+    records = [r async for r in LocalExecutor(concurrency=3).run(job, groups)]
+    assert sorted(r.question for r in records) == sorted(i.question for g in groups for i in g)
+    assert job.peak == 3
+    # No sibling of a document starts before its first question has finished.
+    assert job.started.index("a0") < min(job.started.index(f"a{i}") for i in range(1, 4))
+    assert set(job.started[:2]) == {"a0", "b0"}
+
+
+async def test_a_bug_in_a_job_surfaces_instead_of_hanging() -> None:
+    class Broken(_RecordingJob):
+        async def answer(self, item: BatchItem, **_: object) -> BatchRecord:
+            raise RuntimeError("boom")
+
+    groups = [[BatchItem(document="a", question="q")]]
+    with pytest.raises(RuntimeError, match="boom"):
+        _ = [r async for r in LocalExecutor().run(Broken(), groups)]
+
+
+def test_executor_lookup() -> None:
+    assert get_executor("local", concurrency=2).concurrency == 2  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="unknown executor"):
+        get_executor("threads")
+    with pytest.raises(ConfigError):
+        LocalExecutor(concurrency=0)
+
+
+def test_a_job_pickles_without_its_model_or_documents(tmp_path: Path) -> None:
+    import pickle
+
+    job = BatchJob("truncate", "local", options={"max_new": 8}, cache_dir=tmp_path)
+    job._documents["x"] = object()  # type: ignore[assignment]
+    clone = pickle.loads(pickle.dumps(job))
+    assert clone.options == {"max_new": 8} and clone.model == "local" and not clone._documents
