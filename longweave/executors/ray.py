@@ -1,0 +1,157 @@
+"""The Ray executor: documents are distributed as Ray tasks; records stream back to the driver.
+
+Each task answers one document's questions (the first alone, so the per-document artifacts are
+built once in that worker's cache, then the rest concurrently) and returns their records. The
+driver appends records as tasks finish, exactly as the local executor's records are appended,
+so resume, progress and the summary behave the same. A worker process that dies mid-document
+has its task retried by Ray (`max_retries`); the driver yields a key at most once, so a retried
+task can never put a pair into the output twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from longweave.errors import ConfigError, MissingDependency
+
+if TYPE_CHECKING:
+    from longweave.batch import BatchItem, BatchJob, BatchRecord
+    from longweave.llm import LLM
+
+# One model per worker process and model string: Ray reuses worker processes across tasks,
+# and loading a local model per document would dominate the run.
+_WORKER_MODELS: dict[tuple[Any, ...], LLM] = {}
+
+
+def _worker_llm(job: BatchJob) -> None:
+    if not isinstance(job.model, str):
+        return  # an LLM object travelled with the job (tests, custom backends)
+    key = (job.model, job.cache, str(job.cache_dir))
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS[key] = job.llm()
+    job._llm = _WORKER_MODELS[key]
+
+
+async def _answer_group(job: BatchJob, items: list[BatchItem], concurrency: int) -> list[Any]:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(item: BatchItem) -> BatchRecord:
+        async with slots:
+            return await job.answer(item)
+
+    first = await one(items[0])
+    rest = await asyncio.gather(*(one(item) for item in items[1:]))
+    return [first, *rest]
+
+
+def answer_group(job: BatchJob, items: list[BatchItem], concurrency: int) -> list[str]:
+    """The body of a Ray task: one document's records, as JSON (cheap and version-proof)."""
+    _worker_llm(job)
+    records = asyncio.run(_answer_group(job, items, concurrency))
+    return [r.model_dump_json() for r in records]
+
+
+def _uses_local_model(job: BatchJob) -> bool:
+    return isinstance(job.model, str) and (job.model == "local" or job.model.startswith("hf:"))
+
+
+class RayExecutor:
+    """Run batch work on a Ray cluster (`address="auto"`, `ray://host:port`) or a local runtime.
+
+    `max_in_flight` bounds the document tasks submitted at once (default: twice the cluster's
+    CPUs), so a million-document run does not put a million tasks into Ray's queue; each task
+    answers its document's questions with up to `concurrency` in flight. When the model is local
+    and the cluster has GPUs, each task asks Ray for `num_gpus` (default 1).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        concurrency: int = 4,
+        max_in_flight: int | None = None,
+        max_retries: int = 3,
+        num_cpus: float = 1,
+        num_gpus: float | None = None,
+        init_options: dict[str, Any] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        self.address = address
+        self.concurrency = concurrency
+        self.max_in_flight = max_in_flight
+        self.max_retries = max_retries
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.init_options = dict(init_options or {})
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError as exc:
+            raise MissingDependency(
+                "the ray executor needs Ray", hint="pip install 'longweave[ray]'"
+            ) from exc
+        if not ray.is_initialized():
+            options = {"include_dashboard": False, "log_to_driver": False, **self.init_options}
+            ray.init(address=self.address, **options)
+        return ray
+
+    def _task(self, ray: Any, job: BatchJob) -> Any:
+        gpus = self.num_gpus
+        if gpus is None:
+            has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+            gpus = 1 if has_gpus and _uses_local_model(job) else 0
+        return ray.remote(answer_group).options(
+            num_cpus=self.num_cpus, num_gpus=gpus, max_retries=self.max_retries
+        )
+
+    async def run(
+        self, job: BatchJob, groups: list[list[BatchItem]]
+    ) -> AsyncIterator[BatchRecord]:
+        ray = self._ray()
+        task = self._task(ray, job)
+        job_ref = ray.put(job)
+        limit = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        pending = [g for g in groups if g]
+        pending.reverse()  # pop() from the end keeps the input order of submission
+        running: dict[asyncio.Future[Any], tuple[Any, list[BatchItem]]] = {}
+        emitted: set[str] = set()
+        try:
+            while pending or running:
+                while pending and len(running) < limit:
+                    group = pending.pop()
+                    ref = task.remote(job_ref, group, self.concurrency)
+                    running[asyncio.wrap_future(ref.future())] = (ref, group)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    _, group = running.pop(future)
+                    for record in _records(job, group, future):
+                        if record.key not in emitted:
+                            emitted.add(record.key)
+                            yield record
+        finally:
+            for ref, _ in running.values():
+                ray.cancel(ref, force=True)
+
+
+def _records(job: BatchJob, group: list[BatchItem], future: asyncio.Future[Any]) -> list[Any]:
+    """A finished task's records; a task that failed for good becomes one error per item."""
+    from longweave.batch import BatchRecord
+
+    try:
+        return [BatchRecord.model_validate_json(line) for line in future.result()]
+    except Exception as exc:  # retries exhausted (the worker kept dying) or a Ray failure
+        message = f"the Ray task for this document failed: {type(exc).__name__}: {exc}"
+        return [
+            BatchRecord(
+                key=job.key(item), document=item.document, question=item.question, id=item.id,
+                strategy=job.strategy, model=job.model_name, meta=item.meta,
+                error=message[:2000], error_type=type(exc).__name__,
+            )
+            for item in group
+        ]
