@@ -21,6 +21,7 @@ from longweave.errors import (
 
 if TYPE_CHECKING:
     from longweave.documents import Document
+    from longweave.session import Session
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "LongweaveError",
     "ModelError",
     "ParseError",
+    "Session",
     "Step",
     "Usage",
     "aask",
@@ -64,4 +66,8 @@ def __getattr__(name: str) -> Any:
         from longweave.documents import Document
 
         return Document
+    if name == "Session":  # a conversation over a document (`longweave chat` is built on it)
+        from longweave.session import Session
+
+        return Session
     raise AttributeError(f"module 'longweave' has no attribute {name!r}")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-EventKind = Literal["start", "call", "step", "progress", "finish"]
+EventKind = Literal["start", "call", "step", "progress", "finish", "token"]
+"""`token` carries a text delta of a streamed final answer in `message` (`data["restart"]`: the
+backend retried mid-stream, so the text so far is void)."""
 
 
 @dataclass(frozen=True)
@@ -40,3 +43,18 @@ class EventLog:
 
     def of_kind(self, kind: EventKind) -> list[Event]:
         return [e for e in self.events if e.kind == kind]
+
+
+class TokenSink(Protocol):
+    """Receives the text deltas of one streamed model call."""
+
+    def __call__(self, delta: str, *, restart: bool = False) -> None: ...
+
+
+token_sink: ContextVar[TokenSink | None] = ContextVar("longweave_token_sink", default=None)
+"""Where the current model call's text deltas go, or None (do not stream).
+
+`RunContext.call(..., stream=True)` sets it around a strategy's final-answer call; a backend that
+can stream passes each delta to it (wrappers such as the completion cache need not know). A
+context variable, because the `LLM.complete` signature stays the same for every backend.
+"""

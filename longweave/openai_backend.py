@@ -2,21 +2,29 @@
 
 Retries are ours, not the client's (it is created with `max_retries=0`), so the policy is the same
 for every server, honours Retry-After, and is testable with an injected `sleep`.
+
+A call made while `longweave.events.token_sink` is set (a strategy's final answer) streams: each
+text delta goes to the sink, and `stream_options.include_usage` keeps usage exact. A stream cut
+mid-way is retried like any failed request (the sink is told to restart); a server that refuses
+streaming, or answers it with a plain JSON body, is remembered and asked without it from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 from longweave.answer import Usage
 from longweave.config import Settings
 from longweave.errors import ConfigError, ModelError, ParseError
+from longweave.events import TokenSink, token_sink
 from longweave.llm import Completion, Message, check_budget
 from longweave.structured import (
     json_instructions,
@@ -140,6 +148,7 @@ class OpenAILLM:
         max_retries: int | None = None,
         structured: StructuredMode = "auto",
         concurrency: int | None = None,
+        stream: bool = True,
         settings: Settings | None = None,
     ) -> None:
         settings = settings or Settings()
@@ -167,6 +176,10 @@ class OpenAILLM:
         # instructions rather than paying for a rejected request each time.
         self.json_schema_unsupported = False
         self.concurrency = concurrency or settings.concurrency
+        self.stream = stream
+        """Stream calls made with a token sink set (final answers); False never streams."""
+        # Set when the server refuses `stream` or ignores it; later calls do not try again.
+        self.streaming_unsupported = False
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.random = random.Random()
         self._tokenizer: Tokenizer | None = None
@@ -206,8 +219,9 @@ class OpenAILLM:
         role: str = "",
     ) -> Completion:
         call = _Call(list(messages), max_tokens, temperature)
-        if schema is None:
-            return self._done(call, await self._send(call, call.messages), None)
+        if schema is None:  # schema calls never stream: a partial JSON object is no answer
+            sink = token_sink.get() if self.stream else None
+            return self._done(call, await self._send(call, call.messages, sink=sink), None)
         if self.structured == "json_schema" or (
             self.structured == "auto" and not self.json_schema_unsupported
         ):
@@ -261,7 +275,12 @@ class OpenAILLM:
         return Completion(text, usage, parsed, finish, model, call.meta)
 
     async def _send(
-        self, call: _Call, messages: list[Message], schema: type[BaseModel] | None = None
+        self,
+        call: _Call,
+        messages: list[Message],
+        schema: type[BaseModel] | None = None,
+        *,
+        sink: TokenSink | None = None,
     ) -> tuple[str, str, Any]:
         """One logical request, budget-checked and retried; returns (text, finish_reason, raw)."""
         # Servers reject an oversized prompt or, worse, truncate it silently: refuse first.
@@ -271,7 +290,7 @@ class OpenAILLM:
         for attempt in range(1, attempts + 1):
             call.meta["attempts"] = call.meta.get("attempts", 0) + 1
             try:
-                resp = await self._attempt(kwargs, schema is not None)
+                resp = await self._attempt(kwargs, schema is not None, sink, call.meta)
                 break
             except _Retryable as failure:
                 if attempt == attempts:
@@ -334,14 +353,24 @@ class OpenAILLM:
             self._loop = loop
         return self._client, self._semaphore
 
-    async def _attempt(self, kwargs: dict[str, Any], with_schema: bool) -> Any:
+    async def _attempt(
+        self,
+        kwargs: dict[str, Any],
+        with_schema: bool,
+        sink: TokenSink | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Any:
         """One HTTP request, its failures sorted into retryable, rejected format, or final."""
         import openai
 
         client, semaphore = self._client_for_loop()
         try:
             async with semaphore:
-                resp = await client.chat.completions.create(**kwargs)
+                resp = None
+                if sink is not None and not self.streaming_unsupported:
+                    resp = await self._try_stream(client, kwargs, sink, meta)
+                if resp is None:
+                    resp = await client.chat.completions.create(**kwargs)
         except openai.APIStatusError as exc:
             raise self._status_error(exc, with_schema) from None
         except openai.APITimeoutError:
@@ -361,6 +390,28 @@ class OpenAILLM:
         if not _is_chat_completion(resp):
             raise _Retryable(self._malformed(f"unexpected body {str(resp)[:200]!r}"))
         return resp
+
+    async def _try_stream(
+        self, client: Any, kwargs: dict[str, Any], sink: TokenSink, meta: dict[str, Any] | None
+    ) -> Any:
+        """The reply streamed into `sink`, or None when the server refused to stream."""
+        import openai
+
+        try:
+            stream = await client.chat.completions.create(
+                **kwargs, stream=True, stream_options={"include_usage": True}
+            )
+        except openai.APIStatusError as exc:
+            lowered = f"{_error_detail(exc)} {getattr(exc, 'code', '') or ''}".lower()
+            if int(exc.status_code) in (400, 422) and "stream" in lowered:
+                self.streaming_unsupported = True  # remembered: later calls do not stream
+                if meta is not None:
+                    meta["stream_fallback"] = "rejected"
+                return None
+            raise
+        if meta is not None:
+            meta["streamed"] = True
+        return await _collect(stream, sink, self, meta)
 
     def _malformed(self, detail: str) -> ModelError:
         return ModelError(
@@ -419,6 +470,51 @@ class OpenAILLM:
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             cached_tokens=int(cached or 0),
         )
+
+
+async def _collect(
+    stream: Any, sink: TokenSink, llm: OpenAILLM, meta: dict[str, Any] | None
+) -> Any:
+    """Read a stream of chunks into a completion-shaped object, passing text deltas to `sink`."""
+    import openai
+
+    response = getattr(stream, "response", None)
+    content_type = str(getattr(response, "headers", {}).get("content-type", ""))
+    if response is not None and "json" in content_type:
+        # The server ignored `stream` and sent a whole completion: use it, and stop asking.
+        llm.streaming_unsupported = True
+        if meta is not None:
+            meta["stream_fallback"] = "ignored"
+        from openai.types.chat import ChatCompletion
+
+        return ChatCompletion.construct(**json.loads(await response.aread()))
+    parts: list[str] = []
+    finish, model, usage = "stop", "", None
+    try:
+        async for chunk in stream:
+            model = getattr(chunk, "model", None) or model
+            usage = getattr(chunk, "usage", None) or usage
+            for choice in getattr(chunk, "choices", None) or []:
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+                delta = getattr(getattr(choice, "delta", None), "content", None)
+                if delta:
+                    parts.append(delta)
+                    sink(delta)
+    except Exception as exc:
+        if parts:
+            sink("", restart=True)  # what was shown is void: the retry starts over
+        if isinstance(exc, openai.APIError) and not isinstance(
+            exc, openai.APIStatusError | openai.APIConnectionError
+        ):
+            # An error event inside the stream (the server failed mid-generation).
+            raise _Retryable(
+                ModelError(f"{llm.model}: the stream failed: {exc.message}", provider=PROVIDER)
+            ) from None
+        raise
+    message = SimpleNamespace(content="".join(parts))
+    choice = SimpleNamespace(message=message, finish_reason=finish)
+    return SimpleNamespace(choices=[choice], model=model, usage=usage)
 
 
 def _is_chat_completion(resp: Any) -> bool:

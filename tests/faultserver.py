@@ -35,12 +35,14 @@ class Request:
 
 @dataclass(frozen=True)
 class Reply:
-    """What the server answers; `delay` holds the reply back (a hang, past the client timeout)."""
+    """What the server answers; `delay` holds the reply back (a hang, past the client timeout);
+    `cut` sends only that many bytes of the body, then drops the connection."""
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    cut: int | None = None
 
 
 Behaviour = Callable[[Request], Reply]
@@ -104,6 +106,61 @@ def completion(
                 "prompt_tokens_details": {"cached_tokens": cached_tokens},
             }
         return _json(200, payload)
+
+    return reply
+
+
+def streamed(
+    content: str | None = None,
+    *,
+    pieces: list[str] | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    finish_reason: str = "stop",
+    model: str = "fault-model",
+    cut_after: int | None = None,
+    fail_after: int | None = None,
+) -> Behaviour:
+    """A streamed chat completion (server-sent events), the text sent in `pieces` (default: word
+    by word); a usage chunk follows when the request asked `stream_options.include_usage`.
+    `cut_after` drops the connection after that many content chunks; `fail_after` sends an error
+    event in the stream after that many, as servers do when generation fails. Without `content` it
+    echoes the last user message; usage defaults to word counts, as in `completion`."""
+
+    def reply(request: Request) -> Reply:
+        users = [m["content"] for m in request.messages if m.get("role") == "user"]
+        text = content if content is not None else f"echo: {users[-1] if users else ''}"
+        words = text.split(" ")
+        parts = pieces if pieces is not None else [w + " " for w in words[:-1]] + words[-1:]
+        head = {"id": "chatcmpl-fault-stream", "object": "chat.completion.chunk",
+                "created": 1_700_000_000, "model": model}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n"
+
+        events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                          "finish_reason": None}])]
+        for part in parts:
+            events.append(event([{"index": 0, "delta": {"content": part}, "finish_reason": None}]))
+        cut = sum(map(len, events[: cut_after + 1])) if cut_after is not None else None
+        if fail_after is not None:
+            failure = {"error": {"message": "generation failed", "type": "server_error"}}
+            body = b"".join(events[: fail_after + 1])
+            body += b"data: " + json.dumps(failure).encode() + b"\n\n"
+            return Reply(200, body, {"Content-Type": "text/event-stream"})
+        events.append(event([{"index": 0, "delta": {}, "finish_reason": finish_reason}]))
+        if (request.body.get("stream_options") or {}).get("include_usage"):
+            prompt = (
+                prompt_tokens
+                if prompt_tokens is not None
+                else sum(_words(m["content"]) for m in request.messages)
+            )
+            done = completion_tokens if completion_tokens is not None else _words(text)
+            usage = {"prompt_tokens": prompt, "completion_tokens": done,
+                     "total_tokens": prompt + done}
+            events.append(event([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+        return Reply(200, b"".join(events), {"Content-Type": "text/event-stream"}, cut=cut)
 
     return reply
 
@@ -225,7 +282,9 @@ class FaultServer:
                         self.send_header(name, value)
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(reply.body)
+                    self.wfile.write(reply.body if reply.cut is None else reply.body[: reply.cut])
+                    if reply.cut is not None:
+                        self.close_connection = True  # the client sees a body cut short
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from longweave.answer import Citation, Step, Usage
 from longweave.errors import ConfigError
-from longweave.events import Event, EventSink, ignore
+from longweave.events import Event, EventSink, TokenSink, ignore, token_sink
 
 if TYPE_CHECKING:
     from langgraph.graph import StateGraph
@@ -67,13 +67,24 @@ class RunContext:
         temperature: float = 0.0,
         index: int | None = None,
         total: int | None = None,
+        stream: bool = False,
     ) -> Completion:
-        """Call the model as `role`, adding its usage to the ledger and announcing it."""
+        """Call the model as `role`, adding its usage to the ledger and announcing it.
+
+        `stream=True` marks the strategy's final answer: a backend that streams then emits its
+        text deltas as `token` events while it generates (schema calls never stream).
+        """
         self.emit(Event("call", self.strategy, role, index, total, f"{role} call"))
         started = time.perf_counter()
-        completion = await self.llm.complete(
-            messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
-        )
+        wanted = stream and schema is None and self.emit is not ignore
+        # Always set (None too), so an unmarked call never streams into an outer call's sink.
+        token = token_sink.set(self._token_sink(role, index) if wanted else None)
+        try:
+            completion = await self.llm.complete(
+                messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
+            )
+        finally:
+            token_sink.reset(token)
         self.usage = self.usage + completion.usage
         self.emit(
             Event(
@@ -87,6 +98,13 @@ class RunContext:
             )
         )
         return completion
+
+    def _token_sink(self, role: str, index: int | None) -> TokenSink:
+        def sink(delta: str, *, restart: bool = False) -> None:
+            data = {"restart": True} if restart else {}
+            self.emit(Event("token", self.strategy, role, index, message=delta, data=data))
+
+        return sink
 
     def step(self, role: str, output: str = "", *, index: int | None = None, **detail: Any) -> None:
         """Record one step of the trace."""

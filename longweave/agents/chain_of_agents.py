@@ -181,6 +181,7 @@ class ChainOfAgents(BaseModel):
                 max_tokens=self.max_new,
                 temperature=self.temperature,
                 index=path,
+                stream=len(state["cus"]) == 1,  # two paths' answers would interleave
             )
             ctx.step("manager", reply.text.strip(), index=path, finish_reason=reply.finish_reason)
             return reply.text.strip()

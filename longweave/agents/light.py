@@ -183,7 +183,7 @@ class LIGHT(UsesEmbedder):
         ctx = runtime.context
         filled = fill(self, ctx, state["units"], state["hits"], state["notes"])
         reply = await ctx.call("reader", filled.messages, max_tokens=self.max_new,
-                               temperature=self.temperature)
+                               temperature=self.temperature, stream=True)
         text = reply.text.strip()
         ctx.step("reader", text, finish_reason=reply.finish_reason, **filled.detail)
         return {"answer": text, "citations": filled.citations(ctx, state["units"]),

@@ -317,11 +317,11 @@ class Prism(BaseModel):
                 ctx.step("manager", "structured answer failed; answering as text",
                          reason=exc.message[:300])
                 reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
-                                       temperature=self.temperature)
+                                       temperature=self.temperature, stream=True)
                 answer = reply.text.strip()
         else:
             reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
-                                   temperature=self.temperature)
+                                   temperature=self.temperature, stream=True)
             answer = reply.text.strip()
         sources = sorted({c for path in used for c in memory.sources(path)})
         cited_by = "used_paths" if sources else "contributing"

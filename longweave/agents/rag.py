@@ -197,7 +197,7 @@ class RAG(UsesEmbedder):
         shown = self._ordered(passages)
         reply = await ctx.call(
             "reader", self._messages(ctx, shown, _Labeller(ctx)), max_tokens=self.max_new,
-            temperature=self.temperature,
+            temperature=self.temperature, stream=True,
         )
         text = reply.text.strip()
         ctx.step("reader", text, passages=len(shown), finish_reason=reply.finish_reason)

@@ -105,7 +105,7 @@ class Truncate(BaseModel):
         spans = state["spans"]
         messages = truncate_messages(_join(ctx.document.text, spans), ctx.question)
         reply = await ctx.call(
-            "reader", messages, max_tokens=self.max_new, temperature=self.temperature
+            "reader", messages, max_tokens=self.max_new, temperature=self.temperature, stream=True
         )
         text = reply.text.strip()
         ctx.step("reader", text, finish_reason=reply.finish_reason)

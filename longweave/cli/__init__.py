@@ -8,6 +8,9 @@ import sys
 import typer
 
 from longweave.cli import ask as _ask
+from longweave.cli import batch as _batch
+from longweave.cli import chat as _chat
+from longweave.cli import compare as _compare
 from longweave.cli import index as _index
 from longweave.cli import serve as _serve
 from longweave.cli import strategies as _strategies
@@ -21,6 +24,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("ask")(_ask.ask)
+app.command("chat")(_chat.chat)
+app.command("batch")(_batch.batch)
+app.command("compare")(_compare.compare)
 app.command("index")(_index.index)
 app.command("serve")(_serve.serve)
 app.command("strategies")(_strategies.strategies)

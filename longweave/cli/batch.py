@@ -1,0 +1,99 @@
+"""`longweave batch DIR --questions FILE --out answers.jsonl`: many answers, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from longweave.cli.options import parse_options
+
+
+def batch(
+    folder: Annotated[Path, typer.Argument(help="The folder of documents (searched recursively).")],
+    questions: Annotated[
+        Path,
+        typer.Option("--questions", "-q", help="JSONL or CSV: 'question', optional 'document' "
+                     "and 'id'; other fields are kept as meta."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="JSONL output; appended to, and resumed from.")
+    ],
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Strategy name.")] = (
+        "chain-of-agents"
+    ),
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
+    ] = "local",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Questions in flight at once.")
+    ] = 4,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="File glob to read (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="File glob to skip (repeatable).")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--set", help="Strategy option key=value (repeatable).")
+    ] = None,
+    trace: Annotated[
+        bool, typer.Option("--trace", help="Keep each answer's steps in its record.")
+    ] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
+        False
+    ),
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where the work runs: 'local' (or 'ray').")
+    ] = "local",
+) -> None:
+    """Answer every question of FILE about the documents in FOLDER, one JSONL record each.
+
+    A question with a 'document' field is asked of that file (relative to FOLDER, or
+    absolute); one without is asked of every document in FOLDER. Each record (document,
+    question, answer, citations, usage, error) is appended the moment it is done. Rerunning
+    the same command skips what is answered and retries what failed; Ctrl-C stops cleanly.
+
+    Exit status: 0 when every question was answered, 1 when any failed (their errors are in
+    the output), 130 when interrupted.
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from longweave.batch import BatchJob, BatchSummary, arun_batch
+    from longweave.batch_inputs import batch_items
+    from longweave.cli.batch_view import BatchView
+    from longweave.executors import get_executor
+
+    err = Console(stderr=True)
+    items = batch_items(folder, questions, include=include, exclude=exclude)
+    job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, trace=trace)
+    runner = get_executor(executor, concurrency=concurrency)
+    view = BatchView(err)
+
+    async def run() -> BatchSummary:
+        try:
+            return await arun_batch(
+                items, out, job, executor=runner, on_start=view.start, on_record=view.record,
+            )
+        except asyncio.CancelledError:  # asyncio's Ctrl-C: the answers in flight are dropped
+            err.print("[yellow]stopping…[/]")
+            raise
+
+    try:
+        with view:
+            summary = asyncio.run(run())
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted:[/] {view.written} answers written to {out} "
+            f"({view.failed} of them failed); rerun the same command to resume",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    Console().print(view.summary(summary))
+    if summary.failed:
+        err.print(f"[red]{summary.failed} failed[/]: their errors are in {out}; rerun the same "
+                  "command to retry them", highlight=False)
+        raise typer.Exit(1)

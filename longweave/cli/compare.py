@@ -1,0 +1,135 @@
+"""`longweave compare PATH QUESTION --strategies a,b,c`: one question, several strategies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from longweave.cli.options import parse_options
+from longweave.events import Event
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+
+    from longweave.compare import CompareRow
+
+
+def compare(
+    path: Annotated[
+        Path, typer.Argument(help="The document (.txt, .md, .html, .pdf) or a folder of them.")
+    ],
+    question: Annotated[str, typer.Argument(help="The question; '' asks for a summary.")],
+    strategies: Annotated[
+        str, typer.Option("--strategies", "-S", help="Comma-separated names, or 'all'.")
+    ] = "all",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
+    ] = "local",
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for every strategy that has the option, or "
+                     "name.key=value for one (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    width: Annotated[int, typer.Option("--width", help="Answer characters shown.")] = 80,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
+        False
+    ),
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
+    ] = None,
+) -> None:
+    """Answer QUESTION about PATH with each strategy in turn, on the same model, as a table.
+
+    A strategy that fails shows its error in its row and the others still run. Exit status:
+    0 when at least one strategy answered, 1 when all failed.
+    """
+    import asyncio
+    import json
+
+    from rich.console import Console
+
+    from longweave.api import load_source
+    from longweave.compare import acompare
+
+    err = Console(stderr=True)
+    source = load_source(path, include=include, exclude=exclude)
+    with _CompareProgress(err) as view:
+        rows = asyncio.run(acompare(
+            source, question, strategies, model=model, options=parse_options(option),
+            cache=not no_cache, on_event=view, on_row=view.done,
+        ))
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+    else:
+        Console().print(compare_table(rows, width=width))
+    if not any(r.ok for r in rows):
+        raise typer.Exit(1)
+
+
+def compare_table(rows: list[CompareRow], *, width: int = 80) -> Table:
+    """Answer (truncated), calls, tokens, time and citations per strategy; errors in red."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("strategy", "answer", "calls", "tokens (prompt+completion)", "time",
+                  "citations")
+    for row in rows:
+        if row.ok:
+            text = " ".join((row.text or "").split()) or "(empty)"
+            answer = escape(text if len(text) <= width else text[: width - 1] + "…")
+        else:
+            answer = f"[red]{escape(f'{row.error_type}: {row.error}')}[/]"
+        calls = f"{row.usage.calls}"
+        if row.usage.cache_hits:
+            calls += f" ({row.usage.cache_hits} cached)"
+        tokens = f"{row.usage.prompt_tokens:,}+{row.usage.completion_tokens:,}"
+        table.add_row(row.strategy, answer, calls, tokens, f"{row.seconds:.1f}s",
+                      str(len(row.citations)))
+    return table
+
+
+class _CompareProgress:
+    """One spinner line per strategy: what it is doing now, then done or failed."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress: Progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _CompareProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _task(self, strategy: str) -> TaskID:
+        if strategy not in self.tasks:
+            self.tasks[strategy] = self.progress.add_task(f"[bold]{strategy}[/]", total=None)
+        return self.tasks[strategy]
+
+    def __call__(self, event: Event) -> None:
+        if event.kind not in ("call", "progress") or not event.role:
+            return
+        where = ""
+        if event.index is not None and event.total:
+            where = f" {event.index + 1}/{event.total}"
+        self.progress.update(self._task(event.strategy),
+                             description=f"[bold]{event.strategy}[/] · {event.role}{where}")
+
+    def done(self, row: CompareRow) -> None:
+        state = "[green]done[/]" if row.ok else "[red]failed[/]"
+        self.progress.update(self._task(row.strategy), total=1, completed=1,
+                             description=f"[bold]{row.strategy}[/] · {state}")

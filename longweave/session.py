@@ -1,0 +1,498 @@
+"""A conversation over one document: follow-up questions, a running cost, and a saved transcript.
+
+A follow-up ("and where was she born?") is rewritten into a standalone question by one short
+model call (role `rewrite`) that sees the conversation memory: the last turns verbatim (LIGHT's
+`WorkingMemory`) and older turns as one-line facts (LIGHT's `Scratchpad`). The standalone
+question then goes through the shared runner like any `ask`, with the artifact cache, so
+per-document artifacts (indexes, trees, graphs) are built once and reused on every turn.
+
+The rewrite call is part of the turn: its usage is added to the turn's `Answer.usage` and it is
+the first step (`rewrite`) of the answer's trace, so `Session.usage` is what the conversation
+cost. A session is saved after every turn, atomically, to `<cache dir>/sessions/<document
+sha256>.json` (the key does not depend on the strategy or model); `resume=True` continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from longweave.answer import Answer, Step, Usage
+from longweave.errors import ConfigError
+from longweave.events import Event, EventSink, ignore
+from longweave.llm import Message
+from longweave.memory.scratchpad import Scratchpad
+from longweave.memory.working import MemoryUnit, WorkingMemory
+
+if TYPE_CHECKING:
+    from longweave.agents.base import Strategy
+    from longweave.config import Settings
+    from longweave.documents import Document
+    from longweave.llm import LLM
+
+__all__ = ["ConversationMemory", "Session", "Turn", "rewrite_messages"]
+
+RECENT_TURNS = 4
+"""Turns the rewrite sees verbatim (ours); older ones are kept as one-line facts."""
+EARLIER_TOKENS = 256
+"""Token target of the older turns' facts (ours); the oldest facts are dropped past it."""
+ANSWER_CHARS = 600
+"""An answer is clipped to this many characters in the memory (ours): enough to resolve a
+reference, little enough to keep the rewrite call short."""
+REWRITE_WINDOW = 2048
+"""Most tokens one rewrite call uses, prompt and reply, even with a larger model window (ours)."""
+REWRITE_MAX_NEW = 128
+"""Generation cap of the rewrite call (ours)."""
+_MARGIN = 32
+FORMAT_VERSION = 1
+
+REWRITE_SYSTEM = (
+    "You rewrite the latest question of a conversation about a document so that it can be "
+    "understood without the conversation. Replace pronouns and vague references (he, she, it, "
+    "they, that, there, the same) with what they refer to in the conversation. Keep the meaning "
+    "and the language of the question and do not answer it. If it already stands alone, repeat "
+    "it unchanged. Reply with the rewritten question only."
+)
+
+
+def rewrite_messages(conversation: str, question: str) -> list[Message]:
+    """The prompt of the rewrite call: the conversation memory, then the latest question."""
+    prompt = (f"Conversation so far:\n{conversation}\n\nLatest question: {question}\n\n"
+              "Rewritten question:")
+    return [Message("system", REWRITE_SYSTEM), Message("user", prompt)]
+
+
+class Turn(BaseModel):
+    """One exchange: the question as typed, the standalone question asked, and the answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    standalone: str
+    answer: Answer
+    asked_at: float = Field(default_factory=time.time)
+    """Seconds since the epoch when the answer was complete."""
+
+
+class _Record(BaseModel):
+    """What a saved session holds (the persisted JSON and `save("x.json")`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = FORMAT_VERSION
+    document_id: str
+    source: str | None = None
+    strategy: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = None
+    turns: list[Turn] = Field(default_factory=list)
+
+
+class ConversationMemory:
+    """The conversation as the rewrite sees it: recent turns verbatim, older ones as facts.
+
+    >>> memory = ConversationMemory(lambda s: len(s.split()), recent=1)
+    >>> memory.add(0, "Who kept the light?", "Mara Quill.")
+    >>> memory.add(1, "When?", "From 1871.")
+    >>> print(memory.render(100))
+    Earlier:
+    - Who kept the light? -> Mara Quill. [u0]
+    <BLANKLINE>
+    Recent:
+    User: When?
+    Assistant: From 1871.
+    """
+
+    def __init__(self, count: Callable[[str], int], *, recent: int = RECENT_TURNS,
+                 earlier_tokens: int = EARLIER_TOKENS) -> None:
+        self.count = count
+        self.recent = WorkingMemory(recent)
+        self.earlier = Scratchpad(earlier_tokens, count)
+        self._turns: dict[int, tuple[str, str]] = {}
+
+    @classmethod
+    def of(
+        cls, turns: Sequence[Turn], count: Callable[[str], int], **options: Any
+    ) -> ConversationMemory:
+        """The memory after `turns` (their standalone questions resolve later references)."""
+        memory = cls(count, **options)
+        for i, turn in enumerate(turns):
+            memory.add(i, turn.standalone or turn.question, turn.answer.text)
+        return memory
+
+    def add(self, index: int, question: str, answer: str) -> None:
+        """Remember a turn; the turn it pushes out of the recent window becomes a fact."""
+        self._turns[index] = (question.strip(), answer.strip())
+        units = self.recent.units
+        if not self.recent.capacity:
+            self._remember(index)
+            return
+        if len(units) == self.recent.capacity:
+            self._remember(units[0].index)
+        # A turn is a unit of the conversation; its "span" is its position in it.
+        self.recent.add(MemoryUnit(index, index, index + 1, self._text(index, ANSWER_CHARS)))
+
+    def _text(self, index: int, answer_chars: int) -> str:
+        question, answer = self._turns[index]
+        return f"User: {question}\nAssistant: {_clip(answer, answer_chars)}"
+
+    def _remember(self, index: int) -> None:
+        question, answer = self._turns[index]
+        fact = f"{_one_line(question)} -> {_clip(_one_line(answer), ANSWER_CHARS // 3)}"
+        self.earlier.add([fact], unit=index)
+        while self.earlier.bullets and self.earlier.tokens() > self.earlier.target_tokens:
+            self.earlier.bullets.pop(0)  # the oldest fact goes first
+
+    def render(self, budget: int) -> str:
+        """Recent turns (newest kept first) and then older facts, within `budget` tokens."""
+        turns = self.recent.select(budget, lambda u: self.count(u.text) + 2)
+        if not turns and self.recent.units:
+            # The newest turn alone is over budget: keep it with its answer cut shorter, since
+            # the latest exchange is what a follow-up most likely refers to.
+            newest = self.recent.units[-1].index
+            for chars in (ANSWER_CHARS // 2, ANSWER_CHARS // 4, ANSWER_CHARS // 10, 0):
+                unit = MemoryUnit(newest, newest, newest + 1, self._text(newest, chars))
+                if self.count(unit.text) + 2 <= budget:
+                    turns = [unit]
+                    break
+        left = budget - sum(self.count(u.text) + 2 for u in turns) - 4
+        facts: list[str] = []
+        for bullet in reversed(self.earlier.bullets):
+            line = bullet.render()
+            cost = self.count(line) + 1
+            if cost > left:
+                break
+            facts.insert(0, line)
+            left -= cost
+        parts = []
+        if facts:
+            parts.append("Earlier:\n" + "\n".join(facts))
+        if turns:
+            parts.append("Recent:\n" + "\n\n".join(u.text for u in turns))
+        return "\n\n".join(parts)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clip(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[: chars - 1].rstrip() + "…"
+
+
+_LABEL = re.compile(r"^(?:rewritten|standalone)?\s*question\s*:\s*", re.IGNORECASE)
+
+
+def clean_rewrite(text: str, question: str, previous: str = "") -> str:
+    """The rewritten question from a reply; when the reply is unusable (empty, an essay, or a
+    statement where a question was asked: the model answered instead of rewriting), the previous
+    standalone question followed by this one, which still carries the context.
+
+    >>> clean_rewrite("The keeper was Mara.", "And after her?", "Who kept the light?")
+    'Who kept the light? And after her?'
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    out = _LABEL.sub("", lines[0]).strip().strip("\"'`“”").strip() if lines else ""
+    answered = question.rstrip().endswith("?") and "?" not in out
+    if not out or answered or len(out) > max(400, 4 * len(question)):
+        return f"{previous} {question}".strip()
+    return out
+
+
+class Session:
+    """A conversation over one document (or folder) with a strategy and a model.
+
+    >>> from longweave.testing import ScriptedModel
+    >>> model = ScriptedModel()
+    >>> model.on("reader", contains="Who is Mara?", reply="Mara Quill.")
+    >>> model.on("rewrite", reply="Where was Mara Quill born?")
+    >>> model.on("reader", contains="Where was Mara Quill born?", reply="In Tarn.")
+    >>> s = Session.open("Mara Quill was born in Tarn.", strategy="truncate", model=model,
+    ...                  cache=False, persist=False)
+    >>> s.ask("Who is Mara?").text, s.ask("Where was she born?").text
+    ('Mara Quill.', 'In Tarn.')
+    >>> s.history[1].standalone, s.usage.calls
+    ('Where was Mara Quill born?', 3)
+    """
+
+    def __init__(
+        self,
+        document: Document,
+        *,
+        strategy: str | Strategy | None = None,
+        model: str | LLM | None = None,
+        cache: bool = True,
+        persist: bool = True,
+        rewrite: bool = True,
+        settings: Settings | None = None,
+        history: Sequence[Turn] = (),
+        **options: Any,
+    ) -> None:
+        from longweave.cache import ArtifactCache
+        from longweave.config import Settings
+
+        self.settings = settings or Settings()
+        self.document = document
+        self.cache = cache
+        self.persist = persist
+        """Save after every turn to `path`."""
+        self.rewrite = rewrite
+        """Rewrite follow-ups into standalone questions (one short model call per turn)."""
+        self.history: list[Turn] = list(history)
+        self.path = self.settings.cache_dir / "sessions" / f"{document.id}.json"
+        """Where the session is saved: keyed by the document's sha256 alone."""
+        self.artifacts = ArtifactCache(self.settings.cache_dir / "artifacts")
+        self._llm: LLM | None = None
+        self._model: str | LLM = model or self.settings.model
+        self._use_strategy(strategy or self.settings.strategy, options)
+
+    @classmethod
+    def open(
+        cls,
+        source: str | os.PathLike[str] | Document,
+        *,
+        strategy: str | Strategy | None = None,
+        model: str | LLM | None = None,
+        resume: bool = False,
+        cache: bool = True,
+        persist: bool = True,
+        rewrite: bool = True,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> Session:
+        """A session over `source` (a path, a folder, a Document or text); `resume` continues
+        the saved conversation about the same text, keeping its strategy and model unless given.
+        `options` configure the strategy; `include`/`exclude` filter a folder's files."""
+        from longweave.api import load_source
+        from longweave.config import Settings
+
+        settings = settings or Settings()
+        document = load_source(source, include=include, exclude=exclude)
+        saved = _load(settings.cache_dir / "sessions" / f"{document.id}.json") if resume else None
+        history: list[Turn] = []
+        if saved is not None and saved.document_id == document.id:
+            history = saved.turns
+            if strategy is None and _valid(saved.strategy, {**saved.options, **options}):
+                strategy, options = saved.strategy, {**saved.options, **options}
+            model = model or saved.model
+        return cls(document, strategy=strategy, model=model, cache=cache, persist=persist,
+                   rewrite=rewrite, settings=settings, history=history, **options)
+
+    # -- what it uses ------------------------------------------------------------------------
+
+    @property
+    def strategy(self) -> Strategy:
+        """The configured strategy the next question goes through."""
+        return self._strategy
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The strategy options given (by name), as saved with the session."""
+        return dict(self._options)
+
+    @property
+    def model(self) -> str:
+        """The model string (or the backend's name when an `LLM` object was given)."""
+        return self._model if isinstance(self._model, str) else self._model.name
+
+    @property
+    def llm(self) -> LLM:
+        """The backend, resolved on first use, behind the completion cache."""
+        if self._llm is None:
+            from longweave.api import make_model
+
+            self._llm = make_model(self._model, cache=self.cache, settings=self.settings)
+        return self._llm
+
+    @property
+    def usage(self) -> Usage:
+        """Usage of every turn so far, rewrites included."""
+        return sum((t.answer.usage for t in self.history), Usage())
+
+    def set_strategy(self, name: str | Strategy, **options: Any) -> None:
+        """Use another strategy (validated now; options as in `ask`) for the next questions."""
+        self._use_strategy(name, options)
+        self._save_state()
+
+    def _use_strategy(self, name: str | Strategy, options: dict[str, Any]) -> None:
+        from longweave.agents.base import get_strategy
+
+        chosen = get_strategy(name, **options)
+        if not isinstance(name, str) and hasattr(name, "model_dump"):
+            options = name.model_dump(mode="json")  # an instance is saved as its settings
+        self._strategy, self._options = chosen, dict(options)
+
+    def set_model(self, model: str | LLM) -> None:
+        """Use another model for the next questions (a bad model string fails now)."""
+        from longweave.api import make_model
+
+        self._llm = make_model(model, cache=self.cache, settings=self.settings)
+        self._model = model
+        self._save_state()
+
+    # -- asking ------------------------------------------------------------------------------
+
+    async def aask(self, question: str, *, on_event: EventSink = ignore) -> Answer:
+        """Answer `question` in the context of the conversation; the turn is kept only once the
+        answer is complete (a cancelled or failed question leaves the session unchanged)."""
+        from longweave.runner import arun
+
+        llm, strategy = self.llm, self._strategy
+        standalone, rewrite = await self._standalone(question, llm, on_event)
+        answer = await arun(strategy, self.document, standalone, llm, on_event=on_event,
+                            artifacts=self.artifacts)
+        if rewrite is not None:
+            step = Step(role="rewrite", output=standalone, detail={"question": question})
+            answer = answer.model_copy(
+                update={"usage": rewrite + answer.usage, "steps": [step, *answer.steps]}
+            )
+        self.history.append(Turn(question=question, standalone=standalone, answer=answer))
+        self._save_state()
+        return answer
+
+    def ask(self, question: str, *, on_event: EventSink = ignore) -> Answer:
+        """The synchronous form of `aask`."""
+        return asyncio.run(self.aask(question, on_event=on_event))
+
+    async def standalone(self, question: str) -> str:
+        """The question as the next turn would ask it (makes the rewrite call when needed)."""
+        return (await self._standalone(question, self.llm, ignore))[0]
+
+    async def _standalone(
+        self, question: str, llm: LLM, on_event: EventSink
+    ) -> tuple[str, Usage | None]:
+        if not (self.rewrite and self.history and question.strip()):
+            return question, None
+        memory = ConversationMemory.of(self.history, llm.count_tokens)
+        window = min(llm.context_window, REWRITE_WINDOW)
+        budget = window - llm.count_prompt_tokens(rewrite_messages("", question))
+        budget -= REWRITE_MAX_NEW + _MARGIN
+        messages = rewrite_messages(memory.render(budget), question)
+        for _ in range(3):  # the parts are counted one by one; shrink if the whole is over
+            over = llm.count_prompt_tokens(messages) + REWRITE_MAX_NEW - window
+            if over <= 0:
+                break
+            budget -= over + _MARGIN
+            messages = rewrite_messages(memory.render(budget), question)
+        if budget <= 0 or not memory.render(budget):
+            return question, None  # no room for any memory: ask the question as typed
+        name = self._strategy.name
+        on_event(Event("call", name, "rewrite", message="rewrite call"))
+        started = time.perf_counter()
+        reply = await llm.complete(messages, max_tokens=REWRITE_MAX_NEW, temperature=0.0,
+                                   role="rewrite")
+        on_event(Event("progress", name, "rewrite", message="rewrite done",
+                       data={"seconds": time.perf_counter() - started,
+                             "cache": reply.meta.get("cache")}))
+        previous = self.history[-1].standalone or self.history[-1].question
+        return clean_rewrite(reply.text, question, previous), reply.usage
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        """The session as JSON-ready data (what `save("x.json")` and the resume file hold)."""
+        return _Record(
+            document_id=self.document.id,
+            source=self.document.source,
+            strategy=self._strategy.name,
+            options=self._options,
+            model=self._model if isinstance(self._model, str) else None,
+            turns=self.history,
+        ).model_dump(mode="json")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the transcript: `.md` as readable markdown, `.json` as the full record."""
+        target = Path(path).expanduser()
+        suffix = target.suffix.lower()
+        if suffix == ".json":
+            text = json.dumps(self.record(), indent=2, ensure_ascii=False)
+        elif suffix in (".md", ".markdown"):
+            text = transcript(self)
+        else:
+            raise ConfigError(f"cannot save a session as {target.name!r}",
+                              hint="name a .md (transcript) or .json (full record) file")
+        write_atomic(target, text)
+        return target
+
+    def _save_state(self) -> None:
+        if not (self.persist and self.history):
+            return
+        try:
+            write_atomic(self.path, json.dumps(self.record(), ensure_ascii=False))
+        except OSError as exc:  # the answer stands; only the resume file is missing
+            warnings.warn(f"could not save the session to {self.path}: {exc}", RuntimeWarning, 3)
+
+
+def transcript(session: Session) -> str:
+    """The conversation as markdown: each question, the answer, its sources and its usage."""
+    doc = session.document
+    lines = [f"# Conversation about {doc.name}", "",
+             f"{len(session.history)} turns · strategy `{session.strategy.name}` · model "
+             f"`{session.model}` · {session.usage.line()}", ""]
+    for n, turn in enumerate(session.history, 1):
+        lines += [f"## {n}. {_one_line(turn.question) or '(summary)'}", ""]
+        if turn.standalone != turn.question:
+            lines += [f"*Asked as:* {turn.standalone}", ""]
+        lines += [turn.answer.text or "*(no answer)*", ""]
+        if turn.answer.citations:
+            lines += ["Sources:", ""]
+            for i, cite in enumerate(turn.answer.citations, 1):
+                where = f"{cite.source or doc.name}, chars {cite.start}-{cite.end}"
+                lines.append(f"{i}. {where}: “{_clip(_one_line(cite.text), 200)}”")
+            lines.append("")
+        lines += [f"*{turn.answer.strategy} · {turn.answer.usage.line()}*", ""]
+    return "\n".join(lines)
+
+
+def _valid(strategy: str, options: dict[str, Any]) -> bool:
+    """Whether a saved strategy still loads (a plugin may be gone, a setting renamed)."""
+    from longweave.agents.base import get_strategy
+
+    try:
+        get_strategy(strategy, **options)
+    except ConfigError as exc:
+        warnings.warn(f"the saved strategy no longer loads ({exc.message}); using the default",
+                      RuntimeWarning, 3)
+        return False
+    return True
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path) -> _Record | None:
+    """A saved session, or None when there is none or it cannot be read (with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        record = _Record.model_validate_json(path.read_text(encoding="utf-8"))
+        if record.version == FORMAT_VERSION:
+            return record
+        problem = f"format {record.version}"
+    except (OSError, ValidationError) as exc:
+        problem = str(exc).splitlines()[0]
+    warnings.warn(f"the saved session {path} is unreadable ({problem}); starting a new one",
+                  RuntimeWarning, 3)
+    return None

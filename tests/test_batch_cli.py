@@ -1,0 +1,258 @@
+"""`longweave batch` and its questions files: expansion, resume after Ctrl-C, recorded failures."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import longweave.llm
+from longweave.batch import ResultLog
+from longweave.batch_inputs import batch_items, load_questions
+from longweave.cli import app
+from longweave.errors import DocumentError
+from longweave.testing import Request, ScriptedModel
+
+FRUITS = {"apple": "Red.", "banana": "Yellow.", "cherry": "Dark red.", "damson": "Purple."}
+
+
+def _reply(request: Request) -> str:
+    return next(answer for fruit, answer in FRUITS.items() if fruit in request.text)
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+    """A scripted model behind every model string, a private cache, and a wide console."""
+    scripted = ScriptedModel(name="scripted", context_window=2048)
+    scripted.on("reader", reply=_reply)
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    return scripted
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.txt").write_text("The apple in the bowl is red.", encoding="utf-8")
+    (docs / "b.md").write_text("# Fruit\n\nThe banana is yellow.", encoding="utf-8")
+    (docs / "sub" / "c.txt").write_text("The cherry is dark red.", encoding="utf-8")
+    return docs
+
+
+def _questions(tmp_path: Path, rows: list[dict[str, object]], name: str = "q.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _batch(*args: str | Path) -> object:
+    return CliRunner().invoke(app, ["batch", *map(str, args), "--strategy", "truncate",
+                                    "--set", "max_new=16"])
+
+
+def _pairs(out: Path) -> Counter[tuple[str, str]]:
+    return Counter((Path(r.document).name, r.question) for r in ResultLog(out).records())
+
+
+def test_questions_without_a_document_are_asked_of_every_file(model, folder, tmp_path) -> None:
+    questions = _questions(tmp_path, [
+        {"question": "What colour is it?", "id": 1, "gold": "red"},
+        {"question": "Which fruit?"},
+    ])
+    out = tmp_path / "answers.jsonl"
+    result = _batch(folder, "--questions", questions, "--out", out)
+    assert result.exit_code == 0, result.output
+    pairs = _pairs(out)
+    assert set(pairs.values()) == {1} and len(pairs) == 6
+    records = {(Path(r.document).name, r.question): r for r in ResultLog(out).records()}
+    colour = records["c.txt", "What colour is it?"]
+    assert colour.answer == "Dark red." and colour.id == "1" and colour.meta == {"gold": "red"}
+    assert colour.citations[0].text == "The cherry is dark red."
+    assert all(r.steps is None for r in records.values())  # steps only with --trace
+    # The summary table and the running cost.
+    assert "answered" in result.stdout and "6" in result.stdout
+    assert "prompt tokens" in result.stdout and "6 calls" in result.stderr
+
+
+def test_a_rerun_skips_everything_answered(model, folder, tmp_path) -> None:
+    questions = _questions(tmp_path, [{"question": "Which fruit?"}])
+    out = tmp_path / "answers.jsonl"
+    assert _batch(folder, "-q", questions, "-o", out).exit_code == 0
+    sent = len(model.requests)
+    again = _batch(folder, "-q", questions, "-o", out)
+    assert again.exit_code == 0 and len(model.requests) == sent
+    assert "3 already answered" in again.stderr
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_completes_every_pair_once(
+    model, folder, tmp_path
+) -> None:
+    (folder / "d.txt").write_text("The damson is purple.", encoding="utf-8")
+    questions = _questions(tmp_path, [{"question": "What colour?"}, {"question": "Which?"}])
+    out = tmp_path / "answers.jsonl"
+    calls = 0
+
+    def interrupt_on_the_fifth_call(request: Request) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C mid-run
+        return _reply(request)
+
+    model.rules.clear()
+    model.on("reader", reply=interrupt_on_the_fifth_call)
+    first = _batch(folder, "-q", questions, "-o", out, "--concurrency", "1", "--no-cache")
+    assert first.exit_code == 130, first.output
+    written = len(ResultLog(out).records())
+    assert 0 < written < 8
+    assert f"{written} answers written" in first.stderr and "rerun" in first.stderr
+
+    second = _batch(folder, "-q", questions, "-o", out, "--concurrency", "1", "--no-cache")
+    assert second.exit_code == 0, second.output
+    pairs = _pairs(out)
+    assert len(pairs) == 8 and set(pairs.values()) == {1}  # every pair exactly once
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 8
+    assert f"{written} already answered" in second.stderr
+
+
+def test_a_broken_file_fails_its_pairs_and_the_others_are_answered(
+    model, folder, tmp_path
+) -> None:
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    questions = _questions(tmp_path, [{"question": "Which fruit?"}])
+    out = tmp_path / "answers.jsonl"
+    result = _batch(folder, "-q", questions, "-o", out)
+    assert result.exit_code == 1
+    records = ResultLog(out).records()
+    broken = [r for r in records if r.document.endswith("broken.pdf")]
+    assert len(broken) == 1 and broken[0].error_type == "DocumentError"
+    assert sorted(Path(r.document).name for r in records if r.ok) == ["a.txt", "b.md", "c.txt"]
+    assert "1 failed" in result.stderr and "broken.pdf" in result.stderr
+
+
+def test_documents_named_by_rows_globs_and_missing_files(model, folder, tmp_path) -> None:
+    outside = tmp_path / "elsewhere" / "damson.rst"
+    outside.parent.mkdir()
+    outside.write_text("The damson is purple.", encoding="utf-8")
+    questions = _questions(tmp_path, [
+        {"question": "Which fruit?"},  # every .txt outside sub/
+        {"question": "Colour?", "document": "sub/c.txt"},  # excluded by the glob, still asked
+        {"question": "Colour?", "document": str(outside)},  # outside the folder
+        {"question": "Colour?", "document": "../elsewhere/damson.rst", "id": "rel"},
+        {"question": "Colour?", "document": "missing.txt"},
+    ])
+    out = tmp_path / "answers.jsonl"
+    result = _batch(folder, "-q", questions, "-o", out, "--include", "*.txt",
+                    "--exclude", "sub/*", "--trace")
+    assert result.exit_code == 1
+    records = {(Path(r.document).name, r.question, r.id): r for r in ResultLog(out).records()}
+    assert set(records) == {
+        ("a.txt", "Which fruit?", None), ("c.txt", "Colour?", None),
+        ("damson.rst", "Colour?", None), ("damson.rst", "Colour?", "rel"),
+        ("missing.txt", "Colour?", None),
+    }
+    assert records["damson.rst", "Colour?", "rel"].answer == "Purple."
+    assert records["missing.txt", "Colour?", None].error_type == "DocumentError"
+    assert records["a.txt", "Which fruit?", None].steps  # --trace keeps the steps
+
+
+def test_a_relative_folder_gives_absolute_documents(folder, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(folder.parent)
+    questions = _questions(tmp_path, [{"question": "Which?"}, {"question": "Colour?",
+                                                             "document": "a.txt"}])
+    items = batch_items(Path(folder.name), questions)
+    assert [i.document for i in items] == [
+        str(folder / "a.txt"), str(folder / "b.md"), str(folder / "sub" / "c.txt"),
+        str(folder / "a.txt"),
+    ]
+
+
+def test_csv_questions_keep_extra_columns_as_meta(model, folder, tmp_path) -> None:
+    questions = tmp_path / "q.csv"
+    questions.write_text("id,question,document,gold\nq1,Colour?,a.txt,red\nq2,Which?,,\n",
+                         encoding="utf-8")
+    items = batch_items(folder, questions)
+    assert [(Path(i.document).name, i.id, i.meta) for i in items] == [
+        ("a.txt", "q1", {"gold": "red"}),
+        ("a.txt", "q2", {}), ("b.md", "q2", {}), ("c.txt", "q2", {}),
+    ]
+    out = tmp_path / "answers.jsonl"
+    assert _batch(folder, "-q", questions, "-o", out).exit_code == 0
+    assert len(ResultLog(out).answered()) == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("q.jsonl", '{"question": "ok"}\n{"question": "broken\n', "line 2: not valid JSON"),
+        ("q.jsonl", '{"question": "ok"}\n\n["a list"]\n', "line 3: expected a JSON object"),
+        ("q.jsonl", '{"document": "a.txt"}\n', "line 1: 'question' must be a non-empty"),
+        ("q.jsonl", '{"question": "a", "id": 7}\n{"question": "b", "id": "7"}\n',
+         "line 2: id '7' is already used on line 1"),
+        ("q.csv", "query,document\nWhat?,a.txt\n", "line 1: the header has no 'question'"),
+        ("q.csv", "question,document\nWhat?,a.txt,extra\n", "line 2: more cells than"),
+        ("q.txt", "What?\n", "unknown questions format '.txt'"),
+        ("q.jsonl", "\n", "holds no questions"),
+    ],
+)
+def test_malformed_questions_files_name_the_file_and_line(
+    tmp_path: Path, name: str, text: str, problem: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DocumentError) as info:
+        load_questions(path)
+    assert problem in info.value.message and name in info.value.message
+
+
+def test_a_bad_questions_file_stops_before_any_call(model, folder, tmp_path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("not json\n", encoding="utf-8")
+    result = _batch(folder, "-q", questions, "-o", tmp_path / "out.jsonl")
+    assert result.exit_code == 1 and isinstance(result.exception, DocumentError)
+    assert "line 1" in str(result.exception) and model.requests == []
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import longweave.batch_inputs
+
+    assert doctest.testmod(longweave.batch_inputs).failed == 0
+
+
+def test_batch_view_counts_cost_and_summarizes() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from longweave.answer import Usage
+    from longweave.batch import BatchRecord, BatchSummary
+    from longweave.cli.batch_view import BatchView
+
+    console = Console(file=StringIO(), width=160)
+    common = {"key": "k", "document": "/x/a.txt", "question": "Q?", "strategy": "t", "model": "m"}
+    with BatchView(console) as view:
+        view.start(2, 3)
+        view.record(BatchRecord(**common, answer="A", usage=Usage(calls=2, prompt_tokens=10)))
+        view.record(BatchRecord(**common, id="q7", error="boom", error_type="RuntimeError"))
+    assert (view.answered, view.failed, view.written) == (1, 1, 2)
+    assert view.usage.calls == 2 and view.usage.prompt_tokens == 10
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "3 already answered" in shown and "q7 on a.txt: boom" in shown
+    assert "2/2" in shown and "2 calls · 10+0 tok · 1 failed" in shown
+    summary = BatchSummary(answered=1, failed=1, skipped=3, usage=view.usage, seconds=1.25)
+    console.print(view.summary(summary))
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    for label, value in [("answered", "1"), ("failed", "1"), ("skipped", "3"),
+                         ("model calls", "2"), ("prompt tokens", "10"), ("time", "1.2s")]:
+        assert re.search(rf"{label}.*│\s+{re.escape(value)} │", table), label
