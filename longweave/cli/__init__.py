@@ -11,8 +11,10 @@ from longweave.cli import ask as _ask
 from longweave.cli import batch as _batch
 from longweave.cli import chat as _chat
 from longweave.cli import compare as _compare
+from longweave.cli import eval as _eval
 from longweave.cli import index as _index
 from longweave.cli import serve as _serve
+from longweave.cli import show as _show
 from longweave.cli import strategies as _strategies
 from longweave.errors import LongweaveError
 
@@ -27,8 +29,10 @@ app.command("ask")(_ask.ask)
 app.command("chat")(_chat.chat)
 app.command("batch")(_batch.batch)
 app.command("compare")(_compare.compare)
+app.command("eval")(_eval.eval_command)
 app.command("index")(_index.index)
 app.command("serve")(_serve.serve)
+app.command("show")(_show.show)
 app.command("strategies")(_strategies.strategies)
 
 

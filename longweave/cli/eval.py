@@ -1,0 +1,101 @@
+"""`longweave eval DATASET`: every case through every strategy, scored, tabled, saved, plotted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from longweave.cli.options import parse_options
+
+
+def _depths(text: str | None) -> tuple[float, ...]:
+    from longweave.errors import ConfigError
+
+    try:
+        values = tuple(float(x) for x in (text or "").split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"bad depths {text!r}", hint="write depths like 0,50,100") from None
+    return values
+
+
+def eval_command(
+    dataset: Annotated[Path, typer.Argument(help="The dataset's file or folder.")],
+    format: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="leval, loogle, hotpotqa, locomo, beam, needle or "
+                     "jsonl (detected from the path when left out)."),
+    ] = None,
+    strategies: Annotated[
+        str, typer.Option("--strategies", "-s", help="Comma-separated strategy names.")
+    ] = "truncate,rag",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
+    ] = "local",
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="Judge model for BEAM (default: --model).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="At most N questions per task (and "
+                                 "per length for generated sets).")
+    ] = None,
+    lengths: Annotated[
+        str | None, typer.Option("--lengths", help="HotpotQA/needle context lengths, e.g. "
+                                 "4k,8k,16k (k = 1,024 tokens).")
+    ] = None,
+    depths: Annotated[
+        str | None, typer.Option("--depths", help="Needle depths in percent, e.g. 0,50,100.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Items in flight.")] = 4,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: "
+                                  "longweave-eval/<dataset name>); rerun to resume.")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--set", help="Strategy option key=value, or "
+                                       "strategy.key=value for one strategy (repeatable).")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
+        False
+    ),
+) -> None:
+    """Evaluate strategies on a benchmark: answers, scores, a table, JSON, CSV and a plot."""
+    import asyncio
+
+    from rich.console import Console
+
+    from longweave.cli.batch_view import BatchView
+    from longweave.evals.datasets import parse_lengths
+    from longweave.evals.harness import arun_eval
+    from longweave.evals.report import results_table, write_reports
+
+    err = Console(stderr=True)
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    folder = out or Path("longweave-eval") / (dataset.stem or "dataset")
+    view = BatchView(err)
+    try:
+        with view:
+            results = asyncio.run(arun_eval(
+                dataset, out=folder, strategies=names, model=model, judge=judge, format=format,
+                limit=limit, lengths=parse_lengths(lengths), depths=_depths(depths),
+                concurrency=concurrency, options=parse_options(option), cache=not no_cache,
+                on_start=lambda name, todo, skipped: view.start(todo, skipped, name),
+                on_record=view.record,
+            ))
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: answers so far are kept in {folder}/answers; "
+                  "rerun the same command to resume")
+        raise typer.Exit(130) from None
+    for note in results.notes:
+        err.print(f"[dim]note: {note}[/]", highlight=False)
+    Console().print(results_table(results))
+    written = write_reports(results, folder)
+    err.print(f"[dim]wrote {written['json']} and {written['csv']}[/]", highlight=False)
+    if written["plot"] is None:
+        err.print("[yellow]no plot: matplotlib is not installed "
+                  "(pip install 'longweave[eval]')[/]", highlight=False)
+    else:
+        for key in ("plot", "depth_plot"):
+            if written.get(key):
+                err.print(f"[dim]wrote {written[key]}[/]", highlight=False)

@@ -1,0 +1,1 @@
+"""Evaluation helpers: benchmark case generators (needle in a haystack), loaders, metrics."""

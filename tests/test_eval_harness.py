@@ -1,0 +1,187 @@
+"""The evaluation harness end to end with the strict scripted model: scores, resume, files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import longweave.llm
+import longweave.retrieval.index as index_module
+from longweave.cli import main
+from longweave.errors import ConfigError
+from longweave.evals.harness import arun_eval, split_options
+from longweave.evals.report import summarize, write_reports
+from longweave.testing import HashEmbedder, ScriptedModel
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+GENERIC = FIXTURES / "generic"
+
+# Scripted replies by question: keeper right (F1 1), lamp "In 1923." (EM 0, F1 2/3, contains 1),
+# range picks (B) (option 1), museum names it (contains 1).
+REPLIES = {  # keyed by the question text (the document shares some of its words)
+    "Who was the first keeper?": "Mara Quill",
+    "When was the electric lamp installed?": "In 1923.",
+    "How far out can the light be seen?": "The answer is (B).",
+    "What did the cottage become?": "It became a museum.",
+}
+EXPECTED = {"keeper": 1.0, "lamp": 0.0, "range": 1.0, "museum": 1.0}
+
+
+def scripted(name: str = "scripted") -> ScriptedModel:
+    model = ScriptedModel(name=name, context_window=2048)
+    for needle, reply in REPLIES.items():
+        model.on("reader", contains=needle, reply=reply)
+    return model
+
+
+@pytest.fixture
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    fake = HashEmbedder()
+    monkeypatch.setattr(index_module, "resolve_embedder", lambda spec, cache_dir=None: fake)
+    return tmp_path / "cache"
+
+
+async def test_scores_follow_the_scripted_answers_for_every_strategy(cache, tmp_path) -> None:
+    model = scripted()
+    results = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate", "rag"],
+                              model=model, cache=False, options={"max_new": 32})
+    assert results.format == "jsonl" and results.cases == 4
+    assert len(model.calls("reader")) == 8  # one answer call per case and strategy
+    for strategy in ("truncate", "rag"):
+        got = {r.case: r.score for r in results.results if r.strategy == strategy}
+        assert got == EXPECTED
+    lamp = next(r for r in results.results if r.case == "lamp")
+    assert lamp.scores == {"em": 0.0, "f1": pytest.approx(2 / 3), "contains": 1.0}
+    assert lamp.metric == "em" and lamp.calls == 1 and lamp.prompt_tokens > 0
+    rows = {(r.strategy, r.task): r for r in summarize(results)}
+    assert rows[("truncate", "questions")].n == 3
+    assert rows[("truncate", "questions")].score == pytest.approx(2 / 3)
+    assert rows[("rag", "inline")].score == 1.0
+    # every record in the answer logs carries the case's gold answers
+    logged = [json.loads(x) for x in (tmp_path / "out/answers/rag.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in logged} == set(EXPECTED)
+    assert next(r for r in logged if r["id"] == "range")["meta"]["answers"] == ["B"]
+
+
+async def test_second_run_resumes_without_model_calls(cache, tmp_path) -> None:
+    model = scripted()
+    first = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"], model=model,
+                            cache=False)
+    sent = len(model.requests)
+    seen: list[tuple[str, int, int]] = []
+    second = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"], model=model,
+                             cache=False, on_start=lambda *a: seen.append(a))
+    assert len(model.requests) == sent, "resume must not call the model again"
+    assert seen == [("truncate", 0, 4)]  # nothing to do, four skipped
+    assert [r.score for r in second.results] == [r.score for r in first.results]
+
+
+async def test_failed_items_score_zero_and_are_retried(cache, tmp_path) -> None:
+    model = ScriptedModel(context_window=2048)  # no rules: every call is unscripted
+    broken = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"],
+                             model=model, cache=False)
+    assert all(r.score == 0.0 and "no rule" in (r.error or "") for r in broken.results)
+    fixed = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"],
+                            model=scripted(), cache=False)
+    assert {r.case: r.score for r in fixed.results} == EXPECTED
+    assert all(r.error is None for r in fixed.results)
+
+
+async def test_beam_rubric_judge_float_and_faithful(cache, tmp_path) -> None:
+    model = ScriptedModel(context_window=8192)
+    model.on("reader", reply="Your sprint ends on March 29.")
+    model.on("judge", contains="Rubric item", reply={"reason": "close", "grade": "partial"})
+    model.on("judge", contains="Reference items", reply={"order": [1, 3, 2]})
+    results = await arun_eval(FIXTURES / "beam", out=tmp_path / "out", strategies=["truncate"],
+                              model=model, cache=False, options={"max_new": 32})
+    by = {r.category: r for r in results.results}
+    info = by["information_extraction"]
+    assert info.metric == "beam" and info.score == 0.5  # a partial nugget keeps its 0.5
+    assert info.scores["beam_faithful"] == 0.0  # ... and floors to 0 in faithful mode
+    assert by["event_ordering"].score == pytest.approx(2 / 3)
+    judged = len(model.calls("judge"))
+    assert judged == 3  # one call per rubric item (one each here) and one ordering call
+    assert by["abstention"].score == 0.5
+    await arun_eval(FIXTURES / "beam", out=tmp_path / "out", strategies=["truncate"],
+                    model=model, cache=False, options={"max_new": 32})
+    assert len(model.calls("judge")) == judged  # verdicts are reused on a rerun
+
+
+async def test_needle_citations_cover_the_needle(cache, tmp_path) -> None:
+    model = ScriptedModel(context_window=4096)
+    model.on("reader", reply="Eat a sandwich and sit in Dolores Park on a sunny day.")
+    results = await arun_eval(FIXTURES / "needle", out=tmp_path / "out",
+                              strategies=["truncate"], model=model, cache=False,
+                              lengths=[400, 800], depths=[0, 100], options={"max_new": 32})
+    assert [(r.length, r.depth) for r in results.results] == [
+        (400, 0), (400, 100), (800, 0), (800, 100)]
+    assert all(r.score == 1.0 and r.scores["cited"] == 1.0 for r in results.results)
+    written = write_reports(results, tmp_path / "out")
+    assert written["depth_plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_split_options_scopes_and_reports() -> None:
+    chosen, notes = split_options(["truncate", "chain-of-agents"],
+                                  {"margin": 8, "keep": "middle", "chain_of_agents.paths": "x"})
+    assert chosen == {"truncate": {"margin": 8, "keep": "middle"},
+                      "chain-of-agents": {"margin": 8, "paths": "x"}}
+    assert notes == ["option keep does not apply to chain-of-agents"]
+    with pytest.raises(ConfigError, match="no strategy"):
+        split_options(["truncate"], {"nonsense": 1})
+    with pytest.raises(ConfigError, match="not in this run"):
+        split_options(["truncate"], {"rag.k": 3})
+
+
+async def test_reports_written_and_plot_skipped_without_matplotlib(
+    cache, tmp_path, monkeypatch
+) -> None:
+    results = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"],
+                              model=scripted(), cache=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # importing it now fails
+    written = write_reports(results, tmp_path / "out")
+    assert written["plot"] is None and not (tmp_path / "out/score_by_length.png").exists()
+    data = json.loads(written["json"].read_text())
+    assert data["summary"][0]["strategy"] == "truncate" and len(data["results"]) == 4
+    rows = list(csv.DictReader(written["csv"].open()))
+    assert {r["case"]: float(r["score"]) for r in rows} == EXPECTED
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["longweave", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+def test_cli_prints_the_table_and_writes_every_file(cache, tmp_path, monkeypatch, capsys) -> None:
+    model = scripted()
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    monkeypatch.setenv("COLUMNS", "200")  # the whole table on one line per row
+    out = tmp_path / "out"
+    code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "truncate,rag",
+                   "--out", str(out), "--no-cache", "--set", "max_new=32")
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert "truncate" in stdout and "rag" in stdout and "0.667" in stdout
+    for name in ("results.json", "results.csv", "answers/truncate.jsonl", "answers/rag.jsonl"):
+        assert (out / name).exists(), name
+    assert (out / "score_by_length.png").read_bytes()[:4] == b"\x89PNG"
+    sent = len(model.requests)
+    code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "truncate,rag",
+                   "--out", str(out), "--no-cache", "--set", "max_new=32")
+    assert code == 0 and len(model.requests) == sent  # resumed: nothing asked again
+    assert "already answered" in capsys.readouterr().err
+
+
+def test_cli_bad_strategy_is_a_clear_error(cache, tmp_path, monkeypatch, capsys) -> None:
+    model = scripted()
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "nope",
+                   "--out", str(tmp_path / "out"))
+    assert code == 1 and "unknown strategy" in capsys.readouterr().err
+    assert model.requests == []
