@@ -201,12 +201,13 @@ def make_case(
             "case with this needle",
             hint="use a longer haystack or a shorter length",
         )
-    full = full[:size]
-    # The haystack is cut at the last sentence start whose prefix leaves room for the needle.
-    starts = _boundaries(full) + [len(full)]
-    ends = starts[1:]
-    i = _last_fitting(ends, lambda end: count_tokens(full[:end].rstrip()) <= room)
-    if count_tokens(full[: ends[i]].rstrip()) > room:
+    whole, full = size == len(full), full[:size]
+    # The haystack is cut at the last sentence end whose prefix leaves room for the needle (the
+    # end of a partial prefix is mid-sentence, so it is no candidate).
+    starts = _boundaries(full)
+    ends = starts[1:] + ([len(full)] if whole else [])
+    i = _last_fitting(ends, lambda end: count_tokens(full[:end].rstrip()) <= room) if ends else 0
+    if not ends or count_tokens(full[: ends[i]].rstrip()) > room:
         raise ConfigError(
             f"the haystack's first sentence is longer than the {tokens:,}-token case",
             hint="use a longer length or a haystack with shorter sentences",
