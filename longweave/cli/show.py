@@ -1,0 +1,107 @@
+"""`longweave show PATH --graph | --tree`: draw what GraphReader or MemWalker built for a
+document, as a self-contained HTML page (or an SVG, PNG or PDF by the output's suffix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from longweave.cli.options import parse_options
+from longweave.errors import ConfigError
+
+
+def show(
+    path: Annotated[Path, typer.Argument(help="The document (or folder) the structure is of.")],
+    graph: Annotated[bool, typer.Option("--graph", help="GraphReader's key-element graph.")] = (
+        False
+    ),
+    tree: Annotated[bool, typer.Option("--tree", help="MemWalker's summary tree.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output file: .html (default <name>.graph.html or <name>.tree.html), "
+        ".svg, or .png/.pdf (needs matplotlib).")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model the structure was built with.")
+    ] = "local",
+    option: Annotated[list[str] | None, typer.Option(
+        "--set", help="Strategy option key=value, as given to `ask` (repeatable).")] = None,
+    build: Annotated[bool, typer.Option(
+        "--build", help="Build the structure if it is not built yet (model calls).")] = False,
+    answer: Annotated[Path | None, typer.Option(
+        "--answer", help="An Answer as JSON (`longweave ask --json`): highlight its path.",
+    )] = None,
+    highlight: Annotated[list[str] | None, typer.Option(
+        "--highlight", help="A node to highlight: a key element, or a tree node id (repeatable).",
+    )] = None,
+    max_nodes: Annotated[int, typer.Option(
+        "--max-nodes", help="Graph: draw the nodes with the most facts, at most this many.",
+        min=1)] = 300,
+    open_it: Annotated[bool, typer.Option("--open", help="Open the result in a browser.")] = False,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
+    ] = None,
+) -> None:
+    """Draw the graph (--graph) or the tree (--tree) built for the document at PATH."""
+    from rich.console import Console
+
+    from longweave.answer import Answer
+    from longweave.api import load_source
+    from longweave.cli.progress import ProgressView
+    from longweave.visualize import STRUCTURES, find_structure, render
+
+    err = Console(stderr=True, highlight=False)
+    given = Answer.model_validate_json(answer.read_text("utf-8")) if answer else None
+    kind = _kind(graph, tree, given)
+    if given is not None and STRUCTURES.get(given.strategy) != kind:
+        raise ConfigError(f"the answer in {answer} is a {given.strategy} answer, with no {kind}",
+                          hint="pass --graph for graph-reader answers, --tree for mem-walker")
+    options = parse_options(option)
+    document = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode
+    with ProgressView(err) as view:
+        structure = find_structure(document, kind, model=model, build=build, on_event=view,
+                                   include=include, exclude=exclude, **options)
+    marks: list[object] = []
+    if highlight:
+        marks = [int(h) if kind == "tree" and h.isdigit() else h for h in highlight]
+        if kind == "graph":
+            from longweave.graphs.store import normalize_key
+
+            marks = [normalize_key(str(h)) for h in marks]  # as GraphReader names its nodes
+    target = out or Path(f"{path.stem or 'document'}.{kind}.html")
+    text = document.text if kind == "tree" else None
+    extra = {"max_nodes": max_nodes} if kind == "graph" else {}
+    render(structure, target, highlight=given if given is not None else marks or None, text=text,
+           **extra)
+    err.print(f"wrote {target} ({_describe(structure)})")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(target.resolve().as_uri())
+
+
+def _kind(graph: bool, tree: bool, answer: object) -> str:
+    from longweave.visualize import STRUCTURES
+
+    if graph and tree:
+        raise ConfigError("choose one of --graph and --tree", hint="run `show` once for each")
+    if graph or tree:
+        return "graph" if graph else "tree"
+    strategy = getattr(answer, "strategy", None)
+    if strategy in STRUCTURES:
+        return STRUCTURES[strategy]
+    raise ConfigError("say what to show: --graph (graph-reader) or --tree (mem-walker)",
+                      hint="e.g. longweave show report.md --graph")
+
+
+def _describe(structure: object) -> str:
+    from longweave.memory.summary_tree import SummaryTree
+
+    if isinstance(structure, SummaryTree):
+        return f"a tree of {len(structure.nodes)} nodes, depth {structure.depth}"
+    g = structure.graph  # type: ignore[attr-defined]
+    return (f"a graph of {g.number_of_nodes()} key elements, {g.number_of_edges()} edges, "
+            f"{len(structure.facts)} facts")  # type: ignore[attr-defined]

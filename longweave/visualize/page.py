@@ -1,0 +1,151 @@
+"""The self-contained HTML page both views share: inline CSS, SVG and a little vanilla JS.
+
+Nothing is fetched when the page opens (no CDN, no fonts), so it works offline and can be
+mailed or attached as one file. The data the script needs travels as inline JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from longweave.errors import ConfigError
+
+__all__ = ["FORMATS", "esc", "page", "standalone_svg", "write"]
+
+FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".png": "image", ".pdf": "image"}
+"""Output suffixes and what each writes; PNG and PDF need matplotlib."""
+
+CSS = """
+:root{--hl:#e8590c;--node:#8fa9c9;--edge:#c6ccd4;--ink:#1f2933;--muted:#6b7785;--sel:#2b8a3e}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--ink)}
+header{padding:10px 16px;border-bottom:1px solid #e3e6ea;display:flex;flex-wrap:wrap;gap:6px 18px;
+ align-items:baseline}
+h1{font-size:17px;margin:0}.sub{color:var(--muted);margin:0}
+.tools{margin-left:auto;display:flex;gap:6px}
+.tools input{padding:3px 6px;width:14em}.tools button{padding:3px 8px;cursor:pointer}
+main{display:flex;height:calc(100vh - 52px)}.tree main{height:55vh;border-bottom:1px solid #e3e6ea}
+.view{flex:1;min-width:0;position:relative;background:#fbfcfd}
+.view svg{width:100%;height:100%;cursor:grab;user-select:none;display:block}
+aside{width:min(420px,40vw);overflow:auto;border-left:1px solid #e3e6ea;padding:12px 14px}
+aside h2{font-size:15px;margin:4px 0 8px}
+aside h3{font-size:13px;margin:10px 0 4px;color:var(--muted)}
+aside ul{padding-left:18px;margin:4px 0}aside li{margin:2px 0}
+.chip{display:inline-block;border:1px solid #d0d5db;border-radius:10px;padding:0 7px;margin:2px;
+ cursor:pointer;background:#fff;font-size:12px}
+.legend span{margin-right:10px;white-space:nowrap}.dot{display:inline-block;width:10px;height:10px;
+ border-radius:50%;vertical-align:middle;margin-right:4px}
+.edge{stroke:var(--edge)}.edge.hl{stroke:var(--hl);stroke-opacity:.9}
+.node circle{fill:var(--node);stroke:#fff;stroke-width:1.5;cursor:pointer}
+.node text{font-size:13px;fill:var(--ink);pointer-events:none;paint-order:stroke;stroke:#fbfcfd;
+ stroke-width:3px}
+.node text.minor{display:none}.node:hover text.minor,.node.sel text.minor{display:block}
+.node.hl circle{fill:var(--hl)}.node.start circle{stroke:var(--ink);stroke-width:3}
+.node.end circle{stroke:var(--sel);stroke-width:4}
+.node.sel circle{stroke:var(--sel);stroke-width:4}.node.match circle{fill:#f59f00}
+.dim .node:not(.match){opacity:.25}.pathonly .node:not(.hl),.pathonly .edge:not(.hl){opacity:.1}
+#lw-outline{padding:10px 16px}details.tnode{margin:2px 0 2px 16px}
+details.tnode>summary{cursor:pointer;padding:1px 4px;border-radius:4px}
+details.tnode.hl>summary{background:#fff0e6;border-left:3px solid var(--hl)}
+details.tnode.end>summary{border-left:3px solid var(--sel)}
+details.tnode.flash>summary{outline:2px solid var(--sel)}
+.nid{font-weight:600;margin-right:4px}.meta{color:var(--muted);font-size:12px}
+.prev{color:var(--muted)}.sum{margin:4px 0 6px 20px;white-space:pre-wrap}
+.seg{margin:4px 0 6px 20px;color:var(--muted);font-size:12px;white-space:pre-wrap;
+ border-left:2px solid #e3e6ea;padding-left:8px}
+.mark{font-size:11px;color:#fff;background:var(--hl);border-radius:8px;padding:0 6px;
+ margin-left:4px}
+.mark.end{background:var(--sel)}
+"""
+
+# Pan (drag) and zoom (wheel) by moving the viewBox; every view gets them.
+PAN_ZOOM = """
+const svg=document.getElementById('lw-svg');const vb=svg.viewBox.baseVal;
+function toSvg(e){const r=svg.getBoundingClientRect();if(!r.width||!r.height)return{x:vb.x,y:vb.y};
+ const s=Math.max(vb.width/r.width,
+ vb.height/r.height);return{x:vb.x+(e.clientX-r.left-(r.width-vb.width/s)/2)*s,
+ y:vb.y+(e.clientY-r.top-(r.height-vb.height/s)/2)*s}}
+svg.addEventListener('wheel',e=>{e.preventDefault();const k=e.deltaY>0?1.15:1/1.15;
+ const p=toSvg(e);vb.x=p.x-(p.x-vb.x)*k;vb.y=p.y-(p.y-vb.y)*k;vb.width*=k;vb.height*=k},
+ {passive:false});
+let drag=null;
+svg.addEventListener('pointerdown',e=>{if(e.target.closest('.node'))return;
+ drag={x:e.clientX,y:e.clientY,vx:vb.x,vy:vb.y};svg.setPointerCapture(e.pointerId)});
+svg.addEventListener('pointermove',e=>{const r=svg.getBoundingClientRect();
+ if(!drag||!r.width)return;
+ const s=Math.max(vb.width/r.width,vb.height/r.height);vb.x=drag.vx-(e.clientX-drag.x)*s;
+ vb.y=drag.vy-(e.clientY-drag.y)*s});
+svg.addEventListener('pointerup',()=>{drag=null});
+const data=JSON.parse(document.getElementById('lw-data').textContent);
+function el(tag,text,cls){const n=document.createElement(tag);
+ if(text!==undefined)n.textContent=text;
+ if(cls)n.className=cls;return n}
+"""
+
+
+def esc(text: object) -> str:
+    """Text escaped for HTML and SVG content and attribute values."""
+    return html.escape(str(text), quote=True)
+
+
+def _json(data: Any) -> str:
+    # Inside <script>, only "</script" could end the element early: escape every "<" (and
+    # ">" and "&" for good measure); JSON.parse reads the \\u escapes back.
+    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return raw.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def page(*, kind: str, title: str, subtitle: str, tools: str, view: str, aside: str, data: Any,
+         script: str, below: str = "") -> str:
+    """One HTML document: header, the SVG view beside an info panel, then `below`."""
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<meta name=\"generator\" content=\"longweave\"><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head>\n<body class=\"{esc(kind)}\">\n"
+        f"<header><h1>{esc(title)}</h1><p class=\"sub\">{esc(subtitle)}</p>"
+        f"<div class=\"tools\">{tools}</div></header>\n"
+        f"<main><section class=\"view\">{view}</section>\n<aside id=\"lw-info\">{aside}</aside>"
+        f"</main>\n{below}\n"
+        f"<script type=\"application/json\" id=\"lw-data\">{_json(data)}</script>\n"
+        f"<script>\n(()=>{{{PAN_ZOOM}{script}}})();\n</script>\n</body></html>\n"
+    )
+
+
+def standalone_svg(svg: str) -> str:
+    """An inline SVG as a file of its own: the namespace and the styles it needs, no script."""
+    svg = svg.replace("<svg ", "<svg xmlns=\"http://www.w3.org/2000/svg\" ", 1)
+    head, _, rest = svg.partition(">")
+    return (f"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n{head}><style>{_plain_css()}</style>"
+            f"{rest}\n")
+
+
+def _plain_css() -> str:
+    """The styles with their custom properties spelt out: many SVG viewers lack `var()`."""
+    root = re.search(r":root\{([^}]*)\}", CSS)
+    assert root is not None
+    values = dict(re.findall(r"(--[\w-]+):([^;]+)", root.group(1)))
+    return re.sub(r"var\((--[\w-]+)\)", lambda m: values[m.group(1)], CSS[root.end():])
+
+
+def write(path: str | Path, *, html_text: str, svg: str,
+          image: Callable[[Path], None]) -> Path:
+    """Write the view in the format the suffix names; PNG/PDF go through `image(path)`."""
+    target = Path(path).expanduser()
+    kind = FORMATS.get(target.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"cannot write {target.name!r}: unknown output format",
+                          hint=f"end the file name with one of: {', '.join(FORMATS)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "html":
+        target.write_text(html_text, encoding="utf-8")
+    elif kind == "svg":
+        target.write_text(standalone_svg(svg), encoding="utf-8")
+    else:
+        image(target)
+    return target
