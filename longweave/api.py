@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from longweave.config import Settings
     from longweave.documents import Document
     from longweave.llm import LLM
+    from longweave.trace import TraceWriter
 
 _DOC_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".text"}
 _CONVERSATION_SUFFIXES = {".jsonl", ".json"}
@@ -80,9 +81,14 @@ async def aask(
     model: str | LLM | None = None,
     cache: bool = True,
     on_event: EventSink = ignore,
+    trace: str | os.PathLike[str] | TraceWriter | None = None,
     **options: Any,
 ) -> Answer:
-    """Answer `question` about `source`; `options` configure the strategy (see its settings)."""
+    """Answer `question` about `source`; `options` configure the strategy (see its settings).
+
+    `trace` appends every model call (prompt, output, usage) and step to a JSONL file (or an
+    open `TraceWriter`, shared by concurrent calls); see `longweave.trace`.
+    """
     from longweave.agents.base import get_strategy
     from longweave.config import Settings
     from longweave.runner import arun
@@ -94,7 +100,15 @@ async def aask(
     from longweave.cache import ArtifactCache
 
     artifacts = ArtifactCache(settings.cache_dir / "artifacts")
-    return await arun(chosen, document, question, llm, on_event=on_event, artifacts=artifacts)
+    if trace is None:
+        return await arun(chosen, document, question, llm, on_event=on_event, artifacts=artifacts)
+    from longweave.trace import combine, open_trace
+
+    with open_trace(trace) as writer:
+        run = writer.run(strategy=chosen.name, document=document, question=question,
+                         model=llm.name)
+        return await run.watch(arun(chosen, document, question, llm,
+                                    on_event=combine(on_event, run), artifacts=artifacts))
 
 
 def ask(
@@ -105,9 +119,12 @@ def ask(
     model: str | LLM | None = None,
     cache: bool = True,
     on_event: EventSink = ignore,
+    trace: str | os.PathLike[str] | TraceWriter | None = None,
     **options: Any,
 ) -> Answer:
     """Answer `question` about `source` (a path, a Document or text) with a long-context strategy.
+
+    `trace="run.jsonl"` writes every step (prompts, outputs, usage) as JSONL.
 
     >>> from longweave.testing import ScriptedModel
     >>> model = ScriptedModel()
@@ -127,6 +144,7 @@ def ask(
             model=model,
             cache=cache,
             on_event=on_event,
+            trace=trace,
             **options,
         )
     )

@@ -23,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from longweave.answer import Citation, Step, Usage
 from longweave.errors import LongweaveError
 from longweave.events import EventSink, ignore
+from longweave.trace import combine
 
 if TYPE_CHECKING:
     from longweave.documents import Document
     from longweave.executors.base import Executor
     from longweave.llm import LLM
+    from longweave.trace import RunTrace, TraceWriter
 
 __all__ = [
     "BatchItem",
@@ -80,7 +82,10 @@ class BatchRecord(BaseModel):
     error_type: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     steps: list[Step] | None = None
-    """The trace, only when the job was run with `trace=True` (it can be large)."""
+    """The answer's steps, only when the job was run with `steps=True` (they can be large)."""
+    trace: list[dict[str, Any]] | None = None
+    """This item's trace lines on their way from a worker to the driver, which writes them to
+    the trace file; never part of the output file."""
 
     @property
     def ok(self) -> bool:
@@ -140,7 +145,8 @@ class ResultLog:
                 handle.seek(-1, os.SEEK_END)
                 if handle.read(1) != b"\n":  # the previous run died mid-line: start a fresh one
                     handle.write(b"\n")
-            handle.write(record.model_dump_json(exclude_none=False).encode() + b"\n")
+            line = record.model_dump_json(exclude_none=False, exclude={"trace"})
+            handle.write(line.encode() + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -150,6 +156,9 @@ class BatchJob:
 
     It is plain data so an executor can ship it to another process; the model and the open
     documents are built lazily where the job runs and are not part of its pickled state.
+    `steps=True` keeps each answer's steps in its record. A job made by `traced` writes each
+    item's trace lines to the driver's `TraceWriter` as they happen; shipped to another
+    process (where that file is not), it collects them in `BatchRecord.trace` instead.
     """
 
     def __init__(
@@ -159,23 +168,34 @@ class BatchJob:
         *,
         options: dict[str, Any] | None = None,
         cache: bool = True,
-        trace: bool = False,
+        steps: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.strategy = strategy
         self.model = model
         self.options = dict(options or {})
         self.cache = cache
-        self.trace = trace
+        self.steps = steps
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.collect_trace = False
+        """Collect each item's trace lines (set by `traced`)."""
         self._llm: LLM | None = None
         self._documents: OrderedDict[str, Document] = OrderedDict()
+        self._trace: TraceWriter | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_llm"] = None if isinstance(self.model, str) else state["_llm"]
         state["_documents"] = OrderedDict()
+        state["_trace"] = None  # an open file stays with the driver; workers collect instead
         return state
+
+    def traced(self, writer: TraceWriter) -> BatchJob:
+        """This job, tracing every item to `writer` (sharing the loaded model and documents)."""
+        clone = object.__new__(BatchJob)
+        clone.__dict__.update(self.__dict__)  # not copy.copy: it would drop the loaded model
+        clone.collect_trace, clone._trace = True, writer
+        return clone
 
     @property
     def model_name(self) -> str:
@@ -226,24 +246,50 @@ class BatchJob:
             strategy=self.strategy, model=self.model_name, meta=item.meta,
         )
         started = time.perf_counter()
+        run = self._run_trace(record)
         try:
             document = self.document(item.document)
             strategy = get_strategy(self.strategy, **self.options)
             artifacts = ArtifactCache(self.settings().cache_dir / "artifacts")
             answer = await arun(
                 strategy, document, item.question, self.llm(),
-                on_event=on_event, artifacts=artifacts,
+                on_event=combine(on_event, run), artifacts=artifacts,
             )
         except LongweaveError as exc:
             record.error, record.error_type = exc.message, type(exc).__name__
+            failure: BaseException = exc
         except Exception as exc:  # a failing item is recorded and the run goes on
             record.error, record.error_type = f"{type(exc).__name__}: {exc}", type(exc).__name__
+            failure = exc
+        except BaseException as exc:  # cancelled: the trace says so, the record is never written
+            if run is not None:
+                run.fail(exc)
+            raise
         else:
             record.answer, record.citations = answer.text, answer.citations
             record.flags, record.usage = answer.flags, answer.usage
-            record.steps = answer.steps if self.trace else None
+            record.steps = answer.steps if self.steps else None
         record.seconds = time.perf_counter() - started
+        if run is not None and record.ok:
+            run.finish(answer, seconds=record.seconds)
+        elif run is not None:
+            run.fail(failure, seconds=record.seconds)
         return record
+
+    def _run_trace(self, record: BatchRecord) -> RunTrace | None:
+        """The item's trace: live to the driver's writer, or collected into the record."""
+        if not self.collect_trace:
+            return None
+        from longweave.trace import RunTrace
+
+        if self._trace is not None:
+            run = RunTrace(self._trace.write, key=record.key)
+        else:
+            record.trace = []
+            run = RunTrace(record.trace.append, key=record.key)
+        run.start(strategy=record.strategy, document=record.document, question=record.question,
+                  model=record.model, id=record.id)
+        return run
 
 
 def group_by_document(items: Iterable[BatchItem]) -> list[list[BatchItem]]:
@@ -263,12 +309,35 @@ async def arun_batch(
     concurrency: int = 4,
     on_record: Callable[[BatchRecord], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    trace: str | os.PathLike[str] | TraceWriter | None = None,
 ) -> BatchSummary:
     """Answer every item not yet answered in `out`, appending each record as it completes.
 
     `on_start(todo, skipped)` is called once the resume set is known; `on_record` after each
-    record is written. Cancelling the run (Ctrl-C) keeps everything already written.
+    record is written. Cancelling the run (Ctrl-C) keeps everything already written. `trace`
+    appends every item's calls and steps to a JSONL file, each line with the item's `key`
+    (`longweave.trace`): as they happen in this process, or when the item's record arrives
+    from an executor's worker process.
     """
+    if trace is None:
+        return await _run_batch(items, out, job, executor, concurrency, on_record, on_start)
+    from longweave.trace import open_trace
+
+    with open_trace(trace) as writer:
+        return await _run_batch(items, out, job.traced(writer), executor, concurrency,
+                                on_record, on_start, writer)
+
+
+async def _run_batch(
+    items: Iterable[BatchItem],
+    out: str | os.PathLike[str],
+    job: BatchJob,
+    executor: Executor | None,
+    concurrency: int,
+    on_record: Callable[[BatchRecord], None] | None,
+    on_start: Callable[[int, int], None] | None,
+    writer: TraceWriter | None = None,
+) -> BatchSummary:
     from longweave.executors.local import LocalExecutor
 
     job.check()
@@ -292,6 +361,10 @@ async def arun_batch(
     stream: AsyncIterator[BatchRecord] = runner.run(job, group_by_document(todo))
     try:
         async for record in stream:
+            if record.trace is not None:  # collected in a worker: written here, once
+                for line in record.trace if writer is not None else ():
+                    writer.write(line)
+                record.trace = None
             log.append(record)
             summary.add(record)
             if on_record is not None:

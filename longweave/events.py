@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-EventKind = Literal["start", "call", "step", "progress", "finish", "token"]
+if TYPE_CHECKING:
+    from longweave.llm import Completion, Message
+
+EventKind = Literal["start", "call", "step", "progress", "finish", "token", "result"]
 """`token` carries a text delta of a streamed final answer in `message` (`data["restart"]`: the
-backend retried mid-stream, so the text so far is void)."""
+backend retried mid-stream, so the text so far is void). `result` follows every model call, done
+or failed, with what a trace keeps: the messages sent and the `Completion` (see `result_event`)."""
 
 
 @dataclass(frozen=True)
@@ -23,9 +27,44 @@ class Event:
     total: int | None = None
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
+    """The whole object behind the event, for traces: the `Step` of a `step` event (whose
+    `message` is clipped)."""
 
 
 EventSink = Callable[[Event], None]
+
+
+def result_event(
+    strategy: str,
+    role: str,
+    messages: Sequence[Message],
+    completion: Completion | None,
+    *,
+    seconds: float,
+    index: int | None = None,
+    total: int | None = None,
+    error: BaseException | None = None,
+    **request: Any,
+) -> Event:
+    """The `result` event of one model call: `data` holds `messages`, `completion` (None when
+    the call failed), `seconds`, `cache`, and the request's settings (`max_tokens`,
+    `temperature`, `schema`); a failed call adds `error`, `error_type` and `raw` (the reply
+    that failed to parse, when there was one)."""
+    data: dict[str, Any] = {
+        "messages": tuple(messages),
+        "completion": completion,
+        "seconds": seconds,
+        "cache": completion.meta.get("cache") if completion is not None else None,
+        **request,
+    }
+    summary = f"{role} result"
+    if error is not None:
+        summary = f"{role} failed"
+        data["error"] = getattr(error, "message", None) or str(error)
+        data["error_type"] = type(error).__name__
+        data["raw"] = getattr(error, "raw", None)
+    return Event("result", strategy, role, index, total, summary, data)
 
 
 def ignore(_: Event) -> None:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from longweave.answer import Answer, Step, Usage
 from longweave.errors import ConfigError
-from longweave.events import Event, EventSink, ignore
+from longweave.events import Event, EventSink, ignore, result_event
 from longweave.llm import Message
 from longweave.memory.scratchpad import Scratchpad
 from longweave.memory.working import MemoryUnit, WorkingMemory
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from longweave.config import Settings
     from longweave.documents import Document
     from longweave.llm import LLM
+    from longweave.trace import TraceWriter
 
 __all__ = ["ConversationMemory", "Session", "Turn", "rewrite_messages"]
 
@@ -236,6 +237,7 @@ class Session:
         rewrite: bool = True,
         settings: Settings | None = None,
         history: Sequence[Turn] = (),
+        trace: str | os.PathLike[str] | TraceWriter | None = None,
         **options: Any,
     ) -> None:
         from longweave.cache import ArtifactCache
@@ -249,6 +251,8 @@ class Session:
         self.rewrite = rewrite
         """Rewrite follow-ups into standalone questions (one short model call per turn)."""
         self.history: list[Turn] = list(history)
+        self.trace = trace
+        """Where every turn's calls and steps are appended as JSONL (`longweave.trace`), or None."""
         self.path = self.settings.cache_dir / "sessions" / f"{document.id}.json"
         """Where the session is saved: keyed by the document's sha256 alone."""
         self.artifacts = ArtifactCache(self.settings.cache_dir / "artifacts")
@@ -270,11 +274,13 @@ class Session:
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         settings: Settings | None = None,
+        trace: str | os.PathLike[str] | TraceWriter | None = None,
         **options: Any,
     ) -> Session:
         """A session over `source` (a path, a folder, a Document or text); `resume` continues
         the saved conversation about the same text, keeping its strategy and model unless given.
-        `options` configure the strategy; `include`/`exclude` filter a folder's files."""
+        `options` configure the strategy; `include`/`exclude` filter a folder's files; `trace`
+        appends every turn's calls and steps to a JSONL file."""
         from longweave.api import load_source
         from longweave.config import Settings
 
@@ -288,7 +294,7 @@ class Session:
                 strategy, options = saved.strategy, {**saved.options, **options}
             model = model or saved.model
         return cls(document, strategy=strategy, model=model, cache=cache, persist=persist,
-                   rewrite=rewrite, settings=settings, history=history, **options)
+                   rewrite=rewrite, settings=settings, history=history, trace=trace, **options)
 
     # -- what it uses ------------------------------------------------------------------------
 
@@ -344,9 +350,30 @@ class Session:
 
     # -- asking ------------------------------------------------------------------------------
 
-    async def aask(self, question: str, *, on_event: EventSink = ignore) -> Answer:
+    async def aask(
+        self,
+        question: str,
+        *,
+        on_event: EventSink = ignore,
+        trace: str | os.PathLike[str] | TraceWriter | None = None,
+    ) -> Answer:
         """Answer `question` in the context of the conversation; the turn is kept only once the
-        answer is complete (a cancelled or failed question leaves the session unchanged)."""
+        answer is complete (a cancelled or failed question leaves the session unchanged).
+        `trace` (default: the session's) appends the turn's calls and steps as JSONL."""
+        target = trace if trace is not None else self.trace
+        if target is None:
+            return await self._ask(question, on_event)
+        from longweave.trace import combine, open_trace
+
+        with open_trace(target) as writer:
+            run = writer.run(
+                keys={"session": self.document.id[:16], "turn": len(self.history) + 1},
+                strategy=self._strategy.name, document=self.document, question=question,
+                model=self.model,
+            )
+            return await run.watch(self._ask(question, combine(on_event, run)))
+
+    async def _ask(self, question: str, on_event: EventSink) -> Answer:
         from longweave.runner import arun
 
         llm, strategy = self.llm, self._strategy
@@ -362,9 +389,15 @@ class Session:
         self._save_state()
         return answer
 
-    def ask(self, question: str, *, on_event: EventSink = ignore) -> Answer:
+    def ask(
+        self,
+        question: str,
+        *,
+        on_event: EventSink = ignore,
+        trace: str | os.PathLike[str] | TraceWriter | None = None,
+    ) -> Answer:
         """The synchronous form of `aask`."""
-        return asyncio.run(self.aask(question, on_event=on_event))
+        return asyncio.run(self.aask(question, on_event=on_event, trace=trace))
 
     async def standalone(self, question: str) -> str:
         """The question as the next turn would ask it (makes the rewrite call when needed)."""
@@ -391,8 +424,16 @@ class Session:
         name = self._strategy.name
         on_event(Event("call", name, "rewrite", message="rewrite call"))
         started = time.perf_counter()
-        reply = await llm.complete(messages, max_tokens=REWRITE_MAX_NEW, temperature=0.0,
-                                   role="rewrite")
+        request = {"max_tokens": REWRITE_MAX_NEW, "temperature": 0.0, "schema": None}
+        try:
+            reply = await llm.complete(messages, max_tokens=REWRITE_MAX_NEW, temperature=0.0,
+                                       role="rewrite")
+        except Exception as exc:
+            on_event(result_event(name, "rewrite", messages, None, error=exc,
+                                  seconds=time.perf_counter() - started, **request))
+            raise
+        on_event(result_event(name, "rewrite", messages, reply,
+                              seconds=time.perf_counter() - started, **request))
         on_event(Event("progress", name, "rewrite", message="rewrite done",
                        data={"seconds": time.perf_counter() - started,
                              "cache": reply.meta.get("cache")}))

@@ -75,7 +75,7 @@ def test_questions_without_a_document_are_asked_of_every_file(model, folder, tmp
     colour = records["c.txt", "What colour is it?"]
     assert colour.answer == "Dark red." and colour.id == "1" and colour.meta == {"gold": "red"}
     assert colour.citations[0].text == "The cherry is dark red."
-    assert all(r.steps is None for r in records.values())  # steps only with --trace
+    assert all(r.steps is None for r in records.values())  # steps only with --steps
     # The summary table and the running cost.
     assert "answered" in result.stdout and "6" in result.stdout
     assert "prompt tokens" in result.stdout and "6 calls" in result.stderr
@@ -151,7 +151,7 @@ def test_documents_named_by_rows_globs_and_missing_files(model, folder, tmp_path
     ])
     out = tmp_path / "answers.jsonl"
     result = _batch(folder, "-q", questions, "-o", out, "--include", "*.txt",
-                    "--exclude", "sub/*", "--trace")
+                    "--exclude", "sub/*", "--steps")
     assert result.exit_code == 1
     records = {(Path(r.document).name, r.question, r.id): r for r in ResultLog(out).records()}
     assert set(records) == {
@@ -161,7 +161,7 @@ def test_documents_named_by_rows_globs_and_missing_files(model, folder, tmp_path
     }
     assert records["damson.rst", "Colour?", "rel"].answer == "Purple."
     assert records["missing.txt", "Colour?", None].error_type == "DocumentError"
-    assert records["a.txt", "Which fruit?", None].steps  # --trace keeps the steps
+    assert records["a.txt", "Which fruit?", None].steps  # --steps keeps the steps
 
 
 def test_a_relative_folder_gives_absolute_documents(folder, tmp_path, monkeypatch) -> None:

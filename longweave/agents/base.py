@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from longweave.answer import Citation, Step, Usage
 from longweave.errors import ConfigError
-from longweave.events import Event, EventSink, TokenSink, ignore, token_sink
+from longweave.events import Event, EventSink, TokenSink, ignore, result_event, token_sink
 
 if TYPE_CHECKING:
     from langgraph.graph import StateGraph
@@ -79,13 +79,21 @@ class RunContext:
         wanted = stream and schema is None and self.emit is not ignore
         # Always set (None too), so an unmarked call never streams into an outer call's sink.
         token = token_sink.set(self._token_sink(role, index) if wanted else None)
+        request = {"max_tokens": max_tokens, "temperature": temperature,
+                   "schema": schema.__name__ if schema is not None else None}
         try:
             completion = await self.llm.complete(
                 messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
             )
+        except Exception as exc:  # a trace keeps the failed call too (the strategy may recover)
+            self.emit(result_event(self.strategy, role, messages, None, index=index, total=total,
+                                   seconds=time.perf_counter() - started, error=exc, **request))
+            raise
         finally:
             token_sink.reset(token)
         self.usage = self.usage + completion.usage
+        self.emit(result_event(self.strategy, role, messages, completion, index=index,
+                               total=total, seconds=time.perf_counter() - started, **request))
         self.emit(
             Event(
                 "progress",
@@ -108,8 +116,10 @@ class RunContext:
 
     def step(self, role: str, output: str = "", *, index: int | None = None, **detail: Any) -> None:
         """Record one step of the trace."""
-        self.steps.append(Step(role=role, index=index, detail=detail, output=output))
-        self.emit(Event("step", self.strategy, role, index, message=output[:200], data=detail))
+        step = Step(role=role, index=index, detail=detail, output=output)
+        self.steps.append(step)
+        self.emit(Event("step", self.strategy, role, index, message=output[:200], data=detail,
+                        payload=step))
 
     def chunk(self, max_tokens: int) -> list[Chunk]:
         """Split the document with the model's own tokenizer into chunks of at most max_tokens."""

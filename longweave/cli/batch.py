@@ -38,9 +38,14 @@ def batch(
     option: Annotated[
         list[str] | None, typer.Option("--set", help="Strategy option key=value (repeatable).")
     ] = None,
-    trace: Annotated[
-        bool, typer.Option("--trace", help="Keep each answer's steps in its record.")
+    steps: Annotated[
+        bool, typer.Option("--steps", help="Keep each answer's steps in its record.")
     ] = False,
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Append every call (prompt, output, usage) and step to "
+                     "this JSONL file, each line with its record's key."),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
         False
     ),
@@ -69,7 +74,7 @@ def batch(
 
     err = Console(stderr=True)
     items = batch_items(folder, questions, include=include, exclude=exclude)
-    job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, trace=trace)
+    job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
     runner = get_executor(executor, concurrency=concurrency)
     view = BatchView(err)
 
@@ -77,6 +82,7 @@ def batch(
         try:
             return await arun_batch(
                 items, out, job, executor=runner, on_start=view.start, on_record=view.record,
+                trace=trace,
             )
         except asyncio.CancelledError:  # asyncio's Ctrl-C: the answers in flight are dropped
             err.print("[yellow]stopping…[/]")

@@ -417,6 +417,11 @@ def chat(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Append every call (prompt, output, usage) and step of "
+                     "the session to this JSONL file."),
+    ] = None,
 ) -> None:
     """Talk with the document at PATH: questions, follow-ups, and /help for the commands."""
     import warnings
@@ -428,7 +433,7 @@ def chat(
         warnings.simplefilter("always")
         session = Session.open(path, strategy=strategy, model=model, resume=not new,
                                cache=not no_cache, include=include, exclude=exclude,
-                               **parse_options(option))
+                               trace=trace, **parse_options(option))
     for warning in caught:
         console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     doc = session.document

@@ -45,6 +45,11 @@ def compare(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Append every call (prompt, output, usage) and step of "
+                     "every strategy to this JSONL file."),
+    ] = None,
 ) -> None:
     """Answer QUESTION about PATH with each strategy in turn, on the same model, as a table.
 
@@ -58,13 +63,21 @@ def compare(
 
     from longweave.api import load_source
     from longweave.compare import acompare
+    from longweave.trace import TraceWriter, combine, trace_sink
 
     err = Console(stderr=True)
     source = load_source(path, include=include, exclude=exclude)
-    with _CompareProgress(err) as view:
+    fields = {"document": source.source or source.name, "question": question, "model": model}
+    with _CompareProgress(err) as view, trace_sink(trace, **fields) as sink:
+
+        def done(row: CompareRow) -> None:
+            view.done(row)
+            if isinstance(sink, TraceWriter):  # the row closes each strategy's lines (or fails)
+                sink.write({"type": "row", **row.model_dump(mode="json")})
+
         rows = asyncio.run(acompare(
             source, question, strategies, model=model, options=parse_options(option),
-            cache=not no_cache, on_event=view, on_row=view.done,
+            cache=not no_cache, on_event=combine(view, sink), on_row=done,
         ))
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))

@@ -5,7 +5,10 @@ built once in that worker's cache, then the rest concurrently) and returns their
 driver appends records as tasks finish, exactly as the local executor's records are appended,
 so resume, progress and the summary behave the same. A worker process that dies mid-document
 has its task retried by Ray (`max_retries`); the driver yields a key at most once, so a retried
-task can never put a pair into the output twice.
+task can never put a pair into the output twice. With `arun_batch(..., trace=FILE)` each worker
+collects its items' trace lines in their records (`BatchRecord.trace`), and the driver writes them
+to the one trace file as the records arrive: a retried task's lines come back once, with its
+records.
 """
 
 from __future__ import annotations
