@@ -29,7 +29,10 @@ async def arun(
     """Answer `question` about `document` with `strategy` and `llm`."""
     ctx = RunContext(llm, document, question, strategy.name, emit=on_event, artifacts=artifacts)
     started = time.perf_counter()
-    on_event(Event("start", strategy.name, message=f"{strategy.name} on {document.name}"))
+    on_event(Event(
+        "start", strategy.name, message=f"{strategy.name} on {document.name}",
+        data={"document": document.name, "question": question, "model": llm.name},
+    ))
     state = strategy.initial_state(ctx)
     if inspect.isawaitable(state):
         state = await state
@@ -47,7 +50,10 @@ async def arun(
         flags=sorted(set(final.get("flags", []))),
     )
     wall = time.perf_counter() - started
-    on_event(Event("finish", strategy.name, message=answer.usage.line(), data={"wall": wall}))
+    on_event(Event(
+        "finish", strategy.name, message=answer.usage.line(),
+        data={"wall": wall, "usage": answer.usage.model_dump(), "answer": answer.text},
+    ))
     return answer
 
 

@@ -158,12 +158,14 @@ class RunTrace:
         if self.explicit:
             return None
         if event.kind == "start":
-            return self._record("start", strategy=event.strategy, message=event.message)
+            return self._record("start", strategy=event.strategy, message=event.message,
+                                **{k: event.data[k] for k in ("document", "question", "model")
+                                   if k in event.data})
         if event.kind == "finish":
             usage = event.data.get("usage")
             return self._record("finish", strategy=event.strategy, message=event.message,
                                 usage=usage if usage is not None else _usage(self.usage),
-                                wall=event.data.get("wall"))
+                                answer=event.data.get("answer"), wall=event.data.get("wall"))
         return None  # call/progress/token: the result line says it all
 
     def _call(self, event: Event) -> Record:
