@@ -185,3 +185,18 @@ def test_cli_bad_strategy_is_a_clear_error(cache, tmp_path, monkeypatch, capsys)
                    "--out", str(tmp_path / "out"))
     assert code == 1 and "unknown strategy" in capsys.readouterr().err
     assert model.requests == []
+
+
+async def test_trace_records_every_strategys_calls(cache, tmp_path) -> None:
+    from longweave.trace import read_trace
+
+    model = scripted()
+    await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate", "rag"], model=model,
+                    cache=False, options={"max_new": 32}, trace=tmp_path / "trace.jsonl")
+    lines = read_trace(tmp_path / "trace.jsonl")
+    calls = [line for line in lines if line["type"] == "call"]
+    assert len(calls) == len(model.requests) == 8
+    assert {c["strategy"] for c in calls if "strategy" in c} <= {"truncate", "rag"}
+    outputs = {c["output"] for c in calls}
+    assert "Mara Quill" in outputs and "In 1923." in outputs
+    assert len({line["key"] for line in lines if "key" in line}) == 8  # every item attributable

@@ -22,6 +22,8 @@ def ray_runtime() -> Iterator[None]:
 
     # Scripted replies are closures defined here: ship them by value to the workers.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # A loaded 2-core machine can take longer than Ray's default wait to start its raylet.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
@@ -129,3 +131,38 @@ async def test_a_document_whose_worker_keeps_dying_is_recorded_as_failed(
 def test_get_executor_builds_a_ray_executor() -> None:
     executor = get_executor("ray", address="auto", concurrency=3)
     assert isinstance(executor, RayExecutor) and executor.address == "auto"
+
+
+def test_the_batch_command_runs_on_ray(
+    tmp_path: Path, ray_runtime: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import longweave.batch
+    from longweave.cli import main
+
+    items = _corpus(tmp_path, n=3)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(f'{{"id": "{i.id}", "question": "{i.question}", "document": "{i.document}"}}\n'
+                for i in items),
+        encoding="utf-8",
+    )
+    model = _model()
+
+    class ScriptedJob(BatchJob):
+        # The CLI ships the model string to the workers, which would load the real model there;
+        # the job class (shipped by value) carries the scripted model instead.
+        def __init__(self, strategy: str, _model: object, **options: object) -> None:
+            super().__init__(strategy, model, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(longweave.batch, "BatchJob", ScriptedJob)
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "answers.jsonl"
+    monkeypatch.setattr(sys, "argv", [
+        "longweave", "batch", str(tmp_path), "--questions", str(questions), "--out", str(out),
+        "--strategy", "truncate", "--no-cache", "--executor", "ray",
+    ])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code in (0, None)
+    assert ("doc1.txt", "How many chairs?", "7") in _pairs(out)
+    assert len(ResultLog(out).records()) == len(items)

@@ -50,8 +50,13 @@ def batch(
         False
     ),
     executor: Annotated[
-        str, typer.Option("--executor", help="Where the work runs: 'local' (or 'ray').")
+        str, typer.Option("--executor", help="Where the work runs: 'local' or 'ray'.")
     ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
+                     "(default: a local Ray runtime)."),
+    ] = None,
 ) -> None:
     """Answer every question of FILE about the documents in FOLDER, one JSONL record each.
 
@@ -75,7 +80,8 @@ def batch(
     err = Console(stderr=True)
     items = batch_items(folder, questions, include=include, exclude=exclude)
     job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
-    runner = get_executor(executor, concurrency=concurrency)
+    extra = {"address": ray_address} if executor == "ray" else {}
+    runner = get_executor(executor, concurrency=concurrency, **extra)
     view = BatchView(err)
 
     async def run() -> BatchSummary:

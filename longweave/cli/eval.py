@@ -59,6 +59,19 @@ def eval_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
         False
     ),
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Append every call (prompt, output, usage) and step to "
+                     "this JSONL file."),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where the answers run: 'local' or 'ray'.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
+                     "(default: a local Ray runtime)."),
+    ] = None,
 ) -> None:
     """Evaluate strategies on a benchmark: answers, scores, a table, JSON, CSV and a plot."""
     import asyncio
@@ -69,11 +82,14 @@ def eval_command(
     from longweave.evals.datasets import parse_lengths
     from longweave.evals.harness import arun_eval
     from longweave.evals.report import results_table, write_reports
+    from longweave.executors import get_executor
 
     err = Console(stderr=True)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     folder = out or Path("longweave-eval") / (dataset.stem or "dataset")
     view = BatchView(err)
+    extra = {"address": ray_address} if executor == "ray" else {}
+    runner = get_executor(executor, concurrency=concurrency, **extra)
     try:
         with view:
             results = asyncio.run(arun_eval(
@@ -81,7 +97,7 @@ def eval_command(
                 limit=limit, lengths=parse_lengths(lengths), depths=_depths(depths),
                 concurrency=concurrency, options=parse_options(option), cache=not no_cache,
                 on_start=lambda name, todo, skipped: view.start(todo, skipped, name),
-                on_record=view.record,
+                on_record=view.record, trace=trace, executor=runner,
             ))
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: answers so far are kept in {folder}/answers; "

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 from longweave.batch import BatchItem, BatchJob, BatchRecord, ResultLog, arun_batch
 from longweave.errors import ConfigError
 from longweave.evals import metrics
+from longweave.trace import TraceWriter, open_trace
 
 if TYPE_CHECKING:
     from longweave.evals.datasets import EvalCase
@@ -219,11 +221,14 @@ async def arun_eval(
     executor: Executor | None = None,
     on_start: Callable[[str, int, int], None] | None = None,
     on_record: Callable[[BatchRecord], None] | None = None,
+    trace: str | os.PathLike[str] | TraceWriter | None = None,
 ) -> EvalResults:
     """Load the dataset, answer every case with every strategy (resumable), and score.
 
     `on_start(strategy, todo, skipped)` opens each strategy's run; `on_record` follows every
-    answer. The judge (BEAM only) defaults to the model under test.
+    answer. The judge (BEAM only) defaults to the model under test. `trace` receives every
+    call and step of every strategy (`longweave.trace`). With an executor other than the local
+    one, jobs carry the model string, so each worker builds its own backend.
     """
     from longweave.api import make_model
     from longweave.evals.datasets import load_dataset
@@ -240,16 +245,19 @@ async def arun_eval(
                        meta={"task": c.task, "metric": c.metric, "answers": c.answers,
                              "length": c.length})
              for c in data.cases]
-    jobs = {s: BatchJob(s, llm, options=per_strategy[s], cache=cache) for s in strategies}
+    shipped = executor is not None and executor.name != "local" and isinstance(model, str)
+    job_model: str | LLM = model if shipped else llm
+    jobs = {s: BatchJob(s, job_model, options=per_strategy[s], cache=cache) for s in strategies}
     for job in jobs.values():
         job.check()  # a bad option fails before any strategy runs
-    for name, job in jobs.items():
-        await arun_batch(
-            items, root / "answers" / f"{name}.jsonl", job, executor=executor,
-            concurrency=concurrency, on_record=on_record,
-            on_start=(lambda todo, skipped, n=name: on_start(n, todo, skipped))
-            if on_start else None,
-        )
+    with open_trace(trace) if trace is not None else nullcontext() as writer:
+        for name, job in jobs.items():
+            await arun_batch(
+                items, root / "answers" / f"{name}.jsonl", job, executor=executor,
+                concurrency=concurrency, on_record=on_record, trace=writer,
+                on_start=(lambda todo, skipped, n=name: on_start(n, todo, skipped))
+                if on_start else None,
+            )
     needs_judge = any(c.metric == "beam" for c in data.cases)
     same = judge is None or judge == model  # one set of weights when the judge is the model
     judge_llm = make_model(llm if same else judge, cache=cache) if needs_judge else None
