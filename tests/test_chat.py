@@ -587,3 +587,34 @@ def test_chat_in_a_pseudo_terminal(server: FaultServer, tmp_path: Path) -> None:
     assert code == 0
     (saved,) = (tmp_path / "cache" / "sessions").glob("*.json")
     assert [t["question"] for t in json.loads(saved.read_text())["turns"]] == [FIRST, FOLLOW]
+
+
+async def test_trace_open_draws_the_path_of_the_last_answer(tmp_path: Path, monkeypatch) -> None:
+    from longweave.agents.mem_walker import MemWalker
+    from longweave.documents import Document
+    from tests.test_show import TREE_SET, tree_model, tree_text
+
+    monkeypatch.setenv("LONGWEAVE_NO_BROWSER", "1")
+    document = Document.from_text(tree_text())
+    session = Session.open(document, model=tree_model(), cache=False,
+                           strategy=MemWalker(**TREE_SET),
+                           settings=Settings(cache_dir=tmp_path / "cache"))
+    chat = ChatController(session)
+    before = await chat.handle("/trace open")
+    assert "nothing asked yet" in before.text()
+    answer = (await chat.handle("Where is S4?")).answer
+    assert answer is not None and answer.text == "S4"
+    out = await chat.handle("/trace open")
+    shown = out.text(width=400)
+    page_path = Path(shown.split("the path of the last answer: ", 1)[1].split()[0])
+    page = page_path.read_text(encoding="utf-8")
+    assert "SENTINEL-4" in page and "http://" not in page and "https://" not in page
+    assert 'id="lw-path"' in page and " hl" in page  # the walked path is marked
+
+
+async def test_trace_open_explains_strategies_without_a_structure(
+    controller: ChatController, tmp_path: Path
+) -> None:
+    await controller.handle(FIRST)
+    out = await controller.handle(f"/trace open {tmp_path / 'view.html'}")
+    assert "error" in out.text() and not (tmp_path / "view.html").exists()

@@ -43,7 +43,8 @@ HELP = {
     "/strategy NAME [key=value ...]": "answer with another strategy (no NAME: show the current)",
     "/model NAME": "answer with another model: local, hf:<id>, openai:<model>",
     "/sources": "the cited spans of the last answer, in their context",
-    "/trace": "the steps the last answer took",
+    "/trace": "the steps the last answer took; `/trace open [FILE]` draws its path through "
+              "the graph or tree (graph-reader, mem-walker) as an HTML page",
     "/cost": "usage so far, per turn and in total",
     "/save FILE": "write the conversation to FILE (.md transcript or .json record)",
     "/help": "this list",
@@ -100,6 +101,9 @@ class ChatController:
         if not line:
             return Output()
         if self.is_command(line):
+            name, *args = line.split()
+            if name.lower() == "/trace" and args[:1] == ["open"]:
+                return await self._trace_open(args[1:])
             return self.command(line)
         try:
             answer = await self.session.aask(line, on_event=on_event)
@@ -172,6 +176,29 @@ class ChatController:
             table.add_row(str(n), step.role, "" if step.index is None else str(step.index),
                           _clip(_squash(step.output), 160), _clip(detail, 80))
         return Output([table])
+
+    async def _trace_open(self, args: list[str]) -> Output:
+        """Draw the graph or tree the last answer walked, its path marked, as an HTML page."""
+        from longweave.visualize import arender_answer
+
+        answer = self._last()
+        if answer is None:
+            return Output([Text("nothing asked yet", style="dim")])
+        session = self.session
+        # The session's strategy picks the artifact only if it is the one that answered.
+        strategy = session.strategy if session.strategy.name == answer.strategy else None
+        target = (Path(args[0]) if args else session.settings.cache_dir / "views"
+                  / f"{session.document.id[:16]}-turn{len(session.history)}.html")
+        try:
+            await arender_answer(answer, session.document, session.llm, session.artifacts,
+                                 target, strategy=strategy)
+        except LongweaveError as exc:
+            return _error(exc)
+        if not args and os.environ.get("LONGWEAVE_NO_BROWSER") is None:
+            import webbrowser
+
+            webbrowser.open(target.resolve().as_uri())  # best effort; the path is printed too
+        return Output([Text.assemble("the path of the last answer: ", (str(target), "cyan"))])
 
     def _cost(self, args: list[str]) -> Output:
         turns = self.session.history
