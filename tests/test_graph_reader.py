@@ -12,6 +12,8 @@ import pytest
 from longweave.agents.graph_reader import GraphReader
 from longweave.cache import ArtifactCache
 from longweave.documents import Document, open_document
+from longweave.errors import ParseError
+from longweave.graphs.calls import parse_call, parse_step
 from longweave.graphs.paths import Call, PathState
 from longweave.runner import arun
 from longweave.testing import HashEmbedder, Request, ScriptedModel
@@ -107,19 +109,26 @@ async def test_navigation_without_a_model(tmp_path: Path) -> None:
     assert problem is None and call is not None
     path.apply(call)
     assert path.current == 1 and path.queue == [0]  # FIFO: 1 first, then 0
+    assert path.read == []  # current, not read: no step has shown it yet
+    assert path.show_chunk() == 1 and path.read == [1]  # what a step does when it shows it
     assert "read_subsequent_chunk" not in path.legal() or path.current + 1 < len(graph.spans)
     path.apply(Call("search_more"))
-    assert path.current == 0
+    assert path.current == 0 and path.show_chunk() == 0
     assert "read_previous_chunk" not in path.legal()  # nothing before chunk 0
     assert "read_subsequent_chunk" not in path.legal()  # chunk 1 already read
     path.apply(Call("search_more"))  # queue empty: on to the neighbours
     assert path.mode == "neighbors" and path.read == [1, 0]
+    with pytest.raises(ValueError):
+        path.show_chunk()  # nothing to show outside the chunk state
     # read_previous_chunk pushes k-1 to the FRONT of the queue
     other = PathState(graph, "delta")
     other.apply(other.check(Call("read_chunk", (3, 2)))[0])  # type: ignore[arg-type]
     assert other.current == 3 and other.queue == [2]
+    other.show_chunk()
     other.apply(Call("read_subsequent_chunk"))
-    assert other.current == 4 and other.queue == [2] and other.read == [3, 4]
+    assert other.current == 4 and other.queue == [2] and other.read == [3]
+    other.show_chunk()
+    assert other.read == [3, 4]
 
 
 async def test_neighbours_share_a_fact_ranked_and_unvisited(tmp_path: Path) -> None:
@@ -193,6 +202,107 @@ async def test_citations_are_chunks_read_and_chunks_of_noted_facts() -> None:
     for c in answer.citations:
         assert doc.text[c.start:c.end] == c.text
     assert any("Gamma built Delta" in c.text for c in answer.citations)
+
+
+async def test_a_chunk_queued_but_never_shown_is_not_read_or_cited() -> None:
+    """The step cap ends a path right after it moved to a chunk: that chunk was never shown, so
+    it is neither in the path's read set nor cited (it once counted as read when it was chosen)."""
+
+    def stepper(request: Request) -> dict[str, Any]:
+        base = {"notebook": "x", "rationale": "r"}
+        offered = request.text.rsplit("Available now: ", 1)[1]
+        if "A chunk of the text" in request.text:
+            move = "read_subsequent_chunk" if "subsequent" in offered else "read_previous_chunk"
+            return base | {"action": move}
+        ids = [int(i) for i in re.findall(r"\[chunk (\d+)\]", request.text)]
+        return base | {"action": "read_chunk", "chunk_ids": ids[:1]}
+
+    doc, model = document(), scripted(stepper)
+    answer = await arun(reader(n_init=1, max_steps_per_path=2), doc, QUESTION, model)
+    shown = [int(i) for r in model.calls("stepper")
+             for i in re.findall(r"^\[chunk (\d+)\]$", r.text, re.MULTILINE)]
+    assert len(shown) == 1  # step 1 chose a chunk, step 2 showed it and chose a neighbour chunk
+    explored = next(s for s in answer.steps if s.role == "explorer")
+    assert explored.detail["ended"] == ["capped"]
+    assert explored.detail["read"] == [shown]
+    asked = model.calls("stepper")[-1]
+    assert "read_subsequent_chunk" in asked.text or "read_previous_chunk" in asked.text
+    assert [c.chunk_index for c in answer.citations] == shown
+    for c in answer.citations:
+        assert doc.text[c.start:c.end] == c.text
+
+
+# -- faithful mode: the paper's call strings ---------------------------------------------------
+
+
+def test_call_strings_follow_a_strict_grammar() -> None:
+    assert parse_call("read_chunk([3, 7])") == {"action": "read_chunk", "chunk_ids": [3, 7]}
+    assert parse_call(" read_chunk( [ 3,7 ] ) ") == {"action": "read_chunk", "chunk_ids": [3, 7]}
+    assert parse_call("read_chunk([])") == {"action": "read_chunk", "chunk_ids": []}
+    assert parse_call("read_neighbor_node('Gamma')") == {"action": "read_neighbor_node",
+                                                         "neighbor": "Gamma"}
+    assert parse_call("termination()") == {"action": "termination"}
+    for bad in ("read_chunk(3)", "termination", "termination().", "`search_more()`",
+                "read_chunk(ids=[3])", "fly()", "read_neighbor_node(Gamma)", ""):
+        with pytest.raises(ParseError, match="not a function call"):
+            parse_call(bad)
+    step = parse_step("Notebook: Gamma built\nDelta.\nRationale: r\nAction: search_more()\nok")
+    assert step == {"notebook": "Gamma built\nDelta.", "rationale": "r", "action": "search_more"}
+    for bad, why in (("Rationale: r\nAction: termination()", "Notebook:"),
+                     ("Notebook: n\nRationale: r", "Action:"),
+                     ("Notebook: n\nAction: termination()\nRationale: r", "last"),
+                     ("Notebook: a\nNotebook: b\nAction: termination()", "more than one")):
+        with pytest.raises(ParseError, match=why):
+            parse_step(bad)
+
+
+async def test_call_string_mode_parses_validates_and_reasks_in_the_same_form() -> None:
+    def stepper(request: Request) -> str:
+        if "A chunk of the text" in request.text:
+            return "Notebook: Gamma built Delta.\nRationale: r\nAction: stop()"
+        ids = re.findall(r"\[chunk (\d+)\]", request.text)
+        return f"Notebook: x\nRationale: r\nAction: read_chunk([{ids[0]}])"
+
+    doc, model = document(), scripted(stepper)
+    answer = await arun(reader(n_init=1, call_format="call_string"), doc, QUESTION, model)
+    steps = model.calls("stepper")
+    assert all(r.schema is None for r in steps)
+    assert ("Action: <exactly one call, written like one of: read_chunk([id, ...]), "
+            "stop_and_read_neighbor()>") in steps[0].text
+    assert "written like one of: search_more(), " in steps[1].text  # the chunk state's calls
+    assert "termination()>" in steps[1].text and "read_chunk([id" not in steps[1].text
+    # The chunk step's "stop()" is no call: re-asked in the call form (not as JSON) twice, then
+    # the path ends.
+    assert len(steps) == 1 + 3
+    for reask in steps[2:]:
+        assert "'stop()' is not a function call" in reask.text
+        assert "an Action: line holding one call" in reask.text
+        assert "JSON" not in reask.messages[-1].content
+    explored = next(s for s in answer.steps if s.role == "explorer")
+    assert explored.detail["ended"] == ["invalid"] and explored.detail["invalid"] == 3
+    assert [c.chunk_index for c in answer.citations] == explored.detail["read"][0]
+    assert len(explored.detail["read"][0]) == 1
+
+
+async def test_call_string_mode_recovers_from_an_unknown_node() -> None:
+    tried: list[str] = []
+
+    def stepper(request: Request) -> str:
+        if "Neighbouring nodes" in request.text and not tried:
+            tried.append(request.text)
+            return 'Notebook: n\nRationale: r\nAction: read_neighbor_node("Atlantis")'
+        if "Neighbouring nodes" in request.text:
+            return "Notebook: Gamma built Delta\nRationale: r\nAction: termination()"
+        return "Notebook: n\nRationale: r\nAction: stop_and_read_neighbor()"
+
+    model = scripted(stepper)
+    answer = await arun(reader(n_init=1, call_format="call_string"), document(), QUESTION, model)
+    reasks = [r for r in model.calls("stepper") if "no node named 'Atlantis'" in r.text]
+    assert len(reasks) == 1
+    explored = next(s for s in answer.steps if s.role == "explorer")
+    assert explored.detail["ended"] == ["termination"] and explored.detail["invalid"] == 1
+    assert "Gamma built Delta" in model.calls("answerer")[0].text
+    assert answer.usage.calls == len(PARAS) + 2 + 3 + 1  # build, plan+select, steps, answer
 
 
 # -- the real local model --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -26,6 +26,7 @@ from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.errors import LongweaveError, ParseError
 from longweave.graphs.build import RawFact, assemble, index_nodes
+from longweave.graphs.calls import SIGNATURES
 from longweave.graphs.explore import Explorer
 from longweave.graphs.paths import PathState
 from longweave.graphs.store import GRAPH_FORMAT, KeyGraph, normalize_key
@@ -116,6 +117,11 @@ class GraphReader(UsesEmbedder):
     """Bound of the answer (§3.3)."""
     answer_max_new: int = Field(640, ge=16)
     """Generation cap of the final answer (ours)."""
+    call_format: Literal["json", "call_string"] = "json"
+    """How a step names its function call: a JSON object whose action, ids and names are enums
+    of the legal choices (ours, §8.4), or the paper's call string such as `read_chunk([3, 7])`
+    under labelled Notebook/Rationale/Action lines, parsed by a strict grammar and then
+    validated the same way (faithful mode, §3.3)."""
     temperature: float = 0.0
     """Sampling temperature of every call (ours; the reference code uses 0.3)."""
     concurrency: int = Field(8, ge=1)
@@ -134,6 +140,9 @@ class GraphReader(UsesEmbedder):
                                    self.notebook_chars, self.rationale_chars, self.max_chunk_ids)
         fixed = llm.count_prompt_tokens(prompts.step_messages("chunk", "", "", [], "", "", ["x"]))
         fixed += llm.count_tokens(json_instructions(step))
+        if self.call_format == "call_string":  # the reply form, every signature listed
+            fixed = llm.count_prompt_tokens(prompts.call_step_messages(
+                "chunk", "", "", [], "", "", list(SIGNATURES), self.notebook_chars))
         # Carried state at its caps (§8.2): plan, notebook (~2 characters a token at worst,
         # ours), the last actions (~15 tokens each), and a tenth of W for the question.
         carried = (self.plan_max_new + self.notebook_chars // 2 + 15 * self.last_actions
@@ -322,7 +331,7 @@ class GraphReader(UsesEmbedder):
         ctx.step("explorer", f"{len(paths)} paths, {steps} steps", paths=len(paths),
                  steps=steps, attempts=explorer.attempts, invalid=explorer.invalid,
                  invalid_rate=explorer.invalid / explorer.attempts if explorer.attempts else 0.0,
-                 ended=[p.ended for p in paths])
+                 ended=[p.ended for p in paths], read=[list(p.read) for p in paths])
         flags = [f for p in paths for f in (["capped"] if p.ended == "capped" else [])
                  + (["invalid_action"] if p.ended == "invalid" else [])]
         return {"paths": paths, "flags": [*state.get("flags", []), *flags, *explorer.flags]}

@@ -12,12 +12,15 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
+from longweave.graphs.calls import SIGNATURES
 from longweave.llm import Message, system, user
 
 __all__ = [
     "PROMPT_VERSION",
     "answer_messages",
     "answer_schema",
+    "call_reask_message",
+    "call_step_messages",
     "extraction_messages",
     "extraction_schema",
     "fallback_messages",
@@ -112,6 +115,28 @@ def step_messages(mode: str, question: str, plan: str, actions: Sequence[str], n
             f"Do not revisit what you have already read. Available now: {', '.join(legal)}."
         ),
     ]
+
+
+def call_step_messages(mode: str, question: str, plan: str, actions: Sequence[str],
+                       notebook: str, content: str, legal: Sequence[str],
+                       notebook_chars: int) -> list[Message]:
+    """A step in the paper's call-string form (faithful mode): labelled lines, not JSON."""
+    messages = step_messages(mode, question, plan, actions, notebook, content, legal)
+    calls = ", ".join(SIGNATURES[a] for a in legal)
+    form = (
+        "\n\nReply in exactly this form, with nothing before or after:\n"
+        f"Notebook: <your updated notebook, at most {notebook_chars} characters>\n"
+        "Rationale: <one short sentence>\n"
+        f"Action: <exactly one call, written like one of: {calls}>"
+    )
+    return [*messages[:-1], user(messages[-1].content + form)]
+
+
+def call_reask_message(complaint: str) -> Message:
+    """The re-ask of a call-string step, carrying the validator's complaint."""
+    return user(f"Your previous reply was not usable: {complaint}. Reply again in exactly the "
+                "form asked: a Notebook: line, a Rationale: line, then an Action: line holding "
+                "one call.")
 
 
 def answer_messages(question: str, plan: str, notebooks: Sequence[str]) -> list[Message]:

@@ -22,6 +22,8 @@ from longweave.agents.long_agent_answers import (
     Cluster,
     cite_cluster,
     cluster_replies,
+    copied_span,
+    locate,
     rank,
     resolve_conflict,
     supporting_cluster,
@@ -117,6 +119,16 @@ class LongAgent(BaseModel):
     """Schema bound on one evidence quote (ours: 200)."""
     max_quotes: int = Field(QUOTES, ge=0)
     """Evidence quotes per member reply, for citations (ours: 3); 0 cites whole chunks."""
+    quoted_answers: bool = True
+    """A reply with found = false whose answer copies its text word for word, with at least
+    `quote_words` words the instruction and task do not hold, counts as found, the copy as its
+    evidence (ours). Small models set found = false whatever they read: the bundled 135M model
+    did so for every member of examples/harbour_report.md, the one quoting the answer included.
+    The reference code keeps every answer that matches none of its "no information" phrases;
+    False trusts the flag alone."""
+    quote_words: int = Field(3, ge=1)
+    """Words of a copied run that are not in the instruction or task, for `quoted_answers` and
+    for evidence added to found replies whose own quotes are not in the text (ours)."""
     retries: int = Field(2, ge=0)
     """Re-prompts after a reply that fails validation (reference code: unbounded; ours: 2)."""
     concurrency: int = Field(8, ge=1)
@@ -247,11 +259,13 @@ class LongAgent(BaseModel):
             # A member whose replies never validated counts as having found nothing (§2.5.1).
             flags += ["member_failed"] if parsed is None else []
             flags += ["trimmed"] if trimmed else []
-            reply = parsed or NOT_FOUND
+            reply, quoted = self._ground(parsed or NOT_FOUND, [chunks[j].text], instruction)
+            flags += ["found_by_quote"] if quoted else []
             ctx.step("member", reply.answer if reply.found else "", index=j, round=r,
-                     found=reply.found, failed=parsed is None)
+                     found=reply.found, quoted=quoted, failed=parsed is None)
             replies.append(reply)
-            history.append([*state["history"][j], (instruction, render_reply(reply))])
+            # The member's history holds what it said itself, not what we made of it.
+            history.append([*state["history"][j], (instruction, render_reply(parsed or NOT_FOUND))])
         clusters = cluster_replies(replies, self.similarity)
         silent = len(chunks) - sum(len(c.members) for c in clusters)
         return {"round": r, "history": history, "clusters": clusters, "silent": silent,
@@ -262,7 +276,7 @@ class LongAgent(BaseModel):
         ctx, r, clusters = runtime.context, state["round"], list(state["clusters"])
         rng = random.Random(self.seed * 1000 + r)
         gate, schema = asyncio.Semaphore(self.concurrency), self._schemas().member
-        merges, failed = 0, False
+        merges, failed, flags = 0, False, []
         # Each merge removes at least one cluster, so this ends within |C| - 1 merges anyway.
         while len(clusters) >= 2 and merges < self.merge_cap and not failed:
             width = len(clusters) // 2 if self.merge_schedule == "tournament" else 1
@@ -284,19 +298,44 @@ class LongAgent(BaseModel):
             )
             kept = clusters[2 * width :]
             for i, ((a, b), parts, reply) in enumerate(zip(pairs, picks, replies, strict=True)):
+                quoted = False
                 if reply is None:
                     failed, outcome, survivors = True, "failed", [a, b]
                 else:
+                    texts = [state["chunks"][p].text for p in sorted(parts)]
+                    reply, quoted = self._ground(reply, texts, state["instruction"])
                     survivors, outcome = resolve_conflict(a, b, reply, self.similarity)
+                flags += ["found_by_quote"] if quoted else []
                 ctx.step("merge", reply.answer if reply else "", index=merges + i, round=r,
-                         parts=sorted(parts), outcome=outcome)
+                         parts=sorted(parts), outcome=outcome, quoted=quoted)
                 kept += survivors
             merges += width
             clusters = rank(kept)
-        flags = ["merger_failed"] if failed else []
+        flags += ["merger_failed"] if failed else []
         if len(clusters) >= 2 and not failed:
             flags.append("capped")
         return {"clusters": clusters, "survivors": clusters + state["survivors"], "flags": flags}
+
+    def _ground(
+        self, reply: MemberReply, texts: Sequence[str], instruction: str
+    ) -> tuple[MemberReply, bool]:
+        """The reply with a copied run of `texts` as evidence where it has no located quote,
+        found where `quoted_answers` lets the copy override found = false; and whether it did."""
+        if not reply.answer.strip() or not (reply.found or self.quoted_answers):
+            return reply, False
+        if reply.found and any(locate(t, q) for t in texts for q in reply.evidence):
+            return reply, False  # its own quotes already narrow the citation
+        known = f"{self.task} {instruction}"
+        copies = [(c, t) for t in texts if (c := copied_span(reply.answer, t, known))]
+        if not copies:
+            return reply, False
+        (fresh, start, end), text = max(copies, key=lambda ct: ct[0][0])
+        if fresh < self.quote_words:
+            return reply, False
+        # model_copy skips validation: the quote may exceed the schema's bounds, which limit
+        # what the model writes, not what we locate.
+        evidence = [*reply.evidence, text[start:end]]
+        return reply.model_copy(update={"found": True, "evidence": evidence}), not reply.found
 
     def _pick(self, cluster: Cluster, rng: random.Random) -> int:
         return rng.choice(cluster.members) if self.member_pick == "random" else cluster.members[0]

@@ -95,6 +95,40 @@ def supporting_cluster(answer: str, clusters: Sequence[Cluster]) -> Cluster | No
     return best
 
 
+WORD = re.compile(r"\w+")
+
+
+def copied_span(answer: str, text: str, known: str) -> tuple[int, int, int] | None:
+    """The run of words `answer` copies from `text` that holds the most words absent from
+    `known`: (new words, start, end) with the span's character offsets in `text`, or None.
+
+    Words are compared case-folded and punctuation is ignored, so "Mara Quill, the widow"
+    matches "mara quill the widow"; the span itself is exact text of `text`.
+    """
+    known_words = {w.casefold() for w in WORD.findall(known)}
+    said = [w.casefold() for w in WORD.findall(answer)]
+    marks = list(WORD.finditer(text))
+    where: dict[str, list[int]] = {}
+    for j, m in enumerate(marks):
+        where.setdefault(m.group().casefold(), []).append(j)
+    new = [0]
+    for w in said:
+        new.append(new[-1] + (w not in known_words))
+    best: tuple[int, int, int, int] | None = None  # (new words, length, last text word, length)
+    runs: dict[int, int] = {}  # text word index -> length of the common run ending there
+    for i, w in enumerate(said, 1):
+        here = {j: runs.get(j - 1, 0) + 1 for j in where.get(w, ())}
+        for j, length in here.items():
+            score = (new[i] - new[i - length], length)
+            if best is None or score > best[:2]:
+                best = (*score, j, length)
+        runs = here
+    if best is None:
+        return None
+    fresh, _, last, length = best
+    return fresh, marks[last - length + 1].start(), marks[last].end()
+
+
 def locate(text: str, quote: str) -> tuple[int, int] | None:
     """Where `quote` lies in `text`: exact match first, then with whitespace normalized."""
     quote = quote.strip()

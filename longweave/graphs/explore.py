@@ -2,7 +2,9 @@
 
 Step 7 of Query(q) in STRATEGIES.md §3.2. Every call the model chooses is checked against the
 graph by `PathState.check` before it runs; an invalid one is re-asked with the validator's
-message at most `retries` times, then the path ends (§3.5.4, §8.3).
+message at most `retries` times, then the path ends (§3.5.4, §8.3). With
+`call_format="call_string"` the model writes the paper's call form instead of JSON (`calls`),
+and the parsed call goes through the same check.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from longweave.agents import graph_reader_prompts as prompts
 from longweave.errors import ParseError
+from longweave.graphs.calls import parse_step
 from longweave.graphs.paths import Call, PathState
 from longweave.graphs.store import Fact, KeyGraph
 from longweave.structured import reask_message, repair_json
@@ -54,17 +57,22 @@ class Explorer:
         if mode == "facts":
             content, ids = await self._facts(path), tuple(path.chunk_choices())
         elif mode == "chunk":
-            assert path.current is not None
-            start, end = self.graph.spans[path.current]
-            content = f"[chunk {path.current}]\n{ctx.document.text[start:end]}"
+            shown = path.show_chunk()
+            start, end = self.graph.spans[shown]
+            content = f"[chunk {shown}]\n{ctx.document.text[start:end]}"
         else:
             names = tuple(path.neighbor_choices())
             content = self._fit("\n".join(f"- {n}" for n in names))
-        schema = prompts.step_schema(mode, legal, ids, names, r.notebook_chars,
-                                     r.rationale_chars, r.max_chunk_ids)
         recent = path.actions[-r.last_actions:] if r.last_actions else []
-        messages = prompts.step_messages(mode, ctx.question, self.plan, recent, path.notebook,
-                                         content, legal)
+        schema: type[Any] | None = None
+        if r.call_format == "call_string":
+            messages = prompts.call_step_messages(mode, ctx.question, self.plan, recent,
+                                                  path.notebook, content, legal, r.notebook_chars)
+        else:
+            schema = prompts.step_schema(mode, legal, ids, names, r.notebook_chars,
+                                         r.rationale_chars, r.max_chunk_ids)
+            messages = prompts.step_messages(mode, ctx.question, self.plan, recent,
+                                             path.notebook, content, legal)
         call, reply, attempts = await self._decide(index, path, messages, schema)
         path.steps += 1
         ctx.step("stepper", reply.get("rationale", ""), index=index, path=index, node=path.node,
@@ -77,8 +85,11 @@ class Explorer:
         path.apply(call)
 
     async def _decide(self, index: int, path: PathState, messages: list[Any],
-                      schema: type[Any]) -> tuple[Call | None, dict[str, Any], int]:
-        """A validated call, re-asking with the complaint; (None, ...) when none came."""
+                      schema: type[Any] | None) -> tuple[Call | None, dict[str, Any], int]:
+        """A validated call, re-asking with the complaint; (None, ...) when none came.
+
+        `schema` None means the call-string form: the reply is text parsed by `parse_step`.
+        """
         r, prompt = self.reader, messages
         for attempt in range(1, r.retries + 2):
             self.attempts += 1
@@ -87,23 +98,31 @@ class Explorer:
                 reply = await self.ctx.call("stepper", prompt, max_tokens=r.step_max_new,
                                             schema=schema, temperature=r.temperature,
                                             index=index, total=r.max_steps_per_path)
-                if reply.finish_reason == "length":
-                    raise ParseError("the reply was cut off at the token limit; be briefer",
-                                     raw=reply.text)
-                if reply.parsed is None:
-                    raise ParseError("the reply held no JSON object", raw=reply.text)
-                data = reply.parsed.model_dump()
+                if schema is None:
+                    # The call line comes last: text cut after it still holds a whole call.
+                    data = parse_step(reply.text)
+                else:
+                    if reply.finish_reason == "length":
+                        raise ParseError("the reply was cut off at the token limit; be briefer",
+                                         raw=reply.text)
+                    if reply.parsed is None:
+                        raise ParseError("the reply held no JSON object", raw=reply.text)
+                    data = reply.parsed.model_dump()
                 problem = None
             except ParseError as exc:
-                # Read what the model wrote anyway: a graph-level complaint ("no node named X")
-                # helps more than the schema's, and a near-miss name may still resolve.
-                data, problem = _loose(exc.raw), exc.message
+                # JSON: read what the model wrote anyway, since a graph-level complaint ("no node
+                # named X") helps more than the schema's and a near-miss name may still resolve.
+                # Call strings are strict: an ungrammatical one is re-asked.
+                data = _loose(exc.raw) if schema is not None else {}
+                problem = exc.message
             chosen = self._defaults(path, _call(data))
             call, complaint = path.check(chosen) if data else (None, None)
             if call is not None and (problem is None or _args_ok(data)):
                 return call, data, attempt
             self.invalid += 1
-            prompt = [*messages, reask_message(complaint or problem or "invalid reply")]
+            why = complaint or problem or "invalid reply"
+            again = reask_message(why) if schema is not None else prompts.call_reask_message(why)
+            prompt = [*messages, again]
         return None, {}, r.retries + 1
 
     def _defaults(self, path: PathState, call: Call) -> Call:

@@ -4,6 +4,10 @@ The path is in one of three states (`facts`, `chunk`, `neighbors`), each offerin
 subset of the paper's functions. `check` validates a chosen call against the graph and the
 path; `apply` runs a validated call. The chunk queue is FIFO; `read_previous_chunk` and
 `read_subsequent_chunk` push to its front; no chunk is shown twice in one path (§3.5.1).
+
+A chunk counts as read only when a step shows it (`show_chunk`), not when a call queues it or
+makes it current: a path capped right after `read_chunk` has read nothing of that chunk, and
+citations and the notebook's sources must not claim otherwise.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ class PathState:
     neighbor_limit: int = 25
     mode: Mode = "facts"
     queue: list[int] = field(default_factory=list)
-    current: int | None = None  # the chunk shown in the `chunk` state
-    read: list[int] = field(default_factory=list)  # chunks shown, in order
+    current: int | None = None  # the chunk the `chunk` state shows next
+    read: list[int] = field(default_factory=list)  # chunks shown to the model, in order
     visited: list[str] = field(default_factory=list)  # nodes entered, in order
     notebook: str = ""
     actions: list[str] = field(default_factory=list)
@@ -83,6 +87,14 @@ class PathState:
         if self.mode == "neighbors":
             return list(ACTIONS["neighbors"])
         return []
+
+    def show_chunk(self) -> int:
+        """The chunk the `chunk` state shows now, recorded as read from here on."""
+        if self.mode != "chunk" or self.current is None:
+            raise ValueError(f"no chunk to show in the {self.mode} state")
+        if self.current not in self.read:
+            self.read.append(self.current)
+        return self.current
 
     # -- validation and moves -----------------------------------------------------------------
 
@@ -143,12 +155,12 @@ class PathState:
         self.mode, self.ended = "done", why
 
     def _next_chunk(self) -> None:
-        """Show the queue's front chunk; with nothing queued, move on to the neighbours."""
+        """Make the queue's front chunk current (the next step shows it); with nothing queued,
+        move on to the neighbours."""
         while self.queue:
             nxt = self.queue.pop(0)
-            if nxt not in self.read:
+            if nxt not in self.read and nxt != self.current:
                 self.current, self.mode = nxt, "chunk"
-                self.read.append(nxt)
                 return
         self._to_neighbors()
 
