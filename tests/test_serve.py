@@ -23,6 +23,7 @@ class Capital(BaseModel):
 def scripted() -> ScriptedModel:
     model = ScriptedModel(name="scripted-model", context_window=64)
     model.on("", contains="capital of Peru", reply="Lima is the capital. END more")
+    model.on("", contains="cut JSON", reply='{"city": "Li')
     model.on("", contains="as JSON", reply=Capital(city="Lima", country="Peru"))
     return model
 
@@ -91,6 +92,22 @@ def test_json_schema_response_format(fake_url: str, scripted: ScriptedModel) -> 
     assert json.loads(reply.choices[0].message.content) == {"city": "Lima", "country": "Peru"}
     schema = scripted.requests[-1].schema
     assert schema is not None and schema.model_json_schema()["required"] == ["city", "country"]
+
+
+def test_output_that_misses_the_schema_is_returned_not_a_server_error(fake_url: str) -> None:
+    # A real server returns what the model wrote; a 500 would make clients retry in vain.
+    reply = client(fake_url).chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "Peru's capital as cut JSON"}],
+        max_tokens=4,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "capital", "schema": Capital.model_json_schema()},
+        },
+    )
+    assert reply.choices[0].message.content == '{"city": "Li'
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens >= 4 and reply.usage.prompt_tokens > 0
 
 
 def test_errors_are_openai_shaped(fake_url: str) -> None:

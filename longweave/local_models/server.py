@@ -17,8 +17,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from longweave.errors import BudgetExceeded, ConfigError, LongweaveError, MissingDependency
-from longweave.llm import LLM, Message
+from longweave.answer import Usage
+from longweave.errors import (
+    BudgetExceeded,
+    ConfigError,
+    LongweaveError,
+    MissingDependency,
+    ParseError,
+)
+from longweave.llm import LLM, Completion, Message
 from longweave.local_models.schema_model import model_from_schema
 
 if TYPE_CHECKING:
@@ -72,6 +79,11 @@ def build_app(llm: LLM | None = None) -> Starlette:
                 raise BadRequest("the request body is not valid JSON") from None
             call = _parse_request(body, model, schemas)
             completion = await model.complete(call["messages"], **call["kwargs"])
+        except ParseError as exc:
+            # Output that missed the schema (often cut at max_tokens) is still an answer: an
+            # OpenAI-compatible server returns it with its finish reason, and the client decides
+            # (re-ask, repair, fallback); a 500 would only make it retry the same generation.
+            completion = _unparsed(model, call, exc.raw)
         except MissingDependency as exc:
             return _error(500, str(exc), "server_error", "missing_dependency")
         except (BudgetExceeded, ConfigError) as exc:
@@ -119,6 +131,19 @@ def build_app(llm: LLM | None = None) -> Starlette:
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def _unparsed(llm: LLM, call: dict[str, Any], raw: str) -> Completion:
+    """The reply for output that failed its schema: the raw text, counted with the tokenizer."""
+    completion_tokens = llm.count_tokens(raw)
+    max_tokens = call["kwargs"].get("max_tokens") or 0
+    return Completion(
+        text=raw,
+        finish_reason="length" if max_tokens and completion_tokens >= max_tokens else "stop",
+        usage=Usage(calls=1, prompt_tokens=llm.count_prompt_tokens(call["messages"]),
+                    completion_tokens=completion_tokens),
+        model=llm.name,
+    )
 
 
 def _error(status: int, message: str, kind: str, code: str | None) -> Response:
