@@ -7,14 +7,17 @@
    retrieval embeds "title\\ntext" with the bundled all-MiniLM-L6-v2; BM25 (bm25s, Lucene
    variant, English stopwords, no stemming) indexes the same strings, in the same run.
 2. Embedding throughput of the bundled MiniLM on this machine (paragraphs per second).
-3. Search latency of `VectorStore` at 10k, 100k and 1M vectors, flat (exact) against HNSW, and
-   the recall@10 of HNSW against flat. The vectors are SYNTHETIC but embedding-like: each is the
-   normalized blend of two real MiniLM paragraph vectors from part 1 plus isotropic noise, and
-   the queries are the real MiniLM question vectors. HNSW sizes whose build would not fit the
-   time budget (estimated from the previous size) are skipped and reported as skipped.
+3. Search latency of `VectorStore` at 10k, 100k and 1M vectors (`--sizes`), flat (exact)
+   against HNSW and IVF: build seconds, ms per query one at a time (faiss on all cores, then on
+   the one thread the store now uses) and batched, and recall@10 of each approximate index
+   against flat. The vectors are SYNTHETIC but embedding-like: each is the normalized blend of
+   two real MiniLM paragraph vectors from part 1 plus isotropic noise, and the queries are the
+   real MiniLM question vectors. HNSW sizes whose build would not fit the time budget
+   (estimated from the previous size) are skipped and reported as skipped.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python benchmarks/retrieval.py [DATA_DIR] [--out FILE]
+    nice -n 5 .venv/bin/python benchmarks/retrieval.py [DATA_DIR] [--sizes 10000,100000]
+        [--out FILE] [--latency-out FILE]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +44,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from longweave.retrieval.embeddings import SentenceTransformerEmbedder  # noqa: E402
 from longweave.retrieval.store import Record, VectorStore  # noqa: E402
 
-COMMAND = ".venv/bin/python benchmarks/retrieval.py ../shared/data"
+COMMAND = ("nice -n 5 .venv/bin/python benchmarks/retrieval.py ../shared/data "
+           "--nprobes 16,32,64,128,256")
 KS = (2, 5, 10)
 NOTES = [
     "- Timings come from a shared 2-core machine on which other jobs ran at the same time (see",
-    "  the load average above): absolute numbers are pessimistic, ratios within the run are",
-    "  what to read. faiss searches with all cores by default; the \"1 thread\" column shows",
-    "  how much OpenMP threads waiting on each other cost on a busy machine.",
+    "  the load averages): absolute numbers are pessimistic, ratios within the run are what to",
+    "  read.",
     "- all-MiniLM-L6-v2 reads at most 256 word pieces: longer paragraphs are embedded from their",
     "  first 256 pieces only (counted above). longweave's rag chunks default to 256 model tokens.",
+]
+LATENCY_NOTES = [
     "- HNSW builds run in size order; a size whose build, extrapolated from the previous size's",
     "  rate, would overrun `--hnsw-budget-s` (default 300 s) is skipped and reported as such.",
-    "  The store switches to HNSW past 50,000 vectors (`hnsw_threshold`).",
+    "- The indexes of a size are measured one after another, so the load can differ between",
+    "  them. With more runnable jobs than cores, a query that outlasts a scheduler time slice",
+    "  waits for the CPU again and again, so wall times above a few ms are stretched by the load",
+    "  far more than short ones: compare CPU times across rows and sizes.",
 ]
 
 
@@ -155,68 +164,98 @@ def synthetic(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def latency(
-    store: VectorStore, queries: np.ndarray, threads: int | None = None
-) -> tuple[float, float, list[set[int]]]:
-    """Median and mean ms of one-query searches, with faiss on `threads` OpenMP threads."""
-    import faiss
+def timed(fn: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
 
-    default = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads or default)
-    times, found = [], []
-    try:
-        for q in queries:
-            started = time.perf_counter()
-            hits = store.search(q, k=10)
-            times.append(1000 * (time.perf_counter() - started))
-            found.append({h.chunk_index for h in hits})
-    finally:
-        faiss.omp_set_num_threads(default)
-    return statistics.median(times), statistics.mean(times), found
+
+def clocked(fn: Any) -> tuple[Any, float, float]:
+    """`fn()`, its wall seconds and the CPU seconds of the whole process (every thread) meanwhile.
+
+    On a machine with more runnable jobs than cores, wall time stretches with the load once a
+    call outlasts a scheduler time slice; CPU time is the work itself (for faiss on all cores it
+    includes the OpenMP threads' spinning, which is part of what one thread saves).
+    """
+    cpu = time.process_time()
+    out, wall = timed(fn)
+    return out, wall, time.process_time() - cpu
+
+
+def one_at_a_time(store: VectorStore, queries: np.ndarray, threads: int | None
+                  ) -> tuple[dict[str, float], list[set[int]]]:
+    """p50 wall and CPU ms of one-query `search(k=10)` calls, faiss on `threads` (None: all)."""
+    store.query_threads = threads
+    walls, cpus, found = [], [], []
+    for q in queries:
+        hits, wall, cpu = clocked(lambda q=q: store.search(q, k=10))
+        walls.append(1000 * wall)
+        cpus.append(1000 * cpu)
+        found.append({h.chunk_index for h in hits})
+    store.query_threads = 1
+    return {"p50_ms": statistics.median(walls), "mean_ms": statistics.mean(walls),
+            "cpu_p50_ms": statistics.median(cpus)}, found
+
+
+def recall(found: list[set[int]], exact: list[set[int]]) -> float:
+    return statistics.mean(len(a & e) / len(e) for a, e in zip(found, exact, strict=True))
+
+
+def measure(kind: str, x: np.ndarray, q: np.ndarray, exact: list[set[int]] | None,
+            nprobes: Sequence[int] = ()) -> tuple[dict[str, Any], list[set[int]]]:
+    """Build a store of `kind` over `x` through the public API, then time its searches."""
+    store = VectorStore(x.shape[1], index=kind, gpu=False)  # type: ignore[arg-type]
+    records = [Record("s", i, 0, 0) for i in range(len(x))]
+    _, build, build_cpu = clocked(lambda: store.add(x, records))
+    row: dict[str, Any] = {"index": kind, "build_s": build, "build_cpu_s": build_cpu}
+    if kind == "ivf":
+        row["nlist"], row["nprobe"] = int(store._cpu.nlist), store.nprobe
+    # Before: faiss's default, every core for each query; after: the store's one thread.
+    row["all"], _ = one_at_a_time(store, q, None)
+    row["one"], found = one_at_a_time(store, q, 1)
+    _, seconds = timed(lambda: store.search_batch(q, k=10))
+    row["batch_ms"] = 1000 * seconds / len(q)
+    if exact is not None:
+        row["recall@10"] = recall(found, exact)
+    if kind == "ivf" and exact is not None and nprobes:
+        row["sweep"] = []
+        for nprobe in nprobes:  # how recall and one-query time trade at this size
+            store.nprobe = nprobe
+            times, swept = one_at_a_time(store, q, 1)
+            row["sweep"].append({"nprobe": nprobe, **times, "recall@10": recall(swept, exact)})
+    row.update(n=len(x), queries=len(q), load=os.getloadavg()[0])
+    print(json.dumps(row), flush=True)
+    return row, found
 
 
 def scale(base: np.ndarray, queries: np.ndarray, sizes: list[int], hnsw_budget_s: float,
-          n_queries: int) -> list[dict[str, Any]]:
+          n_queries: int, nprobes: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Flat, HNSW and IVF at each size: build, one-query and batched latency, recall vs flat."""
     rows = []
-    started = time.perf_counter()
-    data = synthetic(base, max(sizes))
-    print(f"generated {max(sizes):,} synthetic vectors in {time.perf_counter() - started:.1f}s",
-          flush=True)
-    dim = base.shape[1]
+    data, seconds = timed(lambda: synthetic(base, max(sizes)))
+    print(f"generated {max(sizes):,} synthetic vectors in {seconds:.1f}s", flush=True)
+    q = queries[:n_queries]
     spent_hnsw, rate = 0.0, None  # seconds of HNSW building so far; seconds per vector
     for n in sorted(sizes):
         x = data[:n]
-        q = queries[: n_queries if n < 1_000_000 else max(10, n_queries // 3)]
-        records = [Record("s", i, 0, 0) for i in range(n)]
-        row: dict[str, Any] = {"n": n, "queries": len(q)}
-        flat = VectorStore(dim, index="flat", gpu=False)
-        t = time.perf_counter()
-        flat.add(x, records)
-        row["flat_build_s"] = time.perf_counter() - t
-        row["flat_p50_ms"], row["flat_mean_ms"], exact = latency(flat, q)
-        # One thread too: on a busy machine OpenMP threads wait on each other.
-        row["flat1_p50_ms"], _, _ = latency(flat, q, threads=1)
-        del flat
-        gc.collect()
+        flat, exact = measure("flat", x, q, None)
+        rows.append(flat)
+        gc.collect()  # each store is dropped before the next is built (1M vectors: 1.5 GB each)
         estimate = rate * n * 1.15 if rate is not None else 0.0  # HNSW grows a bit faster than n
-        if estimate > hnsw_budget_s - spent_hnsw:
-            row["hnsw_skipped"] = f"estimated build {estimate / 60:.0f} min; budget left " \
-                                  f"{max(0, hnsw_budget_s - spent_hnsw) / 60:.0f} min"
+        if hnsw_budget_s <= 0 or estimate > hnsw_budget_s - spent_hnsw:
+            why = (f"estimated build {estimate / 60:.0f} min (from the previous size), over the "
+                   f"{hnsw_budget_s / 60:.0f}-min budget") if hnsw_budget_s > 0 else "not asked"
+            rows.append({"index": "hnsw", "n": n, "queries": len(q), "load": os.getloadavg()[0],
+                         "skipped": why})
+            print(json.dumps(rows[-1]), flush=True)
         else:
-            hnsw = VectorStore(dim, index="hnsw", gpu=False)
-            t = time.perf_counter()
-            hnsw.add(x, records)
-            build = time.perf_counter() - t
-            spent_hnsw += build
-            rate = build / n
-            row["hnsw_build_s"] = build
-            row["hnsw_p50_ms"], row["hnsw_mean_ms"], approx = latency(hnsw, q)
-            row["hnsw_recall@10"] = statistics.mean(
-                len(a & e) / len(e) for a, e in zip(approx, exact, strict=True))
-            del hnsw
+            hnsw, _ = measure("hnsw", x, q, exact)
+            rows.append(hnsw)
             gc.collect()
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            spent_hnsw += hnsw["build_s"]
+            rate = hnsw["build_s"] / n
+        rows.append(measure("ivf", x, q, exact, nprobes)[0])
+        gc.collect()
     return rows
 
 
@@ -267,59 +306,126 @@ def report(hot: dict[str, Any], dense_r: dict[str, Any], bm25_r: dict[str, Any],
         f"{dense_r['batch_size']} | {dense_r['embed_s']:.1f} | {dense_r['per_s']:.0f} | "
         f"{dense_r['query_per_s']:.0f} | {dense_r['load_s']:.1f} |",
         "",
-        "### Search latency: flat (exact) against HNSW (M=32, efConstruction=128, efSearch=128)",
         "",
-        "Synthetic 384-d vectors: each the normalized blend of two real MiniLM paragraph vectors "
-        "(weights 1 and 0.7) plus isotropic Gaussian noise (norm about 0.8); queries are the real "
-        "MiniLM question vectors, searched one at a time through `VectorStore.search(k=10)`. "
-        "HNSW recall@10 is measured against the flat index's exact top 10.",
+        latency_section(scale_rows),
+        *NOTES,
         "",
-        "| vectors | flat build s | flat p50 ms | flat mean ms | flat p50 ms, 1 thread | "
-        "HNSW build s | HNSW p50 ms | HNSW mean ms | HNSW recall@10 | queries |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Reproduce (after `.venv/bin/pip install -e '.[bench]'`):",
+        "",
+        f"    {COMMAND}",
+        "",
     ]
-    for row in scale_rows:
-        if "hnsw_build_s" in row:
-            hnsw = (f"{row['hnsw_build_s']:.1f} | {row['hnsw_p50_ms']:.2f} | "
-                    f"{row['hnsw_mean_ms']:.2f} | {row['hnsw_recall@10']:.3f}")
-        else:
-            hnsw = f"skipped: {row['hnsw_skipped']} | – | – | –"
-        lines.append(
-            f"| {row['n']:,} | {row['flat_build_s']:.2f} | {row['flat_p50_ms']:.2f} | "
-            f"{row['flat_mean_ms']:.2f} | {row['flat1_p50_ms']:.2f} | {hnsw} | "
-            f"{row['queries']} |"
-        )
-    lines += ["", *NOTES, "", "Reproduce (after `.venv/bin/pip install -e '.[bench]'`):", "",
-              f"    {COMMAND}", ""]
     return "\n".join(lines)
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def latency_section(rows: list[dict[str, Any]]) -> str:
+    """The "Search latency" subsection: one row per size and index kind."""
+    from longweave.retrieval import faiss_index as fi
+
+    loads = [r["load"] for r in rows]
+    lines = [
+        "### Search latency: flat (exact), HNSW and IVF, 10k to 1M vectors",
+        "",
+        f"HNSW: M={fi.HNSW_M}, efConstruction={fi.HNSW_EF_CONSTRUCTION}, "
+        f"efSearch={fi.HNSW_EF_SEARCH}. IVF: IVFFlat over inner product, sqrt(n) lists with a "
+        f"flat quantizer, k-means on {fi.IVF_TRAIN_PER_LIST} sampled vectors per list, "
+        f"nprobe={fi.IVF_NPROBE}. Each index is built through `VectorStore(index=...).add` "
+        "(IVF build = k-means training + adding). Synthetic 384-d vectors: each the normalized "
+        "blend of two real MiniLM paragraph vectors (weights 1 and 0.7) plus isotropic Gaussian "
+        "noise (norm about 0.8); queries are the real MiniLM question vectors (not drawn near "
+        "data points). One query: `VectorStore.search(k=10)` per query, faiss on all cores "
+        "(before; faiss's default) and on one thread (now; the store's `query_threads=1`). "
+        "Batched: one `search_batch(k=10)` over all queries, divided by their number. In "
+        "brackets: CPU time of the whole process (`time.process_time`, every thread), the work "
+        "itself, which other jobs on the machine do not stretch; with faiss on all cores it "
+        "includes OpenMP threads spinning while they wait. recall@10: share of the flat index's "
+        "exact top 10 found by the approximate index. "
+        f"Load average during this part: {min(loads):.1f} to {max(loads):.1f} on "
+        f"{os.cpu_count()} cores; faiss-cpu {version('faiss-cpu')}.",
+        "",
+        "| vectors | index | build s (CPU s) | 1 query, all threads: p50 ms (CPU) | 1 query, 1 "
+        "thread: p50 ms (CPU) | batched ms/query | recall@10 vs flat | queries |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = r["index"] + (f" ({r['nlist']} lists)" if "nlist" in r else "")
+        if "skipped" in r:
+            lines.append(f"| {r['n']:,} | {name} | skipped: {r['skipped']} | – | – | – | – | – |")
+            continue
+        recall_cell = f"{r['recall@10']:.3f}" if "recall@10" in r else "1 (exact)"
+        lines.append(
+            f"| {r['n']:,} | {name} | {seconds(r['build_s'])} ({seconds(r['build_cpu_s'])}) | "
+            f"{r['all']['p50_ms']:.2f} ({r['all']['cpu_p50_ms']:.2f}) | "
+            f"{r['one']['p50_ms']:.2f} ({r['one']['cpu_p50_ms']:.2f}) | {r['batch_ms']:.2f} | "
+            f"{recall_cell} | {r['queries']} |"
+        )
+    swept = [r for r in rows if r.get("sweep")]
+    if swept:
+        probes = [p["nprobe"] for p in swept[0]["sweep"]]
+        lines += [
+            "",
+            "IVF nprobe against recall@10 and one-query time (1 thread; p50 wall ms, p50 CPU ms "
+            "in brackets), same queries:",
+            "",
+            "| vectors | lists | " + " | ".join(f"nprobe {p}" for p in probes) + " |",
+            "|---|---|" + "---|" * len(probes),
+        ]
+        for r in swept:
+            cells = [f"{p['recall@10']:.3f} in {p['p50_ms']:.1f} ({p['cpu_p50_ms']:.1f})"
+                     for p in r["sweep"]]
+            lines.append(f"| {r['n']:,} | {r['nlist']} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", *LATENCY_NOTES, ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data_dir", nargs="?", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--questions", type=int, default=None, help="first N questions (all)")
-    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--sizes", default="10000,100000,1000000",
+                        help="vector counts for the latency part (drop 1000000 to save time)")
     parser.add_argument("--hnsw-budget-s", type=float, default=300.0,
-                        help="seconds all HNSW builds together may take")
+                        help="seconds all HNSW builds together may take (0: no HNSW)")
     parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--nprobes", default="",
+                        help="IVF nprobe values to sweep at each size, e.g. 16,32,64,128,256")
+    parser.add_argument("--vectors", default=None,
+                        help="an .npz of the MiniLM paragraph and question vectors: written by a "
+                        "full run, or, if it exists, read to run the latency part alone")
     parser.add_argument("--out", default=None, help="write the markdown report here")
+    parser.add_argument("--latency-out", default=None,
+                        help="also write the search latency subsection alone here")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",") if size]
+    nprobes = [int(p) for p in args.nprobes.split(",") if p]
     load = os.getloadavg()[0]
-    passages, questions, gold = load_hotpot(Path(args.data_dir), args.questions)
-    print(f"{len(questions)} questions, {len(passages)} pooled paragraphs", flush=True)
-    dense_r = dense(passages, questions, gold)
-    print("dense", json.dumps(dense_r["recall"]), f"{dense_r['per_s']:.0f} paragraphs/s",
-          flush=True)
-    bm25_r = bm25(passages, questions, gold)
-    print("bm25", json.dumps(bm25_r["recall"]), flush=True)
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    rows = scale(dense_r["vectors"], dense_r["queries"], sizes, args.hnsw_budget_s,
-                 args.latency_queries)
-    text = report({"questions": len(questions), "passages": len(passages)}, dense_r, bm25_r,
-                  rows, load)
+    if args.vectors and Path(args.vectors).is_file():
+        saved = np.load(args.vectors)
+        rows = scale(saved["paragraphs"], saved["questions"], sizes, args.hnsw_budget_s,
+                     args.latency_queries, nprobes)
+        text = latency_section(rows)
+    else:
+        passages, questions, gold = load_hotpot(Path(args.data_dir), args.questions)
+        print(f"{len(questions)} questions, {len(passages)} pooled paragraphs", flush=True)
+        dense_r = dense(passages, questions, gold)
+        print("dense", json.dumps(dense_r["recall"]), f"{dense_r['per_s']:.0f} paragraphs/s",
+              flush=True)
+        if args.vectors:
+            np.savez(args.vectors, paragraphs=dense_r["vectors"], questions=dense_r["queries"])
+        bm25_r = bm25(passages, questions, gold)
+        print("bm25", json.dumps(bm25_r["recall"]), flush=True)
+        rows = scale(dense_r["vectors"], dense_r["queries"], sizes, args.hnsw_budget_s,
+                     args.latency_queries, nprobes)
+        text = report({"questions": len(questions), "passages": len(passages)}, dense_r,
+                      bm25_r, rows, load)
     print(text)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
+    if args.latency_out:
+        Path(args.latency_out).write_text(latency_section(rows), encoding="utf-8")
 
 
 if __name__ == "__main__":

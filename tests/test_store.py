@@ -1,4 +1,4 @@
-"""The FAISS vector store: flat and HNSW search, filters, delete, atomic save and strict load."""
+"""The FAISS vector store: flat, HNSW and IVF search, filters, delete, atomic save, strict load."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from longweave.errors import ConfigError, LongweaveError
+from longweave.retrieval import faiss_index, store_io
 from longweave.retrieval import store as store_mod
-from longweave.retrieval import store_io
 from longweave.retrieval.store import Hit, Record, StoreError, VectorStore, gpu_count, use_gpu
 
 
@@ -49,7 +49,7 @@ def make(n: int = 300, dim: int = 32, **kw) -> tuple[VectorStore, np.ndarray, li
     return s, x, recs
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_search_returns_the_nearest_records_with_their_spans(kind: str) -> None:
     s, x, recs = make(index=kind)
     hits = s.search(x[17], k=5)
@@ -88,24 +88,29 @@ def test_hnsw_agrees_with_flat_on_5k_vectors() -> None:
     assert recall >= 0.95
 
 
-def test_auto_switches_to_hnsw_past_the_threshold_and_can_be_overridden() -> None:
+def test_auto_switches_to_hnsw_past_the_threshold_when_asked_and_can_be_overridden() -> None:
     x, recs = embedding_like(150, 16), records(150)
-    auto = VectorStore(16, hnsw_threshold=100)
+    auto = VectorStore(16, approximate="hnsw", approximate_threshold=100)
     auto.add(x[:100], recs[:100])
     assert auto.kind == "flat"
     auto.add(x[100:], recs[100:])
     assert auto.kind == "hnsw" and len(auto) == 150
     assert auto.search(x[42], 1)[0].record == recs[42]
     assert auto.search(x[142], 1)[0].record == recs[142]
-    pinned = VectorStore(16, index="flat", hnsw_threshold=100)
+    pinned = VectorStore(16, index="flat", approximate_threshold=100)
     pinned.add(x, recs)
     assert pinned.kind == "flat"
     assert VectorStore(16, index="hnsw").kind == "hnsw"
-    with pytest.raises(ConfigError):
-        VectorStore(16, index="ivf")  # type: ignore[arg-type]
+    assert VectorStore(16, index="ivf").kind == "ivf"
+    with pytest.raises(ConfigError, match="'flat', 'hnsw' or 'ivf'"):
+        VectorStore(16, index="pq")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'hnsw' or 'ivf'"):
+        VectorStore(16, approximate="flat")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at least 1"):
+        VectorStore(16, nprobe=0)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_filters_by_document_set_and_predicate(kind: str) -> None:
     s, x, recs = make(index=kind)
     one = s.search(x[0], 50, filter="doc3")
@@ -121,7 +126,7 @@ def test_filters_by_document_set_and_predicate(kind: str) -> None:
     assert s.search(x[0], 5, filter="no-such-doc") == []
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_filtered_search_over_fetches_then_falls_back_to_exact(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,7 +139,7 @@ def test_filtered_search_over_fetches_then_falls_back_to_exact(
     assert [h.record for h in hits] == brute_force(x, recs, x[0], 8, lambda r: r.document_id == far)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_delete_removes_a_document_and_keeps_ids_straight(kind: str) -> None:
     s, x, recs = make(index=kind)
     assert s.delete("doc4") == 30 and s.delete("doc4") == 0
@@ -154,10 +159,10 @@ def test_delete_removes_a_document_and_keeps_ids_straight(kind: str) -> None:
     assert {h.record for h in s.search(x[4], 300)} == live
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     s, x, recs = make(index=kind)
-    s.delete("doc9")  # HNSW saves its mask too
+    s.delete("doc9")  # HNSW and IVF save their mask too
     s.save(tmp_path / "store")
     loaded = VectorStore.load(
         tmp_path / "store", expected_embedder="test-embedder", expected_dim=32
@@ -175,7 +180,7 @@ def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
     assert loaded.search(x[0], 3, filter="doc2") == s.search(x[0], 3, filter="doc2")
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
     assert manifest["dim"] == 32 and manifest["count"] == 270 and manifest["index"] == kind
-    assert manifest["embedder"] == "test-embedder" and manifest["version"] == 1
+    assert manifest["embedder"] == "test-embedder" and manifest["version"] == 2
     assert len(manifest["files"]["index.faiss"]["sha256"]) == 64
     loaded.add(x[:1], [Record("new", 0, 0, 1)])  # a loaded store keeps working
     assert loaded.search(x[0], 1, filter="new")[0].document_id == "new"
@@ -300,12 +305,12 @@ def test_gpu_is_chosen_for_flat_indexes_when_faiss_sees_one(
         moved.append(index)
         return faiss.clone_index(index)  # a separate copy, as a GPU index would be
 
-    monkeypatch.setattr(store_mod, "gpu_count", lambda: 1)
+    monkeypatch.setattr(faiss_index, "gpu_count", lambda: 1)
     monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
-    store_mod._gpu_resources.cache_clear()
+    faiss_index.gpu_resources.cache_clear()
     assert use_gpu("auto", "flat") and use_gpu(True, "flat")
-    assert not use_gpu(False, "flat") and not use_gpu("auto", "hnsw")
+    assert not use_gpu(False, "flat") and not use_gpu("auto", "hnsw") and use_gpu("auto", "ivf")
     on_gpu, x, recs = make(gpu="auto")
     on_cpu, _, _ = make(gpu=False)
     assert on_gpu.on_gpu and not on_cpu.on_gpu and len(moved) == 1
@@ -319,7 +324,7 @@ def test_gpu_is_chosen_for_flat_indexes_when_faiss_sees_one(
     on_gpu.save(tmp_path / "g")
     reloaded = VectorStore.load(tmp_path / "g")
     assert reloaded.on_gpu and reloaded.search(x[8], 10) == on_cpu.search(x[8], 10)
-    store_mod._gpu_resources.cache_clear()
+    faiss_index.gpu_resources.cache_clear()
 
 
 def test_importing_retrieval_loads_no_heavy_library() -> None:
@@ -330,3 +335,29 @@ def test_importing_retrieval_loads_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_retrieval_package_re_exports_store_index_and_corpus_lazily() -> None:
+    code = (
+        "import sys, longweave.retrieval as r; "
+        "light = 'longweave.retrieval.index' not in sys.modules and 'numpy' not in sys.modules; "
+        "from longweave.retrieval import document_index, open_corpus; "
+        "from longweave.retrieval.index import document_index as d; "
+        "from longweave.retrieval.corpus import open_corpus as o; "
+        "print(light, document_index is d, open_corpus is o, 'DocumentIndex' in dir(r))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "True"]
+    import longweave.retrieval as retrieval
+    from longweave.retrieval import corpus, embeddings, index
+
+    # ruff's order (RUF022): constants, then classes, then functions, each alphabetical
+    assert retrieval.__all__ == sorted(
+        retrieval.__all__, key=lambda n: (not n.isupper(), not n[0].isupper(), n)
+    )
+    assert set(index.__all__) | set(corpus.__all__) | set(embeddings.__all__) <= set(
+        retrieval.__all__
+    )
+    assert all(getattr(retrieval, name) is not None for name in retrieval.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        retrieval.nothing  # noqa: B018

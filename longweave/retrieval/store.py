@@ -1,12 +1,22 @@
 """A FAISS vector store: inner product over normalized vectors, on the GPU when faiss sees one.
 
-Small collections use an exact flat index; past `hnsw_threshold` vectors the store switches to
-HNSW (approximate, no training, good recall without tuning). Every vector id maps to a `Record`
-(document id, chunk index, character span), so a search answers with places in documents.
+Collections up to `approximate_threshold` vectors (200k) use an exact flat index; past it the
+store switches to an approximate one, IVF by default (`approximate="ivf"`) or HNSW. `index=` pins
+one kind. Why (benchmarks/retrieval.py, 2 busy cores, docs/BENCHMARKS.md): a one-thread flat
+search cost 14 ms of CPU at 100k vectors and 121 ms at 1M; HNSW answered in under 1 ms with
+recall@10 0.998 but took 78 s of CPU (156 s wall) to build at 100k, ~30 min wall extrapolated at
+1M; IVF built 1M vectors in 54 s of CPU (2 min wall) and answered in 18 ms of CPU with recall@10
+0.98. Stores are rebuilt from cached embeddings whenever a corpus changes, so build time is paid
+again and again; IVF also runs on a GPU, HNSW does not. Below 200k an exact search costs under
+~30 ms of CPU, small beside a model call, with nothing to train.
 
-Deleting from HNSW: faiss cannot remove HNSW nodes, so deleted vectors are masked (their record
-becomes None and searches skip them) and the index is rebuilt from the live vectors once more
-than a quarter of it is masked. Flat indexes remove vectors at once.
+Every vector id maps to a `Record` (document id, chunk index, character span), so a search answers
+with places in documents.
+
+Deleting from an approximate index: faiss cannot remove HNSW nodes, and removing from IVF would
+break the sequential ids records are kept by, so deleted vectors are masked (their record becomes
+None and searches skip them) and the index is rebuilt from the live vectors once more than a
+quarter of it is masked. Flat indexes remove vectors at once.
 """
 
 from __future__ import annotations
@@ -15,36 +25,57 @@ import math
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from longweave.errors import ConfigError, LongweaveError
 from longweave.retrieval.embeddings import normalize
+from longweave.retrieval.faiss_index import (
+    GPU_MAX_SELECT,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    IVF_NPROBE,
+    KINDS,
+    GpuMode,
+    gpu_count,
+    index_kind,
+    ivf_lists,
+    new_index,
+    omp_threads,
+    to_gpu,
+    use_gpu,
+)
+from longweave.retrieval.faiss_index import faiss_module as _faiss
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Filter", "Hit", "Record", "StoreError", "VectorStore", "gpu_count", "use_gpu"]
+__all__ = [
+    "APPROXIMATE_THRESHOLD",
+    "Filter",
+    "Hit",
+    "Record",
+    "StoreError",
+    "VectorStore",
+    "gpu_count",
+    "use_gpu",
+]
 
-IndexKind = Literal["auto", "flat", "hnsw"]
-GpuMode = Literal["auto"] | bool
+IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
+Approximate = Literal["hnsw", "ivf"]
 Filter = str | Collection[str] | Callable[["Record"], bool] | None
 """A document id, a collection of document ids, or a predicate on each record."""
 
-# HNSW settings, measured on 100k embedding-like 384-d vectors on 2 busy CPU cores: M=32 links per
-# node is the usual balance of memory (+256 B/vector) and recall at these dimensions;
-# efConstruction 128 built the graph in 2-3 min; efSearch 128 gave recall@10 0.99 against exact
-# search at 1-2 ms/query, against 30-100 ms for the flat index (efSearch 64: recall 0.97; 256:
-# 0.998 at twice the time). efSearch is raised per search to cover any over-fetch.
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 128
-HNSW_EF_SEARCH = 128
+APPROXIMATE_THRESHOLD = 200_000
+"""Vectors past which an automatic store leaves the flat index for `approximate` (see above)."""
+IVF_RETRAIN_GROWTH = 2
+"""Retrain IVF once the collection wants this many times the lists it was trained with."""
 MASK_LIMIT = 0.25
-"""Rebuild a masked HNSW index once this fraction of its vectors is deleted."""
+"""Rebuild a masked approximate index once this fraction of its vectors is deleted."""
 EXACT_BELOW = 4096
 """Filters that allow at most this many vectors are searched exactly (a small matrix product)."""
-MAX_FETCH = 2048
+MAX_FETCH = GPU_MAX_SELECT
 """The most candidates fetched from the index when filtering (also the GPU's k limit)."""
 
 
@@ -101,44 +132,6 @@ class Hit:
         return self.record.text
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError(
-            "faiss is not installed", hint="pip install faiss-cpu (or faiss-gpu-cu12 with CUDA)"
-        ) from None
-    return faiss
-
-
-def gpu_count() -> int:
-    """How many GPUs faiss can use: 0 with faiss-cpu, or faiss-gpu without CUDA."""
-    faiss = _faiss()
-    if not hasattr(faiss, "StandardGpuResources"):
-        return 0
-    try:
-        return int(faiss.get_num_gpus())
-    except RuntimeError:  # a CUDA driver that cannot be initialised
-        return 0
-
-
-def use_gpu(gpu: GpuMode, kind: str) -> bool:
-    """Whether an index of `kind` goes on the GPU: flat indexes only, when faiss sees one."""
-    if gpu is False or kind != "flat":  # faiss's GPU code has no HNSW
-        return False
-    if gpu_count() > 0:
-        return True
-    if gpu is True:
-        raise ConfigError("gpu=True but faiss sees no GPU", hint="install faiss-gpu, or gpu='auto'")
-    return False
-
-
-@lru_cache(maxsize=1)
-def _gpu_resources() -> Any:
-    # One per process: each StandardGpuResources reserves scratch memory on the device.
-    return _faiss().StandardGpuResources()
-
-
 class VectorStore:
     """Inner-product search over normalized vectors, each mapped to a `Record`.
 
@@ -147,6 +140,12 @@ class VectorStore:
     >>> store.add(np.eye(2), [Record("a", 0, 0, 5), Record("b", 0, 0, 7)])
     >>> store.search(np.array([0.9, 0.1]), k=1)[0].document_id
     'a'
+
+    `index` pins "flat", "hnsw" or "ivf"; "auto" is flat up to `approximate_threshold` vectors
+    and `approximate` past it. `ef_search` (HNSW) and `nprobe` (IVF) trade speed for recall.
+    `query_threads` is how many threads faiss uses for a one-query search (None: all cores): one
+    thread is faster there, since OpenMP threads wait on each other for so little work, and
+    badly so on a busy machine; batches of queries use every core.
     """
 
     def __init__(
@@ -155,18 +154,35 @@ class VectorStore:
         *,
         embedder: str = "",
         index: IndexKind = "auto",
-        hnsw_threshold: int = 50_000,
+        approximate: Approximate = "ivf",
+        approximate_threshold: int = APPROXIMATE_THRESHOLD,
         gpu: GpuMode = "auto",
         ef_search: int = HNSW_EF_SEARCH,
+        nprobe: int = IVF_NPROBE,
+        query_threads: int | None = 1,
     ) -> None:
-        if index not in ("auto", "flat", "hnsw"):
-            raise ConfigError(f"unknown index kind {index!r}", hint="use 'auto', 'flat' or 'hnsw'")
+        if index not in ("auto", *KINDS):
+            raise ConfigError(
+                f"unknown index kind {index!r}", hint="use 'auto', 'flat', 'hnsw' or 'ivf'"
+            )
+        if approximate not in ("hnsw", "ivf"):
+            raise ConfigError(
+                f"unknown approximate index {approximate!r}", hint="use 'hnsw' or 'ivf'"
+            )
+        if min(ef_search, nprobe, 1 if query_threads is None else query_threads) < 1:
+            raise ConfigError(
+                "ef_search, nprobe and query_threads must be at least 1",
+                hint="use the defaults unless a benchmark says otherwise",
+            )
         self.dim = dim
         self.embedder = embedder
         self.index_mode: IndexKind = index
-        self.hnsw_threshold = hnsw_threshold
+        self.approximate: Approximate = approximate
+        self.approximate_threshold = approximate_threshold
         self.gpu = gpu
         self.ef_search = ef_search
+        self.nprobe = nprobe
+        self.query_threads = query_threads
         self._records: list[Record | None] = []  # by vector id; None: masked (deleted)
         self._by_doc: dict[str, list[int]] = {}
         self._lock = threading.RLock()
@@ -174,7 +190,7 @@ class VectorStore:
 
     @property
     def kind(self) -> str:
-        """The index in use now: "flat" or "hnsw"."""
+        """The index in use now: "flat", "hnsw" or "ivf"."""
         return self._kind
 
     @property
@@ -191,8 +207,13 @@ class VectorStore:
         if len(x) != len(records):
             raise ValueError(f"{len(x)} vectors but {len(records)} records")
         with self._lock:
-            if self._kind == "flat" and self._kind_for(len(self) + len(x)) == "hnsw":
-                self._rebuild("hnsw")
+            after = len(self) + len(x)
+            target = self._kind_for(after)
+            # Grow out of flat past the threshold, and retrain IVF lists sized for far fewer.
+            if (self._kind == "flat" and target != "flat") or (
+                self._kind == "ivf" and self._retrain_due(after)
+            ):
+                self._rebuild(target, extra=x)
             first = len(self._records)
             self._cpu.add(x)
             if self._gpu is not None:
@@ -276,11 +297,16 @@ class VectorStore:
                 "count": len(self),
                 "index": self.kind,
                 "index_mode": self.index_mode,
-                "hnsw_threshold": self.hnsw_threshold,
+                "approximate": self.approximate,
+                "approximate_threshold": self.approximate_threshold,
                 "hnsw": {
                     "m": HNSW_M,
                     "ef_construction": HNSW_EF_CONSTRUCTION,
                     "ef_search": self.ef_search,
+                },
+                "ivf": {
+                    "nlist": int(self._cpu.nlist) if self._kind == "ivf" else None,
+                    "nprobe": self.nprobe,
                 },
             }
             # The CPU index is the master copy, so a GPU index is never what gets written.
@@ -294,23 +320,35 @@ class VectorStore:
         expected_embedder: str | None = None,
         expected_dim: int | None = None,
         gpu: GpuMode = "auto",
+        query_threads: int | None = 1,
     ) -> VectorStore:
         """Read a saved store, raising `StoreError` if it is missing, corrupt or mismatched."""
         from longweave.retrieval.store_io import read_store
 
+        path = Path(directory).expanduser()
         manifest, index, records = read_store(
-            Path(directory).expanduser(),
-            expected_embedder=expected_embedder,
-            expected_dim=expected_dim,
+            path, expected_embedder=expected_embedder, expected_dim=expected_dim
         )
-        store = cls(
-            manifest["dim"],
-            embedder=manifest["embedder"],
-            index=manifest.get("index_mode", "auto"),
-            hnsw_threshold=manifest.get("hnsw_threshold", 50_000),
-            gpu=gpu,
-            ef_search=manifest.get("hnsw", {}).get("ef_search", HNSW_EF_SEARCH),
-        )
+        try:
+            store = cls(
+                manifest["dim"],
+                embedder=manifest["embedder"],
+                index=manifest.get("index_mode", "auto"),
+                # Format 1 stores switched to HNSW, past what it called hnsw_threshold.
+                approximate=manifest.get("approximate", "hnsw"),
+                approximate_threshold=manifest.get(
+                    "approximate_threshold", manifest.get("hnsw_threshold", APPROXIMATE_THRESHOLD)
+                ),
+                gpu=gpu,
+                ef_search=(manifest.get("hnsw") or {}).get("ef_search", HNSW_EF_SEARCH),
+                nprobe=(manifest.get("ivf") or {}).get("nprobe", IVF_NPROBE),
+                query_threads=query_threads,
+            )
+        except (ConfigError, TypeError, AttributeError) as exc:
+            raise StoreError(
+                path, f"manifest.json holds settings this longweave rejects: {exc}",
+                hint="delete the folder and build the index again",
+            ) from None
         store._records = records
         store._reindex()
         store._set_index(index)
@@ -321,34 +359,39 @@ class VectorStore:
     def _kind_for(self, n: int) -> str:
         if self.index_mode != "auto":
             return self.index_mode
-        return "hnsw" if n > self.hnsw_threshold else "flat"
+        return self.approximate if n > self.approximate_threshold else "flat"
 
-    def _new_index(self, kind: str) -> Any:
-        faiss = _faiss()
-        if kind == "flat":
-            return faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = self.ef_search
-        return index
+    def _retrain_due(self, n: int) -> bool:
+        return not self._cpu.is_trained or ivf_lists(n) >= IVF_RETRAIN_GROWTH * self._cpu.nlist
+
+    def _new_index(self, kind: str, train_on: Sequence[np.ndarray] = ()) -> Any:
+        return new_index(
+            kind, self.dim, ef_search=self.ef_search, nprobe=self.nprobe, train_on=train_on
+        )
 
     def _set_index(self, cpu_index: Any) -> None:
         """Use `cpu_index`, with a GPU copy for searching when `use_gpu` says so."""
         faiss = _faiss()
         self._cpu = cpu_index
-        self._kind = "flat" if isinstance(cpu_index, faiss.IndexFlat) else "hnsw"
+        self._kind = index_kind(cpu_index) or "flat"
+        if self._kind == "ivf" and cpu_index.direct_map.type == faiss.DirectMap.NoMap:
+            cpu_index.make_direct_map()
         self._masked = sum(r is None for r in self._records)
         # The CPU index stays the master copy: adds go to both, saves read it directly.
         self._gpu = None
-        if use_gpu(self.gpu, self._kind):
-            self._gpu = faiss.index_cpu_to_gpu(_gpu_resources(), 0, cpu_index)
+        if use_gpu(self.gpu, self._kind) and (self._kind != "ivf" or cpu_index.is_trained):
+            self._gpu = to_gpu(cpu_index)
 
-    def _rebuild(self, kind: str) -> None:
-        """A fresh index of `kind` holding only the live vectors (dropping masked ones)."""
+    def _rebuild(self, kind: str, extra: np.ndarray | None = None) -> None:
+        """A fresh index of `kind` holding only the live vectors (dropping masked ones).
+
+        `extra` (vectors about to be added) joins the IVF training sample, not the index.
+        """
         live = self._live_ids()
         vectors = self._vectors(live)
-        index = self._new_index(kind)
-        index.add(vectors)
+        index = self._new_index(kind, [vectors] if extra is None else [vectors, extra])
+        if len(vectors):  # an IVF index with nothing to train on stays untrained until an add
+            index.add(vectors)
         self._records = [self._records[i] for i in live]
         self._reindex()
         self._set_index(index)
@@ -365,6 +408,8 @@ class VectorStore:
     def _vectors(self, ids: Collection[int]) -> np.ndarray:
         import numpy as np
 
+        if len(ids) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
         if len(ids) == self._cpu.ntotal:
             return self._cpu.reconstruct_n(0, self._cpu.ntotal)
         return self._cpu.reconstruct_batch(np.fromiter(ids, dtype=np.int64, count=len(ids)))
@@ -379,12 +424,22 @@ class VectorStore:
         return {i for d in filter for i in self._by_doc.get(d, ())}
 
     def _search_index(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._gpu is not None and fetch <= MAX_FETCH:
-            return self._gpu.search(q, fetch)
+        faiss = _faiss()
+        params = None
         if self._kind == "hnsw":
-            params = _faiss().SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
+        elif self._kind == "ivf":
+            # Enough lists to hold about twice `fetch` vectors, at least `nprobe`.
+            nlist = self._cpu.nlist
+            need = math.ceil(2 * fetch * nlist / max(1, self._cpu.ntotal))
+            nprobe = min(nlist, max(self.nprobe, need))
+            if self._gpu is not None:
+                nprobe = min(nprobe, GPU_MAX_SELECT)
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+        if self._gpu is not None and fetch <= GPU_MAX_SELECT:
+            return self._gpu.search(q, fetch, params=params)
+        with omp_threads(self.query_threads if len(q) == 1 else None):
             return self._cpu.search(q, fetch, params=params)
-        return self._cpu.search(q, fetch)
 
     def _exact(self, query: np.ndarray, ids: Collection[int], k: int) -> list[Hit]:
         import numpy as np
@@ -411,3 +466,4 @@ class VectorStore:
         if not np.isfinite(x).all():
             raise ValueError("vectors contain NaN or infinity")
         return x
+

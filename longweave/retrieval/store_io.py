@@ -2,8 +2,12 @@
 
 A saved store is a folder holding `index.faiss`, `records.jsonl` (one JSON array per vector id,
 null for a masked one) and `manifest.json` (format version, dimension, embedder name, counts,
-index kind and the size and sha256 of both files). A load that finds anything amiss raises
-`StoreError` rather than answer searches from the wrong vectors.
+index kind and settings, and the size and sha256 of both files). A load that finds anything amiss
+(a missing or truncated file, another embedder or dimension, an index of another kind or metric
+than the manifest names) raises `StoreError` rather than answer searches from the wrong vectors.
+
+Format 2 added IVF indexes and renamed `hnsw_threshold` to `approximate_threshold`; format 1
+stores still load.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from longweave.retrieval.store import Record, StoreError, _faiss
+from longweave.retrieval.faiss_index import KINDS, index_kind
+from longweave.retrieval.faiss_index import faiss_module as _faiss
+from longweave.retrieval.store import Record, StoreError
 
 __all__ = ["read_store", "write_store"]
 
 
 FORMAT = "longweave-vector-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)
+"""Format versions this longweave can load."""
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 RECORDS_FILE = "records.jsonl"
@@ -82,7 +90,33 @@ def read_store(
             f"{index.ntotal} vectors of {index.d} dimensions for {len(records)} records of "
             f"{manifest['dim']}",
         )
+    _check_kind(path, manifest, index)
     return manifest, index, records
+
+
+def _check_kind(path: Path, manifest: dict[str, Any], index: Any) -> None:
+    """The index file holds the kind of index, with the settings, that the manifest names."""
+    kind, found = manifest.get("index"), index_kind(index)
+    if kind not in KINDS:
+        raise StoreError(
+            path,
+            f"{MANIFEST} names index kind {kind!r}; this longweave knows {', '.join(KINDS)}",
+            hint="load it with the longweave that built it, or build the index again",
+        )
+    if found != kind:
+        raise _corrupt(
+            path, f"{MANIFEST} says a {kind} index but {INDEX_FILE} holds {found or 'another kind'}"
+        )
+    if index.metric_type != _faiss().METRIC_INNER_PRODUCT:
+        raise _corrupt(path, f"{INDEX_FILE} does not search by inner product")
+    if kind == "ivf":
+        nlist = (manifest.get("ivf") or {}).get("nlist")
+        if nlist != index.nlist:
+            raise _corrupt(
+                path, f"{MANIFEST} says {nlist!r} IVF lists but {INDEX_FILE} has {index.nlist}"
+            )
+        if index.ntotal and not index.is_trained:
+            raise _corrupt(path, f"{INDEX_FILE} holds vectors in an untrained IVF index")
 
 
 def _swap(tmp: Path, path: Path) -> None:
@@ -146,11 +180,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise _corrupt(path, f"{MANIFEST} is unreadable: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise _corrupt(path, f"{MANIFEST} is not a longweave vector store manifest")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in READS:
         raise StoreError(
             path,
             f"has format version {manifest.get('version')!r}; this longweave reads "
-            f"{FORMAT_VERSION}",
+            f"{', '.join(map(str, READS))}",
             hint="build the index again with this version of longweave",
         )
     if not (
