@@ -185,9 +185,9 @@ async def test_unparseable_step_is_retried_twice_then_an_empty_batch() -> None:
     assert [piece(r) for r in steps].count(1) == 3
     assert "not usable" in steps[2].messages[-1].content  # the re-ask carries the complaint
     assert len(model.requests) == n + 1 + 2
-    # The ledger counts completed calls: a call that raises ParseError never reaches it
-    # (RunContext.call adds usage only on return), so chunk 2's three attempts are missing.
-    assert answer.usage.calls == n
+    # Every call is charged, the three that raised ParseError included.
+    assert answer.usage.calls == len(model.requests)
+    assert answer.usage.prompt_tokens == sum(r.prompt_tokens for r in model.requests)
     second = [s for s in answer.steps if s.role == "stepper"][1]
     assert second.detail["empty_batch"] and second.detail["attempts"] == 3
     assert "invalid_step" in answer.flags

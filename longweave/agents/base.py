@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from longweave.answer import Citation, Step, Usage
-from longweave.errors import ConfigError
+from longweave.errors import ConfigError, ParseError
 from longweave.events import Event, EventSink, TokenSink, ignore, result_event, token_sink
 
 if TYPE_CHECKING:
@@ -86,6 +86,10 @@ class RunContext:
                 messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
             )
         except Exception as exc:  # a trace keeps the failed call too (the strategy may recover)
+            if isinstance(exc, ParseError):
+                # The model ran and wrote something that missed the schema: the call costs what
+                # it cost even though it returned no Completion.
+                self.usage = self.usage + _failed_usage(self.llm, messages, exc)
             self.emit(result_event(self.strategy, role, messages, None, index=index, total=total,
                                    seconds=time.perf_counter() - started, error=exc, **request))
             raise
@@ -209,3 +213,14 @@ def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
         return cls(**options)
     except Exception as exc:  # pydantic's ValidationError, reworded for users
         raise ConfigError(f"invalid options for {name}: {exc}") from exc
+
+
+def _failed_usage(llm: LLM, messages: Sequence[Message], exc: ParseError) -> Usage:
+    """What a call that raised ParseError cost: the backend's count when it attached one, else
+    its prompt and raw reply counted with the model's tokenizer (one call; a backend's internal
+    re-ask is not seen here)."""
+    usage = getattr(exc, "usage", None)
+    if isinstance(usage, Usage):
+        return usage
+    return Usage(calls=1, prompt_tokens=llm.count_prompt_tokens(messages),
+                 completion_tokens=llm.count_tokens(exc.raw) if exc.raw else 0)

@@ -48,7 +48,7 @@ from longweave.agents.long_agent_prompts import (
     render_reply,
     schemas,
 )
-from longweave.answer import Citation, Usage
+from longweave.answer import Citation
 from longweave.budget import MIN_CHUNK_TOKENS, chunk_budget
 from longweave.chunking import Chunk, Chunker
 from longweave.errors import LongweaveError, ParseError
@@ -428,24 +428,12 @@ class LongAgent(BaseModel):
                 complaint = check(parsed) if check else None
                 if complaint is None:
                     return parsed
-            except ParseError as exc:
+            except ParseError as exc:  # RunContext.call has charged the failed call
                 complaint, raw = exc.message, exc.raw
-                self._charge(ctx, prompt, raw)
             except ValidationError as exc:  # a backend that validates with pydantic directly
                 complaint = f"the reply does not match {schema.__name__}: {exc.errors()[0]['msg']}"
-                self._charge(ctx, prompt, raw)
             prompt = self._reask(ctx, messages, raw, complaint, schema)
         return None
-
-    @staticmethod
-    def _charge(ctx: RunContext, prompt: list[Message], raw: str) -> None:
-        """Count a call whose reply failed validation: the error carries no usage, yet the call
-        was made, so its prompt and raw reply are counted with the model's tokenizer."""
-        ctx.usage = ctx.usage + Usage(
-            calls=1,
-            prompt_tokens=ctx.llm.count_prompt_tokens(prompt),
-            completion_tokens=ctx.llm.count_tokens(raw) if raw else 0,
-        )
 
     def _reask(
         self, ctx: RunContext, messages: list[Message], raw: str, complaint: str,
