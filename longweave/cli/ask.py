@@ -1,14 +1,21 @@
-"""`longweave ask PATH QUESTION`: one answer, with progress, citations and usage."""
+"""`longweave ask PATH QUESTION`: one answer, with progress, citations and usage; or, with
+`--estimate`, what the answer will cost before any model call."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from longweave.cli.options import parse_options
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from longweave.answer import Usage
+    from longweave.estimate import Estimate
 
 
 def ask(
@@ -35,6 +42,20 @@ def ask(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
     ] = None,
+    estimate: Annotated[bool, typer.Option(
+        "--estimate", help="Print the expected calls and tokens (and cost) and exit without "
+        "calling the model; with --run, answer too and compare the estimate with the run.",
+    )] = False,
+    run: Annotated[bool, typer.Option(
+        "--run", help="With --estimate: answer as well, then print estimate against actual.",
+    )] = False,
+    price_in: Annotated[float | None, typer.Option(
+        "--price-in", help="Price per 1M prompt tokens, for the estimate's cost.")] = None,
+    price_out: Annotated[float | None, typer.Option(
+        "--price-out", help="Price per 1M completion tokens, for the estimate's cost.")] = None,
+    throughput: Annotated[float | None, typer.Option(
+        "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.",
+    )] = None,
 ) -> None:
     """Answer QUESTION about the document at PATH."""
     from rich.console import Console
@@ -47,13 +68,66 @@ def ask(
     err = Console(stderr=True)
     started = time.perf_counter()
     source = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode
+    options = parse_options(option)
+    planned, llm = None, model
+    if estimate:
+        from longweave.cache import ArtifactCache
+        from longweave.config import Settings
+        from longweave.estimate import estimate as make_estimate
+        from longweave.llm import resolve_model
+
+        llm = resolve_model(model)  # lazy: only the tokenizer loads, and the run reuses it
+
+        planned = make_estimate(source, strategy, llm, question,
+                                artifacts=ArtifactCache(Settings().cache_dir / "artifacts"),
+                                **options)
+        if not run:
+            if as_json:
+                typer.echo(planned.model_dump_json(indent=2))
+            else:
+                print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
+                               throughput=throughput)
+            return
     with ProgressView(err) as view:
         answer = run_ask(
-            source, question, strategy=strategy, model=model, cache=not no_cache,
-            on_event=view, **parse_options(option),
+            source, question, strategy=strategy, model=llm, cache=not no_cache,
+            on_event=view, **options,
         )
     if as_json:
         typer.echo(answer.model_dump_json(indent=2))
     else:
         print_answer(Console(), answer)
     err.print(f"[dim]{answer.usage.line()} · {time.perf_counter() - started:.1f}s wall[/]")
+    if planned is not None:
+        print_estimate(err, planned, actual=answer.usage, price_in=price_in,
+                       price_out=price_out, throughput=throughput)
+
+
+def print_estimate(
+    console: Console,
+    planned: Estimate,
+    *,
+    actual: Usage | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    throughput: float | None = None,
+) -> None:
+    """The estimate as a table (beside the actual usage when given), then its assumptions."""
+    from rich.table import Table
+
+    docs = f"{planned.documents} documents, " if planned.documents != 1 else ""
+    title = (f"{planned.strategy} on {planned.model}: {docs}{planned.n_chunks} chunks"
+             + (", artifacts cached" if planned.reused else ""))
+    rows = planned.rows(actual, price_in=price_in, price_out=price_out, throughput=throughput)
+    console.print(f"[bold]{title}[/]", highlight=False)
+    table = Table()
+    for n, name in enumerate(rows[0]):
+        table.add_column(name, justify="left" if n == 0 else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+    if actual is not None and actual.cache_hits:
+        console.print(f"[dim]{actual.cache_hits} of the actual calls came from the completion "
+                      "cache (they cost nothing)[/]")
+    for note in planned.notes:
+        console.print(f"[dim]· {note}[/]", highlight=False)

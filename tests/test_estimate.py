@@ -1,0 +1,428 @@
+"""The pre-run estimate against real runs with the strict scripted model.
+
+For every strategy: run it, estimate it without a model, and compare. Call counts must match
+exactly where the strategy's calls do not depend on the model's decisions (and per role for the
+per-document builds), lie within the estimate's bounds where they do, and prompt tokens must be
+within 25% of the run's. Replies are scripted at a known share of each call's max_tokens, and
+the estimate is told that share through `Assumptions`, as a user would for their model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from longweave.answer import Usage
+from longweave.cache import ArtifactCache
+from longweave.documents import Document
+from longweave.estimate import Assumptions, Estimate, aestimate, aestimate_many, estimate
+from longweave.llm import Message
+from longweave.runner import arun
+from longweave.testing import HashEmbedder, Request, ScriptedModel
+
+QUESTION = "Where did the keeper hide the spare lamp?"
+TAG = re.compile(r"SENTINEL-(\d+)")
+
+
+def document(n: int = 12, words: int = 60) -> Document:
+    """n paragraphs, each with a sentinel and `words` words (regex tokens) of filler."""
+    paras = [f"SENTINEL-{i}. The keeper wrote " + " ".join(f"w{i}x{j}" for j in range(words))
+             + "." for i in range(n)]
+    return Document.from_text("\n\n".join(paras))
+
+
+def words(n: int) -> str:
+    return " ".join(f"note{i}" for i in range(n))
+
+
+def assert_close(est: Estimate, usage: Usage, *, exact_calls: bool) -> None:
+    if exact_calls:
+        assert est.calls == usage.calls
+    assert est.low.calls <= usage.calls <= est.high.calls
+    assert est.low.prompt_tokens <= usage.prompt_tokens <= est.high.prompt_tokens
+    assert abs(est.prompt_tokens / usage.prompt_tokens - 1) <= 0.25, (
+        est.prompt_tokens, usage.prompt_tokens)
+
+
+def roles(model: ScriptedModel) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in model.requests:
+        out[r.role] = out.get(r.role, 0) + 1
+    return out
+
+
+async def test_chain_of_agents_calls_exact_and_prompt_tokens_close() -> None:
+    doc, model = document(30), ScriptedModel(context_window=1024)
+    model.on("worker", reply=words(32))  # a quarter of cu_cap = max_new = 128
+    model.on("manager", reply="Under the stairs.")
+    options = {"max_new": 128}
+    answer = await arun(_strategy("chain-of-agents", **options), doc, QUESTION, model)
+    est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=Assumptions(text_fill=0.25), **options)
+    assert est.n_chunks == answer.steps[0].detail["chunks"] >= 3
+    assert est.roles["worker"].calls == roles(model)["worker"]
+    assert_close(est, answer.usage, exact_calls=True)
+    assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
+
+
+async def test_bidir_with_judge_counts_the_judge_only_in_the_high_bound() -> None:
+    est = await aestimate(document(), "chain-of-agents", ScriptedModel(context_window=1024),
+                          QUESTION, max_new=128, paths="bidir", selector="judge")
+    assert est.calls == 2 * (est.n_chunks + 1)
+    assert est.high.calls == est.calls + 1
+
+
+async def test_truncate_prompt_is_exact() -> None:
+    doc, model = document(40), ScriptedModel(context_window=512)
+    model.on("reader", reply="Under the stairs.")
+    answer = await arun(_strategy("truncate", max_new=64), doc, QUESTION, model)
+    est = await aestimate(doc, "truncate", ScriptedModel(context_window=512), QUESTION, max_new=64)
+    assert est.calls == answer.usage.calls == 1
+    assert est.prompt_tokens == answer.usage.prompt_tokens
+
+
+async def test_rag_one_call_prompt_close() -> None:
+    doc, model = document(30), ScriptedModel(context_window=2048)
+    model.on("reader", reply="Under the stairs.")
+    options = {"k": 4, "chunk_tokens": 64, "max_new": 64}
+    answer = await arun(_strategy("rag", **options), doc, QUESTION, model)
+    est = await aestimate(doc, _strategy("rag", **options), ScriptedModel(context_window=2048),
+                          QUESTION)
+    assert est.n_chunks >= 20
+    assert_close(est, answer.usage, exact_calls=True)
+
+
+async def test_prism_calls_exact_and_prompt_tokens_close() -> None:
+    doc, model = document(10), ScriptedModel(context_window=4096)
+
+    def step(request: Request) -> dict[str, Any]:  # one piece of evidence per chunk
+        i = int(TAG.findall(request.text)[-1])
+        return {"revisions": [{"op": "add", "path": ["evidence", len(model.calls("stepper")) - 1],
+                               "value": f"SENTINEL {i}" + " detail" * 20}]}
+
+    model.on("stepper", reply=step)
+    model.on("manager", reply={"answer": "Under the stairs.", "used_paths": []})
+    options = {"chunk_tokens": 128, "window": 4096}
+    answer = await arun(_strategy("prism", **options), doc, QUESTION, model)
+    fill = _fill(model, "stepper", 512)
+    est = await aestimate(doc, "prism", ScriptedModel(context_window=4096), QUESTION,
+                          assumptions=Assumptions(json_fill=fill), **options)
+    assert est.n_chunks == len(model.calls("stepper"))
+    assert_close(est, answer.usage, exact_calls=True)
+
+
+class Scorer:
+    """An attention scorer for tests: word tokens; attention favours the sentinel of paragraph 7."""
+
+    name, context_window = "test-scorer", 8192
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+
+    def render(self, messages: Sequence[Message]) -> str:
+        return "".join(f"<{m.role}> {m.content}\n" for m in messages) + "<assistant>"
+
+    def encode(self, text: str) -> list[int]:
+        pieces = re.findall(r"\s*(?:\w+|[^\w\s])|\s+", text)
+        self.words += pieces
+        return list(range(len(self.words) - len(pieces), len(self.words)))
+
+    def attention(self, ids: Sequence[int], start: int, *, layer: int = -1) -> np.ndarray:
+        hot = np.array([5.0 if "SENTINEL" in self.words[i] else 1.0 for i in ids], np.float32)
+        rows = np.tile(hot / hot.sum(), (len(ids) - start, 1))
+        return rows.astype(np.float32)
+
+
+async def test_infini_retri_one_forward_per_window_plus_the_answer() -> None:
+    doc, model = document(20), ScriptedModel()
+    model.on("reader", reply="Under the stairs.")
+    options = {"window": 128, "topk": 16}
+    answer = await arun(_strategy("infini-retri", scorer=Scorer(), **options), doc, QUESTION,
+                        model)
+    est = await aestimate(doc, "infini-retri", ScriptedModel(), QUESTION, scorer=Scorer(),
+                          **options)
+    assert est.n_chunks == answer.steps[0].detail["windows"] >= 5
+    assert est.roles["scorer"].completion_tokens == 0
+    assert_close(est, answer.usage, exact_calls=True)
+
+
+MW_OPTIONS = {"window": 1024, "max_children": 3, "segment_tokens": 80, "nav_max_new": 48,
+              "answer_max_new": 32, "reasoning_chars": 100, "margin": 16}
+
+
+def walker_model() -> ScriptedModel:
+    """Summaries of ~a quarter of their cap; the walk goes down the first child and answers."""
+    model = ScriptedModel(context_window=1024)
+    model.on("summarizer", reply=words(40))
+    model.on("navigator", reply={"reasoning": "the first part", "action": "goto", "child": 1})
+    model.on("reader", reply={"reasoning": "it is here", "action": "answer", "answer": "stairs"})
+    return model
+
+
+async def test_mem_walker_build_exact_walk_within_bounds_and_cached_tree(tmp_path: Path) -> None:
+    doc, model, cache = document(9), walker_model(), ArtifactCache(tmp_path)
+    answer = await arun(_strategy("mem-walker", **MW_OPTIONS), doc, QUESTION, model,
+                        artifacts=cache)
+    summary_max_new = model.calls("summarizer")[0].max_tokens  # the replies are 40 tokens
+    assumptions = Assumptions(text_fill=40 / summary_max_new)
+    est = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=assumptions, **MW_OPTIONS)
+    assert est.roles["summarizer"].calls == roles(model)["summarizer"] >= 4
+    assert est.build.calls == est.roles["summarizer"].calls
+    # the straight walk down the first child is the point estimate: exact here
+    assert_close(est, answer.usage, exact_calls=True)
+    # the tree is cached now: only the walk is estimated, and only the walk runs
+    again = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), QUESTION,
+                            artifacts=cache, **MW_OPTIONS)
+    assert again.reused == 1 and "summarizer" not in again.roles
+    model.requests.clear()
+    second = await arun(_strategy("mem-walker", **MW_OPTIONS), doc, QUESTION, model,
+                        artifacts=cache)
+    assert again.calls == second.usage.calls == len(model.requests)
+
+
+def reader_model() -> ScriptedModel:
+    paras = re.compile(r"<passage>\n(.*?)</passage>", re.DOTALL)
+
+    def extract(request: Request) -> dict[str, Any]:
+        text = paras.findall(request.text)[0]
+        return {"atomic_facts": [{"fact": f"{s} kept the lamp.", "key_elements": [s]}
+                                 for s in re.findall(r"SENTINEL-\d+", text)]}
+
+    def wander(request: Request) -> dict[str, Any]:
+        base = {"notebook": words(30), "rationale": "go on"}
+        if "Neighbouring nodes" in request.text:
+            return base | {"action": "termination"}
+        if "A chunk of the text" in request.text:
+            return base | {"action": "search_more"}
+        ids = re.findall(r"\[chunk (\d+)\]", request.text)
+        return base | {"action": "read_chunk", "chunk_ids": [int(i) for i in ids[:1]]}
+
+    model = ScriptedModel(context_window=4096)
+    model.on("extractor", reply=extract)
+    model.on("planner", contains="write a short plan", reply="1. Find the lamp.")
+    model.on("planner", contains="Choose up to", reply=lambda r: {"nodes": [
+        {"key": n, "score": 90} for n in re.findall(r"^- (.+)$", r.text, re.MULTILINE)[:2]]})
+    model.on("stepper", reply=wander)
+    model.on("answerer", reply={"analysis": "the notebooks agree", "answer": "stairs"})
+    return model
+
+
+async def test_graph_reader_build_exact_and_query_within_bounds() -> None:
+    doc, model = document(8), reader_model()
+    options = {"chunk_tokens": 80, "n_init": 2, "merge_threshold": None, "margin": 16}
+    answer = await arun(_strategy("graph-reader", **options), doc, QUESTION, model)
+    est = await aestimate(doc, _strategy("graph-reader", **options), ScriptedModel(
+        context_window=4096), QUESTION,
+        assumptions=Assumptions(path_steps=2, text_fill=0.05, json_fill=0.1))
+    assert est.roles["extractor"].calls == roles(model)["extractor"] == est.n_chunks >= 4
+    assert_close(est, answer.usage, exact_calls=False)
+
+
+def light_model() -> ScriptedModel:
+    model = ScriptedModel(context_window=2048)
+    model.on("extractor", contains="<passage>", reply={"items": [{"key": "k", "value": "v"}],
+                                                       "summary": "a part"})
+    model.on("extractor", contains="<latest>", reply=lambda r: {"facts": [
+        f"The keeper noted {s}." for s in TAG.findall(r.text.split("<latest>")[1])]})
+    model.on("compressor", reply={"critical_context": ["merged facts [u0]"]})
+    model.on("filter", reply={"needed": "yes"})
+    model.on("reader", reply="Under the stairs.")
+    return model
+
+
+async def test_light_build_exact_and_question_within_bounds() -> None:
+    doc, model = document(10), light_model()
+    options = {"unit_tokens": 60, "max_new": 32, "extract_max_new": 96, "margin": 16, "k": 2,
+               "z": 3, "piece_tokens": 40}
+    answer = await arun(_strategy("light", **options), doc, QUESTION, model)
+    est = await aestimate(doc, _strategy("light", **options), ScriptedModel(context_window=2048),
+                          QUESTION, assumptions=Assumptions(json_fill=0.1))
+    assert est.roles["extractor"].calls == roles(model)["extractor"] == 2 * est.n_chunks >= 6
+    assert_close(est, answer.usage, exact_calls=False)
+
+
+async def test_long_agent_within_bounds_and_exact_when_the_leader_answers_at_once() -> None:
+    from longweave.agents.long_agent_prompts import FinalAnswer, LeaderStart
+
+    def leader(request: Request) -> dict[str, Any]:
+        if request.schema is LeaderStart:
+            return {"action": "instruct", "text": "Find where the lamp is."}
+        if request.schema is FinalAnswer:
+            return {"answer": "stairs"}
+        return {"action": "answer", "text": "Under the stairs."}
+
+    def member(request: Request) -> dict[str, Any]:
+        found = "SENTINEL-3." in request.text
+        return {"found": found, "answer": "under the stairs" if found else "", "evidence": []}
+
+    doc, model = document(8), ScriptedModel(context_window=3000)
+    model.on("leader", reply=leader)
+    model.on("member", reply=member)
+    options = {"max_new": 64, "chunk_size": 80, "margin": 16}
+    answer = await arun(_strategy("long-agent", **options), doc, QUESTION, model)
+    est = await aestimate(doc, "long-agent", ScriptedModel(context_window=3000), QUESTION,
+                          assumptions=Assumptions(rounds=1, merge_share=0), **options)
+    assert est.calls == answer.usage.calls == est.n_chunks + 2 == est.low.calls
+    assert est.high.calls >= 3 * est.n_chunks
+    assert_close(est, answer.usage, exact_calls=True)
+
+
+# -- the API around the numbers ------------------------------------------------------------------
+
+
+async def test_no_model_is_called() -> None:
+    model = ScriptedModel(context_window=1024)  # no rules: any call would raise
+    for name, options in [("chain-of-agents", {"max_new": 128}), ("truncate", {}),
+                          ("mem-walker", MW_OPTIONS),
+                          ("long-agent", {"max_new": 64, "max_rounds": 1})]:
+        est = await aestimate(document(20), name, model, QUESTION, **options)
+        assert est.calls > 0
+    assert model.requests == []
+
+
+async def test_prism_schema_generation_is_counted_not_called() -> None:
+    model = ScriptedModel(context_window=8192)
+    est = await aestimate(document(10), "prism", model, QUESTION, memory_schema="generate",
+                          chunk_tokens=256)
+    assert est.roles["planner"].calls == 1 and model.requests == []
+    assert est.calls == est.n_chunks + 2
+
+
+async def test_many_documents_sum_and_build_once_per_document() -> None:
+    model = ScriptedModel(context_window=1024)
+    a, b = document(9), document(12, words=50)
+    one = await aestimate(a, "mem-walker", model, QUESTION, **MW_OPTIONS)
+    walk = one.calls - one.build.calls
+    both = await aestimate_many([(a, QUESTION), (a, "Who kept the lamp?"), b], "mem-walker",
+                                model, QUESTION, **MW_OPTIONS)
+    other = await aestimate(b, "mem-walker", model, QUESTION, **MW_OPTIONS)
+    assert both.documents == 3 and both.reused == 1
+    assert both.calls == one.calls + walk + other.calls
+    assert both.n_chunks == 2 * one.n_chunks + other.n_chunks
+    assert (one + other).roles["summarizer"].calls == one.build.calls + other.build.calls
+
+
+def test_cost_seconds_and_compare() -> None:
+    est = Estimate(strategy="s", model="m", calls=10, prompt_tokens=2_000_000,
+                   completion_tokens=500_000)
+    assert est.cost(price_in=0.15, price_out=0.60) == pytest.approx(0.3 + 0.3)
+    assert est.seconds(1000) == pytest.approx(2500)
+    assert est.seconds(10_000, decode=100) == pytest.approx(200 + 5000)
+    ratios = est.compare(Usage(calls=8, prompt_tokens=2_000_000, completion_tokens=0))
+    assert ratios["calls"] == pytest.approx(1.25) and ratios["completion_tokens"] is None
+    rows = est.rows(Usage(calls=8, prompt_tokens=1, completion_tokens=1), price_in=1,
+                    price_out=1)
+    assert rows[0] == ["", "estimate", "range", "actual", "est/actual"]
+    assert rows[1][:2] == ["calls", "10"] and rows[-1][0] == "cost"
+
+
+def test_sync_estimate_with_a_bare_tokenizer() -> None:
+    from longweave.testing import RegexTokenizer
+
+    est = estimate(document(30), "chain-of-agents", RegexTokenizer(), QUESTION,
+                   context_window=1024, max_new=128)
+    assert est.model == "regex-words" and est.calls == est.n_chunks + 1 >= 3
+
+
+def test_unknown_strategy_names_the_covered_ones() -> None:
+    from longweave.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        estimate("text", "nope", ScriptedModel())
+
+
+def _fill(model: ScriptedModel, role: str, cap: int) -> float:
+    """The share of `cap` the scripted replies of `role` filled, on average."""
+    calls = model.calls(role)
+    replies = [model.count_tokens(_reply_text(model, r)) for r in calls]
+    return sum(replies) / len(replies) / cap
+
+
+def _reply_text(model: ScriptedModel, request: Request) -> str:
+    import json
+
+    rule = next(r for r in model.rules if r.role == request.role)
+    value = rule.reply(request) if callable(rule.reply) else rule.reply
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _strategy(name: str, **options: Any) -> Any:
+    from longweave.agents.base import get_strategy
+
+    strategy = get_strategy(name, **options)
+    if hasattr(strategy, "with_embedder"):
+        strategy = strategy.with_embedder(HashEmbedder(dim=64))
+    return strategy
+
+
+# -- longweave ask --estimate ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+    import longweave.llm
+
+    scripted = ScriptedModel(name="scripted", context_window=1024)
+    scripted.on("worker", reply=words(32))
+    scripted.on("manager", reply="Under the stairs.")
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    return scripted
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    import sys
+
+    from longweave.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["longweave", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+def _doc_file(tmp_path: Path) -> Path:
+    path = tmp_path / "doc.txt"
+    path.write_text(document(30).text, encoding="utf-8")
+    return path
+
+
+def test_cli_estimate_prints_the_table_without_calling_the_model(
+    cli_model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    code = run_cli(monkeypatch, "ask", str(_doc_file(tmp_path)), QUESTION, "--estimate",
+                   "--set", "max_new=128", "--price-in", "0.15", "--price-out", "0.6")
+    out = capsys.readouterr().out
+    assert code is None or code == 0
+    assert cli_model.requests == []
+    expected = estimate(document(30), "chain-of-agents", ScriptedModel(context_window=1024),
+                        QUESTION, max_new=128)
+    assert "chain-of-agents on scripted" in out
+    assert f"{expected.calls}" in out and f"{expected.prompt_tokens:,}" in out
+    assert "cost" in out
+
+
+def test_cli_estimate_json_and_run_compares_with_the_actual_usage(
+    cli_model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    import json
+
+    monkeypatch.setenv("COLUMNS", "200")
+    path = _doc_file(tmp_path)
+    run_cli(monkeypatch, "ask", str(path), QUESTION, "--estimate", "--json",
+            "--set", "max_new=128")
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["strategy"] == "chain-of-agents" and cli_model.requests == []
+    run_cli(monkeypatch, "ask", str(path), QUESTION, "--estimate", "--run", "--json",
+            "--set", "max_new=128")
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    assert answer["usage"]["calls"] == planned["calls"] == len(cli_model.requests)
+    assert "est/actual" in captured.err and "1.00" in captured.err
