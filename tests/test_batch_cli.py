@@ -256,3 +256,32 @@ def test_batch_view_counts_cost_and_summarizes() -> None:
     for label, value in [("answered", "1"), ("failed", "1"), ("skipped", "3"),
                          ("model calls", "2"), ("prompt tokens", "10"), ("time", "1.2s")]:
         assert re.search(rf"{label}.*│\s+{re.escape(value)} │", table), label
+
+
+def test_estimate_asks_nothing_and_then_compares_with_the_run(model, folder, tmp_path) -> None:
+    questions = _questions(tmp_path, [{"question": "What colour is it?"}])
+    out = tmp_path / "answers.jsonl"
+    result = _batch(folder, "--questions", questions, "--out", out, "--estimate")
+    assert result.exit_code == 0, result.output
+    assert not model.requests and not out.exists()
+    assert "calls" in result.output and "3 questions to answer" in result.output
+    result = _batch(folder, "--questions", questions, "--out", out, "--estimate", "--run")
+    assert result.exit_code == 0, result.output
+    assert len(model.requests) == 3 and len(ResultLog(out).answered()) == 3
+    assert "actual" in result.output  # the estimate printed beside the run's usage
+    result = _batch(folder, "--questions", questions, "--out", out, "--estimate")
+    assert "0 questions to answer, 3 already answered" in result.output
+
+
+def test_ask_trace_writes_every_call(model, tmp_path) -> None:
+    from longweave.trace import read_trace
+
+    doc = tmp_path / "d.txt"
+    doc.write_text("The apple in the bowl is red.", encoding="utf-8")
+    trace = tmp_path / "trace.jsonl"
+    result = CliRunner().invoke(app, ["ask", str(doc), "What colour is the apple?", "--strategy",
+                                      "truncate", "--set", "max_new=16", "--trace", str(trace)])
+    assert result.exit_code == 0, result.output
+    calls = [line for line in read_trace(trace) if line["type"] == "call"]
+    assert len(calls) == len(model.requests) == 1
+    assert "apple" in calls[0]["messages"][-1]["content"]

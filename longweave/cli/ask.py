@@ -42,6 +42,9 @@ def ask(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
     ] = None,
+    trace: Annotated[Path | None, typer.Option(
+        "--trace", help="Append every call (prompt, output, usage) and step to this JSONL file.",
+    )] = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Print the expected calls and tokens (and cost) and exit without "
         "calling the model; with --run, answer too and compare the estimate with the run.",
@@ -91,7 +94,7 @@ def ask(
     with ProgressView(err) as view:
         answer = run_ask(
             source, question, strategy=strategy, model=llm, cache=not no_cache,
-            on_event=view, **options,
+            on_event=view, trace=trace, **options,
         )
     if as_json:
         typer.echo(answer.model_dump_json(indent=2))

@@ -57,6 +57,20 @@ def batch(
         typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
                      "(default: a local Ray runtime)."),
     ] = None,
+    estimate: Annotated[bool, typer.Option(
+        "--estimate", help="Print the expected calls, tokens (and cost) of the questions not yet "
+        "answered and exit without calling the model; with --run, answer too and compare.",
+    )] = False,
+    run_too: Annotated[bool, typer.Option(
+        "--run", help="With --estimate: run the batch as well, then print estimate against "
+        "actual.")] = False,
+    price_in: Annotated[float | None, typer.Option(
+        "--price-in", help="Price per 1M prompt tokens, for the estimate's cost.")] = None,
+    price_out: Annotated[float | None, typer.Option(
+        "--price-out", help="Price per 1M completion tokens, for the estimate's cost.")] = None,
+    throughput: Annotated[float | None, typer.Option(
+        "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.",
+    )] = None,
 ) -> None:
     """Answer every question of FILE about the documents in FOLDER, one JSONL record each.
 
@@ -83,6 +97,22 @@ def batch(
     extra = {"address": ray_address} if executor == "ray" else {}
     runner = get_executor(executor, concurrency=concurrency, **extra)
     view = BatchView(err)
+    planned = None
+    if estimate:
+        from longweave.batch import ResultLog
+        from longweave.cli.ask import print_estimate
+        from longweave.estimate import estimate_many
+
+        done = ResultLog(out).answered()
+        todo = [i for i in items if job.key(i) not in done]
+        planned = estimate_many([(i.document, i.question) for i in todo], strategy, model,
+                                **job.options)
+        if not run_too:
+            print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
+                           throughput=throughput)
+            err.print(f"[dim]{len(todo)} questions to answer, {len(items) - len(todo)} already "
+                      "answered; nothing was asked of the model[/]", highlight=False)
+            return
 
     async def run() -> BatchSummary:
         try:
@@ -105,6 +135,11 @@ def batch(
         )
         raise typer.Exit(130) from None
     Console().print(view.summary(summary))
+    if planned is not None:
+        from longweave.cli.ask import print_estimate
+
+        print_estimate(err, planned, actual=summary.usage, price_in=price_in,
+                       price_out=price_out, throughput=throughput)
     if summary.failed:
         err.print(f"[red]{summary.failed} failed[/]: their errors are in {out}; rerun the same "
                   "command to retry them", highlight=False)
