@@ -8,9 +8,15 @@
   schema's grammar (`constrained`); the result is validated, repaired as a fallback, and
   otherwise raises ParseError carrying the raw text. Their `prompt_tokens` include the
   instruction, so they exceed `count_prompt_tokens` of the messages as given.
+- Prefix cache: a call that runs alone reuses the key/value cache of the longest prefix (at
+  least `prefix_cache_min_tokens`) it shares with one of the last `prefix_cache_size` prompts
+  (0 turns it off; see `prefix_cache`), so only the rest is prefilled: PRISM's stable prefix
+  is read once. Greedy output is the same with or without it. Batched calls skip it.
 - Usage: `prompt_tokens` is the templated prompt, `completion_tokens` the generated tokens
-  including the end-of-turn token, `seconds` this call's wall-clock latency (concurrent calls
-  overlap, so their sum exceeds the elapsed time); `meta` holds the batch size and seconds.
+  including the end-of-turn token, `cached_tokens` the prompt tokens served by the prefix
+  cache (part of `prompt_tokens`, as OpenAI reports them), `seconds` this call's wall-clock
+  latency (concurrent calls overlap, so their sum exceeds the elapsed time); `meta` holds the
+  batch size and seconds.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from longweave.local_models.loader import (
     resolve_dtype,
     window_from_config,
 )
+from longweave.local_models.prefix_cache import DEFAULT_MIN_TOKENS, DEFAULT_SIZE, PrefixCache
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +80,8 @@ class LocalLLM:
         batch_wait_ms: float = 10.0,
         cache_dir: str | Path | None = None,
         repetition_penalty: float = 1.0,
+        prefix_cache_size: int = DEFAULT_SIZE,
+        prefix_cache_min_tokens: int = DEFAULT_MIN_TOKENS,
     ) -> None:
         self.source = source
         # > 1 discourages repeating what this reply already said (free text only; see
@@ -95,6 +104,8 @@ class LocalLLM:
         self._batcher = Batcher(
             self._run, max_batch_size=max_batch_size, wait_s=batch_wait_ms / 1000
         )
+        self.prefix_cache = PrefixCache(prefix_cache_size, prefix_cache_min_tokens)
+        """Recent prompts' key/value caches (size 0 turns reuse off); `stats` counts hits."""
         self._lock = threading.RLock()
         self._hf_tokenizer: Any = None
         self._tokenizer: HFTokenizer | None = None
@@ -202,6 +213,7 @@ class LocalLLM:
             calls=1,
             prompt_tokens=len(prompt),
             completion_tokens=len(result.token_ids) + (result.finish_reason == "stop"),
+            cached_tokens=result.cached_tokens,
             seconds=time.perf_counter() - started,
         )
         meta = {"batch_size": result.batch_size, "batch_seconds": result.batch_seconds}
@@ -230,6 +242,7 @@ class LocalLLM:
         self._batcher.close()
         with self._lock:
             self._model = None
+            self.prefix_cache.clear()
 
     # -- loading (under a lock: concurrent first calls load once) -------------------------
 
@@ -282,7 +295,7 @@ class LocalLLM:
         model = self._weights()
         return run_batch(
             model, requests, pad_id=self._pad_id, stop_ids=self._stop_ids,
-            repetition_penalty=self.repetition_penalty,
+            repetition_penalty=self.repetition_penalty, prefix_cache=self.prefix_cache,
         )
 
 

@@ -40,6 +40,8 @@ class GenResult:
     finish_reason: str
     batch_size: int
     batch_seconds: float
+    cached_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache, not a forward pass."""
 
 
 _STOP: Any = object()

@@ -1,4 +1,8 @@
-"""Run one batch of requests through `model.generate`: left-padded, each row with its own cap."""
+"""Run one batch of requests through `model.generate`: left-padded, each row with its own cap.
+
+A batch of one request may start from the key/value cache of a prefix it shares with an
+earlier prompt (`prefix_cache`); padded batches always prefill from scratch.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from longweave.local_models.batcher import GenRequest, GenResult
+from longweave.local_models.prefix_cache import PrefixCache, empty_cache, generate_kwargs
 
 if TYPE_CHECKING:
     import torch
@@ -65,8 +70,13 @@ def run_batch(
     pad_id: int,
     stop_ids: Sequence[int],
     repetition_penalty: float = 1.0,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[GenResult]:
-    """Generate for all `requests` (same temperature and group) in one padded batch."""
+    """Generate for all `requests` (same temperature and group) in one padded batch.
+
+    With `prefix_cache`, a lone request reuses the cache of its longest stored prefix and
+    leaves its own prompt's cache behind for the next call; greedy output is unchanged.
+    """
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -97,6 +107,7 @@ def run_batch(
         processors.append(SchemaLogitsProcessor(requests[0].extra))
     elif repetition_penalty != 1.0:
         processors.append(GeneratedRepetitionPenalty(width, repetition_penalty))
+    start, cached = _starting_cache(model, requests, prefix_cache)
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,
@@ -104,7 +115,11 @@ def run_batch(
             generation_config=config,
             logits_processor=processors,
             stopping_criteria=StoppingCriteriaList([_RowCaps(width, caps)]),
+            **generate_kwargs(model, start),
         )
+    if start is not None and prefix_cache is not None:
+        # generate extended `start` in place: it now covers this prompt (and the reply).
+        prefix_cache.put(requests[0].prompt_ids, start)
     seconds = time.perf_counter() - started
     stops = set(stop_ids)
     results = []
@@ -113,5 +128,19 @@ def run_batch(
         cut = next((i for i, token in enumerate(new) if token in stops), None)
         finish = "length" if cut is None else "stop"
         tokens = new if cut is None else new[:cut]
-        results.append(GenResult(tokens, finish, len(requests), seconds))
+        results.append(GenResult(tokens, finish, len(requests), seconds, cached))
     return results
+
+
+def _starting_cache(
+    model: PreTrainedModel, requests: Sequence[GenRequest], prefix_cache: PrefixCache | None
+) -> tuple[Any, int]:
+    """A lone request's starting key/value cache (its stored prefix, or empty) and its length.
+
+    None (generate makes its own cache) for a padded batch, whose rows do not line up with any
+    stored prompt, or when prefix caching is off.
+    """
+    if prefix_cache is None or not prefix_cache.enabled or len(requests) != 1:
+        return None, 0
+    cache, cached = prefix_cache.take(requests[0].prompt_ids)
+    return (cache if cache is not None else empty_cache(model)), cached
