@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from longweave.cli.options import parse_options
+from longweave.cli.options import Exclude, Include, NoCache, parse_options
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,18 +30,12 @@ def ask(
         str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
     ] = "local",
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
-        False
-    ),
+    no_cache: NoCache = False,
     option: Annotated[
         list[str] | None, typer.Option("--set", help="Strategy option key=value (repeatable).")
     ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
-    ] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     trace: Annotated[Path | None, typer.Option(
         "--trace", help="Append every call (prompt, output, usage) and step to this JSONL file.",
     )] = None,

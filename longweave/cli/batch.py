@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from longweave.cli.options import parse_options
+from longweave.cli.options import NoCache, parse_options
 
 
 def batch(
@@ -46,9 +46,7 @@ def batch(
         typer.Option("--trace", help="Append every call (prompt, output, usage) and step to "
                      "this JSONL file, each line with its record's key."),
     ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
-        False
-    ),
+    no_cache: NoCache = False,
     executor: Annotated[
         str, typer.Option("--executor", help="Where the work runs: 'local' or 'ray'.")
     ] = "local",

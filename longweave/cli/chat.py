@@ -26,7 +26,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from longweave.cli.options import parse_options
+from longweave.cli.options import Exclude, Include, NoCache, parse_options
 from longweave.errors import ConfigError, LongweaveError
 from longweave.events import Event, EventSink, ignore
 
@@ -432,18 +432,12 @@ def chat(
         str | None, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
     ] = None,
     new: Annotated[bool, typer.Option("--new", help="Start over instead of resuming.")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
-        False
-    ),
+    no_cache: NoCache = False,
     option: Annotated[
         list[str] | None, typer.Option("--set", help="Strategy option key=value (repeatable).")
     ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
-    ] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     trace: Annotated[
         Path | None,
         typer.Option("--trace", help="Append every call (prompt, output, usage) and step of "

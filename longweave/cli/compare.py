@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from longweave.cli.options import parse_options
+from longweave.cli.options import Exclude, Include, NoCache, parse_options
 from longweave.events import Event
 
 if TYPE_CHECKING:
@@ -36,15 +36,9 @@ def compare(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
     width: Annotated[int, typer.Option("--width", help="Answer characters shown.")] = 80,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
-        False
-    ),
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
-    ] = None,
+    no_cache: NoCache = False,
+    include: Include = None,
+    exclude: Exclude = None,
     trace: Annotated[
         Path | None,
         typer.Option("--trace", help="Append every call (prompt, output, usage) and step of "

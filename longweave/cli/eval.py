@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from longweave.cli.options import parse_options
+from longweave.cli.options import NoCache, parse_options
 
 
 def _depths(text: str | None) -> tuple[float, ...]:
@@ -56,9 +56,7 @@ def eval_command(
         list[str] | None, typer.Option("--set", help="Strategy option key=value, or "
                                        "strategy.key=value for one strategy (repeatable).")
     ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")] = (
-        False
-    ),
+    no_cache: NoCache = False,
     trace: Annotated[
         Path | None,
         typer.Option("--trace", help="Append every call (prompt, output, usage) and step to "

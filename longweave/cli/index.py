@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from longweave.cli.options import Exclude, Include
+
 
 def index(
     paths: Annotated[
@@ -24,12 +26,8 @@ def index(
         str | None,
         typer.Option("--model", "-m", help="Whose tokenizer cuts the chunks (as `ask` will)."),
     ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
-    ] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Chunk and embed PATHS once, so `ask --strategy rag` reuses the index; prints what it did."""

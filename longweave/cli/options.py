@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from longweave.errors import ConfigError
+
+# Options several commands share, declared once so their flags and help stay the same.
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Bypass the completion cache.")]
+Include = Annotated[
+    list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
+]
+Exclude = Annotated[
+    list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
+]
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:

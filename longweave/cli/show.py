@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from longweave.cli.options import parse_options
+from longweave.cli.options import Exclude, Include, parse_options
 from longweave.errors import ConfigError
 
 
@@ -38,12 +38,8 @@ def show(
         "--max-nodes", help="Graph: draw the nodes with the most facts, at most this many.",
         min=1)] = 300,
     open_it: Annotated[bool, typer.Option("--open", help="Open the result in a browser.")] = False,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="Folder: file glob to read (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
-    ] = None,
+    include: Include = None,
+    exclude: Exclude = None,
 ) -> None:
     """Draw the graph (--graph) or the tree (--tree) built for the document at PATH."""
     from rich.console import Console
