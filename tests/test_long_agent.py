@@ -498,6 +498,28 @@ async def test_a_merger_that_copies_from_the_two_parts_settles_the_conflict() ->
     assert "found_by_quote" in answer.flags
 
 
+async def test_a_merger_finding_nothing_keeps_only_the_side_that_copied_its_part() -> None:
+    copied = "word2x3 word2x4 word2x5"
+
+    def members(request: Request) -> dict:
+        mine = parts(request)[0]
+        if mine == 0:
+            return {"found": True, "answer": "Paris", "evidence": []}
+        return {"found": False, "answer": copied if mine == 2 else "", "evidence": []}
+
+    model = ScriptedModel(context_window=WINDOW)
+    model.on("leader", reply=leader())
+    model.on("member", reply=members)
+    model.on("merger", reply={"found": False, "answer": "", "evidence": []})
+    answer = await arun(agent(), sentinel_document(4), QUESTION, model)
+    (merge,) = [s for s in answer.steps if s.role == "merge"]
+    assert merge.detail["outcome"] == "kept_copied"
+    assert f"1. {copied} (given by 1 member)" in model.calls("leader")[1].text
+    assert "Paris" not in model.calls("leader")[1].text
+    assert [(c.kind, c.chunk_index) for c in answer.citations] == [("quote", 2)]
+    assert "uncited" not in answer.flags
+
+
 async def test_the_cluster_backing_the_answer_is_cited_and_none_found_is_uncited() -> None:
     model = scripted({0: "Lyon", 1: "Heliotrope", 2: "Paris"}, text="I think it is heliotrope")
     answer = await arun(agent(merge_cap=0), sentinel_document(3), QUESTION, model)

@@ -17,7 +17,7 @@ def test_all_is_sorted_and_every_name_resolves() -> None:
 def test_import_does_not_load_heavy_dependencies() -> None:
     code = (
         "import sys, longweave; "
-        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'openai', 'outlines', "
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'openai', 'llguidance', "
         "'langgraph', 'sentence_transformers') if m in sys.modules]; "
         "print(','.join(heavy))"
     )

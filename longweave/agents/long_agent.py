@@ -254,19 +254,20 @@ class LongAgent(BaseModel):
 
         results = await asyncio.gather(*(one(j) for j in range(len(chunks))))
         # Steps are recorded in chunk order, so the trace does not depend on completion order.
-        flags, replies, history = [], [], []
+        flags, replies, history, copied = [], [], [], []
         for j, (parsed, trimmed) in enumerate(results):
             # A member whose replies never validated counts as having found nothing (§2.5.1).
             flags += ["member_failed"] if parsed is None else []
             flags += ["trimmed"] if trimmed else []
             reply, quoted = self._ground(parsed or NOT_FOUND, [chunks[j].text], instruction)
             flags += ["found_by_quote"] if quoted else []
+            copied += [j] if quoted else []
             ctx.step("member", reply.answer if reply.found else "", index=j, round=r,
                      found=reply.found, quoted=quoted, failed=parsed is None)
             replies.append(reply)
             # The member's history holds what it said itself, not what we made of it.
             history.append([*state["history"][j], (instruction, render_reply(parsed or NOT_FOUND))])
-        clusters = cluster_replies(replies, self.similarity)
+        clusters = cluster_replies(replies, self.similarity, copied)
         silent = len(chunks) - sum(len(c.members) for c in clusters)
         return {"round": r, "history": history, "clusters": clusters, "silent": silent,
                 "flags": flags}

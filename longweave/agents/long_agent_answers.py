@@ -4,7 +4,7 @@ and citations narrowed to the quotes members gave (STRATEGIES.md §2.2, §8.8)."
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ class Cluster:
     key: str  # the normalized answer that others are compared with
     members: tuple[int, ...]  # chunk indices, ascending
     quotes: tuple[str, ...] = ()
+    copied: bool = False  # a member's answer was counted as found for copying its part
 
     def shown(self, chars: int) -> Shown:
         return Shown(self.answer[:chars], self.members)
@@ -45,8 +46,11 @@ def rank(clusters: list[Cluster]) -> list[Cluster]:
     return sorted(clusters, key=lambda c: (-len(c.members), c.members[0]))
 
 
-def cluster_replies(replies: Sequence[MemberReply], threshold: float) -> list[Cluster]:
-    """Group the members who found an answer by normalized answer, ranked."""
+def cluster_replies(
+    replies: Sequence[MemberReply], threshold: float, copied: Collection[int] = ()
+) -> list[Cluster]:
+    """Group the members who found an answer by normalized answer, ranked; `copied` are the
+    members whose answer was counted as found because it copies their part (`quoted_answers`)."""
     clusters: list[Cluster] = []
     for j, reply in enumerate(replies):
         key = normalize(reply.answer)
@@ -55,10 +59,12 @@ def cluster_replies(replies: Sequence[MemberReply], threshold: float) -> list[Cl
         for n, cluster in enumerate(clusters):
             if same(key, cluster.key, threshold):
                 clusters[n] = replace(cluster, members=(*cluster.members, j),
-                                      quotes=(*cluster.quotes, *reply.evidence))
+                                      quotes=(*cluster.quotes, *reply.evidence),
+                                      copied=cluster.copied or j in copied)
                 break
         else:
-            clusters.append(Cluster(reply.answer.strip(), key, (j,), tuple(reply.evidence)))
+            clusters.append(Cluster(reply.answer.strip(), key, (j,), tuple(reply.evidence),
+                                    j in copied))
     return rank(clusters)
 
 
@@ -69,14 +75,18 @@ def resolve_conflict(
     key = normalize(reply.answer)
     quotes = tuple(reply.evidence)
     if not reply.found or not key:
-        return [], "neither"  # ours: the joint reading supports neither answer
+        # Ours: the joint reading supports neither answer. A side whose answer copies its own
+        # part stays: the merger's found = false is the same flag that copying overrode.
+        kept = [c for c in (a, b) if c.copied]
+        return kept, "neither" if not kept else "kept_copied"
     if same(key, a.key, threshold):
         return [replace(a, quotes=a.quotes + quotes)], "first"
     if same(key, b.key, threshold):
         return [replace(b, quotes=b.quotes + quotes)], "second"
     ratio = SequenceMatcher(None, key, a.key).ratio(), SequenceMatcher(None, key, b.key).ratio()
     base = a if ratio[0] >= ratio[1] else b
-    return [Cluster(reply.answer.strip(), key, base.members, base.quotes + quotes)], "new"
+    return [Cluster(reply.answer.strip(), key, base.members, base.quotes + quotes,
+                    base.copied)], "new"
 
 
 def supporting_cluster(answer: str, clusters: Sequence[Cluster]) -> Cluster | None:

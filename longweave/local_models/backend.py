@@ -202,10 +202,10 @@ class LocalLLM:
             from longweave.local_models.constrained import schema_text
 
             request.group = schema_text(schema)
-            index = self._cached_index(schema)
-            if index is None:  # compiling takes ~0.5 s: off the event loop
-                index = await asyncio.to_thread(self._index, schema)
-            request.extra = index
+            grammar = self._cached_grammar(schema)
+            if grammar is None:  # the first grammar reads the token table (~0.5 s): off the loop
+                grammar = await asyncio.to_thread(self._grammar, schema)
+            request.extra = grammar if grammar.text is not None else None
         result: GenResult = await self._batcher.submit_async(request)
         text = self._hf().decode(result.token_ids, skip_special_tokens=True)
         parsed = _parse(text, schema, result.finish_reason) if schema is not None else None
@@ -277,16 +277,16 @@ class LocalLLM:
                     self._pad_id = pad if pad is not None else self._stop_ids[0]
         return self._model
 
-    def _index(self, schema: type[BaseModel]) -> Any:
+    def _grammar(self, schema: type[BaseModel]) -> Any:
         from longweave.local_models.constrained import SchemaCompiler
 
         with self._lock:
             if self._compiler is None:
                 hf = self._hf()
                 self._compiler = SchemaCompiler(hf, hf.eos_token_id)
-        return self._compiler.index(schema)
+        return self._compiler.grammar(schema)
 
-    def _cached_index(self, schema: type[BaseModel]) -> Any:
+    def _cached_grammar(self, schema: type[BaseModel]) -> Any:
         return self._compiler.cached(schema) if self._compiler is not None else None
 
     def _run(self, requests: Sequence[GenRequest]) -> list[GenResult]:
