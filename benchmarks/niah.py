@@ -1,4 +1,4 @@
-"""Needle in a haystack on Paul Graham's essays: InfiniRetri beside the truncate baseline.
+"""Needle in a haystack on Paul Graham's essays: InfiniRetri beside chain-of-agents, RAG, truncate.
 
 Every case is a document of a given length in the bundled model's tokens with the upstream
 needle at a given depth (`longweave.evals.needle`); each strategy answers it with the bundled
@@ -9,10 +9,15 @@ needle's value (and the share of its content words it mentions), calls, tokens a
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/niah.py DATA [--lengths 16384 32768]
         [--depths 0 25 50 75 100] [--runs infini-retri infini-retri:layer=20 truncate rag]
         [--dtype bfloat16] [--threads 1] [--plot niah.png] [--json niah.json]
+        [--overhead-samples 6]
 
 DATA is the benchmark data folder (`../shared/data` beside a checkout). The haystack before
 the needle is the same text in every case, so identical scoring forwards and answer calls are
 run once and reused; each case is still charged the full time of every forward and call it made.
+
+At the end, `--overhead-samples` of InfiniRetri's scoring windows are timed again both ways: the
+attention extraction (the forward up to the chosen layer, then that layer's question rows) and a
+plain prefill of the whole model with its default (sdpa) attention on the same tokens.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class MemoScorer:
         self.memo: dict[str, tuple[np.ndarray, float]] = {}
         self.charged = self.actual = 0.0
         self.computed = self.reused = 0
+        self.windows: list[tuple[tuple[int, ...], int, int]] = []  # distinct forwards, in order
 
     def render(self, messages: Sequence[Message]) -> str:
         return self.inner.render(messages)
@@ -67,6 +73,7 @@ class MemoScorer:
             rows = self.inner.attention(ids, start, layer=layer)
             seconds = time.perf_counter() - started
             self.memo[key] = (rows, seconds)
+            self.windows.append((tuple(ids), start, layer))
             self.computed += 1
         self.charged += seconds
         self.actual += time.perf_counter() - started
@@ -184,6 +191,50 @@ async def run_case(run: Run, target: int, case: NeedleCase, llm: MemoLLM, scorer
     return row
 
 
+def attention_overhead(local: Any, scorer: MemoScorer, samples: int) -> dict[str, Any]:
+    """Time InfiniRetri's attention extraction against a plain sdpa prefill of the same windows.
+
+    For `samples` of the run's distinct scoring forwards (spread over the run, longest included),
+    each is timed both ways back to back, twice in alternating order; each side keeps its faster
+    time. The ratio is the summed extraction time over the summed prefill time.
+    """
+    import torch
+
+    from longweave.local_models.attention import question_attention
+
+    model = local.hf_model()
+    windows = scorer.windows
+    if not windows:
+        return {}
+    step = max(1, len(windows) // samples)
+    picked = windows[::step][:samples]
+    longest = max(windows, key=lambda w: len(w[0]))
+    picked = picked if longest in picked else [*picked[:-1], longest]
+
+    def prefill(ids: tuple[int, ...]) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.model(input_ids=torch.tensor([list(ids)]), use_cache=False)
+        return time.perf_counter() - started
+
+    def extract(ids: tuple[int, ...], start: int, layer: int) -> float:
+        started = time.perf_counter()
+        question_attention(model, ids, start, layer=layer)
+        return time.perf_counter() - started
+
+    extraction = plain = 0.0
+    tokens = 0
+    for ids, start, layer in picked:
+        first = extract(ids, start, layer), prefill(ids)
+        second = prefill(ids), extract(ids, start, layer)
+        extraction += min(first[0], second[1])
+        plain += min(first[1], second[0])
+        tokens += len(ids)
+    return {"windows": len(picked), "tokens": tokens, "extraction_s": round(extraction, 2),
+            "sdpa_prefill_s": round(plain, 2), "ratio": round(extraction / plain, 3),
+            "attn_implementation": model.config._attn_implementation}
+
+
 def mark(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -289,8 +340,15 @@ async def main_async(args: argparse.Namespace) -> None:
             row = await run_case(run, target, case, llm, scorer)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "answer"}), flush=True)
+    overhead = attention_overhead(local, scorer, args.overhead_samples) \
+        if args.overhead_samples else {}
     wall = time.perf_counter() - started
     render(rows, labels, args.plot)
+    if overhead:
+        print(f"\nAttention extraction against a plain {overhead['attn_implementation']} prefill "
+              f"of the same {overhead['windows']} scoring windows ({overhead['tokens']:,} tokens): "
+              f"{overhead['extraction_s']} s against {overhead['sdpa_prefill_s']} s, "
+              f"ratio {overhead['ratio']:.2f}.")
     print(f"Run: Python {platform.python_version()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), dtype {args.dtype}, load average {load:.1f} at "
           f"start; model load {sum(local.load_seconds.values()):.1f} s; {len(cases)} cases built "
@@ -298,6 +356,8 @@ async def main_async(args: argparse.Namespace) -> None:
           f"answer calls run {llm.computed}, reused {llm.reused}; wall {wall / 60:.1f} min.")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+        if overhead:
+            args.json.with_suffix(".overhead.json").write_text(json.dumps(overhead, indent=1))
 
 
 def main() -> None:
@@ -312,6 +372,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="local model dtype (auto = float32 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's)")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--overhead-samples", type=int, default=6, metavar="N",
+                        help="time N scoring windows against a plain prefill (0 = skip)")
     parser.add_argument("--json", type=Path, help="write every case's figures here")
     parser.add_argument("--from-json", type=Path, help="only render the tables and plot of a "
                         "saved --json (DATA is then ignored)")

@@ -43,3 +43,5 @@ class Settings(BaseSettings):
     """Retries on 429, 5xx and timeouts, with exponential backoff that honours Retry-After."""
     concurrency: int = 8
     """Model calls in flight at once, per backend."""
+    prefix_cache_size: int = Field(2, ge=0)
+    """Prompt prefixes whose key/value cache the local backend keeps for reuse (0: off)."""

@@ -130,6 +130,15 @@ def test_size_zero_turns_it_off() -> None:
     assert len(cache) == 0 and cache.take(A) == (None, 0)
 
 
+def test_environment_sets_the_local_backends_default(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.setenv("LONGWEAVE_PREFIX_CACHE_SIZE", "0")
+    assert not LocalLLM.bundled(cache_dir=tmp_path).prefix_cache.enabled
+    assert LocalLLM.bundled(cache_dir=tmp_path, prefix_cache_size=3).prefix_cache.size == 3
+    monkeypatch.delenv("LONGWEAVE_PREFIX_CACHE_SIZE")
+    assert LocalLLM.bundled(cache_dir=tmp_path).prefix_cache.size == 2
+
+
 class _SlidingCache:
     """Stands in for a cache with sliding-window layers, which keep only a tail."""
 

@@ -11,12 +11,13 @@ import pytest
 from pydantic import BaseModel, Field
 
 from longweave.agents.prism import Prism
-from longweave.agents.prism_prompts import END_OF_MEMORY, QAMemory, revision_schema
+from longweave.agents.prism_prompts import END_OF_MEMORY, QAMemory, final_schema, revision_schema
 from longweave.cache import ArtifactCache
 from longweave.chunking import Chunker
 from longweave.documents import Document, open_document
 from longweave.memory.structured_memory import from_model
 from longweave.runner import arun
+from longweave.structured import json_instructions
 from longweave.testing import Request, ScriptedModel
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -339,3 +340,10 @@ async def test_real_local_model_end_to_end(local_llm: Any) -> None:
     traced = [s for s in answer.steps if s.role == "stepper"]
     assert len(traced) >= 2
     assert answer.usage.calls == len(traced) + 1 + ("invalid_final" in answer.flags)
+
+
+@pytest.mark.parametrize("chars", [1000, 80])
+def test_the_final_schema_shows_no_docstring_to_copy(chars: int) -> None:
+    # The bundled model answered "The final answer and the memory paths it used (for citations)."
+    shown = json_instructions(final_schema(chars))
+    assert "memory paths" not in shown and f'"maxLength":{chars}' in shown

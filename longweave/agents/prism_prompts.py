@@ -71,8 +71,15 @@ EXAMPLE_SPECS = [
 ]
 
 
+def _no_description(schema: dict[str, Any]) -> None:
+    # A small model shown the class docstring in the JSON schema copies it as its answer.
+    schema.pop("description", None)
+
+
 class FinalAnswer(BaseModel):
     """The final answer and the memory paths it used (for citations)."""
+
+    model_config = ConfigDict(json_schema_extra=_no_description)
 
     answer: str = Field(max_length=1000)
     used_paths: list[Annotated[list[Annotated[str, Field(max_length=KEY_CHARS)] | Annotated[

@@ -84,10 +84,13 @@ def compare(
 def compare_table(rows: list[CompareRow], *, width: int = 80) -> Table:
     """Answer (truncated), calls, tokens, time and citations per strategy; errors in red."""
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("strategy", "answer", "calls", "tokens (prompt+completion)", "time",
-                  "citations")
+    # Names, counts and times never wrap: on a narrow terminal the answer column gives way.
+    table = Table(Column("strategy", no_wrap=True), Column("answer", ratio=1),
+                  Column("calls", no_wrap=True), Column("tokens", no_wrap=True),
+                  Column("time", no_wrap=True), Column("cited", no_wrap=True),
+                  caption="tokens: prompt+completion; cited: citations")
     for row in rows:
         if row.ok:
             text = " ".join((row.text or "").split()) or "(empty)"

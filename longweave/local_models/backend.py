@@ -44,7 +44,7 @@ from longweave.local_models.loader import (
     resolve_dtype,
     window_from_config,
 )
-from longweave.local_models.prefix_cache import DEFAULT_MIN_TOKENS, DEFAULT_SIZE, PrefixCache
+from longweave.local_models.prefix_cache import DEFAULT_MIN_TOKENS, PrefixCache
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ class LocalLLM:
         batch_wait_ms: float = 10.0,
         cache_dir: str | Path | None = None,
         repetition_penalty: float = 1.0,
-        prefix_cache_size: int = DEFAULT_SIZE,
+        prefix_cache_size: int | None = None,
         prefix_cache_min_tokens: int = DEFAULT_MIN_TOKENS,
     ) -> None:
         self.source = source
@@ -96,10 +96,13 @@ class LocalLLM:
             # Not in a local config.json: ask transformers now, so an unknown or unreachable
             # model fails at construction, not inside `isinstance(llm, LLM)` later.
             self._window = self.context_window
-        if cache_dir is None:
+        if cache_dir is None or prefix_cache_size is None:
             from longweave.config import Settings
 
-            cache_dir = Settings().cache_dir
+            settings = Settings()
+            cache_dir = settings.cache_dir if cache_dir is None else cache_dir
+            if prefix_cache_size is None:  # LONGWEAVE_PREFIX_CACHE_SIZE, 0 turns reuse off
+                prefix_cache_size = settings.prefix_cache_size
         self.cache_root = Path(cache_dir).expanduser() / "models"
         self._batcher = Batcher(
             self._run, max_batch_size=max_batch_size, wait_s=batch_wait_ms / 1000
