@@ -49,9 +49,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "rag": {"k": 4, "max_new": 32},
     "truncate": {"window": 2048, "max_new": 32},
 }
-# PRISM is left out by default: its run on the local backend grew past 12 GB here (constrained
-# decoding of its revision schema) and was killed by the OOM killer. --strategies prism runs it.
-ALL = [s for s in SETTINGS if s != "prism"]
+ALL = list(SETTINGS)
 LARGE = ["truncate", "rag", "infini-retri", "chain-of-agents"]
 
 

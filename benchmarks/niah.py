@@ -6,7 +6,7 @@ SmolLM2-135M-Instruct in the same run. Reported per case: whether the needle sen
 what the strategy kept or read (its citations cover the needle), whether the answer contains the
 needle's value (and the share of its content words it mentions), calls, tokens and seconds.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/niah.py DATA [--lengths 16384 32768]
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/niah.py DATA [--lengths 4096 ... 65536]
         [--depths 0 25 50 75 100] [--runs infini-retri infini-retri:layer=20 truncate rag]
         [--dtype bfloat16] [--threads 1] [--plot niah.png] [--json niah.json]
         [--overhead-samples 6]
@@ -363,9 +363,11 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="the benchmark data folder")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        default=[4096, 8192, 16384, 32768, 65536])
     parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100])
-    parser.add_argument("--runs", nargs="+", default=["infini-retri", "truncate"],
+    parser.add_argument("--runs", nargs="+",
+                        default=["infini-retri", "chain-of-agents", "rag", "truncate"],
                         metavar="NAME[:KEY=VALUE,...]",
                         help="strategies with options; max_length=N limits one to N tokens")
     parser.add_argument("--max-new", type=int, default=128, help="baselines' answer cap")
