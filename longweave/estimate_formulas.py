@@ -196,15 +196,20 @@ async def infini_retri(s: Any, ctx: RunContext, t: Tally) -> None:
     mean = sum(len(x.ids) for x in sentences) / len(sentences)
     cache = round(min(s.topk / t.a.topk_per_sentence, len(sentences)) * mean)
     cache = min(cap, cache) if cap is not None else cache
+    per_window = cache  # rescore: the cache settles at about `cache` tokens
     point = low = high = Counts()
     seen = 0
-    for w in windows:
+    for n, w in enumerate(windows):
+        if s.retention == "sticky" and cap is not None:  # it only grows, up to the cap
+            cache = min(cap, n * per_window)
         size = template.tokens + sum(len(sentences[i].ids) for i in w)
         point += Counts.each(1, size + min(cache, seen), 0)
         low += Counts.each(1, size, 0)
         high += Counts.each(1, size + (min(cap, seen) if cap is not None else seen), 0)
         seen += size - template.tokens
     t.add("scorer", point, low, high)
+    if s.retention == "sticky" and cap is not None:
+        cache = min(cap, len(windows) * per_window)
     question = ctx.question.strip() or SUMMARY_TASK
     empty = t.prompt(reader_messages("", question))
     final = min(cache, seen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -283,6 +284,51 @@ async def test_exclude_sinks_zeroes_the_first_context_tokens() -> None:
                                            heat=100.0), topk=1, method=1, exclude_sinks=1)
     answer = await arun(strategy, doc, QUESTION, model)
     assert answer.steps[1].detail["kept"] != [0]
+
+
+def later_rival(n: int = 60) -> Document:
+    """The needle early, then a sentence whose every word draws more attention than it."""
+    sentences = [filler(i) for i in range(n)]
+    sentences[3] = "The NEEDLE secret code is 4711."
+    sentences[40] = "RIVAL RIVAL RIVAL RIVAL RIVAL RIVAL RIVAL RIVAL."
+    return Document.from_text("\n\n".join(" ".join(sentences[k : k + 5]) for k in range(0, n, 5)))
+
+
+def texts(answer: Any) -> list[str]:
+    return [c.text.strip() for c in answer.citations]
+
+
+async def test_rescoring_evicts_earlier_evidence_and_sticky_keeps_it() -> None:
+    doc = later_rival()
+    strategy, scorer, model = run_strategy(doc, scorer=ScriptedScorer(hot=("NEEDLE", "RIVAL")),
+                                           topk=3)
+    answer = await arun(strategy, doc, QUESTION, model)
+    assert "The NEEDLE secret code is 4711." not in texts(answer)  # the reference's behaviour
+    assert any("RIVAL" in t for t in texts(answer))
+    strategy, scorer, model = run_strategy(doc, scorer=ScriptedScorer(hot=("NEEDLE", "RIVAL")),
+                                           topk=3, retention="sticky")
+    answer = await arun(strategy, doc, QUESTION, model)
+    assert "The NEEDLE secret code is 4711." in texts(answer)
+    assert any("RIVAL" in t for t in texts(answer))
+    kept = [set(s.detail["kept"]) for s in answer.steps if s.role == "scorer"]
+    assert all(a <= b for a, b in zip(kept, kept[1:], strict=False)), "nothing leaves below the cap"
+    assert "The NEEDLE secret code is 4711." in model.requests[0].text
+
+
+async def test_sticky_cache_still_obeys_its_cap_lowest_best_score_first() -> None:
+    doc = later_rival()
+    scorer = ScriptedScorer(hot=("NEEDLE", "RIVAL", "thing"), heat=3.0)
+    strategy, scorer, model = run_strategy(doc, scorer=scorer, topk=200, cache_cap=60,
+                                           retention="sticky")
+    answer = await arun(strategy, doc, QUESTION, model)
+    steps = [s for s in answer.steps if s.role == "scorer"]
+    assert max(s.detail["cache_tokens"] for s in steps) <= 60
+    assert any(s.detail["evicted"] for s in steps)
+
+
+def test_sticky_retention_needs_a_cap() -> None:
+    with pytest.raises(ConfigError, match="needs a cache cap"):
+        InfiniRetri(scorer=ScriptedScorer(), retention="sticky", faithful=True)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same.")

@@ -38,6 +38,7 @@ class InfiniState(TypedDict, total=False):
     scorer: Any  # the AttentionScorer, resolved once per run
     weights: Any  # np.ndarray | None: question weights, frozen at the first window
     cache: list[int]  # retained sentence indices, document order
+    best: dict[int, float]  # retention="sticky": each cached sentence's best token score so far
     position: int
     answer: str
     citations: list[Citation]
@@ -68,6 +69,10 @@ class InfiniRetri(BaseModel):
     cache_cap: int | None = None
     """Largest sentence cache in tokens; None means 2 * window (ours; the reference is uncapped,
     see `faithful`). Over the cap, the sentences with the lowest best-token score are evicted."""
+    retention: Literal["rescore", "sticky"] = "rescore"
+    """"rescore": every step re-selects the cache from cache + window, so later windows can evict
+    earlier evidence (reference code, §7.5.4). "sticky" (ours): a sentence stays once kept and only
+    the cache cap evicts, lowest best score so far first; needs a cap (not `faithful`)."""
     exclude_sinks: int = 0
     """Zero the scores of this many leading context tokens, which draw attention whatever they
     say (ours, §7.5.5; 0 = off, as in the reference)."""
@@ -98,6 +103,9 @@ class InfiniRetri(BaseModel):
         raise ConfigError(f"scorer {value!r} cannot read attention", hint=_NO_SCORER_HINT)
 
     def model_post_init(self, _: Any) -> None:
+        if self.retention == "sticky" and self._cap() is None:
+            raise ConfigError("retention='sticky' needs a cache cap",
+                              hint="set faithful=False (the cap defaults to 2 * window)")
         # A configured scorer is resolved now, so a missing local model fails at construction.
         if isinstance(self.scorer, str):
             self._scorer = _local_scorer(self.scorer)
@@ -149,7 +157,8 @@ class InfiniRetri(BaseModel):
                  f"{self.window} tokens", sentences=len(sentences), windows=len(windows),
                  scorer=scorer.name, answerer=ctx.llm.name, hybrid=hybrid, cache_cap=cap)
         return {"sentences": sentences, "windows": windows, "template": template,
-                "scorer": scorer, "weights": None, "cache": [], "position": 0, "flags": []}
+                "scorer": scorer, "weights": None, "cache": [], "best": {}, "position": 0,
+                "flags": []}
 
     def max_steps(self, state: dict[str, Any]) -> int:
         return len(state["windows"]) + 3
@@ -182,16 +191,22 @@ class InfiniRetri(BaseModel):
         scores = token_scores(rows, c0, c1, weights, method=self.method,
                               width=self.phrase_width, square=self.square_weights)
         scores[: self.exclude_sinks] = 0.0
-        kept, evicted = self._select(scores, candidates, sentences)
+        previous = state.get("best", {}) if self.retention == "sticky" else None
+        kept, evicted, best = self._select(scores, candidates, sentences, previous)
         ctx.step("scorer", f"kept {len(kept)} of {len(candidates)} sentences", index=t,
                  prompt_tokens=len(ids), kept=kept, evicted=evicted,
                  cache_tokens=sum(len(sentences[i].ids) for i in kept))
-        return {"cache": kept, "weights": weights, "position": t + 1}
+        return {"cache": kept, "best": best, "weights": weights, "position": t + 1}
 
     def _select(
-        self, scores: np.ndarray, candidates: list[int], sentences: list[Sentence]
-    ) -> tuple[list[int], list[int]]:
-        """Sentences holding a top-k token, in document order, then evicted down to the cap."""
+        self, scores: np.ndarray, candidates: list[int], sentences: list[Sentence],
+        sticky: dict[int, float] | None = None,
+    ) -> tuple[list[int], list[int], dict[int, float]]:
+        """Sentences holding a top-k token, in document order, then evicted down to the cap.
+
+        With `sticky` (the cached sentences' best scores so far) every cached sentence stays a
+        candidate for keeping whatever its score now; its best score is the larger of the two.
+        """
         top = np.zeros(len(scores), dtype=bool)
         k = min(self.topk, len(scores))
         if k:
@@ -201,9 +216,10 @@ class InfiniRetri(BaseModel):
         offset = 0
         for i in candidates:
             n = len(sentences[i].ids)
-            if n and top[offset : offset + n].any():
+            score = float(scores[offset : offset + n].max()) if n else float("-inf")
+            if (n and top[offset : offset + n].any()) or (sticky is not None and i in sticky):
                 kept.append(i)
-                best[i] = float(scores[offset : offset + n].max())
+                best[i] = max(score, sticky.get(i, score)) if sticky is not None else score
             offset += n
         cap, evicted = self._cap(), []
         if cap is not None:
@@ -213,7 +229,8 @@ class InfiniRetri(BaseModel):
                     break
                 evicted.append(i)
                 size -= len(sentences[i].ids)
-        return [i for i in kept if i not in evicted], evicted
+        kept = [i for i in kept if i not in evicted]
+        return kept, evicted, {i: best[i] for i in kept}
 
     async def respond(self, state: InfiniState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """One answer from the retained sentences only, by the answering model."""
