@@ -16,3 +16,24 @@ import pytest
 def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["LONGWEAVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("longweave-cache"))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """faiss sees one GPU; an index copied "to it" is a CPU clone, recorded in the list."""
+    import faiss
+
+    from longweave.retrieval import faiss_index
+
+    moved: list[object] = []
+
+    def to_gpu(resources: object, device: int, index: object) -> object:
+        moved.append(index)
+        return faiss.clone_index(index)  # a separate copy, as a GPU index would be
+
+    monkeypatch.setattr(faiss_index, "gpu_count", lambda: 1)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    faiss_index.gpu_resources.cache_clear()
+    yield moved
+    faiss_index.gpu_resources.cache_clear()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import longweave.llm
-from longweave.cli import main
 from longweave.testing import ScriptedModel
+from tests.cli_run import run_cli
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 
@@ -24,13 +23,6 @@ def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
     monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     return scripted
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["longweave", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
 
 
 def test_ask_prints_answer_citation_and_usage(model, monkeypatch, capsys) -> None:

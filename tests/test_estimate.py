@@ -24,6 +24,7 @@ from longweave.estimate import Assumptions, Estimate, aestimate, aestimate_many,
 from longweave.llm import Message
 from longweave.runner import arun
 from longweave.testing import HashEmbedder, Request, ScriptedModel
+from tests.cli_run import run_cli
 
 QUESTION = "Where did the keeper hide the spare lamp?"
 TAG = re.compile(r"SENTINEL-(\d+)")
@@ -374,17 +375,6 @@ def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
     monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     return scripted
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    import sys
-
-    from longweave.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["longweave", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
 
 
 def _doc_file(tmp_path: Path) -> Path:

@@ -11,11 +11,11 @@ import pytest
 
 import longweave.llm
 import longweave.retrieval.index as index_module
-from longweave.cli import main
 from longweave.errors import ConfigError
 from longweave.evals.harness import arun_eval, split_options
 from longweave.evals.report import summarize, write_reports
 from longweave.testing import HashEmbedder, ScriptedModel
+from tests.cli_run import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 GENERIC = FIXTURES / "generic"
@@ -149,13 +149,6 @@ async def test_reports_written_and_plot_skipped_without_matplotlib(
     assert data["summary"][0]["strategy"] == "truncate" and len(data["results"]) == 4
     rows = list(csv.DictReader(written["csv"].open()))
     assert {r["case"]: float(r["score"]) for r in rows} == EXPECTED
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["longweave", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
 
 
 def test_cli_prints_the_table_and_writes_every_file(cache, tmp_path, monkeypatch, capsys) -> None:

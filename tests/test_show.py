@@ -18,7 +18,6 @@ from longweave.agents.graph_reader import GraphReader
 from longweave.agents.mem_walker import MemWalker
 from longweave.answer import Answer, Step
 from longweave.cache import ArtifactCache
-from longweave.cli import main
 from longweave.documents import Document
 from longweave.errors import ConfigError, MissingDependency
 from longweave.graphs.store import Fact, KeyGraph
@@ -32,6 +31,7 @@ from longweave.visualize import (
     render_tree,
     trail,
 )
+from tests.cli_run import run_cli
 
 # -- the graph: one paragraph per chunk (chunk_tokens=6 with the scripted word tokenizer) --------
 
@@ -284,13 +284,6 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, ScriptedMo
 
     models["use"] = use  # type: ignore[assignment]
     return models
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["longweave", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
 
 
 def settings(values: dict[str, Any]) -> list[str]:

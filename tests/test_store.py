@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from longweave.errors import ConfigError, LongweaveError
-from longweave.retrieval import faiss_index, store_io
 from longweave.retrieval import store as store_mod
+from longweave.retrieval import store_io
 from longweave.retrieval.store import Hit, Record, StoreError, VectorStore, gpu_count, use_gpu
 
 
@@ -297,18 +297,9 @@ def test_this_machine_chooses_the_cpu() -> None:
 
 
 def test_gpu_is_chosen_for_flat_indexes_when_faiss_sees_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_gpu: list[object]
 ) -> None:
-    moved: list[object] = []
-
-    def to_gpu(resources: object, device: int, index: object) -> object:
-        moved.append(index)
-        return faiss.clone_index(index)  # a separate copy, as a GPU index would be
-
-    monkeypatch.setattr(faiss_index, "gpu_count", lambda: 1)
-    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
-    faiss_index.gpu_resources.cache_clear()
+    moved = fake_gpu
     assert use_gpu("auto", "flat") and use_gpu(True, "flat")
     assert not use_gpu(False, "flat") and not use_gpu("auto", "hnsw") and use_gpu("auto", "ivf")
     on_gpu, x, recs = make(gpu="auto")
@@ -324,7 +315,6 @@ def test_gpu_is_chosen_for_flat_indexes_when_faiss_sees_one(
     on_gpu.save(tmp_path / "g")
     reloaded = VectorStore.load(tmp_path / "g")
     assert reloaded.on_gpu and reloaded.search(x[8], 10) == on_cpu.search(x[8], 10)
-    faiss_index.gpu_resources.cache_clear()
 
 
 def test_importing_retrieval_loads_no_heavy_library() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from longweave.errors import ConfigError
-from longweave.retrieval import faiss_index, store_io
+from longweave.retrieval import store_io
 from longweave.retrieval.faiss_index import ivf_lists
 from longweave.retrieval.store import Record, StoreError, VectorStore
 
@@ -229,32 +229,20 @@ def test_one_query_searches_on_one_thread_batches_on_all(kind: str) -> None:
 
 
 def test_gpu_takes_ivf_indexes_once_trained_with_the_same_answers(
-    monkeypatch: pytest.MonkeyPatch,
+    fake_gpu: list[object],
 ) -> None:
-    moved: list[object] = []
-
-    def to_gpu(resources: object, device: int, index: object) -> object:
-        moved.append(index)
-        return faiss.clone_index(index)  # a separate copy, as a GPU index would be
-
-    monkeypatch.setattr(faiss_index, "gpu_count", lambda: 1)
-    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
-    faiss_index.gpu_resources.cache_clear()
-    try:
-        x, recs = clustered(1500), records(1500)
-        on_gpu = VectorStore(32, index="ivf", nprobe=4)
-        assert not on_gpu.on_gpu and not moved  # untrained: nothing to copy yet
-        on_gpu.add(x[:1000], recs[:1000])
-        assert on_gpu.on_gpu and len(moved) == 1
-        on_cpu = VectorStore(32, index="ivf", nprobe=4, gpu=False)
-        on_cpu.add(x[:1000], recs[:1000])
-        on_gpu.add(x[1000:], recs[1000:])  # reaches the GPU copy too (no retrain: 37 < 2 * 25)
-        on_cpu.add(x[1000:], recs[1000:])
-        assert len(moved) == 1 and on_gpu._gpu.ntotal == 1500
-        for q in queries(x, 20):
-            assert on_gpu.search(q, 10) == on_cpu.search(q, 10)
-        some = {"doc0", "doc1"}
-        assert on_gpu.search(x[1200], 10, filter=some) == on_cpu.search(x[1200], 10, filter=some)
-    finally:
-        faiss_index.gpu_resources.cache_clear()
+    moved = fake_gpu
+    x, recs = clustered(1500), records(1500)
+    on_gpu = VectorStore(32, index="ivf", nprobe=4)
+    assert not on_gpu.on_gpu and not moved  # untrained: nothing to copy yet
+    on_gpu.add(x[:1000], recs[:1000])
+    assert on_gpu.on_gpu and len(moved) == 1
+    on_cpu = VectorStore(32, index="ivf", nprobe=4, gpu=False)
+    on_cpu.add(x[:1000], recs[:1000])
+    on_gpu.add(x[1000:], recs[1000:])  # reaches the GPU copy too (no retrain: 37 < 2 * 25)
+    on_cpu.add(x[1000:], recs[1000:])
+    assert len(moved) == 1 and on_gpu._gpu.ntotal == 1500
+    for q in queries(x, 20):
+        assert on_gpu.search(q, 10) == on_cpu.search(q, 10)
+    some = {"doc0", "doc1"}
+    assert on_gpu.search(x[1200], 10, filter=some) == on_cpu.search(x[1200], 10, filter=some)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from longweave.cli.options import Exclude, Include, NoCache, parse_options
+from longweave.cli.options import (
+    Exclude,
+    Include,
+    NoCache,
+    PriceIn,
+    PriceOut,
+    Throughput,
+    parse_options,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,13 +54,9 @@ def ask(
     run: Annotated[bool, typer.Option(
         "--run", help="With --estimate: answer as well, then print estimate against actual.",
     )] = False,
-    price_in: Annotated[float | None, typer.Option(
-        "--price-in", help="Price per 1M prompt tokens, for the estimate's cost.")] = None,
-    price_out: Annotated[float | None, typer.Option(
-        "--price-out", help="Price per 1M completion tokens, for the estimate's cost.")] = None,
-    throughput: Annotated[float | None, typer.Option(
-        "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.",
-    )] = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    throughput: Throughput = None,
 ) -> None:
     """Answer QUESTION about the document at PATH."""
     from rich.console import Console

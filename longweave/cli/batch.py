@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from longweave.cli.options import NoCache, parse_options
+from longweave.cli.options import (
+    NoCache,
+    PriceIn,
+    PriceOut,
+    RayAddress,
+    Throughput,
+    parse_options,
+)
 
 
 def batch(
@@ -50,11 +57,7 @@ def batch(
     executor: Annotated[
         str, typer.Option("--executor", help="Where the work runs: 'local' or 'ray'.")
     ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
-                     "(default: a local Ray runtime)."),
-    ] = None,
+    ray_address: RayAddress = None,
     estimate: Annotated[bool, typer.Option(
         "--estimate", help="Print the expected calls, tokens (and cost) of the questions not yet "
         "answered and exit without calling the model; with --run, answer too and compare.",
@@ -62,13 +65,9 @@ def batch(
     run_too: Annotated[bool, typer.Option(
         "--run", help="With --estimate: run the batch as well, then print estimate against "
         "actual.")] = False,
-    price_in: Annotated[float | None, typer.Option(
-        "--price-in", help="Price per 1M prompt tokens, for the estimate's cost.")] = None,
-    price_out: Annotated[float | None, typer.Option(
-        "--price-out", help="Price per 1M completion tokens, for the estimate's cost.")] = None,
-    throughput: Annotated[float | None, typer.Option(
-        "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.",
-    )] = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    throughput: Throughput = None,
 ) -> None:
     """Answer every question of FILE about the documents in FOLDER, one JSONL record each.
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from longweave.cli.options import NoCache, parse_options
+from longweave.cli.options import NoCache, RayAddress, parse_options
 
 
 def _depths(text: str | None) -> tuple[float, ...]:
@@ -65,11 +65,7 @@ def eval_command(
     executor: Annotated[
         str, typer.Option("--executor", help="Where the answers run: 'local' or 'ray'.")
     ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
-                     "(default: a local Ray runtime)."),
-    ] = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Evaluate strategies on a benchmark: answers, scores, a table, JSON, CSV and a plot."""
     import asyncio

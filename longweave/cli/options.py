@@ -17,6 +17,17 @@ Include = Annotated[
 Exclude = Annotated[
     list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
 ]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
+                 "(default: a local Ray runtime)."),
+]
+PriceIn = Annotated[float | None, typer.Option(
+    "--price-in", help="Price per 1M prompt tokens, for the estimate's cost.")]
+PriceOut = Annotated[float | None, typer.Option(
+    "--price-out", help="Price per 1M completion tokens, for the estimate's cost.")]
+Throughput = Annotated[float | None, typer.Option(
+    "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.")]
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
