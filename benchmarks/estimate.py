@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from longweave.agents.base import get_strategy  # noqa: E402
 from longweave.api import load_source  # noqa: E402
-from longweave.estimate import Estimate, aestimate  # noqa: E402
+from longweave.estimate import Assumptions, Estimate, aestimate  # noqa: E402
 from longweave.runner import arun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,8 +171,9 @@ async def reestimate(rows: list[dict[str, Any]], args: argparse.Namespace) -> li
     out = []
     for row in rows:
         case = by_name[row["document"]]
+        extra = {"assumptions": Assumptions()} if args.generic else {}
         est = await aestimate(load_source(case.source), row["strategy"], llm, case.question,
-                              **SETTINGS[row["strategy"]])
+                              **extra, **SETTINGS[row["strategy"]])
         out.append(with_estimate(row, est))
     return out
 
@@ -206,6 +207,59 @@ def summary(rows: list[dict[str, Any]]) -> str:
             f"{sum(r['inside'] for r in rows)}/{n}.")
 
 
+def pooled(rows: list[dict[str, Any]]) -> str:
+    """Per strategy, the estimates and actual runs summed over its documents: what a batch
+    estimate is held to (one document's decision-dependent run can land on either side)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["strategy"], []).append(r)
+    lines = ["| strategy | documents | calls est/actual (ratio) | prompt tokens est/actual (ratio) "
+             "| completion est/actual (ratio) | all tokens ratio |", "|---|---|---|---|---|---|"]
+    sums: dict[str, list[int]] = {}
+    for strategy in [s for s in SETTINGS if s in by]:
+        group = by[strategy]
+        cells = [strategy, str(len(group))]
+        for key in ("calls", "prompt", "completion", "tokens"):
+            e, a = (sum(r[key][i] for r in group) for i in (0, 1))
+            sums.setdefault(key, []).append(int(a > 0 and abs(e / a - 1) <= 0.25))
+            cells.append(f"{e:,}/{a:,} ({ratio(e, a)})" if key != "tokens" else ratio(e, a))
+        lines.append("| " + " | ".join(cells) + " |")
+    n = len(sums.get("calls", []))
+    counts = ", ".join(f"{label} {sum(sums[key])}/{n}" for key, label in (
+        ("calls", "calls"), ("prompt", "prompt tokens"), ("completion", "completion tokens"),
+        ("tokens", "all tokens")))
+    return "\n".join(lines) + f"\n\nPooled by strategy, within 25% of actual: {counts}."
+
+
+def piloted(rows: list[dict[str, Any]]) -> str:
+    """Held-out check of `Estimate.calibrated`: each run's estimate corrected by the strategy's
+    other documents as the pilot (actual / estimated summed over them), against its actual."""
+    keys = ("calls", "prompt", "completion", "tokens")
+    lines = ["| document | strategy | pilot documents | " + " | ".join(
+        f"{k} ratio before -> after" for k in keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    near = {k: [0, 0] for k in keys}  # within 25%: before, after
+    n = 0
+    for r in rows:
+        others = [o for o in rows if o["strategy"] == r["strategy"] and o is not r]
+        if not others:
+            continue
+        n += 1
+        cells = [r["document"], r["strategy"], str(len(others))]
+        for k in keys:
+            e, a = r[k]
+            pe, pa = sum(o[k][0] for o in others), sum(o[k][1] for o in others)
+            fixed = e * (pa / pe) if pe and pa else e
+            for j, value in enumerate((e, fixed)):
+                near[k][j] += int(a > 0 and abs(value / a - 1) <= 0.25)
+            cells.append(f"{ratio(e, a)} -> {fixed / a:.2f}" if a else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not n:
+        return ""
+    counts = "; ".join(f"{k} {near[k][0]}/{n} -> {near[k][1]}/{n}" for k in keys)
+    return ("\n".join(lines) + f"\n\nWithin 25% of actual, before -> after the pilot "
+            f"correction: {counts}.")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="An L-Eval .jsonl task file, or a text document.")
@@ -215,21 +269,29 @@ async def main() -> None:
     parser.add_argument("--only", help="Only documents whose name contains this.")
     parser.add_argument("--strategies", nargs="*", help="Only these strategies.")
     parser.add_argument("--out", help="Also write the markdown table here.")
-    parser.add_argument("--table-from", help="Print the table of an earlier run's JSON-lines "
-                        "log (each row is printed to stderr as it completes) instead of running.")
+    parser.add_argument("--table-from", nargs="+", metavar="LOG",
+                        help="Print the table of earlier runs' JSON-lines logs (each row is "
+                        "printed to stderr as it completes) instead of running; where a "
+                        "document and strategy ran more than once, the latest row counts "
+                        "(logs in the order given, oldest first).")
     parser.add_argument("--reestimate", action="store_true",
                         help="With --table-from: make the estimates again with the current code.")
+    parser.add_argument("--generic", action="store_true",
+                        help="With --reestimate: use the generic `Assumptions()` instead of the "
+                        "ones fitted to the bundled model (as for a model nobody has measured; "
+                        "the pilot table then shows what a pilot run corrects).")
     args = parser.parse_args()
     if args.table_from:
-        lines = Path(args.table_from).read_text(encoding="utf-8").splitlines()
+        lines = [line for path in args.table_from
+                 for line in Path(path).read_text(encoding="utf-8").splitlines()]
         found = {}
         for row in (json.loads(line) for line in lines if line.startswith("{")):
-            found.setdefault((row["document"], row["strategy"]), row)  # the first run of each
+            found[(row["document"], row["strategy"])] = row  # the latest run of each
         order = list(SETTINGS)
         rows = sorted(found.values(), key=lambda r: (r["document"], order.index(r["strategy"])))
         if args.reestimate:
             rows = await reestimate(rows, args)
-        print(f"{table(rows)}\n\n{summary(rows)}")
+        print(f"{table(rows)}\n\n{summary(rows)}\n\n{pooled(rows)}\n\n{piloted(rows)}")
         return
     from longweave.local_models import LocalLLM
 
@@ -243,8 +305,8 @@ async def main() -> None:
             row = await measure(case, strategy, llm)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    text = (f"{table(rows)}\n\n{summary(rows)}\n\nModel load {load_s:.0f} s; whole run "
-            f"{time.perf_counter() - started:.0f} s.")
+    text = (f"{table(rows)}\n\n{summary(rows)}\n\n{pooled(rows)}\n\nModel load {load_s:.0f} s; "
+            f"whole run {time.perf_counter() - started:.0f} s.")
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")

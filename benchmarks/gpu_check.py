@@ -2,7 +2,9 @@
 
 1. Vector store: `VectorStore(index="flat", gpu=True)` (a FAISS GPU copy of the flat index) must
    return the same neighbours as the CPU store over the same vectors (default 1,000,000 random
-   384-d vectors, 1,000 queries, k=10); reports search time on each and the speedup.
+   384-d vectors, 1,000 queries, k=10); reports search time on each and the speedup. Then the
+   same for `index="ivf"` (trained on the CPU, searched on a GPU copy with the same nprobe): the
+   GPU's top-k must match the CPU's and lose no recall against exact search.
 2. Local backend: `LocalLLM.bundled()` must pick CUDA (bfloat16 where supported) and answer a
    prompt through `complete`; reports prefill and decode tokens/s on CUDA against the CPU.
 
@@ -65,23 +67,29 @@ def timed(fn: Any, repeats: int = 3) -> float:
 # -- 1. the FAISS GPU index ----------------------------------------------------------------------
 
 
-def check_store(n: int, queries: int, dim: int, k: int) -> dict[str, Any]:
+def random_vectors(n: int, queries: int, dim: int) -> tuple[Any, Any]:
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((n, dim), dtype=np.float32),
+            rng.standard_normal((queries, dim), dtype=np.float32))
+
+
+def filled(kind: str, gpu: bool, vectors: Any) -> Any:
+    """A VectorStore of `kind` over `vectors` (an IVF index is trained on the CPU either way,
+    with faiss's fixed k-means seed, so both stores hold the same lists)."""
     from longweave.retrieval.store import Record, VectorStore
 
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, dim), dtype=np.float32)
-    asked = rng.standard_normal((queries, dim), dtype=np.float32)
-    records = [Record("bench", i, 0, 0) for i in range(n)]
-    cpu = VectorStore(dim, index="flat", gpu=False)
-    gpu = VectorStore(dim, index="flat", gpu=True)
-    for store in (cpu, gpu):
-        for lo in range(0, n, 100_000):  # in slices: normalizing copies each slice once
-            store.add(vectors[lo:lo + 100_000], records[lo:lo + 100_000])
-    assert gpu.on_gpu and not cpu.on_gpu, "the GPU store did not put its index on the GPU"
-    cpu_hits = cpu.search_batch(asked, k)
-    gpu_hits = gpu.search_batch(asked, k)
+    store = VectorStore(vectors.shape[1], index=kind, gpu=gpu)
+    records = [Record("bench", i, 0, 0) for i in range(len(vectors))]
+    step = 100_000  # in slices: normalizing copies each slice once
+    for lo in range(0, len(vectors), step):
+        store.add(vectors[lo:lo + step], records[lo:lo + step])
+    return store
+
+
+def agreement(cpu_hits: list[list[Any]], gpu_hits: list[list[Any]]) -> dict[str, Any]:
+    """How far the GPU's top-k lists are from the CPU's over the same index."""
     same, overlap, worst = 0, 0, 0.0
     for a, b in zip(cpu_hits, gpu_hits, strict=True):
         ids_a, ids_b = [h.chunk_index for h in a], [h.chunk_index for h in b]
@@ -94,14 +102,57 @@ def check_store(n: int, queries: int, dim: int, k: int) -> dict[str, Any]:
         or abs(a[-1].score - b[-1].score) < 1e-4
         for a, b in zip(cpu_hits, gpu_hits, strict=True)
     )
+    total = sum(len(a) for a in cpu_hits)
+    return {"identical_queries": same / len(cpu_hits), "recall_vs_cpu": overlap / total,
+            "max_score_diff": worst, "ties_only": ties_only}
+
+
+def recall(hits: list[list[Any]], exact: list[list[Any]]) -> float:
+    """Share of the exact top-k that `hits` found."""
+    found = sum(len({h.chunk_index for h in a} & {h.chunk_index for h in b})
+                for a, b in zip(hits, exact, strict=True))
+    return found / sum(len(b) for b in exact)
+
+
+def speed(cpu: Any, gpu: Any, asked: Any, k: int) -> dict[str, float]:
     cpu_s = timed(lambda: cpu.search_batch(asked, k), repeats=2)
     gpu_s = timed(lambda: gpu.search_batch(asked, k), repeats=5)
-    passed = ties_only and overlap / (queries * k) >= 0.999 and worst < 1e-3
+    return {"cpu_search_s": cpu_s, "gpu_search_s": gpu_s, "speedup": cpu_s / gpu_s,
+            "cpu_queries_per_s": len(asked) / cpu_s, "gpu_queries_per_s": len(asked) / gpu_s}
+
+
+def check_store(n: int, queries: int, dim: int, k: int) -> dict[str, Any]:
+    """The flat (exact) index: the GPU copy must return the CPU's neighbours, ties aside."""
+    vectors, asked = random_vectors(n, queries, dim)
+    cpu, gpu = filled("flat", False, vectors), filled("flat", True, vectors)
+    assert gpu.on_gpu and not cpu.on_gpu, "the GPU store did not put its index on the GPU"
+    agree = agreement(cpu.search_batch(asked, k), gpu.search_batch(asked, k))
+    passed = (agree["ties_only"] and agree["recall_vs_cpu"] >= 0.999
+              and agree["max_score_diff"] < 1e-3)
     return {"check": "faiss flat index, GPU vs CPU", "passed": passed, "vectors": n,
-            "dim": dim, "queries": queries, "k": k, "identical_queries": same / queries,
-            "recall_vs_cpu": overlap / (queries * k), "max_score_diff": worst,
-            "cpu_search_s": cpu_s, "gpu_search_s": gpu_s, "speedup": cpu_s / gpu_s,
-            "cpu_queries_per_s": queries / cpu_s, "gpu_queries_per_s": queries / gpu_s}
+            "dim": dim, "queries": queries, "k": k, **agree, **speed(cpu, gpu, asked, k)}
+
+
+def check_ivf(n: int, queries: int, dim: int, k: int, *, exact_queries: int = 100
+              ) -> dict[str, Any]:
+    """The IVF index (what `index="auto"` picks past its threshold): trained once per store on
+    the CPU, searched on the GPU copy with the same nprobe. Its lists must match the CPU's
+    (recall against the CPU's top-k >= 0.99) and its recall against exact search must be the
+    CPU's within 0.01 (on a sample of `exact_queries`)."""
+    vectors, asked = random_vectors(n, queries, dim)
+    cpu, gpu = filled("ivf", False, vectors), filled("ivf", True, vectors)
+    assert gpu.on_gpu and not cpu.on_gpu, "the GPU store did not put its IVF index on the GPU"
+    cpu_hits, gpu_hits = cpu.search_batch(asked, k), gpu.search_batch(asked, k)
+    agree = agreement(cpu_hits, gpu_hits)
+    sample = min(exact_queries, queries)
+    exact = filled("flat", False, vectors).search_batch(asked[:sample], k)
+    cpu_recall = recall(cpu_hits[:sample], exact)
+    gpu_recall = recall(gpu_hits[:sample], exact)
+    passed = agree["recall_vs_cpu"] >= 0.99 and gpu_recall >= cpu_recall - 0.01
+    return {"check": "faiss IVF index, GPU vs CPU", "passed": passed, "vectors": n, "dim": dim,
+            "queries": queries, "k": k, "nlist": int(cpu._cpu.nlist), "nprobe": cpu.nprobe,
+            **agree, "cpu_recall_vs_exact": cpu_recall, "gpu_recall_vs_exact": gpu_recall,
+            **speed(cpu, gpu, asked, k)}
 
 
 # -- 2. the local model on CUDA ------------------------------------------------------------------
@@ -164,11 +215,14 @@ def check_model(prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     verdict = "PASS" if result["passed"] else "FAIL"
     if "speedup" in result:
+        ivf = (f"; recall vs exact {result['gpu_recall_vs_exact']:.4f} on the GPU, "
+               f"{result['cpu_recall_vs_exact']:.4f} on the CPU (nlist {result['nlist']}, "
+               f"nprobe {result['nprobe']})" if "nlist" in result else "")
         return (f"[{verdict}] {result['check']}: {result['vectors']:,} x {result['dim']}-d, "
                 f"{result['queries']:,} queries, k={result['k']}: identical top-k for "
                 f"{result['identical_queries']:.1%} of queries, recall vs CPU "
-                f"{result['recall_vs_cpu']:.4f}, max score diff {result['max_score_diff']:.1e}; "
-                f"CPU {result['cpu_search_s']:.3f} s, GPU {result['gpu_search_s']:.3f} s "
+                f"{result['recall_vs_cpu']:.4f}, max score diff {result['max_score_diff']:.1e}"
+                f"{ivf}; CPU {result['cpu_search_s']:.3f} s, GPU {result['gpu_search_s']:.3f} s "
                 f"({result['speedup']:.1f}x)")
     c, p = result["cuda"], result["cpu"]
     return (f"[{verdict}] {result['check']}: weights on {result['device']} as {result['dtype']} "
@@ -188,6 +242,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=2048)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip-store", action="store_true")
+    parser.add_argument("--skip-ivf", action="store_true", help="Only the flat index.")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--out", help="Also write the results as JSON here.")
     args = parser.parse_args()
@@ -200,6 +255,8 @@ def main() -> int:
     if not args.skip_store:
         if gpus:
             results.append(check_store(args.vectors, args.queries, args.dim, args.k))
+            if not args.skip_ivf:
+                results.append(check_ivf(args.vectors, args.queries, args.dim, args.k))
         else:
             print("[SKIP] faiss sees no GPU (faiss-cpu installed?): pip install faiss-gpu-cu12")
     if not args.skip_model:

@@ -80,7 +80,8 @@ class Assumptions(BaseModel):
 
     The defaults are our guesses for an instruction-tuned chat model that stops when it is
     done (not measured); `Assumptions.for_model` gives the measured ones for the bundled model.
-    Calibrate from a pilot run: `Estimate.compare(answer.usage)` gives the ratios.
+    Calibrate from a pilot run: `Estimate.compare(answer.usage)` gives the ratios, and
+    `Estimate.calibrated(pilot_estimate, pilot_usage)` applies them to the rest of a batch.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -187,6 +188,34 @@ class Estimate(BaseModel):
                  "completion_tokens": (self.completion_tokens, actual.completion_tokens),
                  "tokens": (self.tokens, actual.prompt_tokens + actual.completion_tokens)}
         return {k: (e / a if a else None) for k, (e, a) in pairs.items()}
+
+    def calibrated(self, pilot: Estimate, actual: Usage) -> Estimate:
+        """This estimate corrected by a pilot run: calls, prompt and completion tokens each
+        scaled by the pilot's actual / estimated (`pilot` made the same way, before it ran), then
+        kept inside the low-high bounds. For models whose replies and decisions `Assumptions`
+        does not know: answer a few questions for real, then estimate the rest with this."""
+        def factor(estimated: int, real: int) -> float:
+            return real / estimated if estimated and real else 1.0
+
+        f = {"calls": factor(pilot.calls, actual.calls),
+             "prompt_tokens": factor(pilot.prompt_tokens, actual.prompt_tokens),
+             "completion_tokens": factor(pilot.completion_tokens, actual.completion_tokens)}
+
+        def scaled(counts: Counts, *, bounded: bool = False) -> Counts:
+            values = {k: round(getattr(counts, k) * f[k]) for k in f}
+            if bounded:
+                values = {k: min(max(v, getattr(self.low, k)), getattr(self.high, k))
+                          for k, v in values.items()}
+            return Counts(**values)
+
+        point = scaled(self.point, bounded=True)
+        note = (f"calibrated on a pilot run of {pilot.documents} document(s): calls x"
+                f"{f['calls']:.2f}, prompt tokens x{f['prompt_tokens']:.2f}, completion tokens "
+                f"x{f['completion_tokens']:.2f}")
+        return self.model_copy(update={
+            **point.model_dump(), "build": scaled(self.build),
+            "roles": {role: scaled(c) for role, c in self.roles.items()},
+            "notes": [*self.notes, note]})
 
     def rows(self, actual: Usage | None = None, *, price_in: float | None = None,
              price_out: float | None = None, throughput: float | None = None) -> list[list[str]]:

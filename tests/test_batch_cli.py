@@ -273,6 +273,27 @@ def test_estimate_asks_nothing_and_then_compares_with_the_run(model, folder, tmp
     assert "0 questions to answer, 3 already answered" in result.output
 
 
+def test_estimate_with_a_pilot_answers_a_few_then_estimates_the_rest(
+        model, folder, tmp_path) -> None:
+    questions = _questions(tmp_path, [{"question": "What colour is it?"},
+                                      {"question": "Which fruit is it?"}])
+    out = tmp_path / "answers.jsonl"
+    result = _batch(folder, "--questions", questions, "--out", out, "--estimate", "--pilot", "2")
+    assert result.exit_code == 0, result.output
+    # Two questions, on two different documents, were answered and kept.
+    assert len(model.requests) == 2 and len(ResultLog(out).answered()) == 2
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len({r["document"] for r in records}) == 2
+    assert "pilot" in result.output and "calibrated on a pilot run" in result.output
+    assert "4 questions to answer, 2 already answered; nothing else was asked" in result.output
+    # --run answers the rest (the pilot's answers are resumed, not asked again).
+    result = _batch(folder, "--questions", questions, "--out", out, "--estimate", "--pilot", "1",
+                    "--run")
+    assert result.exit_code == 0, result.output
+    assert len(model.requests) == 6 and len(ResultLog(out).answered()) == 6
+    assert sum(_pairs(out).values()) == 6 and set(_pairs(out).values()) == {1}
+
+
 def test_ask_trace_writes_every_call(model, tmp_path) -> None:
     from longweave.trace import read_trace
 

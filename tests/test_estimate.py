@@ -323,6 +323,28 @@ def test_cost_seconds_and_compare() -> None:
     assert rows[1][:2] == ["calls", "10"] and rows[-1][0] == "cost"
 
 
+def test_calibrated_scales_by_the_pilot_and_stays_inside_the_bounds() -> None:
+    from longweave.estimate import Counts
+
+    pilot = Estimate(strategy="s", model="m", calls=4, prompt_tokens=1000, completion_tokens=100)
+    rest = Estimate(strategy="s", model="m", documents=10, calls=40, prompt_tokens=10_000,
+                    completion_tokens=1000, low=Counts(calls=20, prompt_tokens=5000,
+                                                       completion_tokens=10),
+                    high=Counts(calls=100, prompt_tokens=12_000, completion_tokens=4000),
+                    roles={"worker": Counts(calls=40, prompt_tokens=10_000,
+                                            completion_tokens=1000)})
+    # The pilot made 1.5x the calls, 2x the prompt tokens and 0.5x the completion tokens.
+    fixed = rest.calibrated(pilot, Usage(calls=6, prompt_tokens=2000, completion_tokens=50))
+    assert fixed.calls == 60 and fixed.completion_tokens == 500
+    assert fixed.prompt_tokens == 12_000  # 20,000 capped at the high bound
+    assert fixed.roles["worker"] == Counts(calls=60, prompt_tokens=20_000, completion_tokens=500)
+    assert fixed.low == rest.low and fixed.high == rest.high and fixed.documents == 10
+    assert "pilot" in fixed.notes[-1] and "x1.50" in fixed.notes[-1]
+    # A pilot that recorded nothing (all cached) leaves the estimate as it was.
+    same = rest.calibrated(pilot, Usage())
+    assert same.point == rest.point
+
+
 def test_sync_estimate_with_a_bare_tokenizer() -> None:
     from longweave.testing import RegexTokenizer
 

@@ -217,6 +217,32 @@ async def test_broken_final_falls_back_to_text() -> None:
     assert answer.citations  # all contributing chunks
 
 
+async def test_final_cut_at_the_cap_keeps_its_answer_without_a_second_call() -> None:
+    model = ScriptedModel(context_window=2400)
+    model.on("stepper", reply=fact_step)
+    # Cut inside the second used path, as a reply stopped at max_tokens is.
+    model.on("manager", contains="used_paths",
+             reply='{"answer": "Mara Quill kept the light until", '
+                   '"used_paths": [["evidence", 2], ["ev')
+    answer = await arun(Prism(**SMALL), sentinel_document(4), "q?", model)
+    assert answer.text == "Mara Quill kept the light until"
+    assert "cut_final" in answer.flags and "invalid_final" not in answer.flags
+    assert len(model.calls("manager")) == 1  # no free-text re-ask
+    assert [c.chunk_index for c in answer.citations] == [2]  # the whole path survived
+    assert answer.usage.calls == len(model.requests)
+
+
+async def test_final_without_answer_text_still_falls_back_to_text() -> None:
+    model = ScriptedModel(context_window=2400)
+    model.on("stepper", reply=fact_step)
+    model.on("manager", contains="used_paths", reply='{"answer": "", "used_paths": [',
+             times=1)
+    model.on("manager", reply="plain answer")
+    answer = await arun(Prism(**SMALL), sentinel_document(4), "q?", model)
+    assert answer.text == "plain answer" and "invalid_final" in answer.flags
+    assert len(model.calls("manager")) == 2
+
+
 async def test_empty_question_uses_the_summary_schema_and_free_text() -> None:
     model = ScriptedModel(context_window=2400)
     model.on("stepper", reply=lambda r: {"revisions": [

@@ -34,7 +34,7 @@ from longweave.memory.structured_memory import (
     load_schema_file,
     render_json,
 )
-from longweave.structured import reask_message
+from longweave.structured import reask_message, repair_json
 
 __all__ = ["Prism"]
 
@@ -312,13 +312,20 @@ class Prism(BaseModel):
                                        schema=prompts.final_schema(self.answer_chars),
                                        temperature=self.temperature)
                 answer, used = reply.parsed.answer.strip(), list(reply.parsed.used_paths)
-            except ParseError as exc:  # fallback: the same prompt as free text
-                flags.append("invalid_final")
-                ctx.step("manager", "structured answer failed; answering as text",
-                         reason=exc.message[:300])
-                reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
-                                       temperature=self.temperature, stream=True)
-                answer = reply.text.strip()
+            except ParseError as exc:
+                salvaged = _salvage_final(exc.raw, self.answer_chars)
+                if salvaged is not None:  # cut at the cap: keep what it wrote, no second call
+                    answer, used = salvaged
+                    flags.append("cut_final")
+                    ctx.step("manager", "structured answer cut short; kept its answer",
+                             reason=exc.message[:300])
+                else:  # fallback: the same prompt as free text
+                    flags.append("invalid_final")
+                    ctx.step("manager", "structured answer failed; answering as text",
+                             reason=exc.message[:300])
+                    reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
+                                           temperature=self.temperature, stream=True)
+                    answer = reply.text.strip()
         else:
             reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
                                    temperature=self.temperature, stream=True)
@@ -334,6 +341,23 @@ class Prism(BaseModel):
         if not citations:
             flags.append("uncited")
         return {"answer": answer, "citations": citations, "flags": flags}
+
+
+def _salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
+    """The answer (and any whole used paths) of a final reply that failed validation, usually
+    one cut at max_tokens inside its answer; None when it holds no answer text (ours)."""
+    try:
+        value, _ = repair_json(raw)
+    except ValueError:
+        return None
+    answer = value.get("answer") if isinstance(value, dict) else None
+    if not isinstance(answer, str) or not answer.strip():
+        return None
+    paths = value.get("used_paths")
+    used = [p for p in paths if isinstance(p, list) and p
+            and all(isinstance(x, str | int) and not isinstance(x, bool) for x in p)
+            ] if isinstance(paths, list) else []
+    return answer.strip()[:answer_chars], used
 
 
 def _common_prefix(a: str, b: str) -> int:

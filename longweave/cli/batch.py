@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +15,10 @@ from longweave.cli.options import (
     Throughput,
     parse_options,
 )
+
+if TYPE_CHECKING:
+    from longweave.batch import BatchItem
+    from longweave.estimate import Estimate
 
 
 def batch(
@@ -65,6 +69,10 @@ def batch(
     run_too: Annotated[bool, typer.Option(
         "--run", help="With --estimate: run the batch as well, then print estimate against "
         "actual.")] = False,
+    pilot: Annotated[int, typer.Option(
+        "--pilot", min=0, help="With --estimate: first answer this many questions for real "
+        "(on different documents where possible; kept in the output), then estimate the rest "
+        "corrected by how the pilot compared with its own estimate.")] = 0,
     price_in: PriceIn = None,
     price_out: PriceOut = None,
     throughput: Throughput = None,
@@ -94,43 +102,63 @@ def batch(
     extra = {"address": ray_address} if executor == "ray" else {}
     runner = get_executor(executor, concurrency=concurrency, **extra)
     view = BatchView(err)
-    planned = None
-    if estimate:
-        from longweave.batch import ResultLog
-        from longweave.cli.ask import print_estimate
-        from longweave.estimate import estimate_many
 
-        done = ResultLog(out).answered()
-        todo = [i for i in items if job.key(i) not in done]
-        planned = estimate_many([(i.document, i.question) for i in todo], strategy, model,
-                                **job.options)
-        if not run_too:
-            print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
-                           throughput=throughput)
-            err.print(f"[dim]{len(todo)} questions to answer, {len(items) - len(todo)} already "
-                      "answered; nothing was asked of the model[/]", highlight=False)
-            return
-
-    async def run() -> BatchSummary:
+    async def run(chosen: list[BatchItem]) -> BatchSummary:
         try:
             return await arun_batch(
-                items, out, job, executor=runner, on_start=view.start, on_record=view.record,
+                chosen, out, job, executor=runner, on_start=view.start, on_record=view.record,
                 trace=trace,
             )
         except asyncio.CancelledError:  # asyncio's Ctrl-C: the answers in flight are dropped
             err.print("[yellow]stopping…[/]")
             raise
 
-    try:
-        with view:
-            summary = asyncio.run(run())
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]interrupted:[/] {view.written} answers written to {out} "
-            f"({view.failed} of them failed); rerun the same command to resume",
-            highlight=False,
-        )
-        raise typer.Exit(130) from None
+    def answer(chosen: list[BatchItem]) -> BatchSummary:
+        try:
+            with view:
+                return asyncio.run(run(chosen))
+        except KeyboardInterrupt:
+            err.print(
+                f"[yellow]interrupted:[/] {view.written} answers written to {out} "
+                f"({view.failed} of them failed); rerun the same command to resume",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
+
+    planned = None
+    if estimate:
+        from longweave.batch import ResultLog
+        from longweave.cache import ArtifactCache
+        from longweave.cli.ask import print_estimate
+        from longweave.estimate import estimate_many
+
+        artifacts = ArtifactCache(job.settings().cache_dir / "artifacts")
+
+        def plan(chosen: list[BatchItem]) -> Estimate:
+            return estimate_many([(i.document, i.question) for i in chosen], strategy, model,
+                                 artifacts=artifacts, **job.options)
+
+        done = ResultLog(out).answered()
+        todo = [i for i in items if job.key(i) not in done]
+        trial = _pilot(todo, pilot)
+        chosen = {job.key(i) for i in trial}
+        rest = [i for i in todo if job.key(i) not in chosen]
+        if trial:
+            before = plan(trial)  # made before the pilot runs, as the rest's is
+            ran = answer(trial)
+            err.print(f"[bold]pilot:[/] {len(trial)} questions answered", highlight=False)
+            print_estimate(err, before, actual=ran.usage)
+            planned = plan(rest).calibrated(before, ran.usage)
+        else:
+            planned = plan(rest)
+        if not run_too:
+            print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
+                           throughput=throughput)
+            err.print(f"[dim]{len(rest)} questions to answer, {len(items) - len(rest)} already "
+                      "answered; nothing " + ("else " if trial else "") + "was asked of the "
+                      "model[/]", highlight=False)
+            return
+    summary = answer(items)
     Console().print(view.summary(summary))
     if planned is not None:
         from longweave.cli.ask import print_estimate
@@ -141,3 +169,14 @@ def batch(
         err.print(f"[red]{summary.failed} failed[/]: their errors are in {out}; rerun the same "
                   "command to retry them", highlight=False)
         raise typer.Exit(1)
+
+
+def _pilot(todo: list[BatchItem], n: int) -> list[BatchItem]:
+    """`n` questions for a pilot run: the first question of each document first, so the pilot
+    pays for per-document builds as most of the batch will, then the next ones in order."""
+    firsts: dict[str, BatchItem] = {}
+    for item in todo:
+        firsts.setdefault(item.document, item)
+    picked = list(firsts.values())[:n]
+    taken = {id(i) for i in picked}
+    return picked + [i for i in todo if id(i) not in taken][: n - len(picked)]
