@@ -198,6 +198,36 @@ async def test_unparseable_step_is_retried_twice_then_an_empty_batch() -> None:
     assert [c.chunk_index for c in answer.citations] == [2]
 
 
+def cut_step(request: Request) -> str:
+    """A step reply stopped at max_tokens: one whole revision, one invalid whole revision, and
+    a third cut inside its value."""
+    i = request.text.count('"path":["evidence",')
+    return ('{"revisions": [{"op": "add", "path": ["evidence", %d], "value": "saw %d"}, '
+            '{"op": "add", "path": ["nowhere"], "value": 3}, '
+            '{"op": "add", "path": ["evidence", %d], "value": "the keeper retired in 19'
+            % (i, piece(request), i + 1))
+
+
+@pytest.mark.parametrize("keep_cut", [True, False])
+async def test_a_cut_step_keeps_its_whole_revisions_without_a_reask(keep_cut: bool) -> None:
+    model = ScriptedModel(context_window=2400)
+    model.on("stepper", reply=cut_step)
+    model.on("manager", reply={"answer": "x", "used_paths": [["evidence", 0]]})
+    doc = sentinel_document(3)
+    answer = await arun(Prism(**SMALL, keep_cut=keep_cut), doc, "q?", model)
+    steps = [s for s in answer.steps if s.role == "stepper" and "applied" in s.detail]
+    memory = next(s for s in answer.steps if s.role == "manager").detail["memory"]
+    if keep_cut:
+        assert len(model.calls("stepper")) == len(steps)  # no re-asks
+        assert all(s.detail["applied"] and s.detail["attempts"] == 1 for s in steps)
+        assert "retired in 19" not in memory  # the cut revision was never applied
+        assert "invalid_step" not in answer.flags
+        assert [c.chunk_index for c in answer.citations] == [0]
+    else:  # re-asked up to `retries` times, then an empty batch
+        assert len(model.calls("stepper")) == 3 * len(steps)
+        assert all(not s.detail["applied"] for s in steps) and "invalid_step" in answer.flags
+
+
 async def test_citations_come_from_provenance_of_used_paths() -> None:
     model, doc = scripted({"answer": "x", "used_paths": [["evidence", 2]]}), sentinel_document(8)
     answer = await arun(Prism(**SMALL), doc, "q?", model)

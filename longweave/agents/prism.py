@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
@@ -117,6 +118,9 @@ class Prism(BaseModel):
     """Revisions per step (ours, §5.2)."""
     retries: int = Field(2, ge=0)
     """Re-asks after unparseable step output, then an empty batch (ours, §5.2)."""
+    keep_cut: bool = True
+    """A step reply cut at step_max_new keeps its whole revisions (the one cut is dropped)
+    instead of being re-asked; re-asked only when it holds none (ours)."""
     schema_max_new: int = Field(512, ge=64)
     """Generation cap of schema generation (ours)."""
     temperature: float = 0.0
@@ -291,9 +295,15 @@ class Prism(BaseModel):
                 cached += reply.usage.cached_tokens
                 if reply.finish_reason != "length" and reply.parsed is not None:
                     return list(reply.parsed.revisions), attempt, cached, True
+                raw = reply.text if reply.finish_reason == "length" else ""
                 problem = "the reply was cut off at the token limit; propose fewer revisions"
             except ParseError as exc:
-                problem = exc.message
+                raw, problem = exc.raw or "", exc.message
+            whole = whole_revisions(raw, schema) if self.keep_cut else []
+            if whole:
+                ctx.step("stepper", f"reply cut short: kept its {len(whole)} whole revisions",
+                         index=i, reason=problem[:COMPLAINT_CHARS])
+                return whole, attempt, cached, True
             prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]
         return [], self.retries + 1, cached, False
 
@@ -341,6 +351,31 @@ class Prism(BaseModel):
         if not citations:
             flags.append("uncited")
         return {"answer": answer, "citations": citations, "flags": flags}
+
+
+def whole_revisions(raw: str, batch: type[BaseModel]) -> list[Any]:
+    """The revisions of a cut RevisionBatch reply that closed before the cut, each valid alone
+    (a value cut mid-string is never applied: its revision did not close)."""
+    found = _REVISIONS.search(raw)
+    if found is None:
+        return []
+    decoder, at, kept = json.JSONDecoder(), found.end(), []
+    while True:
+        while at < len(raw) and raw[at] in " \t\r\n,":
+            at += 1
+        try:
+            item, at = decoder.raw_decode(raw, at)
+        except ValueError:
+            return kept
+        if not isinstance(item, dict):
+            return kept
+        try:
+            kept += batch.model_validate({"revisions": [item]}).revisions
+        except ValueError:
+            continue  # this one is invalid; a later whole one may still be usable
+
+
+_REVISIONS = re.compile(r'"revisions"\s*:\s*\[')
 
 
 def _salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
