@@ -26,6 +26,7 @@ __all__ = [
     "repair_json",
     "schema_fits",
     "strict_schema",
+    "whole_items",
 ]
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
@@ -315,6 +316,44 @@ def parse_structured(text: str, schema: type[T]) -> T:
         raise ParseError(
             f"the reply does not match {schema.__name__}: {_describe(exc)}", raw=text
         ) from None
+
+
+def whole_items(raw: str, schema: type[BaseModel], field: str) -> list[Any]:
+    """The items of list field `field` of a reply cut by its token limit that closed before the
+    cut, each validated alone against the list's item type (an invalid one is skipped).
+
+    A cut reply fails its schema as a whole, yet the items before the cut are finished work;
+    unlike `repair_json`, an item cut inside a string is dropped, never kept half-written.
+
+    >>> from pydantic import BaseModel
+    >>> class Facts(BaseModel):
+    ...     facts: list[str]
+    >>> whole_items('{"facts": ["The lamp is red.", 7, "The keeper ret', Facts, "facts")
+    ['The lamp is red.']
+    """
+    from typing import get_args
+
+    from pydantic import TypeAdapter
+
+    found = re.search(re.escape(f'"{field}"') + r"\s*:\s*\[", raw)
+    if found is None:
+        return []
+    item_type = (get_args(schema.model_fields[field].annotation) or (Any,))[0]
+    adapter: TypeAdapter[Any] = TypeAdapter(item_type)
+    decoder, at, kept = json.JSONDecoder(strict=False), found.end(), []
+    while True:
+        while at < len(raw) and raw[at] in " \t\r\n,":
+            at += 1
+        if at >= len(raw) or raw[at] == "]":
+            return kept
+        try:
+            item, at = decoder.raw_decode(raw, at)
+        except ValueError:
+            return kept  # the cut item, or broken text: stop at the last whole one
+        try:
+            kept.append(adapter.validate_python(item))
+        except ValidationError:
+            continue
 
 
 def reask_message(error: ParseError | str) -> Message:

@@ -3,6 +3,7 @@ invalid calls, the cached graph, and one run of the real local model."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from longweave.errors import ParseError
 from longweave.graphs.calls import parse_call, parse_step
 from longweave.graphs.paths import Call, PathState
 from longweave.runner import arun
-from longweave.testing import HashEmbedder, Request, ScriptedModel
+from longweave.testing import HashEmbedder, Request, Rule, ScriptedModel
 
 WORD = re.compile(r"\w+")
 # One paragraph per chunk (chunk_tokens=6 with the scripted model's word tokenizer).
@@ -91,6 +92,27 @@ async def test_build_extracts_once_per_chunk_and_a_cached_rebuild_calls_nothing(
     reused = next(s for s in again.steps if s.role == "graph")
     assert reused.detail["cached"] is True and reused.detail["calls"] == 0
     assert again.usage.calls == answer.usage.calls - len(PARAS)
+
+
+@pytest.mark.parametrize("keep_cut", [True, False])
+async def test_a_cut_extraction_keeps_its_whole_facts(keep_cut: bool, tmp_path: Path) -> None:
+    def cut(request: Request) -> str:  # the facts, then a fact cut inside its text
+        whole = json.dumps(extract(request))[:-2]  # drop the closing "]}"
+        return whole + ', {"fact": "Delta was rebuilt in 19'
+
+    model = scripted()
+    model.rules[0] = Rule("extractor", (), cut)
+    doc, cache = document(), ArtifactCache(tmp_path)
+    answer = await arun(reader(keep_cut=keep_cut), doc, QUESTION, model, artifacts=cache)
+    built = next(s for s in answer.steps if s.role == "graph")
+    if keep_cut:
+        assert len(model.calls("extractor")) == len(PARAS)  # no re-asks
+        assert built.detail["failed_chunks"] == [] and built.detail["facts"] > 0
+        facts = (await _graph(doc, cache)).facts
+        assert facts and not any("rebuilt" in f.text for f in facts)  # the cut fact is dropped
+    else:  # each chunk re-asked `retries` times, then it yields nothing
+        assert len(model.calls("extractor")) == 3 * len(PARAS)
+        assert built.detail["failed_chunks"] == list(range(len(PARAS)))
 
 
 async def _graph(doc: Document, cache: ArtifactCache) -> Any:

@@ -71,6 +71,37 @@ async def test_two_extractions_per_unit_then_cached(tmp_path: Path) -> None:
     assert again.usage.calls == len(new) == len([r for r in new if r.role == "filter"]) + 1
 
 
+@pytest.mark.parametrize("keep_cut", [True, False])
+async def test_cut_extractions_keep_their_whole_items(keep_cut: bool) -> None:
+    import json
+
+    def cut(request: Request) -> str:
+        marks = SENTINEL.findall(latest(request))
+        if "<passage>" in request.text:  # items, then one cut inside its value; no summary
+            items = [{"key": "marker", "value": ",".join(marks)}]
+            return json.dumps({"items": items})[:-2] + ', {"key": "x", "value": "HALFWRITTEN'
+        facts = [f"fact about SENTINEL-{m}" for m in marks]
+        return json.dumps({"facts": facts})[:-2] + ', "HALFWRITTEN fact'
+
+    model = ScriptedModel(context_window=2048)
+    model.on("extractor", reply=cut)
+    model.on("compressor", reply=lambda r: {"critical_context": ["merged facts [u0]"]})
+    model.on("filter", reply={"needed": "yes"})
+    model.on("reader", reply="The answer.")
+    answer = await arun(light(keep_cut=keep_cut), sentinel_document(6), "Where is SENTINEL-2?",
+                        model)
+    n = next(s for s in answer.steps if s.role == "memory").detail["units"]
+    later = [r.text for r in model.requests if r.role != "extractor"]
+    if keep_cut:
+        assert len(model.calls("extractor")) == 2 * n  # no re-asks
+        assert "extract_invalid" not in answer.flags
+        assert any("fact about SENTINEL-" in t for t in later)  # the whole facts were kept
+        assert not any("HALFWRITTEN" in t for t in later)
+    else:  # re-asked `retries` times, then the unit falls back to its own text
+        assert len(model.calls("extractor")) == 3 * 2 * n
+        assert "extract_invalid" in answer.flags
+
+
 async def test_extractions_run_concurrently() -> None:
     import asyncio
 

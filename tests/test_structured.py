@@ -16,6 +16,7 @@ from longweave.structured import (
     repair_json,
     schema_fits,
     strict_schema,
+    whole_items,
 )
 
 
@@ -161,3 +162,26 @@ def test_unbounded_schemas_never_fit() -> None:
         items: list[str]
 
     assert not schema_fits(Loose, 10**9, len)
+
+
+class _Fact(BaseModel):
+    fact: str = Field(max_length=40)
+    keys: list[str] = Field(min_length=1)
+
+
+class _Facts(BaseModel):
+    facts: list[_Fact]
+    note: str
+
+
+def test_whole_items_keeps_what_closed_before_the_cut() -> None:
+    raw = ('{"facts": [{"fact": "The lamp is red.", "keys": ["lamp"]}, '
+           '{"fact": "no keys", "keys": []}, {"fact": "The keeper retired in 1920.", '
+           '"keys": ["keeper"]}, {"fact": "The keeper was Mara Qu')
+    kept = whole_items(raw, _Facts, "facts")
+    # The invalid item (no keys) is skipped, the cut one dropped; `note` was never written.
+    assert [f.fact for f in kept] == ["The lamp is red.", "The keeper retired in 1920."]
+    assert whole_items('{"note": "x", "facts": [', _Facts, "facts") == []
+    assert whole_items("Sorry, I cannot help.", _Facts, "facts") == []
+    finished = '{"facts": [{"fact": "a", "keys": ["b"]}], "note": "c"}'
+    assert len(whole_items(finished, _Facts, "facts")) == 1

@@ -31,7 +31,7 @@ from longweave.graphs.explore import Explorer
 from longweave.graphs.paths import PathState
 from longweave.graphs.store import GRAPH_FORMAT, KeyGraph, normalize_key
 from longweave.retrieval.embeddings import Embedder
-from longweave.structured import json_instructions, reask_message
+from longweave.structured import json_instructions, reask_message, whole_items
 
 __all__ = ["Budgets", "GraphReader"]
 
@@ -97,6 +97,10 @@ class GraphReader(UsesEmbedder):
     retries: int = Field(2, ge=0)
     """Re-prompts carrying the validator's message after an invalid call; then the path ends
     (§8.3)."""
+    keep_cut: bool = True
+    """An extraction reply cut at extract_max_new keeps its atomic facts that closed before
+    the cut (each validated alone) instead of being re-asked; re-asked only when it holds none
+    (ours)."""
     notebook_chars: int = Field(1500, ge=16)
     """Notebook cap per path; the model rewrites it under the cap at each step (ours, §8.2)."""
     rationale_chars: int = Field(300, ge=8)
@@ -217,12 +221,21 @@ class GraphReader(UsesEmbedder):
                         reply = await ctx.call("extractor", prompt, max_tokens=self.extract_max_new,
                                                schema=schema, temperature=self.temperature,
                                                index=i, total=len(chunks))
+                    if reply.finish_reason == "length":  # a repaired reply may hold a cut fact
+                        raise ParseError("the reply was cut off at the token limit; write fewer "
+                                         "facts", raw=reply.text)
                     if reply.parsed is None:
                         raise ParseError("the reply held no JSON object")
-                    return [RawFact(f.fact, tuple(f.key_elements))
-                            for f in reply.parsed.atomic_facts]
+                    facts = reply.parsed.atomic_facts
                 except ParseError as exc:
-                    prompt = [*messages, reask_message(exc)]
+                    facts = whole_items(exc.raw or "", schema, "atomic_facts") if (
+                        self.keep_cut) else []
+                    if not facts:
+                        prompt = [*messages, reask_message(exc)]
+                        continue
+                    ctx.step("extractor", f"reply cut short: kept its {len(facts)} whole facts",
+                             index=i, reason=exc.message[:300])
+                return [RawFact(f.fact, tuple(f.key_elements)) for f in facts]
             return None  # this chunk yields no facts; flagged below
 
         results = await asyncio.gather(*(extract(c.index, c.text) for c in chunks))

@@ -26,7 +26,7 @@ from longweave.errors import BudgetExceeded, ConfigError, ParseError
 from longweave.memory.episodic import EpisodicMemory
 from longweave.memory.scratchpad import Piece
 from longweave.memory.working import MemoryUnit, WorkingMemory
-from longweave.structured import reask_message
+from longweave.structured import reask_message, whole_items
 
 __all__ = ["LIGHT"]
 
@@ -94,6 +94,10 @@ class LIGHT(UsesEmbedder):
     """Most bullets per compressed section (§6.3)."""
     retries: int = Field(2, ge=0)
     """Re-asks after an invalid structured reply, then the fallback (§8.3)."""
+    keep_cut: bool = True
+    """An extraction reply cut at extract_max_new keeps its items that closed before the cut
+    (each validated alone; a cut key/value reply loses its summary) instead of being re-asked;
+    re-asked only when it holds none (ours)."""
     concurrency: int = Field(8, ge=1)
     """Extraction and filter calls in flight at once (ours)."""
     embedder: str = "bundled"
@@ -201,8 +205,11 @@ class LIGHT(UsesEmbedder):
         *,
         index: int | None = None,
         total: int | None = None,
+        keep: str | None = None,
     ) -> Any:
-        """A schema-valid reply after at most `retries` re-asks, or None (the caller's fallback)."""
+        """A schema-valid reply after at most `retries` re-asks, or None (the caller's fallback).
+        With `keep` (a list field) and `keep_cut`, a reply cut at `max_tokens` is answered by
+        its whole items in that field (the other fields left at their empty value)."""
         prompt = list(messages)
         window = self.window_for(ctx)
         for attempt in range(self.retries + 1):
@@ -211,11 +218,19 @@ class LIGHT(UsesEmbedder):
                                        temperature=self.temperature, index=index, total=total)
                 if reply.parsed is not None and reply.finish_reason != "length":
                     return reply.parsed
+                raw = reply.text if reply.finish_reason == "length" else ""
                 problem = "the reply was cut off by the length limit; keep it shorter"
             except ParseError as exc:
-                problem = exc.message
+                raw, problem = exc.raw or "", exc.message
             except BudgetExceeded:
                 return None  # a re-ask that would overflow the window is not made
+            whole = whole_items(raw, schema, keep) if keep and self.keep_cut else []
+            if whole:
+                ctx.step(role, f"reply cut short: kept its {len(whole)} whole {keep}",
+                         index=index, reason=problem[:COMPLAINT_CHARS])
+                empty = {name: "" for name, f in schema.model_fields.items()
+                         if f.annotation is str}
+                return schema.model_construct(**{**empty, keep: whole})
             if attempt == self.retries:
                 break
             prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]

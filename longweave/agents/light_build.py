@@ -172,7 +172,8 @@ async def _build(light: LIGHT, ctx: RunContext, plan: Plan, units: list[MemoryUn
         schema = kv_schema if kind == "kv" else facts_schema
         async with gate:
             return await light.structured(ctx, "extractor", make(history, units[i].text), schema,
-                                          light.extract_max_new, index=i, total=n)
+                                          light.extract_max_new, index=i, total=n,
+                                          keep="items" if kind == "kv" else "facts")
 
     # Both extractions of every unit are independent: all of them run concurrently (§8.7).
     jobs = [extract(i, kind) for i in range(n) for kind in ("kv", "facts")]

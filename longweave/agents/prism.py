@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
@@ -35,7 +34,7 @@ from longweave.memory.structured_memory import (
     load_schema_file,
     render_json,
 )
-from longweave.structured import reask_message, repair_json
+from longweave.structured import reask_message, repair_json, whole_items
 
 __all__ = ["Prism"]
 
@@ -299,7 +298,7 @@ class Prism(BaseModel):
                 problem = "the reply was cut off at the token limit; propose fewer revisions"
             except ParseError as exc:
                 raw, problem = exc.raw or "", exc.message
-            whole = whole_revisions(raw, schema) if self.keep_cut else []
+            whole = whole_items(raw, schema, "revisions") if self.keep_cut else []
             if whole:
                 ctx.step("stepper", f"reply cut short: kept its {len(whole)} whole revisions",
                          index=i, reason=problem[:COMPLAINT_CHARS])
@@ -351,31 +350,6 @@ class Prism(BaseModel):
         if not citations:
             flags.append("uncited")
         return {"answer": answer, "citations": citations, "flags": flags}
-
-
-def whole_revisions(raw: str, batch: type[BaseModel]) -> list[Any]:
-    """The revisions of a cut RevisionBatch reply that closed before the cut, each valid alone
-    (a value cut mid-string is never applied: its revision did not close)."""
-    found = _REVISIONS.search(raw)
-    if found is None:
-        return []
-    decoder, at, kept = json.JSONDecoder(), found.end(), []
-    while True:
-        while at < len(raw) and raw[at] in " \t\r\n,":
-            at += 1
-        try:
-            item, at = decoder.raw_decode(raw, at)
-        except ValueError:
-            return kept
-        if not isinstance(item, dict):
-            return kept
-        try:
-            kept += batch.model_validate({"revisions": [item]}).revisions
-        except ValueError:
-            continue  # this one is invalid; a later whole one may still be usable
-
-
-_REVISIONS = re.compile(r'"revisions"\s*:\s*\[')
 
 
 def _salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
