@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from longweave.agents.base import get_strategy  # noqa: E402
 from longweave.api import load_source  # noqa: E402
-from longweave.estimate import Assumptions, Estimate, aestimate  # noqa: E402
+from longweave.estimate import BUNDLED, Assumptions, Estimate, aestimate  # noqa: E402
 from longweave.runner import arun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,10 @@ async def reestimate(rows: list[dict[str, Any]], args: argparse.Namespace) -> li
     out = []
     for row in rows:
         case = by_name[row["document"]]
-        extra = {"assumptions": Assumptions()} if args.generic else {}
+        base = {} if args.generic else dict(BUNDLED)
+        changed = dict(kv.split("=", 1) for kv in args.assume or [])
+        extra = ({"assumptions": Assumptions(**{**base, **changed})}
+                 if args.generic or changed else {})
         est = await aestimate(load_source(case.source), row["strategy"], llm, case.question,
                               **extra, **SETTINGS[row["strategy"]])
         out.append(with_estimate(row, est))
@@ -276,6 +279,9 @@ async def main() -> None:
                         "(logs in the order given, oldest first).")
     parser.add_argument("--reestimate", action="store_true",
                         help="With --table-from: make the estimates again with the current code.")
+    parser.add_argument("--assume", action="append", metavar="FIELD=VALUE",
+                        help="With --reestimate: change one field of the assumptions "
+                        "(repeatable), e.g. --assume json_fill=0.8.")
     parser.add_argument("--generic", action="store_true",
                         help="With --reestimate: use the generic `Assumptions()` instead of the "
                         "ones fitted to the bundled model (as for a model nobody has measured; "

@@ -292,6 +292,8 @@ def test_estimate_with_a_pilot_answers_a_few_then_estimates_the_rest(
     assert result.exit_code == 0, result.output
     assert len(model.requests) == 6 and len(ResultLog(out).answered()) == 6
     assert sum(_pairs(out).values()) == 6 and set(_pairs(out).values()) == {1}
+    result = _batch(folder, "--questions", questions, "--out", out, "--pilot", "1")
+    assert result.exit_code == 2 and "go with --estimate" in result.output
 
 
 def test_ask_trace_writes_every_call(model, tmp_path) -> None:

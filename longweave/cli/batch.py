@@ -96,6 +96,9 @@ def batch(
     from longweave.cli.batch_view import BatchView
     from longweave.executors import get_executor
 
+    if (pilot or run_too) and not estimate:
+        raise typer.BadParameter("--pilot and --run go with --estimate",
+                                 param_hint="--pilot/--run")
     err = Console(stderr=True)
     items = batch_items(folder, questions, include=include, exclude=exclude)
     job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
