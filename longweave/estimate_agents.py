@@ -86,7 +86,8 @@ async def graph_reader(s: Any, ctx: RunContext, t: Tally) -> None:
                                   completion_tokens=n * out),
               Counts(calls=n, prompt_tokens=n * fixed + tokens, completion_tokens=n),
               Counts(calls=n, prompt_tokens=n * fixed + tokens,
-                     completion_tokens=n * s.extract_max_new), build=True, retries=s.retries)
+                     completion_tokens=n * s.extract_max_new), build=True, retries=s.retries,
+              keeps_cut=s.keep_cut)
     plan, ask = fill(s.plan_max_new, a.text_fill), t.prompt(p.plan_messages(q))
     t.add("planner", Counts.each(1, ask, plan), Counts.each(1, ask, 1),
           Counts.each(1, ask, s.plan_max_new))
@@ -244,7 +245,7 @@ async def light(s: Any, ctx: RunContext, t: Tally) -> None:
               Counts(calls=2 * n, prompt_tokens=prompt, completion_tokens=2 * n),
               Counts(calls=2 * n, prompt_tokens=prompt,
                      completion_tokens=2 * n * s.extract_max_new), build=True,
-              retries=s.retries)
+              retries=s.retries, keeps_cut=s.keep_cut)
         squeeze = t.prompt(p.compress_messages(filler(2 * target), target),
                            p.compressed_schema(s.section_items))
         most, _ = fold(s.extract_max_new)

@@ -63,13 +63,17 @@ class Tally:
         return math.ceil(chars * self._tpc)
 
     def add(self, role: str, point: Counts, low: Counts | None = None,
-            high: Counts | None = None, *, build: bool = False, retries: int = 0) -> None:
+            high: Counts | None = None, *, build: bool = False, retries: int = 0,
+            keeps_cut: bool = False) -> None:
         """Record `role`'s calls; `retries` > 0 marks structured calls that are re-asked after
-        an invalid reply (`reask_share` of them in the point estimate, all in the high bound)."""
+        an invalid reply (`reask_share` of them in the point estimate, all in the high bound).
+        `keeps_cut`: a reply cut at its cap keeps its whole items instead of a re-ask (the
+        strategy's `keep_cut`), so the point estimate counts no re-asks."""
         low = point if low is None else low
         high = point if high is None else high
         if retries:
-            point = point + point.scaled(self.a.reask_share)
+            if not keeps_cut:
+                point = point + point.scaled(self.a.reask_share)
             high = high + high.scaled(retries)
         self.roles[role] = self.roles.get(role, Counts()) + point
         self.low += low
@@ -169,7 +173,7 @@ async def prism(s: Any, ctx: RunContext, t: Tally) -> None:
         point += Counts.each(1, step(min(plan.mem_cap, i * growth)) + chunk.n_tokens, growth)
         low += Counts.each(1, step(0) + chunk.n_tokens, 1)
         high += Counts.each(1, step(plan.mem_cap if i else 0) + chunk.n_tokens, s.step_max_new)
-    t.add("stepper", point, low, high, retries=s.retries)
+    t.add("stepper", point, low, high, retries=s.retries, keeps_cut=s.keep_cut)
     query = bool(q.strip()) and s.memory_schema != "summary"
     task = s.task.strip() or ("Answer the question about the text." if q.strip()
                               else "Summarize the text.")

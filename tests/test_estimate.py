@@ -139,6 +139,24 @@ class Scorer:
         return rows.astype(np.float32)
 
 
+@pytest.mark.parametrize("strategy", ["prism", "light", "graph-reader"])
+async def test_keep_cut_counts_no_reasks_in_the_point_but_all_in_the_high_bound(
+        strategy: str) -> None:
+    doc, model, role = document(10), ScriptedModel(context_window=4096), {
+        "prism": "stepper", "light": "extractor", "graph-reader": "extractor"}[strategy]
+    guess = Assumptions(reask_share=0.5)
+    options: dict[str, Any] = {"prism": {"chunk_tokens": 128, "window": 4096},
+                               "light": {"unit_tokens": 120, "window": 4096},
+                               "graph-reader": {"chunk_tokens": 128, "window": 4096}}[strategy]
+    kept = await aestimate(doc, _strategy(strategy, **options), model, QUESTION,
+                           assumptions=guess)
+    asked = await aestimate(doc, _strategy(strategy, keep_cut=False, **options), model, QUESTION,
+                            assumptions=guess)
+    n = kept.roles[role].calls
+    assert n >= 3 and asked.roles[role].calls == round(1.5 * n)
+    assert kept.high == asked.high and kept.low == asked.low
+
+
 async def test_infini_retri_one_forward_per_window_plus_the_answer() -> None:
     doc, model = document(20), ScriptedModel()
     model.on("reader", reply="Under the stairs.")

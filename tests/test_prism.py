@@ -202,10 +202,10 @@ def cut_step(request: Request) -> str:
     """A step reply stopped at max_tokens: one whole revision, one invalid whole revision, and
     a third cut inside its value."""
     i = request.text.count('"path":["evidence",')
-    return ('{"revisions": [{"op": "add", "path": ["evidence", %d], "value": "saw %d"}, '
-            '{"op": "add", "path": ["nowhere"], "value": 3}, '
-            '{"op": "add", "path": ["evidence", %d], "value": "the keeper retired in 19'
-            % (i, piece(request), i + 1))
+    whole = [{"op": "add", "path": ["evidence", i], "value": f"saw {piece(request)}"},
+             {"op": "add", "path": ["nowhere"], "value": 3}]
+    cut = {"op": "add", "path": ["evidence", i + 1], "value": "the keeper retired in 1920"}
+    return json.dumps({"revisions": [*whole, cut]})[:-6]  # cut inside the last value
 
 
 @pytest.mark.parametrize("keep_cut", [True, False])
