@@ -96,7 +96,7 @@ async def graph_reader(s: Any, ctx: RunContext, t: Tally) -> None:
                       p.selection_schema(s.select_max, s.key_chars))
     t.add("planner", Counts.each(1, select, fill(s.select_max_new, a.json_fill)),
           Counts.each(1, select, 1), Counts.each(1, select, s.select_max_new),
-          retries=s.retries)
+          retries=s.retries, keeps_cut=s.keep_cut)
     notebook = fill(t.chars(s.notebook_chars), a.text_fill)
     steps = min(a.path_steps, s.max_steps_per_path)
     content = min(budgets.content_tokens, round(sum(c.n_tokens for c in chunks) / n))

@@ -115,6 +115,22 @@ async def test_a_cut_extraction_keeps_its_whole_facts(keep_cut: bool, tmp_path: 
         assert built.detail["failed_chunks"] == list(range(len(PARAS)))
 
 
+async def test_a_cut_selection_keeps_the_nodes_it_scored() -> None:
+    def cut(request: Request) -> str:
+        names = re.findall(r"^- (.+)$", request.text, re.MULTILINE)
+        nodes = [{"key": names[2], "score": 90}, {"key": names[0], "score": 80}]
+        return json.dumps({"nodes": nodes})[:-9]  # cut inside the second node's score
+
+    model = scripted()
+    model.rules[2] = Rule("planner", ("Choose up to",), cut)
+    answer = await arun(reader(n_init=1), document(), QUESTION, model)
+    chosen = next(s for s in answer.steps if s.detail.get("stage") == "select")
+    assert len(model.calls("planner")) == 2  # the plan and one selection: no re-ask
+    assert chosen.detail["valid"] == 1 and "invalid_selection" not in answer.flags
+    asked = re.findall(r"^- (.+)$", model.calls("planner")[1].text, re.MULTILINE)
+    assert chosen.detail["starts"] == [asked[2]]  # the scored node, not the vector ranking's top
+
+
 async def _graph(doc: Document, cache: ArtifactCache) -> Any:
     from longweave.agents.base import RunContext
 

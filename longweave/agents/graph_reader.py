@@ -99,8 +99,8 @@ class GraphReader(UsesEmbedder):
     (§8.3)."""
     keep_cut: bool = True
     """An extraction reply cut at extract_max_new keeps its atomic facts that closed before
-    the cut (each validated alone) instead of being re-asked; re-asked only when it holds none
-    (ours)."""
+    the cut (each validated alone), and a selection cut at select_max_new its scored nodes,
+    instead of being re-asked; re-asked only when it holds none (ours)."""
     notebook_chars: int = Field(1500, ge=16)
     """Notebook cap per path; the model rewrites it under the cap at each step (ours, §8.2)."""
     rationale_chars: int = Field(300, ge=8)
@@ -309,6 +309,9 @@ class GraphReader(UsesEmbedder):
                 chosen = list(reply.parsed.nodes)
                 break
             except ParseError as exc:
+                chosen = whole_items(exc.raw or "", schema, "nodes") if self.keep_cut else []
+                if chosen:  # cut at select_max_new: the nodes scored before the cut
+                    break
                 prompt = [*messages, reask_message(exc)]
         else:
             flags.append("invalid_selection")
