@@ -109,6 +109,9 @@ class Assumptions(BaseModel):
     reask_share: float = Field(0.0, ge=0)
     """Re-asks per structured call: a reply that fails validation is asked again (up to the
     strategy's `retries` times; the high bound counts them all)."""
+    kept_reask_share: float = Field(0.0, ge=0)
+    """Re-asks per structured call of a role that keeps the whole items of a reply cut at its
+    cap (`keep_cut`): only a reply with no whole item, or an unparseable one, is asked again."""
     keep_share: float = Field(0.5, ge=0, le=1)
     """LIGHT: share of the filtered scratchpad pieces the filter keeps."""
     schema_in_prompt: bool | None = None
@@ -124,11 +127,13 @@ class Assumptions(BaseModel):
 
 BUNDLED_NAME = "smollm2-135m"
 BUNDLED: dict[str, Any] = {"text_fill": 1.0, "answer_fill": 0.85, "json_fill": 0.5,
-                           "rounds": 3, "reask_share": 0.4, "path_steps": 1}
+                           "rounds": 3, "reask_share": 0.4, "kept_reask_share": 0.2,
+                           "path_steps": 1, "merge_share": 0.0}
 """Assumptions fitted to the bundled SmolLM2-135M with benchmarks/estimate.py (CPU, caps of
 32-192 tokens): it writes notes and summaries to the cap and answers to most of it, fills half
-of a structured reply's cap, needs a re-ask for about 0.4 of its structured replies, ends
-GraphReader paths after one step, and as LongAgent's leader never answers within the rounds."""
+of a structured reply's cap, needs a re-ask for about 0.4 of its structured replies (0.2 where
+cut replies are kept), ends GraphReader paths after one step, and as LongAgent's leader never
+answers within the rounds, its members never reporting a conflict to merge."""
 
 
 class Estimate(BaseModel):

@@ -68,12 +68,12 @@ class Tally:
         """Record `role`'s calls; `retries` > 0 marks structured calls that are re-asked after
         an invalid reply (`reask_share` of them in the point estimate, all in the high bound).
         `keeps_cut`: a reply cut at its cap keeps its whole items instead of a re-ask (the
-        strategy's `keep_cut`), so the point estimate counts no re-asks."""
+        strategy's `keep_cut`), so the point estimate uses `kept_reask_share` instead."""
         low = point if low is None else low
         high = point if high is None else high
         if retries:
-            if not keeps_cut:
-                point = point + point.scaled(self.a.reask_share)
+            share = self.a.kept_reask_share if keeps_cut else self.a.reask_share
+            point = point + point.scaled(share)
             high = high + high.scaled(retries)
         self.roles[role] = self.roles.get(role, Counts()) + point
         self.low += low

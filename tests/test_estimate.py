@@ -140,11 +140,11 @@ class Scorer:
 
 
 @pytest.mark.parametrize("strategy", ["prism", "light", "graph-reader"])
-async def test_keep_cut_counts_no_reasks_in_the_point_but_all_in_the_high_bound(
+async def test_keep_cut_counts_kept_reasks_in_the_point_and_all_in_the_high_bound(
         strategy: str) -> None:
     doc, model, role = document(10), ScriptedModel(context_window=4096), {
         "prism": "stepper", "light": "extractor", "graph-reader": "extractor"}[strategy]
-    guess = Assumptions(reask_share=0.5)
+    guess = Assumptions(reask_share=0.5, kept_reask_share=0.1)
     options: dict[str, Any] = {"prism": {"chunk_tokens": 128, "window": 4096},
                                "light": {"unit_tokens": 120, "window": 4096},
                                "graph-reader": {"chunk_tokens": 128, "window": 4096}}[strategy]
@@ -152,8 +152,11 @@ async def test_keep_cut_counts_no_reasks_in_the_point_but_all_in_the_high_bound(
                            assumptions=guess)
     asked = await aestimate(doc, _strategy(strategy, keep_cut=False, **options), model, QUESTION,
                             assumptions=guess)
-    n = kept.roles[role].calls
-    assert n >= 3 and asked.roles[role].calls == round(1.5 * n)
+    none = await aestimate(doc, _strategy(strategy, **options), model, QUESTION,
+                           assumptions=Assumptions())
+    base = none.roles[role].calls  # no re-asks at all
+    assert base >= 3 and kept.roles[role].calls == round(1.1 * base)
+    assert asked.roles[role].calls == round(1.5 * base)
     assert kept.high == asked.high and kept.low == asked.low
 
 
