@@ -100,6 +100,8 @@ class Assumptions(BaseModel):
     """LongAgent: conflict merges per round, as a share of the most possible."""
     path_steps: int = Field(4, ge=1)
     """GraphReader: exploration steps per path (capped by max_steps_per_path)."""
+    node_facts: float = Field(4.0, gt=0)
+    """GraphReader: facts shown at a path's start node (each at `json_fill` of `fact_chars`)."""
     walk_reverts: int = Field(0, ge=0)
     """MemWalker: decisions beyond the straight descent from the root to one leaf."""
     topk_per_sentence: float = Field(4.0, gt=0)

@@ -100,21 +100,30 @@ async def graph_reader(s: Any, ctx: RunContext, t: Tally) -> None:
     notebook = fill(t.chars(s.notebook_chars), a.text_fill)
     steps = min(a.path_steps, s.max_steps_per_path)
     content = min(budgets.content_tokens, round(sum(c.n_tokens for c in chunks) / n))
-    legal = ("search_more", "read_previous_chunk", "read_subsequent_chunk", "termination")
-    schema = p.step_schema("chunk", legal, (), (), s.notebook_chars, s.rationale_chars,
-                           s.max_chunk_ids)
+    # A path's first step shows its start node's facts; later ones a chunk (§3.3).
+    facts = min(budgets.content_tokens,
+                round(a.node_facts * fill(t.chars(s.fact_chars), a.json_fill)))
+    legal = {"facts": ("read_chunk", "stop_and_read_neighbor"),
+             "chunk": ("search_more", "read_previous_chunk", "read_subsequent_chunk",
+                       "termination")}
 
-    def step(actions: int, note: int) -> int:
-        shown = [filler(4)] * min(actions, s.last_actions)
-        return t.prompt(p.step_messages("chunk", q, filler(plan), shown, filler(note), "",
-                                        legal), schema) + content
+    def step(i: int, note: int) -> int:
+        mode = "facts" if i == 0 else "chunk"
+        schema = p.step_schema(mode, legal[mode], (0,) if i == 0 else (), (), s.notebook_chars,
+                               s.rationale_chars, s.max_chunk_ids)
+        shown = [filler(4)] * min(i, s.last_actions)
+        return t.prompt(p.step_messages(mode, q, filler(plan), shown, filler(note), "",
+                                        legal[mode]), schema) + (facts if i == 0 else content)
 
     paths, out = s.n_init, fill(s.step_max_new, a.json_fill)
     point = Counts(calls=paths * steps, prompt_tokens=paths * sum(
         step(i, notebook) for i in range(steps)), completion_tokens=paths * steps * out)
-    worst = Counts.each(paths * s.max_steps_per_path, step(s.max_steps_per_path,
-                                                           t.chars(s.notebook_chars)),
-                        s.step_max_new)
+    most = t.chars(s.notebook_chars)
+    worst = Counts(calls=paths * s.max_steps_per_path,
+                   prompt_tokens=paths * sum(  # every step shows a full content budget
+                       step(i, most) - (facts if i == 0 else content) + budgets.content_tokens
+                       for i in range(s.max_steps_per_path)),
+                   completion_tokens=paths * s.max_steps_per_path * s.step_max_new)
     t.add("stepper", point, Counts(), worst, retries=s.retries)
     answer_schema = p.answer_schema(s.analysis_chars, s.answer_chars)
     answer = t.prompt(p.answer_messages(q, filler(plan), [filler(notebook)] * paths),
