@@ -366,6 +366,15 @@ def test_calibrated_scales_by_the_pilot_and_stays_inside_the_bounds() -> None:
     assert same.point == rest.point
 
 
+async def test_generic_assumptions_say_so_and_point_to_a_pilot() -> None:
+    model = ScriptedModel(context_window=1024)
+    guessed = await aestimate(document(), "truncate", model, QUESTION)
+    assert any("generic guesses" in n and "--pilot" in n for n in guessed.notes)
+    told = await aestimate(document(), "truncate", model, QUESTION,
+                           assumptions=Assumptions(answer_fill=0.9))
+    assert not any("generic guesses" in n for n in told.notes)
+
+
 def test_sync_estimate_with_a_bare_tokenizer() -> None:
     from longweave.testing import RegexTokenizer
 
