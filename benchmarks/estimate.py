@@ -235,8 +235,9 @@ def pooled(rows: list[dict[str, Any]]) -> str:
 
 
 def piloted(rows: list[dict[str, Any]]) -> str:
-    """Held-out check of `Estimate.calibrated`: each run's estimate corrected by the strategy's
-    other documents as the pilot (actual / estimated summed over them), against its actual."""
+    """Held-out check of a pilot: each run's estimate scaled by its strategy's other documents
+    as the pilot (actual / estimated summed over them, per quantity, as `Estimate.calibrated`
+    scales; without its clamp to the bounds, which these rows do not hold), against its actual."""
     keys = ("calls", "prompt", "completion", "tokens")
     lines = ["| document | strategy | pilot documents | " + " | ".join(
         f"{k} ratio before -> after" for k in keys) + " |", "|---|---|---|" + "---|" * len(keys)]
@@ -287,6 +288,8 @@ async def main() -> None:
                         "ones fitted to the bundled model (as for a model nobody has measured; "
                         "the pilot table then shows what a pilot run corrects).")
     args = parser.parse_args()
+    if (args.assume or args.generic) and not args.reestimate:
+        parser.error("--assume and --generic change the estimates: use them with --reestimate")
     if args.table_from:
         lines = [line for path in args.table_from
                  for line in Path(path).read_text(encoding="utf-8").splitlines()]

@@ -200,30 +200,28 @@ class Estimate(BaseModel):
     def calibrated(self, pilot: Estimate, actual: Usage) -> Estimate:
         """This estimate corrected by a pilot run: calls, prompt and completion tokens each
         scaled by the pilot's actual / estimated (`pilot` made the same way, before it ran), then
-        kept inside the low-high bounds. For models whose replies and decisions `Assumptions`
-        does not know: answer a few questions for real, then estimate the rest with this."""
-        def factor(estimated: int, real: int) -> float:
-            return real / estimated if estimated and real else 1.0
+        kept inside the low-high bounds (roles and build scaled alike). For models whose replies
+        and decisions `Assumptions` does not know: answer a few questions for real, then estimate
+        the rest with this. One factor covers builds and per-question calls alike."""
+        keys = ("calls", "prompt_tokens", "completion_tokens")
+        wanted = {k: getattr(self, k) * (getattr(actual, k) / getattr(pilot, k)
+                                         if getattr(pilot, k) and getattr(actual, k) else 1.0)
+                  for k in keys}
+        point = {k: round(min(max(v, getattr(self.low, k)), getattr(self.high, k)))
+                 for k, v in wanted.items()}
+        f = {k: point[k] / getattr(self, k) if getattr(self, k) else 1.0 for k in keys}
 
-        f = {"calls": factor(pilot.calls, actual.calls),
-             "prompt_tokens": factor(pilot.prompt_tokens, actual.prompt_tokens),
-             "completion_tokens": factor(pilot.completion_tokens, actual.completion_tokens)}
+        def scaled(counts: Counts) -> Counts:
+            return Counts(**{k: round(getattr(counts, k) * f[k]) for k in keys})
 
-        def scaled(counts: Counts, *, bounded: bool = False) -> Counts:
-            values = {k: round(getattr(counts, k) * f[k]) for k in f}
-            if bounded:
-                values = {k: min(max(v, getattr(self.low, k)), getattr(self.high, k))
-                          for k, v in values.items()}
-            return Counts(**values)
-
-        point = scaled(self.point, bounded=True)
-        note = (f"calibrated on a pilot run of {pilot.documents} document(s): calls x"
-                f"{f['calls']:.2f}, prompt tokens x{f['prompt_tokens']:.2f}, completion tokens "
+        note = (f"calibrated on a pilot of {pilot.documents} question(s): calls x{f['calls']:.2f}, "
+                f"prompt tokens x{f['prompt_tokens']:.2f}, completion tokens "
                 f"x{f['completion_tokens']:.2f}")
+        notes = [n for n in self.notes if "generic guesses" not in n]  # measured now
         return self.model_copy(update={
-            **point.model_dump(), "build": scaled(self.build),
+            **point, "build": scaled(self.build),
             "roles": {role: scaled(c) for role, c in self.roles.items()},
-            "notes": [*self.notes, note]})
+            "notes": [*notes, note]})
 
     def rows(self, actual: Usage | None = None, *, price_in: float | None = None,
              price_out: float | None = None, throughput: float | None = None) -> list[list[str]]:
@@ -425,22 +423,33 @@ async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
                          model_or_tokenizer: str | LLM | Tokenizer, question: str = "",
                          *, cached: bool | None = None, **kwargs: Any) -> Estimate:
     """The sum over documents, or (document, question) pairs; a document's artifacts are built
-    once, so its later questions count only their per-question calls."""
+    once, so its later questions count only their per-question calls. A document that cannot be
+    read is left out, with a note (a run fails on it too)."""
     from longweave.api import load_source
+    from longweave.errors import DocumentError
 
     planner = _planning_model(model_or_tokenizer, context_window=kwargs.pop("context_window", None))
     total: Estimate | None = None
     seen: set[str] = set()
+    unread: dict[str, str] = {}
     for item in items:
         source, asked = item if isinstance(item, tuple) else (item, question)
-        doc = load_source(source)
+        try:
+            doc = load_source(source)
+        except DocumentError as exc:
+            unread.setdefault(str(source), exc.message)
+            continue
         again = True if doc.id in seen else cached
         seen.add(doc.id)
         one = await aestimate(doc, strategy, planner, asked, cached=again, **kwargs)
         total = one if total is None else total + one
     if total is None:
         name = strategy if isinstance(strategy, str) else strategy.name
-        return Estimate(strategy=name, model=planner.name, documents=0)
+        total = Estimate(strategy=name, model=planner.name, documents=0)
+    if unread:
+        first = next(iter(unread.values()))
+        total.notes.append(f"{len(unread)} document(s) could not be read and are not counted "
+                           f"(their questions will fail in a run too), e.g. {first}")
     return total
 
 

@@ -320,10 +320,13 @@ def parse_structured(text: str, schema: type[T]) -> T:
 
 def whole_items(raw: str, schema: type[BaseModel], field: str) -> list[Any]:
     """The items of list field `field` of a reply cut by its token limit that closed before the
-    cut, each validated alone against the list's item type (an invalid one is skipped).
+    cut, each validated alone against the list's item type (an invalid one is skipped), at most
+    the list's `max_length` of them.
 
     A cut reply fails its schema as a whole, yet the items before the cut are finished work;
-    unlike `repair_json`, an item cut inside a string is dropped, never kept half-written.
+    unlike `repair_json`, an item cut inside a string (or a number at the very end) is dropped,
+    never kept half-written. A reply that is complete JSON was not cut: it gives no items, so the
+    caller re-asks with the validator's complaint.
 
     >>> from pydantic import BaseModel
     >>> class Facts(BaseModel):
@@ -335,25 +338,35 @@ def whole_items(raw: str, schema: type[BaseModel], field: str) -> list[Any]:
 
     from pydantic import TypeAdapter
 
+    try:
+        json.loads(raw)
+        return []  # complete JSON: not cut
+    except ValueError:
+        pass
     found = re.search(re.escape(f'"{field}"') + r"\s*:\s*\[", raw)
     if found is None:
         return []
-    item_type = (get_args(schema.model_fields[field].annotation) or (Any,))[0]
-    adapter: TypeAdapter[Any] = TypeAdapter(item_type)
+    info = schema.model_fields[field]
+    limit = min((m.max_length for m in info.metadata  # Field(max_length=...) on the list
+                 if getattr(m, "max_length", None) is not None), default=None)
+    adapter: TypeAdapter[Any] = TypeAdapter((get_args(info.annotation) or (Any,))[0])
     decoder, at, kept = json.JSONDecoder(strict=False), found.end(), []
-    while True:
+    while limit is None or len(kept) < limit:
         while at < len(raw) and raw[at] in " \t\r\n,":
             at += 1
         if at >= len(raw) or raw[at] == "]":
-            return kept
+            break
         try:
             item, at = decoder.raw_decode(raw, at)
         except ValueError:
-            return kept  # the cut item, or broken text: stop at the last whole one
+            break  # the cut item, or broken text: stop at the last whole one
+        if at >= len(raw) and not isinstance(item, dict | list | str):
+            break  # a number or literal that ends the text may have lost its tail
         try:
             kept.append(adapter.validate_python(item))
         except ValidationError:
             continue
+    return kept
 
 
 def reask_message(error: ParseError | str) -> Message:

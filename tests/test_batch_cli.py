@@ -284,7 +284,8 @@ def test_estimate_with_a_pilot_answers_a_few_then_estimates_the_rest(
     assert len(model.requests) == 2 and len(ResultLog(out).answered()) == 2
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len({r["document"] for r in records}) == 2
-    assert "pilot" in result.output and "calibrated on a pilot run" in result.output
+    assert "pilot: 2 of 2 questions answered" in result.output
+    assert "calibrated on a pilot of 2 question(s)" in result.output
     assert "4 questions to answer, 2 already answered; nothing else was asked" in result.output
     # --run answers the rest (the pilot's answers are resumed, not asked again).
     result = _batch(folder, "--questions", questions, "--out", out, "--estimate", "--pilot", "1",
@@ -294,6 +295,20 @@ def test_estimate_with_a_pilot_answers_a_few_then_estimates_the_rest(
     assert sum(_pairs(out).values()) == 6 and set(_pairs(out).values()) == {1}
     result = _batch(folder, "--questions", questions, "--out", out, "--pilot", "1")
     assert result.exit_code == 2 and "go with --estimate" in result.output
+
+
+def test_a_failed_pilot_question_is_left_out_of_the_calibration(model, folder, tmp_path) -> None:
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    questions = _questions(tmp_path, [{"question": "What colour is it?"}])
+    out = tmp_path / "answers.jsonl"
+    result = _batch(folder, "--questions", questions, "--out", out, "--estimate", "--pilot", "4")
+    assert result.exit_code == 0, result.output
+    assert len(model.requests) == 3 and len(ResultLog(out).answered()) == 3
+    assert "pilot: 3 of 4 questions answered; the 1 that failed" in " ".join(result.output.split())
+    # The broken document is still to answer, and the estimate says it cannot be read.
+    assert "1 questions to answer, 3 already answered" in result.output
+    assert "could not be read" in " ".join(result.output.split())
+    assert "calibrated on a pilot of 3 question(s)" in result.output
 
 
 def test_ask_trace_writes_every_call(model, tmp_path) -> None:

@@ -358,9 +358,11 @@ def test_calibrated_scales_by_the_pilot_and_stays_inside_the_bounds() -> None:
     fixed = rest.calibrated(pilot, Usage(calls=6, prompt_tokens=2000, completion_tokens=50))
     assert fixed.calls == 60 and fixed.completion_tokens == 500
     assert fixed.prompt_tokens == 12_000  # 20,000 capped at the high bound
-    assert fixed.roles["worker"] == Counts(calls=60, prompt_tokens=20_000, completion_tokens=500)
+    # Roles are scaled by the same (capped) factors, so they still sum to the point.
+    assert fixed.roles["worker"] == Counts(calls=60, prompt_tokens=12_000, completion_tokens=500)
     assert fixed.low == rest.low and fixed.high == rest.high and fixed.documents == 10
-    assert "pilot" in fixed.notes[-1] and "x1.50" in fixed.notes[-1]
+    assert "pilot" in fixed.notes[-1] and "calls x1.50" in fixed.notes[-1]
+    assert "prompt tokens x1.20" in fixed.notes[-1]
     # A pilot that recorded nothing (all cached) leaves the estimate as it was.
     same = rest.calibrated(pilot, Usage())
     assert same.point == rest.point

@@ -250,10 +250,11 @@ async def test_broken_final_falls_back_to_text() -> None:
 async def test_final_cut_at_the_cap_keeps_its_answer_without_a_second_call() -> None:
     model = ScriptedModel(context_window=2400)
     model.on("stepper", reply=fact_step)
-    # Cut inside the second used path, as a reply stopped at max_tokens is.
+    # Cut inside the second used path (a prefix of every evidence path), as a reply stopped at
+    # max_tokens is: only the whole first path may cite.
     model.on("manager", contains="used_paths",
              reply='{"answer": "Mara Quill kept the light until", '
-                   '"used_paths": [["evidence", 2], ["ev')
+                   '"used_paths": [["evidence", 2], ["evidence", 1')
     answer = await arun(Prism(**SMALL), sentinel_document(4), "q?", model)
     assert answer.text == "Mara Quill kept the light until"
     assert "cut_final" in answer.flags and "invalid_final" not in answer.flags

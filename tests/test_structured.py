@@ -183,5 +183,16 @@ def test_whole_items_keeps_what_closed_before_the_cut() -> None:
     assert [f.fact for f in kept] == ["The lamp is red.", "The keeper retired in 1920."]
     assert whole_items('{"note": "x", "facts": [', _Facts, "facts") == []
     assert whole_items("Sorry, I cannot help.", _Facts, "facts") == []
+    # Complete JSON was not cut: nothing is salvaged from it (its caller re-asks).
     finished = '{"facts": [{"fact": "a", "keys": ["b"]}], "note": "c"}'
-    assert len(whole_items(finished, _Facts, "facts")) == 1
+    assert whole_items(finished, _Facts, "facts") == []
+    # Cut later, in another field: the closed list is kept whole.
+    assert len(whole_items(finished[:-3], _Facts, "facts")) == 1
+
+
+def test_whole_items_obeys_the_list_bound_and_drops_a_number_at_the_cut() -> None:
+    class Scores(BaseModel):
+        scores: list[int] = Field(max_length=2)
+
+    assert whole_items('{"scores": [12, 34, 56, 7', Scores, "scores") == [12, 34]
+    assert whole_items('{"scores": [12, 3', Scores, "scores") == [12]

@@ -176,6 +176,7 @@ class GraphReader(UsesEmbedder):
             "max_keys": self.max_keys, "key_chars": self.key_chars,
             "extract_max_new": self.extract_max_new, "temperature": self.temperature,
             "embedder": self.get_embedder(ctx).name, "merge_threshold": self.merge_threshold,
+            "keep_cut": self.keep_cut,
         }
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         return f"graph-reader-{ctx.document.id[:16]}-{digest[:20]}", settings
@@ -221,11 +222,12 @@ class GraphReader(UsesEmbedder):
                         reply = await ctx.call("extractor", prompt, max_tokens=self.extract_max_new,
                                                schema=schema, temperature=self.temperature,
                                                index=i, total=len(chunks))
-                    if reply.finish_reason == "length":  # a repaired reply may hold a cut fact
+                    if self.keep_cut and reply.finish_reason == "length":
+                        # A backend that repaired a cut reply may have kept a cut fact.
                         raise ParseError("the reply was cut off at the token limit; write fewer "
                                          "facts", raw=reply.text)
                     if reply.parsed is None:
-                        raise ParseError("the reply held no JSON object")
+                        raise ParseError("the reply held no JSON object", raw=reply.text)
                     facts = reply.parsed.atomic_facts
                 except ParseError as exc:
                     facts = whole_items(exc.raw or "", schema, "atomic_facts") if (
@@ -305,7 +307,7 @@ class GraphReader(UsesEmbedder):
                 reply = await ctx.call("planner", prompt, max_tokens=self.select_max_new,
                                        schema=schema, temperature=self.temperature)
                 if reply.parsed is None:
-                    raise ParseError("the reply held no JSON object")
+                    raise ParseError("the reply held no JSON object", raw=reply.text)
                 chosen = list(reply.parsed.nodes)
                 break
             except ParseError as exc:

@@ -105,7 +105,7 @@ def artifact_key(light: LIGHT, ctx: RunContext, plan: Plan, embedder: str) -> st
         "embedder": embedder, "temperature": light.temperature,
         **{f: getattr(light, f) for f in ("kv_items", "fact_items", "section_items",
                                           "piece_tokens", "split_percentile", "split_buffer",
-                                          "extract_max_new", "retries")},
+                                          "extract_max_new", "retries", "keep_cut")},
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return f"light-{ctx.document.id[:16]}-{digest[:20]}"

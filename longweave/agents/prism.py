@@ -320,6 +320,8 @@ class Prism(BaseModel):
                 reply = await ctx.call("manager", messages, max_tokens=self.answer_max_new,
                                        schema=prompts.final_schema(self.answer_chars),
                                        temperature=self.temperature)
+                if reply.finish_reason == "length":  # a backend that repaired a cut reply
+                    raise ParseError("the reply was cut at max_tokens", raw=reply.text)
                 answer, used = reply.parsed.answer.strip(), list(reply.parsed.used_paths)
             except ParseError as exc:
                 salvaged = _salvage_final(exc.raw, self.answer_chars)
@@ -353,20 +355,22 @@ class Prism(BaseModel):
 
 
 def _salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
-    """The answer (and any whole used paths) of a final reply that failed validation, usually
-    one cut at max_tokens inside its answer; None when it holds no answer text (ours)."""
+    """The answer text and the whole used paths of a final reply cut at max_tokens (not one
+    that is complete but invalid); None when it holds no answer text (ours)."""
     try:
-        value, _ = repair_json(raw)
+        json.loads(raw)
+        return None  # complete JSON: it was not cut, it failed its schema
+    except ValueError:
+        pass
+    try:
+        value, _ = repair_json(raw)  # keeps the cut answer string: partial text beats none
     except ValueError:
         return None
     answer = value.get("answer") if isinstance(value, dict) else None
     if not isinstance(answer, str) or not answer.strip():
         return None
-    paths = value.get("used_paths")
-    used = [p for p in paths if isinstance(p, list) and p
-            and all(isinstance(x, str | int) and not isinstance(x, bool) for x in p)
-            ] if isinstance(paths, list) else []
-    return answer.strip()[:answer_chars], used
+    used = whole_items(raw, prompts.final_schema(answer_chars), "used_paths")
+    return answer.strip()[:answer_chars], [list(path) for path in used]
 
 
 def _common_prefix(a: str, b: str) -> int:

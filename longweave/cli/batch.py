@@ -104,9 +104,9 @@ def batch(
     job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
     extra = {"address": ray_address} if executor == "ray" else {}
     runner = get_executor(executor, concurrency=concurrency, **extra)
-    view = BatchView(err)
+    views: list[BatchView] = []  # one per run: the pilot's, then the batch's
 
-    async def run(chosen: list[BatchItem]) -> BatchSummary:
+    async def run(chosen: list[BatchItem], view: BatchView) -> BatchSummary:
         try:
             return await arun_batch(
                 chosen, out, job, executor=runner, on_start=view.start, on_record=view.record,
@@ -117,9 +117,11 @@ def batch(
             raise
 
     def answer(chosen: list[BatchItem]) -> BatchSummary:
+        view = BatchView(err)
+        views.append(view)
         try:
             with view:
-                return asyncio.run(run(chosen))
+                return asyncio.run(run(chosen, view))
         except KeyboardInterrupt:
             err.print(
                 f"[yellow]interrupted:[/] {view.written} answers written to {out} "
@@ -130,6 +132,10 @@ def batch(
 
     planned = None
     if estimate:
+        from functools import reduce
+        from operator import add
+
+        from longweave.answer import Usage
         from longweave.batch import ResultLog
         from longweave.cache import ArtifactCache
         from longweave.cli.ask import print_estimate
@@ -137,23 +143,36 @@ def batch(
 
         artifacts = ArtifactCache(job.settings().cache_dir / "artifacts")
 
-        def plan(chosen: list[BatchItem]) -> Estimate:
+        def plan(chosen: list[BatchItem], cached: bool | None = None) -> Estimate:
             return estimate_many([(i.document, i.question) for i in chosen], strategy, model,
-                                 artifacts=artifacts, **job.options)
+                                 artifacts=artifacts, cached=cached, **job.options)
 
-        done = ResultLog(out).answered()
+        log = ResultLog(out)
+        done = log.answered()
         todo = [i for i in items if job.key(i) not in done]
         trial = _pilot(todo, pilot)
-        chosen = {job.key(i) for i in trial}
-        rest = [i for i in todo if job.key(i) not in chosen]
+        ok: list[BatchItem] = []
         if trial:
-            before = plan(trial)  # made before the pilot runs, as the rest's is
-            ran = answer(trial)
-            err.print(f"[bold]pilot:[/] {len(trial)} questions answered", highlight=False)
-            print_estimate(err, before, actual=ran.usage)
-            planned = plan(rest).calibrated(before, ran.usage)
-        else:
-            planned = plan(rest)
+            # Each pilot question's estimate is made before the pilot runs, as the rest's is.
+            ahead, seen = {}, set()
+            for item in trial:
+                ahead[job.key(item)] = plan([item], cached=True if item.document in seen
+                                            else None)
+                seen.add(item.document)
+            answer(trial)
+            done = log.answered()
+            ok = [i for i in trial if job.key(i) in done]
+            err.print(f"[bold]pilot:[/] {len(ok)} of {len(trial)} questions answered"
+                      + (f"; the {len(trial) - len(ok)} that failed (errors in {out}) are "
+                         "left out of the calibration and estimated with the rest"
+                         if len(ok) < len(trial) else ""), highlight=False)
+        rest = [i for i in todo if job.key(i) not in done]
+        planned = plan(rest)
+        if ok:
+            before = reduce(add, (ahead[job.key(i)] for i in ok))
+            used = reduce(add, (done[job.key(i)].usage for i in ok), Usage())
+            print_estimate(err, before, actual=used)
+            planned = planned.calibrated(before, used)
         if not run_too:
             print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
                            throughput=throughput)
@@ -162,7 +181,7 @@ def batch(
                       "model[/]", highlight=False)
             return
     summary = answer(items)
-    Console().print(view.summary(summary))
+    Console().print(views[-1].summary(summary))
     if planned is not None:
         from longweave.cli.ask import print_estimate
 
