@@ -37,3 +37,14 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     faiss_index.gpu_resources.cache_clear()
     yield moved
     faiss_index.gpu_resources.cache_clear()
+
+
+@pytest.fixture
+def ctrl_c() -> None:
+    """Python's own Ctrl-C handler for the test, as in a terminal: a process started in the
+    background by a shell without job control inherits SIGINT ignored, and would never see it."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -93,7 +93,7 @@ def test_a_rerun_skips_everything_answered(model, folder, tmp_path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_completes_every_pair_once(
-    model, folder, tmp_path
+    model, folder, tmp_path, ctrl_c
 ) -> None:
     (folder / "d.txt").write_text("The damson is purple.", encoding="utf-8")
     questions = _questions(tmp_path, [{"question": "What colour?"}, {"question": "Which?"}])
