@@ -168,13 +168,12 @@ async def reestimate(rows: list[dict[str, Any]], args: argparse.Namespace) -> li
     llm = LocalLLM.bundled()  # the tokenizer only: estimating loads no weights
     args.only, args.strategies = None, None
     by_name = {c.name: c for c in cases(args)}
+    base = {} if args.generic else dict(BUNDLED)
+    changed = dict(kv.split("=", 1) for kv in args.assume or [])
+    extra = {"assumptions": Assumptions(**{**base, **changed})} if args.generic or changed else {}
     out = []
     for row in rows:
         case = by_name[row["document"]]
-        base = {} if args.generic else dict(BUNDLED)
-        changed = dict(kv.split("=", 1) for kv in args.assume or [])
-        extra = ({"assumptions": Assumptions(**{**base, **changed})}
-                 if args.generic or changed else {})
         est = await aestimate(load_source(case.source), row["strategy"], llm, case.question,
                               **extra, **SETTINGS[row["strategy"]])
         out.append(with_estimate(row, est))

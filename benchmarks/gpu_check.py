@@ -90,11 +90,9 @@ def filled(kind: str, gpu: bool, vectors: Any) -> Any:
 
 def agreement(cpu_hits: list[list[Any]], gpu_hits: list[list[Any]]) -> dict[str, Any]:
     """How far the GPU's top-k lists are from the CPU's over the same index."""
-    same, overlap, worst = 0, 0, 0.0
+    same, worst = 0, 0.0
     for a, b in zip(cpu_hits, gpu_hits, strict=True):
-        ids_a, ids_b = [h.chunk_index for h in a], [h.chunk_index for h in b]
-        same += ids_a == ids_b
-        overlap += len(set(ids_a) & set(ids_b))
+        same += [h.chunk_index for h in a] == [h.chunk_index for h in b]
         worst = max(worst, max(abs(x.score - y.score) for x, y in zip(a, b, strict=True)))
     # A differing id is acceptable only as a tie: equal scores up to float32 summation order.
     ties_only = all(
@@ -102,16 +100,15 @@ def agreement(cpu_hits: list[list[Any]], gpu_hits: list[list[Any]]) -> dict[str,
         or abs(a[-1].score - b[-1].score) < 1e-4
         for a, b in zip(cpu_hits, gpu_hits, strict=True)
     )
-    total = sum(len(a) for a in cpu_hits)
-    return {"identical_queries": same / len(cpu_hits), "recall_vs_cpu": overlap / total,
+    return {"identical_queries": same / len(cpu_hits), "recall_vs_cpu": recall(gpu_hits, cpu_hits),
             "max_score_diff": worst, "ties_only": ties_only}
 
 
-def recall(hits: list[list[Any]], exact: list[list[Any]]) -> float:
-    """Share of the exact top-k that `hits` found."""
+def recall(hits: list[list[Any]], reference: list[list[Any]]) -> float:
+    """Share of the reference top-k lists (exact search, or the CPU's) that `hits` found."""
     found = sum(len({h.chunk_index for h in a} & {h.chunk_index for h in b})
-                for a, b in zip(hits, exact, strict=True))
-    return found / sum(len(b) for b in exact)
+                for a, b in zip(hits, reference, strict=True))
+    return found / sum(len(b) for b in reference)
 
 
 def speed(cpu: Any, gpu: Any, asked: Any, k: int) -> dict[str, float]:

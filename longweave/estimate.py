@@ -398,8 +398,10 @@ async def aestimate(
     planner = _planning_model(model_or_tokenizer, context_window=context_window,
                               schema_in_prompt=assumptions.schema_in_prompt if assumptions
                               else None)
-    guessed = assumptions is None and Assumptions.for_model(planner.name) == Assumptions()
-    assumptions = assumptions or Assumptions.for_model(planner.name)
+    guessed = False
+    if assumptions is None:
+        assumptions = Assumptions.for_model(planner.name)
+        guessed = assumptions == Assumptions()
     ctx = RunContext(planner, doc, question, chosen.name, artifacts=artifacts)  # type: ignore[arg-type]
     tally = Tally(ctx, planner, assumptions, cached)
     await formula(chosen, ctx, tally)

@@ -108,20 +108,22 @@ async def graph_reader(s: Any, ctx: RunContext, t: Tally) -> None:
                        "termination")}
 
     def step(i: int, note: int) -> int:
+        """Step i's prompt without what it shows (the facts or the chunk)."""
         mode = "facts" if i == 0 else "chunk"
         schema = p.step_schema(mode, legal[mode], (0,) if i == 0 else (), (), s.notebook_chars,
                                s.rationale_chars, s.max_chunk_ids)
         shown = [filler(4)] * min(i, s.last_actions)
         return t.prompt(p.step_messages(mode, q, filler(plan), shown, filler(note), "",
-                                        legal[mode]), schema) + (facts if i == 0 else content)
+                                        legal[mode]), schema)
 
     paths, out = s.n_init, fill(s.step_max_new, a.json_fill)
     point = Counts(calls=paths * steps, prompt_tokens=paths * sum(
-        step(i, notebook) for i in range(steps)), completion_tokens=paths * steps * out)
+        step(i, notebook) + (facts if i == 0 else content) for i in range(steps)),
+        completion_tokens=paths * steps * out)
     most = t.chars(s.notebook_chars)
     worst = Counts(calls=paths * s.max_steps_per_path,
                    prompt_tokens=paths * sum(  # every step shows a full content budget
-                       step(i, most) - (facts if i == 0 else content) + budgets.content_tokens
+                       step(i, most) + budgets.content_tokens
                        for i in range(s.max_steps_per_path)),
                    completion_tokens=paths * s.max_steps_per_path * s.step_max_new)
     t.add("stepper", point, Counts(), worst, retries=s.retries)

@@ -198,22 +198,23 @@ async def infini_retri(s: Any, ctx: RunContext, t: Tally) -> None:
     sentences, windows, template = state["sentences"], state["windows"], state["template"]
     cap = None if s.faithful else (s.cache_cap if s.cache_cap is not None else 2 * s.window)
     mean = sum(len(x.ids) for x in sentences) / len(sentences)
-    cache = round(min(s.topk / t.a.topk_per_sentence, len(sentences)) * mean)
-    cache = min(cap, cache) if cap is not None else cache
-    per_window = cache  # rescore: the cache settles at about `cache` tokens
+    settled = round(min(s.topk / t.a.topk_per_sentence, len(sentences)) * mean)
+    settled = min(cap, settled) if cap is not None else settled  # rescore: the cache's size
+
+    def held(n: int) -> int:
+        """The cache before window n; under sticky retention it only grows, up to the cap."""
+        return min(cap, n * settled) if s.retention == "sticky" and cap is not None else settled
+
     point = low = high = Counts()
     seen = 0
     for n, w in enumerate(windows):
-        if s.retention == "sticky" and cap is not None:  # it only grows, up to the cap
-            cache = min(cap, n * per_window)
         size = template.tokens + sum(len(sentences[i].ids) for i in w)
-        point += Counts.each(1, size + min(cache, seen), 0)
+        point += Counts.each(1, size + min(held(n), seen), 0)
         low += Counts.each(1, size, 0)
         high += Counts.each(1, size + (min(cap, seen) if cap is not None else seen), 0)
         seen += size - template.tokens
     t.add("scorer", point, low, high)
-    if s.retention == "sticky" and cap is not None:
-        cache = min(cap, len(windows) * per_window)
+    cache = held(len(windows))
     question = ctx.question.strip() or SUMMARY_TASK
     empty = t.prompt(reader_messages("", question))
     final = min(cache, seen)

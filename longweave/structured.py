@@ -20,6 +20,7 @@ T = TypeVar("T", bound=BaseModel)
 
 __all__ = [
     "compact_schema",
+    "is_complete_json",
     "json_instructions",
     "parse_structured",
     "reask_message",
@@ -318,6 +319,15 @@ def parse_structured(text: str, schema: type[T]) -> T:
         ) from None
 
 
+def is_complete_json(text: str) -> bool:
+    """Whether `text` is one whole JSON value: a reply that was not cut by its token limit."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def whole_items(raw: str, schema: type[BaseModel], field: str) -> list[Any]:
     """The items of list field `field` of a reply cut by its token limit that closed before the
     cut, each validated alone against the list's item type (an invalid one is skipped), at most
@@ -338,11 +348,8 @@ def whole_items(raw: str, schema: type[BaseModel], field: str) -> list[Any]:
 
     from pydantic import TypeAdapter
 
-    try:
-        json.loads(raw)
-        return []  # complete JSON: not cut
-    except ValueError:
-        pass
+    if is_complete_json(raw):
+        return []  # not cut
     found = re.search(re.escape(f'"{field}"') + r"\s*:\s*\[", raw)
     if found is None:
         return []

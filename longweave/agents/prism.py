@@ -34,7 +34,7 @@ from longweave.memory.structured_memory import (
     load_schema_file,
     render_json,
 )
-from longweave.structured import reask_message, repair_json, whole_items
+from longweave.structured import is_complete_json, reask_message, repair_json, whole_items
 
 __all__ = ["Prism"]
 
@@ -357,11 +357,8 @@ class Prism(BaseModel):
 def _salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
     """The answer text and the whole used paths of a final reply cut at max_tokens (not one
     that is complete but invalid); None when it holds no answer text (ours)."""
-    try:
-        json.loads(raw)
-        return None  # complete JSON: it was not cut, it failed its schema
-    except ValueError:
-        pass
+    if is_complete_json(raw):
+        return None  # it was not cut, it failed its schema
     try:
         value, _ = repair_json(raw)  # keeps the cut answer string: partial text beats none
     except ValueError:

@@ -140,11 +140,13 @@ def batch(
         from longweave.cache import ArtifactCache
         from longweave.cli.ask import print_estimate
         from longweave.estimate import estimate_many
+        from longweave.llm import resolve_model
 
         artifacts = ArtifactCache(job.settings().cache_dir / "artifacts")
+        counter = resolve_model(model)  # once for every plan: lazy, only its tokenizer loads
 
         def plan(chosen: list[BatchItem], cached: bool | None = None) -> Estimate:
-            return estimate_many([(i.document, i.question) for i in chosen], strategy, model,
+            return estimate_many([(i.document, i.question) for i in chosen], strategy, counter,
                                  artifacts=artifacts, cached=cached, **job.options)
 
         log = ResultLog(out)
