@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small windows and caps: every strategy runs, and the run stays affordable on CPU.
 SETTINGS: dict[str, dict[str, Any]] = {
     "chain-of-agents": {"window": 2048, "max_new": 64},
-    "long-agent": {"chunk_size": 512, "max_new": 64, "max_rounds": 2, "window": 4096},
+    "long-agent": {"chunk_size": 512, "max_new": 64, "max_rounds": 2, "window": 4096,
+                   "instruction_chars": 200, "answer_chars": 200},
     "graph-reader": {"window": 2048, "chunk_tokens": 512, "extract_max_new": 192, "n_init": 2,
                      "max_steps_per_path": 2, "plan_max_new": 48, "select_max_new": 96,
                      "step_max_new": 128, "answer_max_new": 96, "notebook_chars": 300,

@@ -19,13 +19,13 @@ from longweave.llm import Message
 T = TypeVar("T", bound=BaseModel)
 
 __all__ = [
-    "compact_schema",
     "is_complete_json",
     "json_instructions",
     "parse_structured",
     "reask_message",
     "repair_json",
     "schema_fits",
+    "schema_sketch",
     "strict_schema",
     "whole_items",
 ]
@@ -38,34 +38,108 @@ _JSON_LITERALS = {"true", "false", "null"}
 _MAX_STARTS = 5  # prose may contain stray braces; try only the first few object starts
 
 
-def compact_schema(schema: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema without `title` keys, which cost tokens and say nothing new."""
-    return _drop_titles(schema.model_json_schema())
+def schema_sketch(schema: dict[str, Any]) -> str:
+    """A JSON schema as a one-line sketch of the reply's shape: field names in JSON, types and
+    limits in words where values go, e.g. `{"items": [{"key": string (at most 60 characters)},
+    ...] (at most 8 items)}`. Models read it more easily than the schema itself, and small ones
+    stop copying schema keywords ("$defs", "maxLength", "additionalProperties") into their
+    replies (docs/BENCHMARKS.md, "JSON instructions"). A type that refers to itself is shown by
+    name and sketched once after the rest."""
+    defs: dict[str, Any] = schema.get("$defs", {})
+    named: dict[str, str] = {}  # recursive definitions, sketched once at the end
+
+    def limits(node: dict[str, Any], unit: str, lo_key: str, hi_key: str) -> str:
+        lo, hi = node.get(lo_key), node.get(hi_key)
+        if lo and hi is not None:
+            return f"{lo} to {hi} {unit}"
+        if hi is not None:
+            return f"at most {hi} {unit}"
+        return f"at least {lo} {unit}" if lo else ""
+
+    def with_notes(text: str, node: dict[str, Any], *notes: str) -> str:
+        described = str(node.get("description", "")).strip()
+        kept = [n for n in (*notes, described) if n]
+        return f"{text} ({'; '.join(kept)})" if kept else text
+
+    def sketch(node: Any, open_: tuple[str, ...]) -> str:
+        if not isinstance(node, dict) or not node:
+            return "any value"
+        name = _local_ref(node)
+        if name is not None and name in defs:
+            if name in open_:  # recursion: refer to the type by name
+                named.setdefault(name, "")
+                return name
+            target = dict(defs[name])
+            if node.get("description"):  # the field's own description says more than its type's
+                target["description"] = node["description"]
+            return sketch(target, (*open_, name))
+        for key in ("anyOf", "oneOf", "allOf"):
+            if key in node and isinstance(node[key], list):
+                joint = " and " if key == "allOf" else " or "
+                return with_notes(joint.join(sketch(n, open_) for n in node[key]), node)
+        if "const" in node:
+            return with_notes(json.dumps(node["const"], ensure_ascii=False), node)
+        if "enum" in node:
+            return with_notes("|".join(json.dumps(v, ensure_ascii=False) for v in node["enum"]),
+                              node)
+        kind = node.get("type")
+        if isinstance(kind, list):
+            return with_notes(" or ".join(sketch({"type": k}, open_) for k in kind), node)
+        if kind == "object" or "properties" in node:
+            required = set(node.get("required", []))
+            fields = [f"{json.dumps(field, ensure_ascii=False)}"
+                      f"{'' if field in required else ' (optional)'}: {sketch(sub, open_)}"
+                      for field, sub in node.get("properties", {}).items()]
+            extra = node.get("additionalProperties")
+            if isinstance(extra, dict):
+                fields.append(f"string: {sketch(extra, open_)}, ...")
+            return with_notes("{" + ", ".join(fields) + "}", node,
+                              limits(node, "keys", "minProperties", "maxProperties"))
+        if kind == "array":
+            if isinstance(node.get("prefixItems"), list):
+                body = ", ".join(sketch(n, open_) for n in node["prefixItems"])
+                return with_notes(f"[{body}]", node)
+            item = sketch(node.get("items", {}), open_)
+            return with_notes(f"[{item}, ...]", node,
+                              limits(node, "items", "minItems", "maxItems"))
+        if kind == "string":
+            pattern = f"matching /{node['pattern']}/" if "pattern" in node else ""
+            return with_notes("string", node, limits(node, "characters", "minLength",
+                                                     "maxLength"), pattern)
+        if kind in ("integer", "number"):
+            lo = node.get("minimum", node.get("exclusiveMinimum"))
+            hi = node.get("maximum", node.get("exclusiveMaximum"))
+            bound = (f"from {lo} to {hi}" if lo is not None and hi is not None
+                     else f"at least {lo}" if lo is not None
+                     else f"at most {hi}" if hi is not None else "")
+            return with_notes(kind, node, bound)
+        if kind == "boolean":
+            return with_notes("true|false", node)
+        if kind == "null":
+            return "null"
+        return with_notes("any value", node)
+
+    text = sketch(schema, ())
+    done: set[str] = set()
+    while len(done) < len(named):  # a recursive type may name another one
+        for name in [n for n in named if n not in done]:
+            named[name] = sketch(defs[name], (name,))
+            done.add(name)
+    return text + "".join(f"; where {name} is {body}" for name, body in named.items())
 
 
-def _drop_titles(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_drop_titles(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "title" and isinstance(value, str):
-            continue
-        if key in ("properties", "$defs") and isinstance(value, dict):
-            # Keys of these maps are field and type names (a field may be called "title").
-            out[key] = {name: _drop_titles(sub) for name, sub in value.items()}
-        else:
-            out[key] = _drop_titles(value)
-    return out
+def _local_ref(node: dict[str, Any]) -> str | None:
+    """X of a `{"$ref": "#/$defs/X"}` node, else None."""
+    ref = node.get("$ref")
+    return ref[len("#/$defs/"):] if isinstance(ref, str) and ref.startswith("#/$defs/") else None
 
 
 def json_instructions(schema: type[BaseModel]) -> str:
-    """The instruction that asks for one JSON object matching `schema`, schema included."""
-    text = json.dumps(compact_schema(schema), separators=(",", ":"), ensure_ascii=False)
+    """The instruction that asks for one JSON object of `schema`'s shape, sketched in place."""
     return (
         "Answer with exactly one JSON object and nothing else: no prose, no code fences. "
-        f"It must match this JSON schema: {text}"
+        "Its shape, with types and limits where the values go: "
+        f"{schema_sketch(schema.model_json_schema())}"
     )
 
 

@@ -15,6 +15,7 @@ from longweave.structured import (
     reask_message,
     repair_json,
     schema_fits,
+    schema_sketch,
     strict_schema,
     whole_items,
 )
@@ -119,13 +120,40 @@ def test_reask_message_carries_the_complaint() -> None:
     )
 
 
-def test_instructions_embed_the_compact_schema() -> None:
+class Node(BaseModel):
+    name: str = Field(max_length=10)
+    children: list[Node] = Field(default_factory=list, max_length=2)
+
+
+class Holder(BaseModel):
+    main: Step = Field(description="the step to take")
+    tree: Node
+    tags: dict[str, int] = Field(default_factory=dict, description="tag -> count")
+
+
+def test_instructions_sketch_the_shape_with_types_and_limits_in_place() -> None:
     text = json_instructions(Plan)
-    schema = json.loads(text.split("JSON schema: ", 1)[1])
-    assert schema["required"] == ["title", "steps"]
-    assert "title" in schema["properties"]  # a field named "title" survives title-stripping
-    assert "title" not in schema["properties"]["title"]
-    assert '"required":["title","steps"]' in text  # compact separators
+    assert text.endswith(
+        'where the values go: {"title": string (at most 30 characters), "steps": [{"action": '
+        '"read"|"answer", "chunk": integer (from 0 to 999)} (A bounded nested item.), ...] '
+        '(at most 3 items), "done" (optional): true|false, "note" (optional): string (at most '
+        '20 characters) or null} (A bounded schema, as §8.4 asks of every structured call.)')
+
+
+def test_the_sketch_holds_no_schema_keywords_for_a_model_to_copy() -> None:
+    # The bundled 135M model wrote keys like "#/$defs/..." and "additionalProperties" when
+    # shown the JSON schema; the sketch names fields and types only.
+    sketch = schema_sketch(Holder.model_json_schema())
+    for keyword in ("$defs", "$ref", "maxLength", "additionalProperties", "properties", "type"):
+        assert keyword not in sketch
+    assert '"main": {"action": "read"|"answer", "chunk": integer (from 0 to 999)} (the step ' \
+        "to take)" in sketch  # the field's description beside its type's
+    assert '"tags" (optional): {string: integer, ...} (tag -> count)' in sketch
+    # A type that refers to itself is named, and sketched once at the end.
+    assert '"tree": {"name": string (at most 10 characters), "children" (optional): [Node, ' \
+        "...] (at most 2 items)}" in sketch
+    assert sketch.endswith('; where Node is {"name": string (at most 10 characters), "children" '
+                           '(optional): [Node, ...] (at most 2 items)}')
 
 
 def test_strict_schema_requires_every_field_and_forbids_extras() -> None:
