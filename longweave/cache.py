@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ArtifactCache", "CachedLLM", "CompletionCache", "completion_key"]
 
-KEY_VERSION = 1
-"""Bumped when the key recipe changes, so old entries are never misread."""
+KEY_VERSION = 2
+"""Bumped when the key recipe changes, so old entries are never misread, and when the text a
+backend adds to the messages changes (2: `structured.json_instructions` sketches the shape)."""
 
 
 def completion_key(

@@ -40,92 +40,122 @@ _MAX_STARTS = 5  # prose may contain stray braces; try only the first few object
 
 def schema_sketch(schema: dict[str, Any]) -> str:
     """A JSON schema as a one-line sketch of the reply's shape: field names in JSON, types and
-    limits in words where values go, e.g. `{"items": [{"key": string (at most 60 characters)},
-    ...] (at most 8 items)}`. Models read it more easily than the schema itself, and small ones
-    stop copying schema keywords ("$defs", "maxLength", "additionalProperties") into their
-    replies (docs/BENCHMARKS.md, "JSON instructions"). A type that refers to itself is shown by
-    name and sketched once after the rest."""
+    limits in words where the values go, e.g. `{"items": [{"key": string (at most 60
+    characters)}, ...] (at most 8 items)}`. Models read it more easily than the schema itself, and
+    small ones stop copying schema keywords ("$defs", "maxLength", "additionalProperties") into
+    their replies (docs/BENCHMARKS.md, "JSON instructions"). Field descriptions are shown beside
+    their fields; class docstrings (the root's and the definitions' own descriptions) are not,
+    as they are written for programmers. A type that refers to itself is shown by name and
+    sketched once at the end."""
     defs: dict[str, Any] = schema.get("$defs", {})
-    named: dict[str, str] = {}  # recursive definitions, sketched once at the end
+    recursive = _recursive_defs(defs)
 
-    def limits(node: dict[str, Any], unit: str, lo_key: str, hi_key: str) -> str:
+    def count(n: Any, unit: str) -> str:
+        return f"{n} {unit[:-1] if n == 1 else unit}"
+
+    def size(node: dict[str, Any], unit: str, lo_key: str, hi_key: str) -> str:
         lo, hi = node.get(lo_key), node.get(hi_key)
         if lo and hi is not None:
-            return f"{lo} to {hi} {unit}"
+            return f"{lo} to {count(hi, unit)}"
         if hi is not None:
-            return f"at most {hi} {unit}"
-        return f"at least {lo} {unit}" if lo else ""
+            return f"at most {count(hi, unit)}"
+        return f"at least {count(lo, unit)}" if lo else ""
 
-    def with_notes(text: str, node: dict[str, Any], *notes: str) -> str:
-        described = str(node.get("description", "")).strip()
+    def bounds(node: dict[str, Any]) -> str:
+        lo, hi = node.get("minimum"), node.get("maximum")
+        if lo is not None and hi is not None:
+            return f"from {lo} to {hi}"
+        parts = [f"at least {lo}" if lo is not None else "",
+                 f"more than {node['exclusiveMinimum']}" if "exclusiveMinimum" in node else "",
+                 f"at most {hi}" if hi is not None else "",
+                 f"less than {node['exclusiveMaximum']}" if "exclusiveMaximum" in node else "",
+                 f"a multiple of {node['multipleOf']}" if "multipleOf" in node else ""]
+        return ", ".join(p for p in parts if p)
+
+    def noted(text: str, node: dict[str, Any], *notes: str) -> str:
+        described = " ".join(str(node.get("description", "")).split())
         kept = [n for n in (*notes, described) if n]
         return f"{text} ({'; '.join(kept)})" if kept else text
 
-    def sketch(node: Any, open_: tuple[str, ...]) -> str:
+    def body(name: str) -> dict[str, Any]:
+        """A definition without its class docstring."""
+        return {k: v for k, v in defs[name].items() if k != "description"}
+
+    def sketch(node: Any) -> str:
         if not isinstance(node, dict) or not node:
             return "any value"
         name = _local_ref(node)
         if name is not None and name in defs:
-            if name in open_:  # recursion: refer to the type by name
-                named.setdefault(name, "")
-                return name
-            target = dict(defs[name])
-            if node.get("description"):  # the field's own description says more than its type's
-                target["description"] = node["description"]
-            return sketch(target, (*open_, name))
+            if name in recursive:
+                return noted(name, node)
+            return sketch({**body(name), **{k: v for k, v in node.items() if k != "$ref"}})
         for key in ("anyOf", "oneOf", "allOf"):
-            if key in node and isinstance(node[key], list):
+            if isinstance(node.get(key), list):
                 joint = " and " if key == "allOf" else " or "
-                return with_notes(joint.join(sketch(n, open_) for n in node[key]), node)
+                return noted(joint.join(sketch(n) for n in node[key]), node)
         if "const" in node:
-            return with_notes(json.dumps(node["const"], ensure_ascii=False), node)
+            return noted(json.dumps(node["const"], ensure_ascii=False), node)
         if "enum" in node:
-            return with_notes("|".join(json.dumps(v, ensure_ascii=False) for v in node["enum"]),
-                              node)
+            return noted("|".join(json.dumps(v, ensure_ascii=False) for v in node["enum"]), node)
         kind = node.get("type")
-        if isinstance(kind, list):
-            return with_notes(" or ".join(sketch({"type": k}, open_) for k in kind), node)
+        if isinstance(kind, list):  # each type keeps the limits beside it
+            rest = {k: v for k, v in node.items() if k not in ("type", "description")}
+            return noted(" or ".join(sketch({**rest, "type": k}) for k in kind), node)
         if kind == "object" or "properties" in node:
             required = set(node.get("required", []))
             fields = [f"{json.dumps(field, ensure_ascii=False)}"
-                      f"{'' if field in required else ' (optional)'}: {sketch(sub, open_)}"
+                      f"{'' if field in required else ' (optional)'}: {sketch(sub)}"
                       for field, sub in node.get("properties", {}).items()]
-            extra = node.get("additionalProperties")
-            if isinstance(extra, dict):
-                fields.append(f"string: {sketch(extra, open_)}, ...")
-            return with_notes("{" + ", ".join(fields) + "}", node,
-                              limits(node, "keys", "minProperties", "maxProperties"))
+            extra = node.get("additionalProperties", "properties" not in node)
+            if extra is not False and extra is not None:
+                key = sketch(node["propertyNames"]) if "propertyNames" in node else "string"
+                fields.append(f"{key}: {sketch(extra if isinstance(extra, dict) else {})}, ...")
+            return noted("{" + ", ".join(fields) + "}", node,
+                         size(node, "keys", "minProperties", "maxProperties"))
         if kind == "array":
             if isinstance(node.get("prefixItems"), list):
-                body = ", ".join(sketch(n, open_) for n in node["prefixItems"])
-                return with_notes(f"[{body}]", node)
-            item = sketch(node.get("items", {}), open_)
-            return with_notes(f"[{item}, ...]", node,
-                              limits(node, "items", "minItems", "maxItems"))
+                return noted(f"[{', '.join(sketch(n) for n in node['prefixItems'])}]", node)
+            return noted(f"[{sketch(node.get('items', {}))}, ...]", node,
+                         size(node, "items", "minItems", "maxItems"))
         if kind == "string":
-            pattern = f"matching /{node['pattern']}/" if "pattern" in node else ""
-            return with_notes("string", node, limits(node, "characters", "minLength",
-                                                     "maxLength"), pattern)
+            return noted("string", node, size(node, "characters", "minLength", "maxLength"),
+                         f"format {node['format']}" if "format" in node else "",
+                         f"matching /{node['pattern']}/" if "pattern" in node else "")
         if kind in ("integer", "number"):
-            lo = node.get("minimum", node.get("exclusiveMinimum"))
-            hi = node.get("maximum", node.get("exclusiveMaximum"))
-            bound = (f"from {lo} to {hi}" if lo is not None and hi is not None
-                     else f"at least {lo}" if lo is not None
-                     else f"at most {hi}" if hi is not None else "")
-            return with_notes(kind, node, bound)
+            return noted(kind, node, bounds(node))
         if kind == "boolean":
-            return with_notes("true|false", node)
+            return noted("true|false", node)
         if kind == "null":
             return "null"
-        return with_notes("any value", node)
+        return noted("any value", node)
 
-    text = sketch(schema, ())
-    done: set[str] = set()
-    while len(done) < len(named):  # a recursive type may name another one
-        for name in [n for n in named if n not in done]:
-            named[name] = sketch(defs[name], (name,))
-            done.add(name)
-    return text + "".join(f"; where {name} is {body}" for name, body in named.items())
+    root = {k: v for k, v in schema.items() if k not in ("description", "$defs")}
+    if (name := _local_ref(root)) is not None and name in defs and name not in recursive:
+        root = body(name)  # a root that is only a reference: its definition, docstring dropped
+    text = sketch(root)
+    named = [n for n in defs if n in recursive]
+    return text + "".join(f"; where {n} is {sketch(body(n))}" for n in named)
+
+
+def _recursive_defs(defs: dict[str, Any]) -> set[str]:
+    """The definitions that refer to themselves, directly or through others."""
+    if not defs:
+        return set()
+
+    def refs(node: Any) -> set[str]:
+        if isinstance(node, list):
+            return set().union(*(refs(item) for item in node))
+        if not isinstance(node, dict):
+            return set()
+        own = _local_ref(node)
+        return ({own} if own else set()).union(*(refs(value) for value in node.values()))
+
+    import networkx as nx  # only schemas with definitions get here
+
+    graph = nx.DiGraph()
+    graph.add_edges_from((name, target) for name, node in defs.items() for target in refs(node))
+    return {name for group in nx.strongly_connected_components(graph) for name in group
+            if len(group) > 1 or graph.has_edge(name, name)}
 
 
 def _local_ref(node: dict[str, Any]) -> str | None:
@@ -135,7 +165,11 @@ def _local_ref(node: dict[str, Any]) -> str | None:
 
 
 def json_instructions(schema: type[BaseModel]) -> str:
-    """The instruction that asks for one JSON object of `schema`'s shape, sketched in place."""
+    """The instruction that asks for one JSON object of `schema`'s shape, sketched in place.
+
+    Completions and built artifacts depend on this text: changing it means bumping
+    `cache.KEY_VERSION` and the `PROMPT_VERSION` of strategies that cache what structured
+    calls built (GraphReader, LIGHT, PRISM)."""
     return (
         "Answer with exactly one JSON object and nothing else: no prose, no code fences. "
         "Its shape, with types and limits where the values go: "

@@ -383,14 +383,24 @@ def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     model.close()
 
 
+class People(BaseModel):
+    """A map-only memory for the bundled model's test."""
+
+    people: dict[str, str] = Field(description="person -> what the text says about them")
+
+
 @pytest.mark.real_model
 async def test_real_local_model_end_to_end(local_llm: Any) -> None:
     doc = open_document(Path(__file__).parents[1] / "examples" / "harbour_report.md")
-    # ~950 tokens in 2 chunks; one short revision per step: 3 calls in all
+    # ~950 tokens in 3 chunks; one short revision per step: 4 calls in all. A map memory: with
+    # the default QA memory's lists the bundled model writes the index 1000 where an add needs
+    # the list's length (§5.2 rule 2), so every revision is rejected and nothing can be cited.
     prism = Prism(window=2048, chunk_tokens=500, step_max_new=48, answer_max_new=48,
-                  value_chars=40, max_revisions=1, list_items=2, answer_chars=80, retries=0)
+                  value_chars=40, max_revisions=1, list_items=2, answer_chars=80, retries=0,
+                  memory_schema=People)
     answer = await arun(prism, doc, "Who was the first keeper of the lighthouse?", local_llm)
     assert answer.text.strip()
+    assert any(s.detail["applied"] for s in answer.steps if s.role == "stepper")
     assert answer.citations
     for citation in answer.citations:
         assert doc.text[citation.start:citation.end] == citation.text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
@@ -133,11 +133,11 @@ class Holder(BaseModel):
 
 def test_instructions_sketch_the_shape_with_types_and_limits_in_place() -> None:
     text = json_instructions(Plan)
+    # Class docstrings are written for programmers: neither Plan's nor Step's is shown.
     assert text.endswith(
         'where the values go: {"title": string (at most 30 characters), "steps": [{"action": '
-        '"read"|"answer", "chunk": integer (from 0 to 999)} (A bounded nested item.), ...] '
-        '(at most 3 items), "done" (optional): true|false, "note" (optional): string (at most '
-        '20 characters) or null} (A bounded schema, as §8.4 asks of every structured call.)')
+        '"read"|"answer", "chunk": integer (from 0 to 999)}, ...] (at most 3 items), "done" '
+        '(optional): true|false, "note" (optional): string (at most 20 characters) or null}')
 
 
 def test_the_sketch_holds_no_schema_keywords_for_a_model_to_copy() -> None:
@@ -146,14 +146,28 @@ def test_the_sketch_holds_no_schema_keywords_for_a_model_to_copy() -> None:
     sketch = schema_sketch(Holder.model_json_schema())
     for keyword in ("$defs", "$ref", "maxLength", "additionalProperties", "properties", "type"):
         assert keyword not in sketch
-    assert '"main": {"action": "read"|"answer", "chunk": integer (from 0 to 999)} (the step ' \
-        "to take)" in sketch  # the field's description beside its type's
-    assert '"tags" (optional): {string: integer, ...} (tag -> count)' in sketch
-    # A type that refers to itself is named, and sketched once at the end.
-    assert '"tree": {"name": string (at most 10 characters), "children" (optional): [Node, ' \
-        "...] (at most 2 items)}" in sketch
-    assert sketch.endswith('; where Node is {"name": string (at most 10 characters), "children" '
-                           '(optional): [Node, ...] (at most 2 items)}')
+    assert sketch == (
+        '{"main": {"action": "read"|"answer", "chunk": integer (from 0 to 999)} (the step to '
+        'take), "tree": Node, "tags" (optional): {string: integer, ...} (tag -> count)}; where '
+        'Node is {"name": string (at most 10 characters), "children" (optional): [Node, ...] '
+        '(at most 2 items)}')  # a type that refers to itself: named, and sketched once
+
+
+class Limits(BaseModel):
+    share: float = Field(gt=0, lt=1)
+    count: int = Field(ge=1, multiple_of=2)
+    label: str | None = Field(max_length=5, description="a short\n   label")
+    notes: list[str] = Field(min_length=1)
+    extra: dict[str, Any]
+
+
+def test_the_sketch_words_every_limit() -> None:
+    assert schema_sketch(Limits.model_json_schema()) == (
+        '{"share": number (more than 0, less than 1), "count": integer (at least 1, a multiple '
+        'of 2), "label": string (at most 5 characters) or null (a short label), "notes": '
+        '[string, ...] (at least 1 item), "extra": {string: any value, ...}}')
+    listed = {"type": ["string", "null"], "maxLength": 3}  # a type list keeps its limits
+    assert schema_sketch(listed) == "string (at most 3 characters) or null"
 
 
 def test_strict_schema_requires_every_field_and_forbids_extras() -> None:

@@ -31,7 +31,7 @@ __all__ = [
     "step_schema",
 ]
 
-PROMPT_VERSION = "gr1"
+PROMPT_VERSION = "gr2"
 
 READER = (
     "You answer questions about a long text that you cannot see at once. The text has been "

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from longweave.llm import Message, system, user
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 """Bumped when a build prompt or schema changes: cached memories then rebuild."""
 
 SECTIONS = (

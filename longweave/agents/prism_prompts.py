@@ -20,7 +20,7 @@ from longweave.memory.structured_memory import (
 )
 from longweave.structured import json_instructions
 
-PROMPT_VERSION = "prism-1"
+PROMPT_VERSION = "prism-2"
 """Bumped when wording changes; keys the cached generated schemas."""
 
 END_OF_MEMORY = "--- end of memory ---"
