@@ -200,8 +200,9 @@ async def main() -> None:
     started = time.perf_counter()
     replies: list[dict[str, Any]] = []
     for doc, text, question in docs:
+        calls = jobs(question)
         for piece_no, piece in enumerate(pieces(text, llm.tokenizer, args.pieces)):
-            for name, messages, schema, cap in jobs(question):
+            for name, messages, schema, cap in calls:
                 for variant in variants:
                     use(VARIANTS[variant])
                     try:

@@ -129,10 +129,7 @@ def schema_sketch(schema: dict[str, Any]) -> str:
             return "null"
         return noted("any value", node)
 
-    root = {k: v for k, v in schema.items() if k not in ("description", "$defs")}
-    if (name := _local_ref(root)) is not None and name in defs and name not in recursive:
-        root = body(name)  # a root that is only a reference: its definition, docstring dropped
-    text = sketch(root)
+    text = sketch({k: v for k, v in schema.items() if k not in ("description", "$defs")})
     named = [n for n in defs if n in recursive]
     return text + "".join(f"; where {n} is {sketch(body(n))}" for n in named)
 
