@@ -24,6 +24,7 @@ __all__ = [
     "parse_structured",
     "reask_message",
     "repair_json",
+    "reply_floor_tokens",
     "schema_fits",
     "schema_sketch",
     "strict_schema",
@@ -506,6 +507,61 @@ def schema_fits(
         return False
     skeleton, content_tokens = worst
     return count_tokens(json.dumps(skeleton, ensure_ascii=False)) + content_tokens <= max_tokens
+
+
+# Plain English prose, repeated to fill a string to its limit: tokenizers split it at a typical
+# rate (about four characters a token), unlike repeated letters or digits.
+_FILLER = (
+    "The keeper wrote down the names of the ships that passed the harbour light each night, "
+    "with the hour, the weather and the state of the sea. "
+)
+
+
+def reply_floor_tokens(schema: type[BaseModel], count_tokens: Callable[[str], int]) -> int:
+    """Tokens of the shortest reply whose text fields are written to their length limits.
+
+    The reply keeps only required fields, the fewest list items and the shortest of alternatives
+    (null for an optional value); each bounded string holds English prose of its `maxLength`.
+    A token cap below this number cuts every reply that writes one text field to its limit, so
+    the call fails and is re-asked. Unbounded strings count as empty.
+    """
+    root = schema.model_json_schema()
+    return count_tokens(json.dumps(_floor(root, root.get("$defs", {})), ensure_ascii=False))
+
+
+def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = frozenset()) -> Any:
+    ref = _local_ref(node)
+    if ref is not None:  # a type inside itself: stop there (its shortest value cannot nest it)
+        return None if ref in inside else _floor(defs[ref], defs, inside | {ref})
+    if "const" in node:
+        return node["const"]
+    if "enum" in node:
+        return min(node["enum"], key=lambda v: len(json.dumps(v)))
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            return min((_floor(sub, defs, inside) for sub in node[key]),
+                       key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+    kind = node.get("type")
+    if isinstance(kind, list):  # a type list: the shortest of its types
+        return min((_floor({**node, "type": k}, defs, inside) for k in kind),
+                   key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+    if kind == "string":
+        n = node.get("maxLength", node.get("minLength", 0))
+        return (_FILLER * (n // len(_FILLER) + 1))[:n]
+    if kind in ("integer", "number"):
+        return node.get("minimum", node.get("exclusiveMinimum", 0))
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        prefix = [_floor(sub, defs, inside) for sub in node.get("prefixItems", [])]
+        items = node.get("items")
+        extra = max(node.get("minItems", 0) - len(prefix), 0)
+        return prefix + ([_floor(items, defs, inside)] * extra if isinstance(items, dict) else [])
+    if kind == "object":
+        props = node.get("properties", {})
+        required = [name for name in node.get("required", ()) if name in props]
+        return {name: _floor(props[name], defs, inside) for name in required}
+    return None
 
 
 def _worst(node: dict[str, Any], defs: dict[str, Any]) -> tuple[Any, int] | None:

@@ -100,3 +100,22 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(model, monkeypatch, ca
     assert code == 1
     assert "RuntimeError: backend exploded" in err and "LONGWEAVE_DEBUG" in err
     assert "Traceback" not in err
+
+
+def test_longweave_warnings_print_as_one_line(monkeypatch, capsys) -> None:
+    import warnings
+
+    import longweave.agents.base as inside
+    from longweave.cli import _show_warnings
+
+    passed: list[str] = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *_: passed.append(str(message)))
+    _show_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit("a cap is too small", RuntimeWarning, inside.__file__, 10)
+        warnings.warn_explicit("from elsewhere", RuntimeWarning, "/elsewhere/lib.py", 7)
+    err = capsys.readouterr().err
+    assert "warning: a cap is too small\n" in err
+    assert "base.py" not in err and "elsewhere" not in err
+    assert passed == ["from elsewhere"]  # other packages' warnings keep Python's own display

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
+from longweave.agents.base import RunContext
+from longweave.documents import Document
 from longweave.errors import ParseError
 from longweave.structured import (
     json_instructions,
     parse_structured,
     reask_message,
     repair_json,
+    reply_floor_tokens,
     schema_fits,
     schema_sketch,
     strict_schema,
     whole_items,
 )
+from longweave.testing import ScriptedModel
 
 
 class Step(BaseModel):
@@ -206,6 +211,49 @@ def test_unbounded_schemas_never_fit() -> None:
     assert not schema_fits(Loose, 10**9, len)
 
 
+class _Link(BaseModel):
+    name: str = Field(max_length=12)
+    next: _Link | None  # required, but null ends the chain
+
+
+class _Floor(BaseModel):
+    tag: Literal["long-choice", "b"]
+    lines: list[str] = Field(min_length=2, max_length=9)  # each line empty: no limit to fill
+    head: _Link
+    pair: tuple[int, str] = (0, "")  # not required: left out
+    score: int = Field(ge=3, le=9)
+
+
+def test_reply_floor_is_the_shortest_reply_with_text_at_its_limits() -> None:
+    seen: list[str] = []
+
+    def count(text: str) -> int:
+        seen.append(text)
+        return len(text)
+
+    floor = reply_floor_tokens(_Floor, count)
+    reply = json.loads(seen[-1])
+    assert reply == {"tag": "b", "lines": ["", ""],
+                     "head": {"name": "The keeper w", "next": None}, "score": 3}
+    assert floor == len(seen[-1])
+    # Plan: the title at its 30 characters; no steps; the optional fields left out.
+    assert json.loads(_last(Plan)) == {"title": "The keeper wrote down the name", "steps": []}
+
+
+def _last(schema: type[BaseModel]) -> str:
+    texts: list[str] = []
+    reply_floor_tokens(schema, lambda t: texts.append(t) or 0)
+    return texts[-1]
+
+
+def test_reply_floor_fills_long_limits_with_prose() -> None:
+    class Long(BaseModel):
+        text: str = Field(max_length=1000)
+
+    text = json.loads(_last(Long))["text"]
+    assert len(text) == 1000 and text.startswith("The keeper") and " " in text[900:]
+
+
 class _Fact(BaseModel):
     fact: str = Field(max_length=40)
     keys: list[str] = Field(min_length=1)
@@ -238,3 +286,23 @@ def test_whole_items_obeys_the_list_bound_and_drops_a_number_at_the_cut() -> Non
 
     assert whole_items('{"scores": [12, 34, 56, 7', Scores, "scores") == [12, 34]
     assert whole_items('{"scores": [12, 3', Scores, "scores") == [12]
+
+
+async def test_a_cap_below_the_reply_floor_warns_once_per_role_and_cap() -> None:
+    class Note(BaseModel):
+        text: str = Field(max_length=200)
+
+    model = ScriptedModel()
+    model.on("reader", reply={"text": "short"})
+    ctx = RunContext(model, Document.from_text("Some text."), "q?", "test")
+    floor = reply_floor_tokens(Note, model.count_tokens)
+    with pytest.warns(RuntimeWarning, match=rf"test reader: a Note reply .* about {floor} tokens, "
+                      rf"over the cap of {floor - 1}") as caught:
+        for _ in range(2):
+            await ctx.call("reader", [], max_tokens=floor - 1, schema=Note)
+    assert len(caught) == 1  # checked once per role, schema and cap, not on every call
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await ctx.call("reader", [], max_tokens=floor, schema=Note)
+        await ctx.call("reader", [], max_tokens=8)  # no schema: nothing to check
+    assert len(model.calls("reader")) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -56,6 +57,7 @@ class RunContext:
     """Where per-document artifacts are kept between runs; None keeps nothing."""
     usage: Usage = field(default_factory=Usage)
     steps: list[Step] = field(default_factory=list)
+    _cap_checked: set[tuple[str, Any, int]] = field(default_factory=set, repr=False)
 
     async def call(
         self,
@@ -75,6 +77,9 @@ class RunContext:
         text deltas as `token` events while it generates (schema calls never stream).
         """
         self.emit(Event("call", self.strategy, role, index, total, f"{role} call"))
+        if schema is not None and (role, schema, max_tokens) not in self._cap_checked:
+            self._cap_checked.add((role, schema, max_tokens))
+            self._check_cap(role, schema, max_tokens)
         started = time.perf_counter()
         wanted = stream and schema is None and self.emit is not ignore
         # Always set (None too), so an unmarked call never streams into an outer call's sink.
@@ -110,6 +115,25 @@ class RunContext:
             )
         )
         return completion
+
+    def _check_cap(self, role: str, schema: type[BaseModel], max_tokens: int) -> None:
+        """Warn when a reply that writes its text fields to their limits cannot fit the cap.
+
+        Such a reply is cut at `max_tokens`, fails validation and is re-asked, so a model that
+        writes long text can spend every attempt on cut replies (a text limit of 600 characters
+        under a cap of 64 tokens, say).
+        """
+        from longweave.structured import reply_floor_tokens
+
+        floor = reply_floor_tokens(schema, self.llm.count_tokens)
+        if floor > max_tokens:
+            warnings.warn(
+                f"{self.strategy} {role}: a {schema.__name__} reply with its text at the length "
+                f"limits takes about {floor} tokens, over the cap of {max_tokens}, so such replies "
+                "are cut and asked again (raise max_new or the role's own cap, or lower the "
+                "*_chars limits).",
+                RuntimeWarning, stacklevel=3,
+            )
 
     def _token_sink(self, role: str, index: int | None) -> TokenSink:
         def sink(delta: str, *, restart: bool = False) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import typer
 
@@ -36,10 +38,28 @@ app.command("show")(_show.show)
 app.command("strategies")(_strategies.strategies)
 
 
+def _show_warnings() -> None:
+    """longweave's own warnings print as one `warning:` line; others keep Python's format."""
+    from rich.console import Console
+
+    original = warnings.showwarning
+    package = Path(__file__).resolve().parent.parent
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        if Path(filename).resolve().is_relative_to(package):
+            Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
+        else:
+            original(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     """Entry point of the console script: errors become one clear message and an exit code."""
     from rich.console import Console
 
+    _show_warnings()
     try:
         app()
     except LongweaveError as exc:
