@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import Request, ScriptedModel, quoted_after, quoted_blocks
 
 __all__ = ["best_sentence", "offline_model", "resolve"]
 
@@ -46,10 +46,6 @@ def best_sentence(question: str, text: str) -> str:
     return best
 
 
-def _between(text: str, start: str, end: str) -> str:
-    return text.split(start, 1)[1].split(end, 1)[0] if start in text else ""
-
-
 def _question(request: Request) -> str:
     found = re.search(r"(?:Latest question|Question): (.*)", request.text)
     return found.group(1).strip() if found else ""
@@ -60,9 +56,9 @@ def _worker(request: Request) -> str:
     text, question = request.text, _question(request)
     part = re.search(r"Part (\d+) of", text)
     tag = f" [c{part.group(1)}]" if part else ""
-    notes = _between(text, "<notes>", "</notes>").strip()
+    notes = quoted_after(text, "Notes from the previous reader:").strip()
     notes = "" if notes.startswith("none yet") else notes  # the first reader gets no notes
-    candidate = best_sentence(question, _between(text, "<part>", "</part>"))
+    candidate = best_sentence(question, quoted_after(text, "of the text:"))
     if candidate and len(_words(question) & _words(candidate)) > len(
         _words(question) & _words(notes)
     ):
@@ -71,7 +67,8 @@ def _worker(request: Request) -> str:
 
 
 def _manager(request: Request) -> str:
-    return _between(request.text, "<notes>", "</notes>").strip() or "The text does not say."
+    notes = quoted_blocks(request.text)
+    return (notes[0].strip() if notes else "") or "The text does not say."
 
 
 def _reader(request: Request) -> str:
@@ -91,7 +88,7 @@ def _rewrite(request: Request) -> str:
 
 
 def _facts(request: Request) -> dict[str, Any]:
-    lines = [s.strip() for s in _between(request.text, "<latest>", "</latest>").splitlines()]
+    lines = [s.strip() for s in quoted_after(request.text, "Latest exchange:").splitlines()]
     return {"facts": [line[:190] for line in lines if line][:12]}
 
 
@@ -102,9 +99,9 @@ def offline_model(context_window: int = 1024) -> ScriptedModel:
     model.on("manager", reply=_manager)
     model.on("reader", reply=_reader)
     model.on("rewrite", reply=_rewrite)
-    model.on("extractor", contains="<passage>", reply=lambda r: {
-        "items": [], "summary": _between(r.text, "<passage>", "</passage>").strip()[:380]})
-    model.on("extractor", contains="<latest>", reply=_facts)
+    model.on("extractor", contains="New passage:", reply=lambda r: {
+        "items": [], "summary": quoted_after(r.text, "New passage:").strip()[:380]})
+    model.on("extractor", contains="Latest exchange:", reply=_facts)
     model.on("compressor", reply={"critical_context": []})
     model.on("filter", reply={"needed": "yes"})
     return model

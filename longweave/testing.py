@@ -20,11 +20,33 @@ from pydantic import BaseModel, ValidationError
 
 from longweave.answer import Usage
 from longweave.errors import ParseError, UnscriptedCall
-from longweave.llm import Completion, Message, check_budget, user
+from longweave.llm import QUOTE, Completion, Message, check_budget, user
 
-__all__ = ["HashEmbedder", "RegexTokenizer", "Request", "Rule", "ScriptedModel", "user"]
+__all__ = [
+    "HashEmbedder",
+    "RegexTokenizer",
+    "Request",
+    "Rule",
+    "ScriptedModel",
+    "quoted_after",
+    "quoted_blocks",
+    "user",
+]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_QUOTED = re.compile(f"{QUOTE}\n(.*?)\n{QUOTE}", re.DOTALL)
+
+
+def quoted_blocks(text: str) -> list[str]:
+    """The texts a prompt quotes (`longweave.llm.quoted`), in order."""
+    return _QUOTED.findall(text)
+
+
+def quoted_after(text: str, label: str) -> str:
+    """The first quoted text after `label`, or '' when the prompt has no such block."""
+    head, found, tail = text.partition(label)
+    blocks = quoted_blocks(tail) if found else []
+    return blocks[0] if blocks else ""
 
 
 class RegexTokenizer:

@@ -9,8 +9,9 @@ import pytest
 from longweave.agents.chain_of_agents import ChainOfAgents
 from longweave.documents import Document
 from longweave.errors import UnscriptedCall
+from longweave.llm import quoted, unquote
 from longweave.runner import arun
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import Request, ScriptedModel, quoted_after
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
 PART = re.compile(r"Part (\d+) of (\d+)")
@@ -31,7 +32,7 @@ def part_of(request: Request) -> int:
 
 def cu_reply(request: Request) -> str:
     """A distinct communication unit per worker that names the sentinels it saw."""
-    part = request.text.split("<part>")[1].split("</part>")[0]
+    part = quoted_after(request.text, "of the text:")
     seen = ",".join(SENTINEL.findall(part))
     return f"CU{part_of(request)} saw {seen} [c{part_of(request)}]"
 
@@ -57,7 +58,7 @@ async def test_one_worker_per_chunk_in_order_then_one_manager() -> None:
     assert answer.usage.calls == n + 1
     assert answer.usage.prompt_tokens == sum(r.prompt_tokens for r in model.requests)
     # every sentinel was read by exactly one worker, in document order
-    seen = [int(s) for r in workers for s in SENTINEL.findall(r.text.split("</part>")[0])]
+    seen = [int(s) for r in workers for s in SENTINEL.findall(quoted_after(r.text, "of the text:"))]
     assert seen == list(range(8))
 
 
@@ -67,10 +68,11 @@ async def test_worker_sees_its_chunk_previous_cu_and_question_only() -> None:
     workers = model.calls("worker")
     previous = None
     for request in workers:
-        part = request.text.split("<part>")[1].split("</part>")[0]
+        part = quoted_after(request.text, "of the text:")
         mine = set(SENTINEL.findall(part))
         assert mine, "each chunk holds at least one sentinel here"
-        assert set(SENTINEL.findall(request.text.split("<notes>")[0])) == mine
+        before_notes = request.text.split("Notes from the previous reader:")[0]
+        assert set(SENTINEL.findall(before_notes)) == mine
         assert "Question: What is hidden?" in request.text
         if previous is None:
             assert "first reader" in request.text
@@ -91,6 +93,25 @@ async def test_manager_sees_only_the_last_cu_and_the_question() -> None:
         assert f"CU{part_of(earlier)} saw" not in manager.text
     # the last CU names sentinels, so strip it before looking for chunk text
     assert "word" not in manager.text.replace(last, "")
+
+
+async def test_quote_lines_copied_from_the_prompt_are_dropped_from_notes_and_answer() -> None:
+    model = ScriptedModel(context_window=400)
+    model.on("worker", reply=lambda r: f'"""\nnotes of part {part_of(r)}\n"""')
+    model.on("manager", reply='The answer.\n"""')
+    answer = await arun(COA, sentinel_document(8), "What is hidden?", model)
+    workers = model.calls("worker")
+    for before, after in zip(workers, workers[1:], strict=False):
+        notes = quoted_after(after.text, "Notes from the previous reader:")
+        assert notes == f"notes of part {part_of(before)}"  # no quote lines nested in the block
+    assert answer.text == "The answer."
+
+
+def test_unquote_drops_only_the_outer_quote_lines() -> None:
+    assert quoted("a\nb") == '"""\na\nb\n"""'
+    assert unquote(' """\n"""\nkept\n"""\ninside\n """ \n') == 'kept\n"""\ninside'
+    assert unquote('say """this"""') == 'say """this"""'
+    assert unquote('"""') == ""
 
 
 async def test_full_length_cus_never_overflow_the_window() -> None:

@@ -23,7 +23,7 @@ from longweave.documents import Document
 from longweave.estimate import Assumptions, Estimate, aestimate, aestimate_many, estimate
 from longweave.llm import Message
 from longweave.runner import arun
-from longweave.testing import HashEmbedder, Request, ScriptedModel
+from longweave.testing import HashEmbedder, Request, ScriptedModel, quoted_after
 from tests.cli_run import run_cli
 
 QUESTION = "Where did the keeper hide the spare lamp?"
@@ -209,10 +209,8 @@ async def test_mem_walker_build_exact_walk_within_bounds_and_cached_tree(tmp_pat
 
 
 def reader_model() -> ScriptedModel:
-    paras = re.compile(r"<passage>\n(.*?)</passage>", re.DOTALL)
-
     def extract(request: Request) -> dict[str, Any]:
-        text = paras.findall(request.text)[0]
+        text = quoted_after(request.text, "Passage:")
         return {"atomic_facts": [{"fact": f"{s} kept the lamp.", "key_elements": [s]}
                                  for s in re.findall(r"SENTINEL-\d+", text)]}
 
@@ -248,10 +246,10 @@ async def test_graph_reader_build_exact_and_query_within_bounds() -> None:
 
 def light_model() -> ScriptedModel:
     model = ScriptedModel(context_window=2048)
-    model.on("extractor", contains="<passage>", reply={"items": [{"key": "k", "value": "v"}],
+    model.on("extractor", contains="New passage:", reply={"items": [{"key": "k", "value": "v"}],
                                                        "summary": "a part"})
-    model.on("extractor", contains="<latest>", reply=lambda r: {"facts": [
-        f"The keeper noted {s}." for s in TAG.findall(r.text.split("<latest>")[1])]})
+    model.on("extractor", contains="Latest exchange:", reply=lambda r: {"facts": [
+        f"The keeper noted {s}." for s in TAG.findall(quoted_after(r.text, "Latest exchange:"))]})
     model.on("compressor", reply={"critical_context": ["merged facts [u0]"]})
     model.on("filter", reply={"needed": "yes"})
     model.on("reader", reply="Under the stairs.")

@@ -17,7 +17,7 @@ from longweave.errors import ParseError
 from longweave.graphs.calls import parse_call, parse_step
 from longweave.graphs.paths import Call, PathState
 from longweave.runner import arun
-from longweave.testing import HashEmbedder, Request, Rule, ScriptedModel
+from longweave.testing import HashEmbedder, Request, Rule, ScriptedModel, quoted_after
 
 WORD = re.compile(r"\w+")
 # One paragraph per chunk (chunk_tokens=6 with the scripted model's word tokenizer).
@@ -39,7 +39,7 @@ def document() -> Document:
 
 def extract(request: Request) -> dict[str, Any]:
     """One fact per sentence; its key elements are its capitalized words."""
-    passage = request.text.split("<passage>")[1].split("</passage>")[0]
+    passage = quoted_after(request.text, "Passage:")
     facts = [{"fact": s.strip() + ".", "key_elements": re.findall(r"\b[A-Z]\w+", s)}
              for s in passage.split(".") if s.strip()]
     return {"atomic_facts": facts}
@@ -184,7 +184,7 @@ async def test_paths_stop_at_the_step_cap_and_the_answer_is_called_once() -> Non
     assert answer.usage.calls == len(PARAS) + 2 + 2 * steps + 1  # build + plan, select + steps
     assert "capped" in answer.flags
     prompt = model.calls("answerer")[0].text
-    assert prompt.count("<notebook path=") == 2
+    assert prompt.count("Notebook of path ") == 2
     assert answer.text == "Gamma"
 
 
@@ -193,7 +193,7 @@ async def test_five_paths_give_five_labelled_notebooks() -> None:
     model.rules.insert(4, model.rules[2])  # selection offers enough names
     answer = await arun(reader(n_init=5, max_steps_per_path=2), document(), QUESTION, model)
     prompt = model.calls("answerer")[0].text
-    assert [f"<notebook path={i}>" in prompt for i in range(1, 6)] == [True] * 5
+    assert [f"Notebook of path {i}:" in prompt for i in range(1, 6)] == [True] * 5
     assert answer.text
 
 

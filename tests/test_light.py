@@ -13,7 +13,7 @@ from longweave.cache import ArtifactCache
 from longweave.conversations import Conversation, Turn
 from longweave.documents import Document
 from longweave.runner import arun
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import Request, ScriptedModel, quoted_after
 from tests.test_memory import WordEmbedder
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -27,18 +27,18 @@ def sentinel_document(n: int, words: int = 40) -> Document:
 
 def latest(request: Request) -> str:
     text = request.text
-    for tag in ("<passage>", "<latest>"):
-        if tag in text:
-            return text.split(tag)[1].split("</")[0]
+    for label in ("New passage:", "Latest exchange:"):
+        if label in text:
+            return quoted_after(text, label)
     return text
 
 
 def scripted(window: int = 2048, facts: int = 1, filter_reply: Any = None) -> ScriptedModel:
     model = ScriptedModel(context_window=window)
-    model.on("extractor", contains="<passage>", reply=lambda r: {
+    model.on("extractor", contains="New passage:", reply=lambda r: {
         "items": [{"key": "marker", "value": ",".join(SENTINEL.findall(latest(r)))}],
         "summary": "a part"})
-    model.on("extractor", contains="<latest>", reply=lambda r: {
+    model.on("extractor", contains="Latest exchange:", reply=lambda r: {
         "facts": [f"fact{k} about SENTINEL-{s}" for s in SENTINEL.findall(latest(r))
                   for k in range(facts)]})
     model.on("compressor", reply=lambda r: {"critical_context": ["merged facts [u0]"]})
@@ -77,7 +77,7 @@ async def test_cut_extractions_keep_their_whole_items(keep_cut: bool) -> None:
 
     def cut(request: Request) -> str:
         marks = SENTINEL.findall(latest(request))
-        if "<passage>" in request.text:  # items, then one cut inside its value; no summary
+        if "New passage:" in request.text:  # items, then one cut inside its value; no summary
             items = [{"key": "marker", "value": ",".join(marks)}]
             return json.dumps({"items": items})[:-2] + ', {"key": "x", "value": "HALFWRITTEN'
         facts = [f"fact about SENTINEL-{m}" for m in marks]
@@ -182,7 +182,7 @@ async def test_conversation_units_are_turn_pairs_with_spans() -> None:
     model = scripted()
     answer = await arun(light(unit_tokens=200), doc, "What was said?", model)
     assert next(s for s in answer.steps if s.role == "memory").detail["units"] == 3
-    latest_calls = [latest(r) for r in model.calls("extractor") if "<passage>" in r.text]
+    latest_calls = [latest(r) for r in model.calls("extractor") if "New passage:" in r.text]
     assert any("SENTINEL-0" in t and "SENTINEL-1" in t for t in latest_calls)
     for c in answer.citations:
         assert doc.text[c.start:c.end] == c.text

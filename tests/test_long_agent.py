@@ -27,7 +27,7 @@ from longweave.documents import Document, open_document
 from longweave.errors import BudgetExceeded, ParseError
 from longweave.events import EventLog
 from longweave.runner import arun
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import Request, ScriptedModel, quoted_blocks
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
 WINDOW = 3000
@@ -48,9 +48,9 @@ def agent(**options: Any) -> LongAgent:
 
 
 def parts(request: Request) -> list[int]:
-    """The sentinels inside the <part> blocks of a request (the latest turn), in order."""
-    turn = next(m.content for m in reversed(request.messages) if "<part>\n" in m.content)
-    blocks = re.findall(r"<part>\n(.*?)\n?</part>", turn, re.DOTALL)
+    """The sentinels inside the quoted parts of a request (the latest turn), in order."""
+    turn = next(m.content for m in reversed(request.messages) if quoted_blocks(m.content))
+    blocks = quoted_blocks(turn)
     return [int(s) for block in blocks for s in SENTINEL.findall(block)]
 
 
@@ -344,7 +344,7 @@ async def test_second_round_members_see_history_with_placeholder_and_team_answer
     second = [r for r in model.calls("member") if "Look again, round 2." in r.text]
     assert len(second) == 3
     for request in second:
-        assert request.text.count("<part>") == 1 and len(SENTINEL.findall(request.text)) == 1
+        assert len(quoted_blocks(request.text)) == 1 and len(SENTINEL.findall(request.text)) == 1
         assert PLACEHOLDER in request.messages[1].content
         assert "Instruction: Find the code word." in request.messages[1].content
         assert request.messages[2].role == "assistant"

@@ -18,7 +18,7 @@ from longweave.documents import Document, open_document
 from longweave.memory.structured_memory import from_model
 from longweave.runner import arun
 from longweave.structured import json_instructions
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import Request, ScriptedModel, quoted_blocks
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
 PIECE = re.compile(r"Piece (\d+) of (\d+)")
@@ -35,7 +35,7 @@ def piece(request: Request) -> int:
 
 
 def chunk_text(request: Request) -> str:
-    return request.text.split("<piece>\n")[1].split("\n</piece>")[0]
+    return quoted_blocks(request.text)[-1]  # the piece: the step prompt quotes nothing else
 
 
 def fact_step(request: Request) -> dict[str, Any]:
@@ -67,7 +67,7 @@ async def test_n_steps_in_order_then_one_final_from_memory_only() -> None:
     assert seen == list(range(8))
     (final,) = model.calls("manager")
     assert '"evidence":["saw 0' in final.text  # the rendered (folded) memory
-    assert "<piece>" not in final.text and not re.search(r"w\d+x\d+", final.text)
+    assert "Piece " not in final.text and not re.search(r"w\d+x\d+", final.text)
     assert answer.text == "the answer"
     assert answer.usage.calls == n + 1  # cost formula: n + 1
     assert answer.usage.prompt_tokens == sum(r.prompt_tokens for r in model.requests)

@@ -22,7 +22,7 @@ from longweave.documents import Document
 from longweave.errors import ConfigError, MissingDependency
 from longweave.graphs.store import Fact, KeyGraph
 from longweave.runner import arun
-from longweave.testing import HashEmbedder, Request, ScriptedModel
+from longweave.testing import HashEmbedder, Request, ScriptedModel, quoted_after
 from longweave.visualize import (
     NotBuilt,
     Trail,
@@ -45,7 +45,7 @@ def graph_model() -> ScriptedModel:
     reads its chunks, moves to the first neighbour (gamma), reads its unread chunk, stops."""
 
     def extract(request: Request) -> dict[str, Any]:
-        passage = request.text.split("<passage>")[1].split("</passage>")[0]
+        passage = quoted_after(request.text, "Passage:")
         return {"atomic_facts": [
             {"fact": s.strip() + ".", "key_elements": re.findall(r"\b[A-Z]\w+", s)}
             for s in passage.split(".") if s.strip()]}
@@ -99,7 +99,7 @@ def tree_model(target: int = 4) -> ScriptedModel:
         return {"reasoning": "not here", "action": "back"}
 
     def read(request: Request) -> dict[str, Any]:
-        passage = request.text.split("<passage>")[1].split("</passage>")[0]
+        passage = quoted_after(request.text, "passage of the text:")
         if target in tags(passage):
             return {"reasoning": "here", "action": "answer", "answer": f"S{target}"}
         return {"reasoning": "not here", "action": "back"}

@@ -26,7 +26,7 @@ from longweave.errors import UnscriptedCall
 from longweave.events import Event, EventLog, ignore
 from longweave.llm import Completion, Message
 from longweave.session import Session
-from longweave.testing import Request, ScriptedModel
+from longweave.testing import Request, ScriptedModel, quoted_after
 from longweave.trace import TraceWriter, combine, read_trace, trace_sink
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -42,7 +42,7 @@ def sentinel_text(n: int, tag: str = "", words: int = 60) -> str:
 
 
 def cu_reply(request: Request) -> str:
-    part = request.text.split("<part>")[1].split("</part>")[0]
+    part = quoted_after(request.text, "of the text:")
     seen = ",".join(SENTINEL.findall(part))
     return f"CU{PART.search(request.text).group(1)} saw {seen} [c1]"
 

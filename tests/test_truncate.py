@@ -15,7 +15,7 @@ from longweave.agents.truncate import Truncate, head_end, tail_start
 from longweave.documents import Document, open_document
 from longweave.retrieval.corpus import open_corpus
 from longweave.runner import arun
-from longweave.testing import RegexTokenizer, ScriptedModel
+from longweave.testing import RegexTokenizer, ScriptedModel, quoted_after
 from longweave.tokenizers import default_tokenizer
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
@@ -37,7 +37,7 @@ def scripted(window: int = 400) -> ScriptedModel:
 
 
 def document_part(request_text: str) -> str:
-    return request_text.split("<document>")[1].split("</document>")[0]
+    return quoted_after(request_text, "Document:")
 
 
 TRUNCATE = Truncate(max_new=32, margin=16)
@@ -54,7 +54,7 @@ async def test_long_document_reads_the_head_only_and_is_flagged() -> None:
     assert answer.flags == ["truncated"]
     (cite,) = answer.citations
     assert cite.start == 0 and cite.text == doc.text[: cite.end]
-    assert document_part(reader.text) == "\n" + cite.text + "\n"
+    assert document_part(reader.text) == cite.text
     # The window is used: the prompt plus the cap fits, and not much more would have.
     assert reader.prompt_tokens + reader.max_tokens <= 400
     assert reader.prompt_tokens + reader.max_tokens >= 400 - 16 - 2
@@ -66,7 +66,7 @@ async def test_short_document_is_read_whole_without_flag() -> None:
     assert answer.flags == []
     (cite,) = answer.citations
     assert (cite.start, cite.end) == (0, len(doc.text))
-    assert document_part(model.calls("reader")[0].text) == "\n" + doc.text + "\n"
+    assert document_part(model.calls("reader")[0].text) == doc.text
 
 
 async def test_middle_keeps_head_and_tail() -> None:
@@ -144,7 +144,7 @@ async def test_openai_compatible_backend() -> None:
         (request,) = server.requests
     assert answer.text == "From the start of it." and answer.flags == ["truncated"]
     (cite,) = answer.citations
-    assert document_part(request.messages[-1]["content"]) == "\n" + cite.text + "\n"
+    assert document_part(request.messages[-1]["content"]) == cite.text
     assert llm.count_prompt_tokens(truncate_messages(cite.text, "What?")) + 32 <= 512
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 """Bumped when the wording changes (completions cached under the old wording are then missed)."""
 
 RAG_SYSTEM = (
@@ -38,7 +38,7 @@ def rag_messages(passages: Sequence[str], question: str) -> list[Message]:
 
 def truncate_messages(text: str, question: str) -> list[Message]:
     """The plain prompt: the document (what fits of it), then the question or a summary request."""
-    body = f"Document:\n<document>\n{text}\n</document>\n\n"
+    body = f"Document:\n{quoted(text)}\n\n"
     if question.strip():
         task = f"Question: {question}\n\nAnswer the question from the document, briefly.\n\nAnswer:"
     else:

@@ -22,6 +22,7 @@ from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import ConfigError, LongweaveError
+from longweave.llm import unquote
 
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
 
@@ -160,7 +161,7 @@ class ChainOfAgents(BaseModel):
             index=i,
             total=len(chunks),
         )
-        cu = reply.text.strip()
+        cu = unquote(reply.text)
         blank = not cu
         # A blank CU would erase everything read so far: keep the previous one (STRATEGIES §1.5.7).
         ctx.step(
@@ -183,8 +184,9 @@ class ChainOfAgents(BaseModel):
                 index=path,
                 stream=len(state["cus"]) == 1,  # two paths' answers would interleave
             )
-            ctx.step("manager", reply.text.strip(), index=path, finish_reason=reply.finish_reason)
-            return reply.text.strip()
+            answer = unquote(reply.text)
+            ctx.step("manager", answer, index=path, finish_reason=reply.finish_reason)
+            return answer
 
         answers = await asyncio.gather(*(one(p, cu) for p, cu in enumerate(state["cus"])))
         return {"answers": list(answers)}

@@ -6,7 +6,7 @@ instructions are longweave's addition and disappear with `cite=False`.
 
 from __future__ import annotations
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
 WORKER_SYSTEM = (
     "You are one reader in a relay that works through a long text one part at a time. "
@@ -25,8 +25,8 @@ def worker_messages(
     """The prompt of worker i (0-based) of `total`, carrying the previous communication unit."""
     notes = previous.strip() or "none yet: you are the first reader."
     body = (
-        f"Part {i + 1} of {total} of the text:\n<part>\n{chunk}\n</part>\n\n"
-        f"Notes from the previous reader:\n<notes>\n{notes}\n</notes>\n\n"
+        f"Part {i + 1} of {total} of the text:\n{quoted(chunk)}\n\n"
+        f"Notes from the previous reader:\n{quoted(notes)}\n\n"
     )
     if query:
         task = (
@@ -52,7 +52,7 @@ def manager_messages(notes: str, question: str, *, query: bool, cite: bool) -> l
     intro = (
         "The source text was too long to show you, so readers went through it part by part and "
         "condensed it into the notes below.\n\n"
-        f"<notes>\n{notes.strip() or '(the readers found nothing relevant)'}\n</notes>\n\n"
+        f"{quoted(notes.strip() or '(the readers found nothing relevant)')}\n\n"
     )
     if query:
         task = f"Question: {question}\n\nAnswer the question from the notes alone, briefly."

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from longweave.graphs.calls import SIGNATURES
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
 __all__ = [
     "PROMPT_VERSION",
@@ -31,7 +31,7 @@ __all__ = [
     "step_schema",
 ]
 
-PROMPT_VERSION = "gr2"
+PROMPT_VERSION = "gr3"
 
 READER = (
     "You answer questions about a long text that you cannot see at once. The text has been "
@@ -45,7 +45,7 @@ def extraction_messages(chunk: str, max_facts: int) -> list[Message]:
     return [
         system("You turn a passage into small, self-contained facts."),
         user(
-            f"<passage>\n{chunk}\n</passage>\n\n"
+            f"Passage:\n{quoted(chunk)}\n\n"
             f"List at most {max_facts} atomic facts from this passage: each one short sentence "
             "that stands on its own, keeping any cause or order of events it implies. Replace "
             "pronouns by the names they stand for and keep the passage's language. For each "
@@ -98,7 +98,7 @@ def step_messages(mode: str, question: str, plan: str, actions: Sequence[str], n
                   f"{content}\n\nUpdate the notebook with what helps answer the question. If a "
                   "fact is even slightly relevant, read its chunks (read_chunk with their ids); "
                   "otherwise move on to the neighbouring nodes (stop_and_read_neighbor)."),
-        "chunk": (f"A chunk of the text:\n<chunk>\n{content}\n</chunk>\n\nUpdate the notebook "
+        "chunk": (f"A chunk of the text:\n{quoted(content)}\n\nUpdate the notebook "
                   "with what helps answer the question. Then read the next queued chunk "
                   "(search_more), the chunk before or after this one (read_previous_chunk, "
                   "read_subsequent_chunk), or stop when the notebook answers the question "
@@ -141,7 +141,7 @@ def call_reask_message(complaint: str) -> Message:
 
 def answer_messages(question: str, plan: str, notebooks: Sequence[str]) -> list[Message]:
     """The final answer from every path's notebook."""
-    labelled = "\n".join(f"<notebook path={i}>\n{nb or '(empty)'}\n</notebook>"
+    labelled = "\n".join(f"Notebook of path {i}:\n{quoted(nb or '(empty)')}"
                          for i, nb in enumerate(notebooks, 1))
     return [
         system(READER),

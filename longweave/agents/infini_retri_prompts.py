@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
 if TYPE_CHECKING:
     from longweave.local_models.attention import AttentionScorer
@@ -27,7 +27,7 @@ def reader_messages(context: str, question: str) -> list[Message]:
     """The read-and-answer prompt: instruction, context block, question block, answer cue."""
     return [
         system("You answer questions about a text, briefly and only from the text."),
-        user(f"{INSTRUCTION}\n\n<text>\n{context}\n</text>\n\nQuestion: {question}\n\nAnswer:"),
+        user(f"{INSTRUCTION}\n\n{quoted(context)}\n\nQuestion: {question}\n\nAnswer:"),
     ]
 
 

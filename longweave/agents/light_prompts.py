@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
-PROMPT_VERSION = 2
+PROMPT_VERSION = 3
 """Bumped when a build prompt or schema changes: cached memories then rebuild."""
 
 SECTIONS = (
@@ -68,8 +68,8 @@ def kv_messages(history: str, unit: str) -> list[Message]:
     return [
         system("You index a long conversation or document so that details can be found later."),
         user(
-            f"Earlier context:\n<context>\n{_history(history)}\n</context>\n\n"
-            f"New passage:\n<passage>\n{unit}\n</passage>\n\n"
+            f"Earlier context:\n{quoted(_history(history))}\n\n"
+            f"New passage:\n{quoted(unit)}\n\n"
             "Record every concrete detail of the new passage (names, numbers, dates, places, "
             "decisions, preferences) as short key/value pairs, using the earlier context only "
             "to resolve who or what is meant. Then write a one-line summary of the passage. "
@@ -82,8 +82,8 @@ def facts_messages(history: str, unit: str) -> list[Message]:
     return [
         system("You are an analyst keeping notes on what matters in a long exchange."),
         user(
-            f"Recent history:\n<history>\n{_history(history)}\n</history>\n\n"
-            f"Latest exchange:\n<latest>\n{unit}\n</latest>\n\n"
+            f"Recent history:\n{quoted(_history(history))}\n\n"
+            f"Latest exchange:\n{quoted(unit)}\n\n"
             "List the facts, instructions, constraints, deadlines and goals stated or implied "
             "in the latest exchange, each as one short self-contained sentence naming who or "
             "what it is about. Think it through silently; output only the list.\n"
@@ -97,7 +97,7 @@ def compress_messages(pad: str, target_tokens: int) -> list[Message]:
     return [
         system("You condense notes without losing facts."),
         user(
-            f"Notes:\n<notes>\n{pad}\n</notes>\n\n"
+            f"Notes:\n{quoted(pad)}\n\n"
             f"Rewrite these notes in at most {target_tokens} tokens. Merge duplicates, group "
             "related facts, keep the most important ones, and sort them into the sections "
             "given. End every bullet with the [u<number>] tags of the notes it came from."
@@ -109,7 +109,7 @@ def filter_messages(question: str, piece: str) -> list[Message]:
     return [
         system("You decide whether notes help answer a question."),
         user(
-            f"Question: {question}\n\nNotes:\n<notes>\n{piece}\n</notes>\n\n"
+            f"Question: {question}\n\nNotes:\n{quoted(piece)}\n\n"
             'Are these notes needed to answer the question? Answer "yes" or "no".'
         ),
     ]
@@ -128,7 +128,7 @@ def reader_messages(
     context = "\n\n".join(parts) if parts else "(no context)"
     return [
         system("Answer only from the context given. Do not use outside knowledge."),
-        user(f"<context>\n{context}\n</context>\n\nQuestion: {question}\n"
+        user(f"Context:\n{quoted(context)}\n\nQuestion: {question}\n"
              "Answer directly and concisely."),
     ]
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
 INSTRUCTION_CHARS = 600
 """Default cap on a leader instruction or answer (STRATEGIES.md §8.2)."""
@@ -251,7 +251,7 @@ def member_messages(
         team = f"Answers the team gave last round:\n{lines}\n\n"
     messages.append(
         user(
-            f"Task: {task}\n\nYour part of the document:\n<part>\n{chunk}\n</part>\n\n"
+            f"Task: {task}\n\nYour part of the document:\n{quoted(chunk)}\n\n"
             f"{team}Instruction from the leader: {instruction}\n\n{_REPLY}"
         )
     )
@@ -263,7 +263,7 @@ def merger_messages(task: str, first: str, second: str, instruction: str) -> lis
     return [
         system(MERGER_SYSTEM),
         user(
-            f"Task: {task}\n\nTwo parts of the document:\n<part>\n{first}\n</part>\n"
-            f"<part>\n{second}\n</part>\n\nInstruction from the leader: {instruction}\n\n{_REPLY}"
+            f"Task: {task}\n\nTwo parts of the document:\n{quoted(first)}\n{quoted(second)}\n\n"
+            f"Instruction from the leader: {instruction}\n\n{_REPLY}"
         ),
     ]

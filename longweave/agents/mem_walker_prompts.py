@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 
 __all__ = [
     "PROMPT_VERSION",
@@ -27,7 +27,7 @@ __all__ = [
     "triage_schema",
 ]
 
-PROMPT_VERSION = "mw1"
+PROMPT_VERSION = "mw2"
 
 SUMMARY_SYSTEM = "You write short, faithful summaries of parts of a long text."
 READER_SYSTEM = (
@@ -43,7 +43,7 @@ def leaf_summary_messages(segment: str, words: int) -> list[Message]:
     return [
         system(SUMMARY_SYSTEM),
         user(
-            f"<text>\n{segment}\n</text>\n\n"
+            f"{quoted(segment)}\n\n"
             f"Summarize this part of a longer text in at most {words} words. {_KEEP} "
             "Write only the summary.\n\nSummary:"
         ),
@@ -52,7 +52,7 @@ def leaf_summary_messages(segment: str, words: int) -> list[Message]:
 
 def internal_summary_messages(summaries: Sequence[str], words: int) -> list[Message]:
     """Merge the summaries of consecutive parts into one summary of the whole span."""
-    listed = "\n\n".join(f"<part>\n{s}\n</part>" for s in summaries)
+    listed = "\n\n".join(quoted(s) for s in summaries)
     return [
         system(SUMMARY_SYSTEM),
         user(
@@ -67,7 +67,7 @@ def internal_summary_messages(summaries: Sequence[str], words: int) -> list[Mess
 def _memory_block(memory: str) -> str:
     if not memory:
         return ""
-    return f"What you have read on the way here (oldest first):\n<memory>\n{memory}\n</memory>\n\n"
+    return f"What you have read on the way here (oldest first):\n{quoted(memory)}\n\n"
 
 
 def triage_messages(question: str, memory: str, summaries: Sequence[str]) -> list[Message]:
@@ -92,7 +92,7 @@ def leaf_messages(question: str, memory: str, segment: str) -> list[Message]:
         system(READER_SYSTEM),
         user(
             f"Question: {question}\n\n{_memory_block(memory)}"
-            f"You reached this passage of the text:\n<passage>\n{segment}\n</passage>\n\n"
+            f"You reached this passage of the text:\n{quoted(segment)}\n\n"
             "Think briefly about whether the passage answers the question. If it does, give the "
             'answer (action "answer", with a short "answer"; for a multiple-choice question, '
             'the option). If it does not, go back to look elsewhere (action "back"; "answer" is '
@@ -104,7 +104,7 @@ def leaf_messages(question: str, memory: str, segment: str) -> list[Message]:
 def fallback_messages(question: str, memory: str, segment: str | None) -> list[Message]:
     """The last call when the walk ends without an answer: the best answer from what was read."""
     passage = (
-        f"The last passage you read:\n<passage>\n{segment}\n</passage>\n\n" if segment else ""
+        f"The last passage you read:\n{quoted(segment)}\n\n" if segment else ""
     )
     return [
         system(READER_SYSTEM),

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
-from longweave.llm import Message, system, user
+from longweave.llm import Message, quoted, system, user
 from longweave.memory.structured_memory import (
     KEY_CHARS,
     FieldSpec,
@@ -20,7 +20,7 @@ from longweave.memory.structured_memory import (
 )
 from longweave.structured import json_instructions
 
-PROMPT_VERSION = "prism-2"
+PROMPT_VERSION = "prism-3"
 """Bumped when wording changes; keys the cached generated schemas."""
 
 END_OF_MEMORY = "--- end of memory ---"
@@ -251,7 +251,7 @@ def memory_part(rendered: str, variant: Variant) -> str:
 def chunk_part(i: int, total: int, chunk: str) -> str:
     """The piece being read (i is 0-based)."""
     return (
-        f"{END_OF_MEMORY}\n\nPiece {i + 1} of {total}:\n<piece>\n{chunk}\n</piece>\n\n"
+        f"{END_OF_MEMORY}\n\nPiece {i + 1} of {total}:\n{quoted(chunk)}\n\n"
         "Reply with the revisions this piece justifies (an empty list if none)."
     )
 

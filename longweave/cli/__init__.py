@@ -43,6 +43,8 @@ def _show_warnings() -> None:
     from rich.console import Console
 
     original = warnings.showwarning
+    if getattr(original, "longweave", False):  # installed already (main() run in-process again)
+        return
     package = Path(__file__).resolve().parent.parent
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -52,6 +54,7 @@ def _show_warnings() -> None:
         else:
             original(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
+    show.longweave = True  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 
