@@ -12,10 +12,13 @@ delimiter, and per strategy the mean F1 of the answers.
         [--limit 12] [--length 4096] [--styles tags,quotes] \\
         [--strategies truncate,chain-of-agents] [--out delimiters/]
 
-The `tags` style rewrites each quoted block of a prompt into a tag named after the block's
-label, as the earlier prompts had it ("Part 2 of 3 of the text:" -> `<part>`, "Notes from the
-previous reader:" -> `<notes>`, "Document:" -> `<document>`; an unlabelled block -> `<text>`).
-Chain-of-Agents runs with 2,048-token windows, so each 4k-token context takes several workers.
+The `tags` style rewrites each quoted block of a prompt into the tag the earlier prompts used
+for it, found by the label before the block ("Part 2 of 3 of the text:" -> `<part>`, "Notes from
+the previous reader:" -> `<notes>`, "Document:" -> `<document>`); the labels themselves stay, so
+the two styles differ only in their delimiters. Token budgets are computed on the quoted prompts
+(the two differ by a few tokens). Chain-of-Agents runs with 2,048-token windows, so each
+4k-token context takes several workers. Each run needs a new --out folder: the harness resumes
+from an existing one, and the reply counts would then cover only the new calls.
 """
 
 from __future__ import annotations
@@ -31,19 +34,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longweave.llm import QUOTE, Message, resolve_model  # noqa: E402
+from longweave.llm import Message, resolve_model  # noqa: E402
 
-BLOCK = re.compile(rf"(?:^|(?<=\n))([^\n]*)\n{QUOTE}\n(.*?)\n{QUOTE}", re.DOTALL)
+BLOCK = re.compile(r'(?:^|(?<=\n))([^\n]*)\n("{3,})\n(.*?)\n\2(?=\n|$)', re.DOTALL)
 MARKUP = re.compile(r"</?[a-zA-Z][\w-]*[ >/]")
-LEAK = {"tags": MARKUP, "quotes": re.compile(re.escape(QUOTE))}
+LEAK = {"tags": MARKUP, "quotes": re.compile(r'"{3,}')}
+# The tags of the earlier prompts, by the label now before each block (its start).
+TAGS = (
+    ("Part ", "part"), ("Notes from the previous reader", "notes"), ("Document", "document"),
+    ("Your part of the document", "part"), ("First part", "part"), ("Second part", "part"),
+    ("What you have read", "memory"), ("You reached this passage", "passage"),
+    ("The last passage you read", "passage"), ("Piece ", "piece"), ("Earlier context", "context"),
+    ("New passage", "passage"), ("Recent history", "history"), ("Latest exchange", "latest"),
+    ("Notes", "notes"), ("Context", "context"), ("Passage", "passage"),
+    ("A chunk of the text", "chunk"), ("Notebook of path", "notebook"),
+)
 
 
 def as_tags(text: str) -> str:
-    """The prompt with each quoted block in a tag named after its label's first word."""
+    """The prompt with each quoted block in the tag the earlier prompts used for it.
+
+    The Chain-of-Agents manager's notes (a block after a blank line) and InfiniRetri's context
+    had no label before them: `<notes>` and `<text>` as before, told apart by the prompt."""
     def tag(match: re.Match[str]) -> str:
-        label, body = match.group(1), match.group(2)
-        words = re.findall(r"[A-Za-z]+", label)
-        name = words[0].lower() if label.rstrip().endswith(":") and words else "text"
+        label, body = match.group(1), match.group(3)
+        name = next((t for start, t in TAGS if label.startswith(start)), None)
+        if name is None:
+            name = "notes" if "condensed it into the notes below" in text else "text"
         return f"{label}\n<{name}>\n{body}\n</{name}>"
 
     return BLOCK.sub(tag, text)
@@ -124,6 +141,9 @@ def main() -> None:
     styles = args.styles.split(",")
     if unknown := set(styles) - set(LEAK):
         parser.error(f"unknown style(s) {sorted(unknown)}; choose from {sorted(LEAK)}")
+    taken = [s for s in styles if (Path(args.out) / s).exists()]
+    if taken:
+        parser.error(f"{args.out} already holds runs of {taken}: choose a new --out")
     inner = resolve_model(args.model)
     rows = []
     for style in styles:

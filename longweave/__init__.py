@@ -15,6 +15,7 @@ from longweave.errors import (
     ConfigError,
     DocumentError,
     LongweaveError,
+    LongweaveWarning,
     ModelError,
     ParseError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Document",
     "DocumentError",
     "LongweaveError",
+    "LongweaveWarning",
     "ModelError",
     "ParseError",
     "Session",

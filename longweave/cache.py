@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longweave.answer import Usage
+from longweave.errors import LongweaveWarning
 from longweave.llm import LLM, Completion, Message
 
 if TYPE_CHECKING:
@@ -110,11 +111,11 @@ class CompletionCache:
                 except (sqlite3.OperationalError, OSError) as exc:
                     # Locked past the busy timeout, read-only, disk full, bad path: skip the cache
                     # rather than fail the question.
-                    warnings.warn(f"completion cache {self.path}: {exc}", RuntimeWarning, 3)
+                    warnings.warn(f"completion cache {self.path}: {exc}", LongweaveWarning, 3)
                     return None
                 except sqlite3.DatabaseError as exc:  # not a database, or malformed
                     if attempt:
-                        warnings.warn(f"completion cache {self.path}: {exc}", RuntimeWarning, 3)
+                        warnings.warn(f"completion cache {self.path}: {exc}", LongweaveWarning, 3)
                         return None
                     self._rebuild(exc)
         return None
@@ -154,7 +155,7 @@ class CompletionCache:
         warnings.warn(
             f"completion cache {self.path} is unreadable ({exc}); moving it aside and starting "
             "a new one",
-            RuntimeWarning,
+            LongweaveWarning,
             4,
         )
         for suffix in ("", "-wal", "-shm"):

@@ -17,6 +17,10 @@ class LongweaveError(Exception):
         super().__init__(f"{message} ({self.hint})" if self.hint else message)
 
 
+class LongweaveWarning(RuntimeWarning):
+    """Base of every warning longweave gives: work goes on, but something deserves a look."""
+
+
 class DocumentError(LongweaveError):
     """A file could not be read as a document; `path` names it and `hint` says how to fix it."""
 

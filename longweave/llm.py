@@ -5,6 +5,7 @@ Strategies see only `LLM`; whether the model is local or remote is the backend's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -40,24 +41,29 @@ def user(content: str) -> Message:
 
 
 QUOTE = '"""'
+_QUOTES_AT_LINE_START = re.compile(r'^[ \t]*("{3,})', re.MULTILINE)
+_QUOTE_LINE = re.compile(r'[ \t]*"{3,}[ \t]*')
 
 
 def quoted(text: str) -> str:
     """`text` set apart in a prompt, between lines of three double quotes.
 
     Prompts quote documents and notes this way rather than in XML-like tags: the bundled model
-    continued `<part>` blocks as HTML in 35 of 36 Chain-of-Agents notes, and in none with quotes
-    (docs/BENCHMARKS.md, "Prompt delimiters").
+    continued `<part>` blocks as HTML in most Chain-of-Agents notes, and in none with quotes
+    (docs/BENCHMARKS.md, "Prompt delimiters"). A text with a line that starts with three or more
+    quotes of its own (a Python docstring) gets a longer fence, so it cannot end the block early.
     """
-    return f"{QUOTE}\n{text}\n{QUOTE}"
+    inner = [len(run) for run in _QUOTES_AT_LINE_START.findall(text)]
+    fence = '"' * max([3] + [n + 1 for n in inner])
+    return f"{fence}\n{text}\n{fence}"
 
 
 def unquote(reply: str) -> str:
     """A reply without the quote lines a small model copies around it from the prompt."""
     lines = reply.strip().splitlines()
-    while lines and lines[0].strip() == QUOTE:
+    while lines and _QUOTE_LINE.fullmatch(lines[0]):
         lines.pop(0)
-    while lines and lines[-1].strip() == QUOTE:
+    while lines and _QUOTE_LINE.fullmatch(lines[-1]):
         lines.pop()
     return "\n".join(lines).strip()
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from longweave.answer import Answer, Step, Usage
-from longweave.errors import ConfigError
+from longweave.errors import ConfigError, LongweaveWarning
 from longweave.events import Event, EventSink, ignore, result_event
 from longweave.llm import Message
 from longweave.memory.scratchpad import Scratchpad
@@ -473,7 +473,7 @@ class Session:
         try:
             write_atomic(self.path, json.dumps(self.record(), ensure_ascii=False))
         except OSError as exc:  # the answer stands; only the resume file is missing
-            warnings.warn(f"could not save the session to {self.path}: {exc}", RuntimeWarning, 3)
+            warnings.warn(f"could not save the session to {self.path}: {exc}", LongweaveWarning, 3)
 
 
 def transcript(session: Session) -> str:
@@ -505,7 +505,7 @@ def _valid(strategy: str, options: dict[str, Any]) -> bool:
         get_strategy(strategy, **options)
     except ConfigError as exc:
         warnings.warn(f"the saved strategy no longer loads ({exc.message}); using the default",
-                      RuntimeWarning, 3)
+                      LongweaveWarning, 3)
         return False
     return True
 
@@ -535,5 +535,5 @@ def _load(path: Path) -> _Record | None:
     except (OSError, ValidationError) as exc:
         problem = str(exc).splitlines()[0]
     warnings.warn(f"the saved session {path} is unreadable ({problem}); starting a new one",
-                  RuntimeWarning, 3)
+                  LongweaveWarning, 3)
     return None

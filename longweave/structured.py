@@ -522,8 +522,8 @@ def reply_floor_tokens(schema: type[BaseModel], count_tokens: Callable[[str], in
 
     The reply keeps only required fields, the fewest list items and the shortest of alternatives
     (null for an optional value); each bounded string holds English prose of its `maxLength`.
-    A token cap below this number cuts every reply that writes one text field to its limit, so
-    the call fails and is re-asked. Unbounded strings count as empty.
+    A token cap below this number cuts every reply that writes its required text fields to their
+    limits, so the call fails and is re-asked. Unbounded strings count as empty.
     """
     root = schema.model_json_schema()
     return count_tokens(json.dumps(_floor(root, root.get("$defs", {})), ensure_ascii=False))
@@ -548,8 +548,10 @@ def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = 
     if kind == "string":
         n = node.get("maxLength", node.get("minLength", 0))
         return (_FILLER * (n // len(_FILLER) + 1))[:n]
-    if kind in ("integer", "number"):
-        return node.get("minimum", node.get("exclusiveMinimum", 0))
+    if kind in ("integer", "number"):  # 0 where allowed, else the bound nearest to it
+        low = node.get("minimum", node.get("exclusiveMinimum"))
+        high = node.get("maximum", node.get("exclusiveMaximum"))
+        return low if low is not None and low > 0 else high if high is not None and high < 0 else 0
     if kind == "boolean":
         return False
     if kind == "array":

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from longweave.answer import Usage
 from longweave.errors import ParseError, UnscriptedCall
-from longweave.llm import QUOTE, Completion, Message, check_budget, user
+from longweave.llm import Completion, Message, check_budget, user
 
 __all__ = [
     "HashEmbedder",
@@ -34,12 +34,12 @@ __all__ = [
 ]
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_QUOTED = re.compile(f"{QUOTE}\n(.*?)\n{QUOTE}", re.DOTALL)
+_QUOTED = re.compile(r'^("{3,})\n(.*?)\n\1$', re.DOTALL | re.MULTILINE)
 
 
 def quoted_blocks(text: str) -> list[str]:
     """The texts a prompt quotes (`longweave.llm.quoted`), in order."""
-    return _QUOTED.findall(text)
+    return [body for _, body in _QUOTED.findall(text)]
 
 
 def quoted_after(text: str, label: str) -> str:

@@ -11,7 +11,7 @@ from longweave.documents import Document
 from longweave.errors import UnscriptedCall
 from longweave.llm import quoted, unquote
 from longweave.runner import arun
-from longweave.testing import Request, ScriptedModel, quoted_after
+from longweave.testing import Request, ScriptedModel, quoted_after, quoted_blocks
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
 PART = re.compile(r"Part (\d+) of (\d+)")
@@ -101,6 +101,7 @@ async def test_quote_lines_copied_from_the_prompt_are_dropped_from_notes_and_ans
     model.on("manager", reply='The answer.\n"""')
     answer = await arun(COA, sentinel_document(8), "What is hidden?", model)
     workers = model.calls("worker")
+    assert len(workers) >= 3
     for before, after in zip(workers, workers[1:], strict=False):
         notes = quoted_after(after.text, "Notes from the previous reader:")
         assert notes == f"notes of part {part_of(before)}"  # no quote lines nested in the block
@@ -109,6 +110,11 @@ async def test_quote_lines_copied_from_the_prompt_are_dropped_from_notes_and_ans
 
 def test_unquote_drops_only_the_outer_quote_lines() -> None:
     assert quoted("a\nb") == '"""\na\nb\n"""'
+    # a text with its own quote lines gets a longer fence, which its lines cannot close
+    source = 'def f():\n    """Doc."""\n""""\nraw'
+    assert quoted(source) == f'"""""\n{source}\n"""""'
+    assert quoted_blocks(f"Code:\n{quoted(source)}\nNotes:\n{quoted('n')}") == [source, "n"]
+    assert unquote('"""""\nkept\n"""""') == "kept"
     assert unquote(' """\n"""\nkept\n"""\ninside\n """ \n') == 'kept\n"""\ninside'
     assert unquote('say """this"""') == 'say """this"""'
     assert unquote('"""') == ""

@@ -105,17 +105,30 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(model, monkeypatch, ca
 def test_longweave_warnings_print_as_one_line(monkeypatch, capsys) -> None:
     import warnings
 
-    import longweave.agents.base as inside
     from longweave.cli import _show_warnings
+    from longweave.errors import LongweaveWarning
 
     passed: list[str] = []
     monkeypatch.setattr(warnings, "showwarning", lambda message, *_: passed.append(str(message)))
     _show_warnings()
+    _show_warnings()  # main() run again in-process: installed once, not wrapped twice
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.warn_explicit("a cap is too small", RuntimeWarning, inside.__file__, 10)
-        warnings.warn_explicit("from elsewhere", RuntimeWarning, "/elsewhere/lib.py", 7)
+        warnings.warn("cap too small for [type=missing] [/x]", LongweaveWarning, stacklevel=1)
+        warnings.warn("from elsewhere", RuntimeWarning, stacklevel=1)
     err = capsys.readouterr().err
-    assert "warning: a cap is too small\n" in err
-    assert "base.py" not in err and "elsewhere" not in err
-    assert passed == ["from elsewhere"]  # other packages' warnings keep Python's own display
+    # one line, brackets shown as written (not read as console markup, which would drop or fail)
+    assert err == "warning: cap too small for [type=missing] [/x]\n"
+    assert passed == ["from elsewhere"]  # other warnings keep Python's own display
+
+
+def test_answers_and_errors_with_brackets_print_as_written(model, monkeypatch, capsys) -> None:
+    model.rules = [r for r in model.rules if r.role != "manager"]
+    model.on("manager", reply="Mara [bold]Quill[/] kept it [/x] [c1].")
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--set", "max_new=64")
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "Mara [bold]Quill[/] kept it [/x]" in out
+    missing = EXAMPLE.parent / "[nope].txt"
+    assert run_cli(monkeypatch, "ask", str(missing), "Who?") == 1
+    assert "[nope].txt" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from longweave.answer import Citation, Step, Usage
-from longweave.errors import ConfigError, ParseError
+from longweave.errors import ConfigError, LongweaveWarning, ParseError
 from longweave.events import Event, EventSink, TokenSink, ignore, result_event, token_sink
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class RunContext:
     """Where per-document artifacts are kept between runs; None keeps nothing."""
     usage: Usage = field(default_factory=Usage)
     steps: list[Step] = field(default_factory=list)
-    _cap_checked: set[tuple[str, Any, int]] = field(default_factory=set, repr=False)
+    _cap_checked: set[tuple[str, str, int]] = field(default_factory=set, repr=False)
 
     async def call(
         self,
@@ -77,8 +77,9 @@ class RunContext:
         text deltas as `token` events while it generates (schema calls never stream).
         """
         self.emit(Event("call", self.strategy, role, index, total, f"{role} call"))
-        if schema is not None and (role, schema, max_tokens) not in self._cap_checked:
-            self._cap_checked.add((role, schema, max_tokens))
+        # By name: some strategies build a schema class per step (GraphReader's legal actions).
+        if schema is not None and (role, schema.__name__, max_tokens) not in self._cap_checked:
+            self._cap_checked.add((role, schema.__name__, max_tokens))
             self._check_cap(role, schema, max_tokens)
         started = time.perf_counter()
         wanted = stream and schema is None and self.emit is not ignore
@@ -125,14 +126,17 @@ class RunContext:
         """
         from longweave.structured import reply_floor_tokens
 
-        floor = reply_floor_tokens(schema, self.llm.count_tokens)
+        try:
+            floor = reply_floor_tokens(schema, self.llm.count_tokens)
+        except Exception:  # an advice, never a reason to fail the call: a schema it cannot walk
+            return
         if floor > max_tokens:
             warnings.warn(
                 f"{self.strategy} {role}: a {schema.__name__} reply with its text at the length "
                 f"limits takes about {floor} tokens, over the cap of {max_tokens}, so such replies "
                 "are cut and asked again (raise max_new or the role's own cap, or lower the "
                 "*_chars limits).",
-                RuntimeWarning, stacklevel=3,
+                LongweaveWarning, stacklevel=3,
             )
 
     def _token_sink(self, role: str, index: int | None) -> TokenSink:

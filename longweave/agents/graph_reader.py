@@ -24,12 +24,13 @@ from longweave.agents.base import RunContext
 from longweave.agents.embedding import UsesEmbedder
 from longweave.answer import Citation
 from longweave.budget import chunk_budget
-from longweave.errors import LongweaveError, ParseError
+from longweave.errors import LongweaveError, LongweaveWarning, ParseError
 from longweave.graphs.build import RawFact, assemble, index_nodes
 from longweave.graphs.calls import SIGNATURES
 from longweave.graphs.explore import Explorer
 from longweave.graphs.paths import PathState
 from longweave.graphs.store import GRAPH_FORMAT, KeyGraph, normalize_key
+from longweave.llm import unquote
 from longweave.retrieval.embeddings import Embedder
 from longweave.structured import json_instructions, reask_message, whole_items
 
@@ -197,7 +198,7 @@ class GraphReader(UsesEmbedder):
                 return graph
             except (OSError, ValueError, LongweaveError) as exc:
                 warnings.warn(f"rebuilding the GraphReader graph: {found} is unusable ({exc})",
-                              RuntimeWarning, 2)
+                              LongweaveWarning, 2)
         graph = await self._build(ctx, budgets, settings, embedder)
         if ctx.artifacts is not None:
             ctx.artifacts.get_or_build(key, graph.save)
@@ -375,7 +376,7 @@ class GraphReader(UsesEmbedder):
         if text is None:  # the structured answer never came: one plain answer (ours)
             reply = await ctx.call("answerer", prompts.fallback_messages(ctx.question, notebooks),
                                    max_tokens=self.answer_max_new, temperature=self.temperature)
-            text = reply.text.strip()
+            text = unquote(reply.text)
             flags.append("fallback")
             ctx.step("answerer", text, fallback=True)
         citations = _citations(ctx, state["graph"], paths)

@@ -22,6 +22,7 @@ from longweave.agents.infini_retri_sentences import Sentence, pack, split_senten
 from longweave.answer import Citation, Usage
 from longweave.errors import BudgetExceeded, ConfigError, LongweaveError
 from longweave.events import Event
+from longweave.llm import unquote
 from longweave.local_models.attention import AttentionScorer, question_weights, token_scores
 
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
@@ -240,7 +241,7 @@ class InfiniRetri(BaseModel):
         temperature = 0.5 if self.faithful else self.temperature
         reply = await ctx.call("reader", reader_messages(_join(cache), question),
                                max_tokens=self.max_new, temperature=temperature)
-        text = _THINK.sub("", reply.text).strip()
+        text = unquote(_THINK.sub("", reply.text))
         ctx.step("reader", text, finish_reason=reply.finish_reason, sentences=len(cache))
         doc = ctx.document
         citations = [

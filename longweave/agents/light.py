@@ -23,6 +23,7 @@ from longweave.agents.embedding import UsesEmbedder
 from longweave.agents.light_build import Plan, build_memory, make_plan
 from longweave.answer import Citation
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
+from longweave.llm import unquote
 from longweave.memory.episodic import EpisodicMemory
 from longweave.memory.scratchpad import Piece
 from longweave.memory.working import MemoryUnit, WorkingMemory
@@ -188,7 +189,7 @@ class LIGHT(UsesEmbedder):
         filled = fill(self, ctx, state["units"], state["hits"], state["notes"])
         reply = await ctx.call("reader", filled.messages, max_tokens=self.max_new,
                                temperature=self.temperature, stream=True)
-        text = reply.text.strip()
+        text = unquote(reply.text)
         ctx.step("reader", text, finish_reason=reply.finish_reason, **filled.detail)
         return {"answer": text, "citations": filled.citations(ctx, state["units"]),
                 "flags": filled.flags}

@@ -15,7 +15,7 @@ from longweave.agents import light_prompts as prompts
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunker
 from longweave.conversations import conversation_turns
-from longweave.errors import LongweaveError
+from longweave.errors import LongweaveError, LongweaveWarning
 from longweave.memory.episodic import Episode, EpisodicMemory
 from longweave.memory.scratchpad import Bullet, Piece, Scratchpad, parse_bullet
 from longweave.memory.working import MemoryUnit
@@ -130,7 +130,7 @@ async def build_memory(light: LIGHT, ctx: RunContext, plan: Plan) -> Built:
             return Built(units, memory, pieces, [])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             warnings.warn(f"rebuilding the LIGHT memory: {found} is unusable ({exc})",
-                          RuntimeWarning, 2)
+                          LongweaveWarning, 2)
     built = await _build(light, ctx, plan, units, embedder)
     if ctx.artifacts is not None:
         def write(d: Path) -> None:

@@ -263,7 +263,8 @@ def merger_messages(task: str, first: str, second: str, instruction: str) -> lis
     return [
         system(MERGER_SYSTEM),
         user(
-            f"Task: {task}\n\nTwo parts of the document:\n{quoted(first)}\n{quoted(second)}\n\n"
+            f"Task: {task}\n\nTwo parts of the document, in order.\n\nFirst part:\n{quoted(first)}"
+            f"\n\nSecond part:\n{quoted(second)}\n\n"
             f"Instruction from the leader: {instruction}\n\n{_REPLY}"
         ),
     ]

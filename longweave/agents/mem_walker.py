@@ -25,8 +25,8 @@ from longweave.agents import mem_walker_prompts as prompts
 from longweave.agents.base import RunContext
 from longweave.answer import Citation
 from longweave.budget import chunk_budget
-from longweave.errors import BudgetExceeded, LongweaveError, ParseError
-from longweave.llm import Message
+from longweave.errors import BudgetExceeded, LongweaveError, LongweaveWarning, ParseError
+from longweave.llm import Message, unquote
 from longweave.memory.summary_tree import TREE_FORMAT, SummaryTree, TreeNode, balanced_groups
 from longweave.structured import json_instructions, reask_message
 
@@ -191,7 +191,7 @@ class MemWalker(BaseModel):
                 return tree
             except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                 warnings.warn(f"rebuilding the MemWalker tree: {found} is unusable ({exc}); "
-                              "delete it to cache a new one", RuntimeWarning, 2)
+                              "delete it to cache a new one", LongweaveWarning, 2)
         tree = await self._build(ctx, plan, settings)
         if ctx.artifacts is not None:
             ctx.artifacts.get_or_build(key, lambda d: tree.save(d / "tree.json"))
@@ -356,7 +356,7 @@ class MemWalker(BaseModel):
         messages = prompts.fallback_messages(ctx.question, self._memory(ctx, state), segment)
         reply = await ctx.call("reader", messages, max_tokens=self.answer_max_new,
                                temperature=self.temperature)
-        text = reply.text.strip()
+        text = unquote(reply.text)
         why = "exhausted" if state["done"] else "capped"
         ctx.step("fallback", text, reason=why, last_leaf=state["last_leaf"])
         return {"answer": text, "citations": [_cite(ctx, leaf) for leaf in cited],
@@ -429,7 +429,7 @@ class _Summarizer:
                 "summarizer", messages, max_tokens=self.plan.summary_max_new,
                 temperature=self.temperature, index=index, total=total,
             )
-        text = reply.text.strip()
+        text = unquote(reply.text)
         # A blank summary would hide its part of the text from every walk: keep its opening.
         summary = _clip(self.ctx, text or source, self.plan.summary_cap)
         self.ctx.step("summarizer", summary, index=node, blank=not text)

@@ -27,7 +27,7 @@ __all__ = [
     "triage_schema",
 ]
 
-PROMPT_VERSION = "mw2"
+PROMPT_VERSION = "mw3"
 
 SUMMARY_SYSTEM = "You write short, faithful summaries of parts of a long text."
 READER_SYSTEM = (
@@ -52,7 +52,7 @@ def leaf_summary_messages(segment: str, words: int) -> list[Message]:
 
 def internal_summary_messages(summaries: Sequence[str], words: int) -> list[Message]:
     """Merge the summaries of consecutive parts into one summary of the whole span."""
-    listed = "\n\n".join(quoted(s) for s in summaries)
+    listed = "\n\n".join(f"Part {n}:\n{quoted(s)}" for n, s in enumerate(summaries, 1))
     return [
         system(SUMMARY_SYSTEM),
         user(

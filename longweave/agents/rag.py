@@ -25,6 +25,7 @@ from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.errors import ConfigError, LongweaveError
 from longweave.events import Event
+from longweave.llm import unquote
 from longweave.retrieval.corpus import corpus_parts
 from longweave.retrieval.index import (
     DEFAULT_CHUNK_TOKENS,
@@ -199,7 +200,7 @@ class RAG(UsesEmbedder):
             "reader", self._messages(ctx, shown, _Labeller(ctx)), max_tokens=self.max_new,
             temperature=self.temperature, stream=True,
         )
-        text = reply.text.strip()
+        text = unquote(reply.text)
         ctx.step("reader", text, passages=len(shown), finish_reason=reply.finish_reason)
         citations = [
             Citation(doc_id=p.doc_id, start=p.start, end=p.end, text=p.text,

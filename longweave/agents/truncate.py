@@ -19,6 +19,7 @@ from longweave.agents.base import RunContext
 from longweave.agents.baseline_prompts import truncate_messages
 from longweave.budget import chunk_budget
 from longweave.errors import LongweaveError
+from longweave.llm import unquote
 from longweave.retrieval.corpus import cite_span
 from longweave.tokenizers import Tokenizer
 
@@ -107,7 +108,7 @@ class Truncate(BaseModel):
         reply = await ctx.call(
             "reader", messages, max_tokens=self.max_new, temperature=self.temperature, stream=True
         )
-        text = reply.text.strip()
+        text = unquote(reply.text)
         ctx.step("reader", text, finish_reason=reply.finish_reason)
         citations = [c for s, e in spans for c in cite_span(ctx.document, s, e)]
         return {"answer": text, "citations": citations}

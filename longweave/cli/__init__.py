@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import typer
 
@@ -18,7 +17,8 @@ from longweave.cli import index as _index
 from longweave.cli import serve as _serve
 from longweave.cli import show as _show
 from longweave.cli import strategies as _strategies
-from longweave.errors import LongweaveError
+from longweave.cli.render import labelled
+from longweave.errors import LongweaveError, LongweaveWarning
 
 app = typer.Typer(
     name="longweave",
@@ -45,12 +45,11 @@ def _show_warnings() -> None:
     original = warnings.showwarning
     if getattr(original, "longweave", False):  # installed already (main() run in-process again)
         return
-    package = Path(__file__).resolve().parent.parent
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: object = None, line: str | None = None) -> None:
-        if Path(filename).resolve().is_relative_to(package):
-            Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
+        if issubclass(category, LongweaveWarning):
+            Console(stderr=True).print(labelled("warning:", "yellow", str(message)))
         else:
             original(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
@@ -61,15 +60,16 @@ def _show_warnings() -> None:
 def main() -> None:
     """Entry point of the console script: errors become one clear message and an exit code."""
     from rich.console import Console
+    from rich.text import Text
 
     _show_warnings()
     try:
         app()
     except LongweaveError as exc:
         console = Console(stderr=True)
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        console.print(labelled("error:", "bold red", exc.message))
         if exc.hint:
-            console.print(f"[dim]{exc.hint}[/]", highlight=False)
+            console.print(Text(exc.hint, style="dim"))
         sys.exit(1)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
@@ -78,7 +78,6 @@ def main() -> None:
         if os.environ.get("LONGWEAVE_DEBUG"):
             raise
         console = Console(stderr=True)
-        console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}",
-                      highlight=False)
+        console.print(labelled("unexpected error:", "bold red", f"{type(exc).__name__}: {exc}"))
         console.print("[dim]set LONGWEAVE_DEBUG=1 for the traceback, and please report it[/]")
         sys.exit(1)

@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from longweave.cli.options import Exclude, Include, NoCache, parse_options
+from longweave.cli.render import labelled
 from longweave.errors import ConfigError, LongweaveError
 from longweave.events import Event, EventSink, ignore
 
@@ -456,7 +457,7 @@ def chat(
                                cache=not no_cache, include=include, exclude=exclude,
                                trace=trace, **parse_options(option))
     for warning in caught:
-        console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+        console.print(labelled("warning:", "yellow", str(warning.message)))
     doc = session.document
     console.print(Text.assemble(("longweave chat", "bold"), f" · {doc.name} ",
                                 (f"({len(doc.text):,} characters)", "dim"),

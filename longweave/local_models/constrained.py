@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from longweave.errors import LongweaveWarning
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
@@ -92,6 +94,7 @@ class SchemaCompiler:
                     f"schema {schema.__name__} cannot be compiled for constrained decoding "
                     f"({error.splitlines()[0]}); its replies are decoded unconstrained and "
                     "repaired",
+                    LongweaveWarning,
                     stacklevel=2,
                 )
             compiled = Grammar(self._lltokenizer, None if error else text, error)
@@ -215,5 +218,6 @@ def warn_if_unbounded(schema: type[BaseModel], count_tokens: Callable[[str], int
         warnings.warn(
             f"schema {schema.__name__} has a string or list without max_length: constrained "
             "output from a small model may run until max_tokens cuts the JSON",
+            LongweaveWarning,
             stacklevel=2,
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from longweave.answer import Citation
 from longweave.documents import Document, open_document
-from longweave.errors import DocumentError
+from longweave.errors import DocumentError, LongweaveWarning
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -100,7 +100,7 @@ def open_corpus(
 ) -> Document:
     """Read every matching file under `folder` into one corpus `Document`.
 
-    Files that cannot be read are skipped with a `RuntimeWarning` naming them (and listed in
+    Files that cannot be read are skipped with a `LongweaveWarning` naming them (and listed in
     `meta["skipped"]` as `[path, problem]`); a folder with no readable file is a `DocumentError`.
     """
     root = Path(folder).expanduser()
@@ -113,7 +113,7 @@ def open_corpus(
         try:
             doc = open_document(path, max_bytes=max_bytes)
         except DocumentError as exc:
-            warnings.warn(f"skipping {path}: {exc.problem}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"skipping {path}: {exc.problem}", LongweaveWarning, stacklevel=2)
             skipped.append([str(path), exc.problem])
             continue
         sep = "\n\n" if pieces else ""

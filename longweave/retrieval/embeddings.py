@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from longweave.config import Settings
-from longweave.errors import ConfigError, MissingDependency, ModelError
+from longweave.errors import ConfigError, LongweaveWarning, MissingDependency, ModelError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -318,7 +318,7 @@ class EmbeddingCache:
                     return cur.fetchall()
             except (sqlite3.Error, OSError) as exc:
                 # Locked, read-only, full or corrupt: embed again rather than fail the question.
-                warnings.warn(f"embedding cache {self.path}: {exc}", RuntimeWarning, 3)
+                warnings.warn(f"embedding cache {self.path}: {exc}", LongweaveWarning, 3)
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longweave.chunking import Chunk, Chunker
+from longweave.errors import LongweaveWarning
 from longweave.retrieval.corpus import corpus_parts, member
 from longweave.retrieval.embeddings import CachedEmbedder, Embedder, EmbeddingCache, make_embedder
 from longweave.retrieval.store import Record, StoreError, VectorStore
@@ -272,7 +273,7 @@ def _move_aside(found: Path, exc: Exception) -> None:
     aside = found.with_name(f".{found.name}.unusable-{uuid.uuid4().hex[:8]}")
     warnings.warn(
         f"rebuilding retrieval index {found.name}: it is unusable ({exc}); moved to {aside.name}",
-        RuntimeWarning,
+        LongweaveWarning,
         stacklevel=3,
     )
     try:
