@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from longweave.cli.options import (
     Exclude,
@@ -120,7 +121,7 @@ def print_estimate(
     title = (f"{planned.strategy} on {planned.model}: {docs}{planned.n_chunks} chunks"
              + (", artifacts cached" if planned.reused else ""))
     rows = planned.rows(actual, price_in=price_in, price_out=price_out, throughput=throughput)
-    console.print(f"[bold]{title}[/]", highlight=False)
+    console.print(f"[bold]{escape(title)}[/]", highlight=False)
     table = Table()
     for n, name in enumerate(rows[0]):
         table.add_column(name, justify="left" if n == 0 else "right")
@@ -131,4 +132,4 @@ def print_estimate(
         console.print(f"[dim]{actual.cache_hits} of the actual calls came from the completion "
                       "cache (they cost nothing)[/]")
     for note in planned.notes:
-        console.print(f"[dim]· {note}[/]", highlight=False)
+        console.print(f"[dim]· {escape(note)}[/]", highlight=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from longweave.cli.options import (
     NoCache,
@@ -190,8 +191,8 @@ def batch(
         print_estimate(err, planned, actual=summary.usage, price_in=price_in,
                        price_out=price_out, throughput=throughput)
     if summary.failed:
-        err.print(f"[red]{summary.failed} failed[/]: their errors are in {out}; rerun the same "
-                  "command to retry them", highlight=False)
+        err.print(f"[red]{summary.failed} failed[/]: their errors are in {escape(str(out))}; "
+                  "rerun the same command to retry them", highlight=False)
         raise typer.Exit(1)
 
 

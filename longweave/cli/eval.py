@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from longweave.cli.options import NoCache, RayAddress, parse_options
 
@@ -94,18 +95,19 @@ def eval_command(
                 on_record=view.record, trace=trace, executor=runner,
             ))
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted[/]: answers so far are kept in {folder}/answers; "
-                  "rerun the same command to resume")
+        err.print(f"[yellow]interrupted[/]: answers so far are kept in "
+                  f"{escape(str(folder))}/answers; rerun the same command to resume")
         raise typer.Exit(130) from None
     for note in results.notes:
-        err.print(f"[dim]note: {note}[/]", highlight=False)
+        err.print(f"[dim]note: {escape(note)}[/]", highlight=False)
     Console().print(results_table(results))
     written = write_reports(results, folder)
-    err.print(f"[dim]wrote {written['json']} and {written['csv']}[/]", highlight=False)
+    json_path, csv_path = escape(str(written["json"])), escape(str(written["csv"]))
+    err.print(f"[dim]wrote {json_path} and {csv_path}[/]", highlight=False)
     if written["plot"] is None:
         err.print("[yellow]no plot: matplotlib is not installed "
                   "(pip install 'longweave[eval]')[/]", highlight=False)
     else:
         for key in ("plot", "depth_plot"):
             if written.get(key):
-                err.print(f"[dim]wrote {written[key]}[/]", highlight=False)
+                err.print(f"[dim]wrote {escape(str(written[key]))}[/]", highlight=False)

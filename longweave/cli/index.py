@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from longweave.cli.options import Exclude, Include
 
@@ -49,7 +50,8 @@ def index(
             return
         verb = "[dim]reused[/]" if row.reused else "[green]built[/] "
         what = "corpus " if row.kind == "corpus" else ""
-        out.print(f"{verb} {what}{row.source}: {row.chunks} chunks, {row.embedded} embedded")
+        source = escape(str(row.source))
+        out.print(f"{verb} {what}{source}: {row.chunks} chunks, {row.embedded} embedded")
 
     tokenizer = resolve_model(model or settings.model).tokenizer
     index_paths(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from longweave.cli.options import Exclude, Include, parse_options
 from longweave.errors import ConfigError
@@ -72,7 +73,7 @@ def show(
     extra = {"max_nodes": max_nodes} if kind == "graph" else {}
     render(structure, target, highlight=given if given is not None else marks or None, text=text,
            **extra)
-    err.print(f"wrote {target} ({_describe(structure)})")
+    err.print(f"wrote {escape(str(target))} ({escape(_describe(structure))})")
     if open_it:
         import webbrowser
 
