@@ -130,12 +130,12 @@ class Assumptions(BaseModel):
 BUNDLED_NAME = "smollm2-135m"
 BUNDLED: dict[str, Any] = {"text_fill": 1.0, "answer_fill": 0.85, "json_fill": 0.5,
                            "rounds": 3, "reask_share": 0.2, "kept_reask_share": 0.05,
-                           "path_steps": 1, "merge_share": 0.2}
+                           "path_steps": 1, "merge_share": 0.3}
 """Assumptions fitted to the bundled SmolLM2-135M with benchmarks/estimate.py (CPU, caps of
 32-192 tokens): it writes notes and summaries to the cap and answers to most of it, fills half
 of a structured reply's cap, needs a re-ask for about 0.2 of its structured replies (0.05 where
 cut replies are kept), ends GraphReader paths after one step, and as LongAgent's leader never
-answers within the rounds, with a fifth of the possible conflict merges. The re-ask and merge
+answers within the rounds, with 0.3 of the possible conflict merges. The re-ask and merge
 shares are the best fit over those runs (in-sample), not a measured rate of any one strategy."""
 
 
