@@ -40,7 +40,6 @@ def user(content: str) -> Message:
     return Message("user", content)
 
 
-QUOTE = '"""'
 _QUOTES_AT_LINE_START = re.compile(r'^[ \t]*("{3,})', re.MULTILINE)
 _QUOTE_LINE = re.compile(r'[ \t]*"{3,}[ \t]*')
 

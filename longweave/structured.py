@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -536,15 +536,13 @@ def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = 
     if "const" in node:
         return node["const"]
     if "enum" in node:
-        return min(node["enum"], key=lambda v: len(json.dumps(v)))
+        return _shortest(node["enum"])
     for key in ("anyOf", "oneOf"):
         if key in node:
-            return min((_floor(sub, defs, inside) for sub in node[key]),
-                       key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+            return _shortest(_floor(sub, defs, inside) for sub in node[key])
     kind = node.get("type")
     if isinstance(kind, list):  # a type list: the shortest of its types
-        return min((_floor({**node, "type": k}, defs, inside) for k in kind),
-                   key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+        return _shortest(_floor({**node, "type": k}, defs, inside) for k in kind)
     if kind == "string":
         n = node.get("maxLength", node.get("minLength", 0))
         return (_FILLER * (n // len(_FILLER) + 1))[:n]
@@ -564,6 +562,11 @@ def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = 
         required = [name for name in node.get("required", ()) if name in props]
         return {name: _floor(props[name], defs, inside) for name in required}
     return None
+
+
+def _shortest(values: Iterable[Any]) -> Any:
+    """The value with the shortest JSON text."""
+    return min(values, key=lambda v: len(json.dumps(v, ensure_ascii=False)))
 
 
 def _worst(node: dict[str, Any], defs: dict[str, Any]) -> tuple[Any, int] | None:
