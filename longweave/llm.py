@@ -42,6 +42,7 @@ def user(content: str) -> Message:
 
 _QUOTES_AT_LINE_START = re.compile(r'^[ \t]*("{3,})', re.MULTILINE)
 _QUOTE_LINE = re.compile(r'[ \t]*"{3,}[ \t]*')
+_QUOTE_LINE_SO_FAR = re.compile(r'[ \t]*"*[ \t]*')
 
 
 def quoted(text: str) -> str:
@@ -65,6 +66,15 @@ def unquote(reply: str) -> str:
     while lines and _QUOTE_LINE.fullmatch(lines[-1]):
         lines.pop()
     return "\n".join(lines).strip()
+
+
+def unquote_so_far(streamed: str) -> str:
+    """What `unquote` will keep of a reply still streaming: its last, unfinished line is hidden
+    while it could still become a quote line, so copied quote lines never flash on screen."""
+    lines = streamed.split("\n")
+    if _QUOTE_LINE_SO_FAR.fullmatch(lines[-1]):
+        lines.pop()
+    return unquote("\n".join(lines))
 
 
 @dataclass(frozen=True)

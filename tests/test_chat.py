@@ -282,6 +282,16 @@ def test_live_view_shows_streamed_tokens_and_restarts() -> None:
         assert view._tail().splitlines()[-1] == "line 19" and len(view._tail().splitlines()) <= 4
 
 
+def test_live_view_hides_quote_lines_the_model_copies() -> None:
+    console = Console(file=io.StringIO(), width=40, height=10, color_system=None)
+    shown = []
+    with LiveAnswer(console) as view:
+        for piece in ['"', '""', "\n", "Mara", " Quill", "\n", '""', '"']:
+            view(Event("token", "truncate", "reader", message=piece))
+            shown.append(view._tail())
+    assert shown == ["", "", "", "Mara", "Mara Quill", "Mara Quill", "Mara Quill", "Mara Quill"]
+
+
 # -- streaming through the OpenAI backend -----------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from longweave.cli.options import Exclude, Include, NoCache, parse_options
 from longweave.cli.render import labelled
 from longweave.errors import ConfigError, LongweaveError
 from longweave.events import Event, EventSink, ignore
+from longweave.llm import unquote_so_far
 
 if TYPE_CHECKING:
     from longweave.answer import Answer, Citation
@@ -343,7 +344,7 @@ class LiveAnswer:
         """The end of the streamed text that fits the screen (Live would show its top)."""
         width, room = max(self.console.width, 20), max(self.console.height - 2, 3)
         kept: list[str] = []
-        for line in reversed(self.streamed.split("\n")):
+        for line in reversed(unquote_so_far(self.streamed).split("\n")):
             room -= max(1, -(-len(line) // width))
             if room < 0:
                 break
