@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longweave.documents import Document
+from longweave.documents import Document, read_document_bytes
 from longweave.errors import DocumentError
 
 __all__ = [
@@ -112,9 +112,10 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     """Every conversation in a JSONL/JSON turn list, a LoCoMo file or a BEAM chat file."""
     p = Path(path).expanduser()
     try:
-        raw = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DocumentError(p, f"cannot read it: {exc}", hint=_FIX) from None
+        raw = read_document_bytes(p).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(p, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                            hint=_FIX) from None
     try:
         if p.suffix.lower() == ".jsonl":
             data: Any = [json.loads(line) for line in raw.splitlines() if line.strip()]

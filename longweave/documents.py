@@ -78,8 +78,7 @@ class Document:
 def open_document(path: str | Path, *, max_bytes: int | None = None) -> Document:
     """Read a text, Markdown, HTML or PDF file; raise `DocumentError` saying why it can't be."""
     p = Path(path).expanduser()
-    limit = Settings().max_document_bytes if max_bytes is None else max_bytes
-    data = _read_bytes(p, limit)
+    data = read_document_bytes(p, max_bytes=max_bytes)
     ext = p.suffix.lower()
     if data.startswith(b"%PDF-") or ext == ".pdf":
         text, meta = _pdf_text(p, data)
@@ -95,7 +94,11 @@ def open_document(path: str | Path, *, max_bytes: int | None = None) -> Document
     return Document.from_text(text, source=str(p), meta=meta)
 
 
-def _read_bytes(p: Path, limit: int) -> bytes:
+def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
+    """A document file's bytes, refused with a `DocumentError` when the file is missing,
+    unreadable, a folder, empty, or over `max_bytes` (default: LONGWEAVE_MAX_DOCUMENT_BYTES)."""
+    p = Path(path).expanduser()
+    limit = Settings().max_document_bytes if max_bytes is None else max_bytes
     try:
         if p.is_dir():
             raise DocumentError(

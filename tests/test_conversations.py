@@ -58,6 +58,22 @@ def test_plain_documents_have_no_turns_and_bad_files_fail_clearly(tmp_path: Path
         load_conversation(FIXTURES / "turns.jsonl", "nope")
 
 
+def test_conversation_files_obey_the_document_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns = FIXTURES / "turns.jsonl"
+    monkeypatch.setenv("LONGWEAVE_MAX_DOCUMENT_BYTES", "100")
+    with pytest.raises(DocumentError, match="over the 100-byte limit"):
+        load_conversation(turns)
+    monkeypatch.delenv("LONGWEAVE_MAX_DOCUMENT_BYTES")
+    assert load_conversation(turns).turns
+    for name, data, problem in [("empty.jsonl", b"", "empty"),
+                                ("latin.jsonl", b'{"speaker": "a", "text": "caf\xe9"}', "UTF-8")]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DocumentError, match=problem):
+            load_conversations(tmp_path / name)
+
+
 def test_role_content_keys_accepted() -> None:
     conv = Conversation((Turn("user", "hi"), Turn("assistant", "hello")))
     assert conv.document().text == "user: hi\nassistant: hello"

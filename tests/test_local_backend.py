@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
+from longweave.events import token_sink
 from longweave.llm import LLM, Completion, system, user
 from longweave.local_models import LocalLLM
 from longweave.local_models.batcher import Batcher, GenRequest, GenResult, plan_batches
@@ -111,6 +112,24 @@ async def test_mixed_caps_in_one_batch(llm: LocalLLM) -> None:
     assert short.meta["batch_size"] == 2
     assert short.usage.completion_tokens == 2 and short.finish_reason == "length"
     assert long.usage.completion_tokens == 6
+
+
+async def test_a_streamed_call_sends_its_text_as_it_grows(llm: LocalLLM) -> None:
+    deltas: list[str] = []
+
+    async def streamed(messages: list) -> Completion:
+        token = token_sink.set(lambda delta, restart=False: deltas.append(delta))
+        try:
+            return await llm.complete(messages, max_tokens=12)
+        finally:
+            token_sink.reset(token)
+
+    # Batched with a call that does not stream: only the streamed row reaches the sink.
+    reply, other = await asyncio.gather(streamed([user(PERU)]),
+                                        llm.complete([user("Name a color.")], max_tokens=12))
+    assert reply.meta["batch_size"] == 2
+    assert len(deltas) > 1 and "".join(deltas) == reply.text
+    assert other.text and other.text not in "".join(deltas)
 
 
 async def test_schema_call_returns_a_validated_object(llm: LocalLLM) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import httpx
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from longweave.events import token_sink
 from longweave.local_models.schema_model import model_from_schema
 from longweave.local_models.server import running_server
 from longweave.testing import ScriptedModel
@@ -77,6 +80,52 @@ def test_stop_strings_and_streaming(fake_url: str) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Lima is the capital."
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+class _GatedModel(ScriptedModel):
+    """Streams "Lima", then waits for the test to open the gate before writing the rest."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(name="gated")
+        self.on("", reply="Lima is the capital.")
+        self.gate, self.fail = threading.Event(), fail
+
+    async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        sink = token_sink.get()
+        assert sink is not None  # the server streams text replies live
+        sink("Lima")
+        await asyncio.to_thread(self.gate.wait, 10)
+        if self.fail:
+            raise RuntimeError("the model crashed")
+        sink(" is the capital.")
+        return await super().complete(messages, **kwargs)
+
+
+def test_text_replies_stream_as_they_are_generated() -> None:
+    model = _GatedModel()
+    with running_server(model) as url:
+        stream = client(url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "capital of Peru?"}], max_tokens=16,
+            stream=True, stream_options={"include_usage": True})
+        first = next(c for c in stream if c.choices and c.choices[0].delta.content)
+        assert first.choices[0].delta.content == "Lima" and not model.gate.is_set()
+        model.gate.set()  # the first words arrived while the model was still writing
+        rest = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+    assert text == " is the capital."
+    assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
+    assert rest[-1].usage.completion_tokens == model.count_tokens("Lima is the capital.")
+
+
+def test_an_error_after_the_first_chunk_breaks_the_stream() -> None:
+    model = _GatedModel(fail=True)
+    with running_server(model) as url:
+        stream = client(url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "capital of Peru?"}], max_tokens=16,
+            stream=True)
+        model.gate.set()
+        with pytest.raises(openai.APIError, match="the model crashed"):
+            list(stream)
 
 
 def test_json_schema_response_format(fake_url: str, scripted: ScriptedModel) -> None:
@@ -164,6 +213,11 @@ def test_real_local_model_through_the_server(tmp_path_factory: pytest.TempPathFa
 
     llm = LocalLLM.bundled(cache_dir=tmp_path_factory.getbasetemp() / "longweave-cache")
     with running_server(llm) as url:
+        stream = client(url).chat.completions.create(
+            model=llm.name, messages=[{"role": "user", "content": "Name a color."}],
+            max_tokens=8, temperature=0, stream=True)
+        deltas = [c.choices[0].delta.content for c in stream if c.choices and
+                  c.choices[0].delta.content]
         reply = client(url).chat.completions.create(
             model=llm.name,
             messages=[
@@ -184,6 +238,7 @@ def test_real_local_model_through_the_server(tmp_path_factory: pytest.TempPathFa
         [user("Text: The capital of Peru is Lima.\nQuestion: What is the capital of Peru?")]
     )
     assert 0 < reply.usage.completion_tokens <= 12
+    assert len(deltas) > 1  # the local model's reply streams token by token through the server
 
 
 @pytest.mark.real_model

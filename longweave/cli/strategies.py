@@ -21,8 +21,7 @@ def strategies(
         bool, typer.Option("--verbose", "-v", help="Every setting of every strategy.")
     ] = False,
 ) -> None:
-    """List every registered strategy (built-in, then entry points) with a one-line
-    description and its defaults."""
+    """List every registered strategy (built-in, then plugins) with its description and defaults."""
     from rich.console import Console
 
     from longweave.agents.base import BUILTINS, available, strategy_class

@@ -17,11 +17,14 @@
   cache (part of `prompt_tokens`, as OpenAI reports them), `seconds` this call's wall-clock
   latency (concurrent calls overlap, so their sum exceeds the elapsed time); `meta` holds the
   batch size and seconds.
+- Streaming: a call without a schema made while `events.token_sink` is set (a strategy's final
+  answer) sends its text deltas to the sink as the tokens are generated, batched or not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from longweave.answer import Usage
 from longweave.errors import ParseError
+from longweave.events import TokenSink, token_sink
 from longweave.llm import Completion, Message, check_budget
 from longweave.local_models.batcher import Batcher, GenRequest, GenResult
 from longweave.local_models.loader import (
@@ -209,6 +213,8 @@ class LocalLLM:
             if grammar is None:  # the first grammar reads the token table (~0.5 s): off the loop
                 grammar = await asyncio.to_thread(self._grammar, schema)
             request.extra = grammar if grammar.text is not None else None
+        else:
+            request.on_text = _stream_to(token_sink.get())
         result: GenResult = await self._batcher.submit_async(request)
         text = self._hf().decode(result.token_ids, skip_special_tokens=True)
         parsed = _parse(text, schema, result.finish_reason) if schema is not None else None
@@ -299,7 +305,24 @@ class LocalLLM:
         return run_batch(
             model, requests, pad_id=self._pad_id, stop_ids=self._stop_ids,
             repetition_penalty=self.repetition_penalty, prefix_cache=self.prefix_cache,
+            decode=self._decode,
         )
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return str(self._hf().decode(token_ids, skip_special_tokens=True))
+
+
+def _stream_to(sink: TokenSink | None) -> Callable[[str], None] | None:
+    """Text deltas from the generation thread, handed to `sink` on the caller's event loop."""
+    if sink is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def send(delta: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed (the answer was cancelled)
+            loop.call_soon_threadsafe(sink, delta)
+
+    return send
 
 
 def _lazy_tokenizer(load: Callable[[], Any], name: str) -> HFTokenizer:

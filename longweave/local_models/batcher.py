@@ -29,6 +29,8 @@ class GenRequest:
     """Requests batch together only when `(temperature, group)` match (e.g. the same schema)."""
     extra: Any = None
     """Opaque data for the runner (e.g. the constrained-decoding index)."""
+    on_text: Callable[[str], None] | None = None
+    """Receives the reply's text deltas while it is generated (from the worker thread)."""
     future: Future[GenResult] = field(default_factory=Future)
 
 

@@ -7,7 +7,7 @@ earlier prompt (`prefix_cache`); padded batches always prefill from scratch.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from longweave.local_models.batcher import GenRequest, GenResult
@@ -63,6 +63,55 @@ class GeneratedRepetitionPenalty:
         return scores.scatter(1, generated, seen)
 
 
+class RowStreamer:
+    """A `generate()` streamer that hands each row's new text to its request's `on_text`.
+
+    generate() passes the prompt once, then each step's new token of every row. A row stops
+    streaming at a stop token or its own cap (later tokens of a finished row are padding). Text
+    is decoded from the row's whole reply each time, so a token that completes a multi-byte
+    character or changes the spacing before it is sent right; an unfinished character (the
+    replacement character at the end) waits for the next token.
+    """
+
+    def __init__(self, requests: Sequence[GenRequest], decode: Callable[[list[int]], str],
+                 stop_ids: Sequence[int]) -> None:
+        self.requests = list(requests)
+        self.decode = decode
+        self.stops = set(stop_ids)
+        self.tokens: list[list[int]] = [[] for _ in self.requests]
+        self.sent = [""] * len(self.requests)
+        self.done = [r.on_text is None for r in self.requests]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, tokens in enumerate(value.reshape(len(self.requests), -1).tolist()):
+            for token in tokens:
+                self._add(row, int(token))
+
+    def _add(self, row: int, token: int) -> None:
+        request = self.requests[row]
+        if self.done[row] or token in self.stops:
+            self.done[row] = True
+            return
+        self.tokens[row].append(token)
+        self.done[row] = len(self.tokens[row]) >= request.max_tokens
+        text = self.decode(self.tokens[row])
+        if text.endswith("\ufffd") or not text.startswith(self.sent[row]):
+            return
+        delta, self.sent[row] = text[len(self.sent[row]) :], text
+        if delta and request.on_text is not None:
+            try:
+                request.on_text(delta)
+            except Exception:  # a display's failure must not stop the generation
+                request.on_text = None
+
+    def end(self) -> None:
+        pass
+
+
 def run_batch(
     model: PreTrainedModel,
     requests: Sequence[GenRequest],
@@ -71,11 +120,13 @@ def run_batch(
     stop_ids: Sequence[int],
     repetition_penalty: float = 1.0,
     prefix_cache: PrefixCache | None = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> list[GenResult]:
     """Generate for all `requests` (same temperature and group) in one padded batch.
 
     With `prefix_cache`, a lone request reuses the cache of its longest stored prefix and
     leaves its own prompt's cache behind for the next call; greedy output is unchanged.
+    With `decode` (token ids to text), requests that have `on_text` get their text as it grows.
     """
     import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -108,6 +159,8 @@ def run_batch(
     elif repetition_penalty != 1.0:
         processors.append(GeneratedRepetitionPenalty(width, repetition_penalty))
     start, cached = _starting_cache(model, requests, prefix_cache)
+    streaming = decode is not None and any(r.on_text is not None for r in requests)
+    streamer = RowStreamer(requests, decode, stop_ids) if streaming and decode else None
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,
@@ -115,6 +168,7 @@ def run_batch(
             generation_config=config,
             logits_processor=processors,
             stopping_criteria=StoppingCriteriaList([_RowCaps(width, caps)]),
+            streamer=streamer,
             **generate_kwargs(model, start),
         )
     if start is not None and prefix_cache is not None:

@@ -3,18 +3,20 @@
 Endpoints: `POST /v1/chat/completions` and `GET /v1/models`. Concurrent HTTP requests reach
 `LLM.complete` concurrently, so the local backend batches them. `response_format` of type
 `json_schema` is turned into a pydantic model (see `schema_model`) and decoded under that
-schema; `stream=true` is accepted, but the reply arrives as one chunk once it is complete.
+schema. With `stream=true` a text reply streams as the model generates it (when the model streams,
+as the local backend does); a schema reply, or one with `stop` strings, arrives as one chunk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from longweave.answer import Usage
@@ -25,6 +27,7 @@ from longweave.errors import (
     MissingDependency,
     ParseError,
 )
+from longweave.events import token_sink
 from longweave.llm import LLM, Completion, Message
 from longweave.local_models.schema_model import model_from_schema
 
@@ -78,21 +81,26 @@ def build_app(llm: LLM | None = None) -> Starlette:
             except ValueError:
                 raise BadRequest("the request body is not valid JSON") from None
             call = _parse_request(body, model, schemas)
-            completion = await model.complete(call["messages"], **call["kwargs"])
+            if _streams_live(call):
+                # The first delta, or the whole reply (or its error) when none came first.
+                deltas: asyncio.Queue[str] = asyncio.Queue()
+                task = asyncio.create_task(_complete_streaming(model, call, deltas.put_nowait))
+                first = asyncio.create_task(deltas.get())
+                await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+                if first.done():
+                    events = _live_stream(_head(model), first.result(), deltas, task, call)
+                    return StreamingResponse(events, media_type="text/event-stream")
+                first.cancel()
+                completion = task.result()
+            else:
+                completion = await model.complete(call["messages"], **call["kwargs"])
         except ParseError as exc:
             # Output that missed the schema (often cut at max_tokens) is still an answer: an
             # OpenAI-compatible server returns it with its finish reason, and the client decides
             # (re-ask, repair, fallback); a 500 would only make it retry the same generation.
             completion = _unparsed(model, call, exc.raw)
-        except MissingDependency as exc:
-            return _error(500, str(exc), "server_error", "missing_dependency")
-        except (BudgetExceeded, ConfigError) as exc:
-            code = "context_length_exceeded" if isinstance(exc, BudgetExceeded) else None
-            return _error(400, str(exc), "invalid_request_error", code)
-        except LongweaveError as exc:
-            return _error(500, str(exc), "server_error", type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - an HTTP client must get a JSON error body
-            return _error(500, f"{type(exc).__name__}: {exc}", "server_error", None)
+            return _error_response(exc)
         text = completion.text
         if completion.parsed is not None:
             text = json.dumps(
@@ -101,18 +109,8 @@ def build_app(llm: LLM | None = None) -> Starlette:
             )
         finish = completion.finish_reason
         text, finish = _apply_stop(text, finish, call["stop"])
-        usage = completion.usage
-        usage_body = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        }
-        head = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "created": int(time.time()),
-            "model": completion.model or model.name,
-        }
+        usage_body = _usage_body(completion.usage)
+        head = _head(model, completion)
         if call["stream"]:
             events = _stream(head, text, finish, usage_body if call["include_usage"] else None)
             return StreamingResponse(events, media_type="text/event-stream")
@@ -131,6 +129,48 @@ def build_app(llm: LLM | None = None) -> Starlette:
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def _streams_live(call: dict[str, Any]) -> bool:
+    """Text replies stream as generated; schema replies (sent re-serialized) and replies with
+    stop strings (cut after generation) arrive as one chunk."""
+    return call["stream"] and not call["stop"] and call["kwargs"].get("schema") is None
+
+
+async def _complete_streaming(
+    llm: LLM, call: dict[str, Any], send: Callable[[str], None]
+) -> Completion:
+    """`llm.complete` with its text deltas sent as they come (in this task's own context)."""
+    token_sink.set(lambda delta, restart=False: send(delta) if delta else None)
+    return await llm.complete(call["messages"], **call["kwargs"])
+
+
+def _head(llm: LLM, completion: Completion | None = None) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+        "model": (completion.model if completion is not None else "") or llm.name,
+    }
+
+
+def _usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def _error_response(exc: Exception) -> Response:
+    if isinstance(exc, MissingDependency):
+        return _error(500, str(exc), "server_error", "missing_dependency")
+    if isinstance(exc, (BudgetExceeded, ConfigError)):
+        code = "context_length_exceeded" if isinstance(exc, BudgetExceeded) else None
+        return _error(400, str(exc), "invalid_request_error", code)
+    if isinstance(exc, LongweaveError):
+        return _error(500, str(exc), "server_error", type(exc).__name__)
+    return _error(500, f"{type(exc).__name__}: {exc}", "server_error", None)
 
 
 def _unparsed(llm: LLM, call: dict[str, Any], raw: str) -> Completion:
@@ -226,19 +266,57 @@ def _apply_stop(text: str, finish: str, stop: list[str]) -> tuple[str, str]:
     return (text[: min(cuts)], "stop") if cuts else (text, finish)
 
 
+def _chunk(head: dict[str, Any], delta: dict[str, Any] | None, reason: str | None = None,
+           **more: Any) -> str:
+    """One server-sent event of a streamed chat completion (no choices when `delta` is None)."""
+    choices = [] if delta is None else [
+        {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]
+    chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **more}
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
 async def _stream(
     head: dict[str, Any], text: str, finish: str, usage: dict[str, Any] | None
 ) -> AsyncIterator[str]:
-    def event(delta: dict[str, Any], reason: str | None, **more: Any) -> str:
-        choices = [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]
-        chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **more}
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-
-    yield event({"role": "assistant", "content": text}, None)
-    yield event({}, finish)
+    """A finished reply sent as a stream: all its text in one chunk."""
+    yield _chunk(head, {"role": "assistant", "content": text})
+    yield _chunk(head, {}, finish)
     if usage is not None:
-        yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"  # noqa: E501
+        yield _chunk(head, None, usage=usage)
     yield "data: [DONE]\n\n"
+
+
+async def _live_stream(
+    head: dict[str, Any], first: str, deltas: asyncio.Queue[str],
+    task: asyncio.Task[Completion], call: dict[str, Any],
+) -> AsyncIterator[str]:
+    """A reply sent as it is generated: each text delta as a chunk, then the finish reason and
+    usage. An error after the first chunk ends the stream with an OpenAI-shaped error event and
+    no `[DONE]`, so a client sees a broken stream rather than a short answer."""
+    try:
+        yield _chunk(head, {"role": "assistant", "content": first})
+        while True:
+            get = asyncio.ensure_future(deltas.get())
+            await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                break
+            yield _chunk(head, {"content": get.result()})
+        while not deltas.empty():  # deltas posted just before the task ended
+            yield _chunk(head, {"content": deltas.get_nowait()})
+        try:
+            completion = task.result()
+        except Exception as exc:  # noqa: BLE001 - reported in the stream
+            body = json.loads(bytes(_error_response(exc).body))
+            yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            return
+        yield _chunk(head, {}, completion.finish_reason)
+        if call["include_usage"]:
+            yield _chunk(head, None, usage=_usage_body(completion.usage))
+        yield "data: [DONE]\n\n"
+    finally:
+        if not task.done():  # the client went away: stop waiting for the reply
+            task.cancel()
 
 
 def serve(
