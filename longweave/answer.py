@@ -7,6 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 chunk`, `3 chunks`, `1,204 calls` (`many` for an irregular plural)."""
+    return f"{count:,} {noun if count == 1 else many or noun + 's'}"
+
+
 class Usage(BaseModel):
     """Model usage summed over calls; `cache_hits` counts calls answered by the completion cache."""
 
@@ -34,7 +39,7 @@ class Usage(BaseModel):
     def line(self) -> str:
         """A one-line human summary, as the CLI prints it."""
         text = (
-            f"{self.calls} calls · {self.prompt_tokens:,} prompt + "
+            f"{plural(self.calls, 'call')} · {self.prompt_tokens:,} prompt + "
             f"{self.completion_tokens:,} completion tokens"
         )
         if self.cached_tokens:

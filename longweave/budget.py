@@ -54,8 +54,9 @@ def chunk_budget(
                 f"the {window}-token window leaves {max(budget, 0)} tokens for document text "
                 f"(at least {max(min_chunk, 1)} needed) after the instructions and question "
                 f"({fixed_tokens}), carried state ({carried_tokens}), generation cap ({max_new}) "
-                f"and template margin ({margin}); shorten the question, lower max_new or the "
-                "carried-state cap, or use a model with a larger context window"
+                f"and template margin ({margin}); shorten the question, lower the generation or "
+                "carried-state cap (the strategy's *max_new settings: `longweave strategies "
+                "NAME`), or use a model with a larger context window"
             ),
         )
     return budget

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from longweave.errors import ConfigError, invalid_fields
 
 
 def default_cache_dir() -> Path:
@@ -18,6 +21,15 @@ class Settings(BaseSettings):
     """Process-wide defaults; every field can be set as LONGWEAVE_<FIELD> in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="LONGWEAVE_", extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems, hint = invalid_fields(exc, type(self).model_fields,
+                                            named=lambda field: f"LONGWEAVE_{field.upper()}")
+            raise ConfigError(f"invalid setting: {problems}",
+                              hint=hint or "fix or unset that environment variable") from None
 
     model: str = "local"
     """The model string used when none is given: 'local', 'hf:<id>' or 'openai:<model>'."""

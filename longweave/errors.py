@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -15,6 +16,14 @@ class LongweaveError(Exception):
         if hint is not None:
             self.hint = hint
         super().__init__(f"{message} ({self.hint})" if self.hint else message)
+
+
+def debugging() -> bool:
+    """LONGWEAVE_DEBUG is set to something other than 0, false, no or off: show tracebacks."""
+    import os
+
+    return os.environ.get("LONGWEAVE_DEBUG", "").strip().lower() not in ("", "0", "false", "no",
+                                                                         "off")
 
 
 class LongweaveWarning(RuntimeWarning):
@@ -32,6 +41,30 @@ class DocumentError(LongweaveError):
 
 class ConfigError(LongweaveError):
     """Invalid settings, an unknown model string or strategy, or a missing optional extra."""
+
+
+def invalid_fields(
+    exc: Exception, fields: Iterable[str] = (), *, named: Callable[[str], str] = str
+) -> tuple[str, str]:
+    """A pydantic ValidationError as one line per field for users, and a hint: no error URLs
+    or type codes; an unknown key is named with the closest of `fields`. `named` turns a field
+    into the name the user wrote (an environment variable, say)."""
+    import difflib
+
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc), ""
+    problems, hints = [], []
+    for error in errors(include_url=False):
+        name = named(".".join(str(part) for part in error["loc"])) if error["loc"] else "value"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{name}: no such setting")
+            close = difflib.get_close_matches(str(error["loc"][-1]), list(fields), n=1)
+            if close:
+                hints.append(f"did you mean {named(close[0])}?")
+        else:
+            problems.append(f"{name}: {error['msg']} (got {error['input']!r:.60})")
+    return "; ".join(problems), " ".join(hints)
 
 
 class MissingDependency(ConfigError):

@@ -147,8 +147,11 @@ class Estimate(BaseModel):
     strategy: str
     model: str
     documents: int = 1
+    """Distinct documents (a sum over questions about one document counts it once)."""
+    questions: int = 1
     n_chunks: int = 0
-    """Chunks (or windows, units, leaves) the documents split into, as the strategy splits them."""
+    """Chunks (or windows, units, leaves) the documents split into, as the strategy splits them
+    (each distinct document counted once)."""
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -204,8 +207,11 @@ class Estimate(BaseModel):
         and decisions `Assumptions` does not know: answer a few questions for real, then estimate
         the rest with this. One factor covers builds and per-question calls alike."""
         keys = ("calls", "prompt_tokens", "completion_tokens")
+        # Calls the completion cache answered record no tokens: with any, only calls measure.
+        measured = keys if not actual.cache_hits else ("calls",)
         wanted = {k: getattr(self, k) * (getattr(actual, k) / getattr(pilot, k)
-                                         if getattr(pilot, k) and getattr(actual, k) else 1.0)
+                                         if k in measured and getattr(pilot, k)
+                                         and getattr(actual, k) else 1.0)
                   for k in keys}
         point = {k: round(min(max(v, getattr(self.low, k)), getattr(self.high, k)))
                  for k, v in wanted.items()}
@@ -214,9 +220,12 @@ class Estimate(BaseModel):
         def scaled(counts: Counts) -> Counts:
             return Counts(**{k: round(getattr(counts, k) * f[k]) for k in keys})
 
-        note = (f"calibrated on a pilot of {pilot.documents} question(s): calls x{f['calls']:.2f}, "
-                f"prompt tokens x{f['prompt_tokens']:.2f}, completion tokens "
-                f"x{f['completion_tokens']:.2f}")
+        note = (f"calibrated on a pilot of {pilot.questions} question(s): calls x{f['calls']:.2f}"
+                + (f", prompt tokens x{f['prompt_tokens']:.2f}, completion tokens "
+                   f"x{f['completion_tokens']:.2f}" if len(measured) == len(keys) else
+                   f"; tokens not calibrated: {actual.cache_hits} of the pilot's {actual.calls} "
+                   "calls came from the completion cache, which records no tokens (run the "
+                   "pilot with --no-cache to measure them)"))
         notes = [n for n in self.notes if "generic guesses" not in n]  # measured now
         return self.model_copy(update={
             **point, "build": scaled(self.build),
@@ -263,7 +272,8 @@ class Estimate(BaseModel):
             roles[role] = roles.get(role, Counts()) + counts
         return Estimate(
             strategy=joined(self.strategy, other.strategy), model=joined(self.model, other.model),
-            documents=self.documents + other.documents, n_chunks=self.n_chunks + other.n_chunks,
+            documents=self.documents + other.documents, questions=self.questions + other.questions,
+            n_chunks=self.n_chunks + other.n_chunks,
             calls=self.calls + other.calls, prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             low=self.low + other.low, high=self.high + other.high, roles=roles,
@@ -432,7 +442,7 @@ async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
 
     planner = _planning_model(model_or_tokenizer, context_window=kwargs.pop("context_window", None))
     total: Estimate | None = None
-    seen: set[str] = set()
+    chunks: dict[str, int] = {}  # per distinct document
     unread: dict[str, str] = {}
     for item in items:
         source, asked = item if isinstance(item, tuple) else (item, question)
@@ -441,13 +451,16 @@ async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
         except DocumentError as exc:
             unread.setdefault(str(source), exc.message)
             continue
-        again = True if doc.id in seen else cached
-        seen.add(doc.id)
+        again = True if doc.id in chunks else cached
         one = await aestimate(doc, strategy, planner, asked, cached=again, **kwargs)
+        chunks.setdefault(doc.id, one.n_chunks)
         total = one if total is None else total + one
     if total is None:
         name = strategy if isinstance(strategy, str) else strategy.name
-        total = Estimate(strategy=name, model=planner.name, documents=0)
+        total = Estimate(strategy=name, model=planner.name, documents=0, questions=0)
+    else:
+        total = total.model_copy(update={"documents": len(chunks),
+                                         "n_chunks": sum(chunks.values())})
     if unread:
         first = next(iter(unread.values()))
         total.notes.append(f"{len(unread)} document(s) could not be read and are not counted "

@@ -256,6 +256,11 @@ def test_batch_view_counts_cost_and_summarizes() -> None:
     for label, value in [("answered", "1"), ("failed", "1"), ("skipped", "3"),
                          ("model calls", "2"), ("prompt tokens", "10"), ("time", "1.2s")]:
         assert re.search(rf"{label}.*│\s+{re.escape(value)} │", table), label
+    view.start(1, 0, "second run")  # a second bar (an evaluation's next strategy) starts at 0
+    view.record(BatchRecord(**common, answer="B", usage=Usage(calls=1, prompt_tokens=5)))
+    view.stop()
+    assert "1 call · 5+0 tok" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert view.usage.calls == 3  # the view's own total still counts every run
 
 
 def test_estimate_asks_nothing_and_then_compares_with_the_run(model, folder, tmp_path) -> None:

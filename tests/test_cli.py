@@ -58,6 +58,23 @@ def test_second_identical_ask_is_served_from_the_cache(model, monkeypatch, capsy
     assert second["text"] == first["text"]
 
 
+def test_the_environment_chooses_the_model_and_strategy(model, monkeypatch, capsys) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(longweave.llm, "resolve_model",
+                        lambda spec, **_: asked.append(spec) or model)
+    model.on("reader", reply="Mara Quill.")
+    monkeypatch.setenv("LONGWEAVE_MODEL", "openai:from-env")
+    monkeypatch.setenv("LONGWEAVE_STRATEGY", "truncate")
+    assert run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--json", "--no-cache") == 0
+    assert json.loads(capsys.readouterr().out)["strategy"] == "truncate"
+    assert asked == ["openai:from-env"]
+    # an option on the command line still wins
+    assert run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--json", "--no-cache",
+                   "-m", "local", "-s", "chain-of-agents", "--set", "max_new=64") == 0
+    assert json.loads(capsys.readouterr().out)["strategy"] == "chain-of-agents"
+    assert asked[-1] == "local"
+
+
 def test_no_cache_calls_the_model_again(model, monkeypatch, capsys) -> None:
     args = ("ask", str(EXAMPLE), "Who?", "--json", "--set", "max_new=64")
     run_cli(monkeypatch, *args)
@@ -76,9 +93,28 @@ def test_missing_file_is_a_clear_error(model, monkeypatch, capsys, tmp_path) -> 
 
 
 def test_bad_option_is_a_clear_error(model, monkeypatch, capsys) -> None:
-    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--set", "max_nwe=3")
-    assert code == 1
-    assert "max_nwe" in capsys.readouterr().err
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--set", "max_nwe=3",
+                   "--set", "window=lots")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and model.requests == []
+    assert "error: invalid options for chain-of-agents: window: Input should be" in err
+    assert "(got 'lots'); max_nwe: no such setting" in err and "did you mean max_new?" in err
+    assert "pydantic.dev" not in err and "type=" not in err
+
+
+def test_none_unsets_an_option_as_the_docs_write_it() -> None:
+    from longweave.cli.options import parse_options
+
+    assert parse_options(["k=None", "k2=null", "paths=bidir", "working_memory=none"]) == {
+        "k": None, "k2": None, "paths": "bidir", "working_memory": "none"}
+
+
+def test_a_bad_environment_setting_is_a_clear_error(model, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LONGWEAVE_PREFIX_CACHE_SIZE", "-1")
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "unexpected" not in err
+    assert "error: invalid setting: LONGWEAVE_PREFIX_CACHE_SIZE: Input should be greater" in err
 
 
 def test_strategies_lists_the_builtins(monkeypatch, capsys) -> None:

@@ -322,9 +322,9 @@ async def test_many_documents_sum_and_build_once_per_document() -> None:
     both = await aestimate_many([(a, QUESTION), (a, "Who kept the lamp?"), b], "mem-walker",
                                 model, QUESTION, **MW_OPTIONS)
     other = await aestimate(b, "mem-walker", model, QUESTION, **MW_OPTIONS)
-    assert both.documents == 3 and both.reused == 1
+    assert (both.documents, both.questions, both.reused) == (2, 3, 1)
     assert both.calls == one.calls + walk + other.calls
-    assert both.n_chunks == 2 * one.n_chunks + other.n_chunks
+    assert both.n_chunks == one.n_chunks + other.n_chunks  # each document counted once
     assert (one + other).roles["summarizer"].calls == one.build.calls + other.build.calls
 
 
@@ -361,9 +361,15 @@ def test_calibrated_scales_by_the_pilot_and_stays_inside_the_bounds() -> None:
     assert fixed.low == rest.low and fixed.high == rest.high and fixed.documents == 10
     assert "pilot" in fixed.notes[-1] and "calls x1.50" in fixed.notes[-1]
     assert "prompt tokens x1.20" in fixed.notes[-1]
-    # A pilot that recorded nothing (all cached) leaves the estimate as it was.
+    # A pilot that recorded nothing leaves the estimate as it was.
     same = rest.calibrated(pilot, Usage())
     assert same.point == rest.point
+    # Answers from the completion cache count calls but no tokens: only calls are calibrated,
+    # and the note says why the tokens were not.
+    cached = rest.calibrated(pilot, Usage(calls=6, cache_hits=6))
+    assert (cached.calls, cached.prompt_tokens, cached.completion_tokens) == (60, 10_000, 1000)
+    assert "tokens not calibrated: 6 of the pilot's 6 calls came from the completion cache" in (
+        cached.notes[-1])
 
 
 async def test_generic_assumptions_say_so_and_point_to_a_pilot() -> None:
@@ -468,3 +474,11 @@ def test_cli_estimate_json_and_run_compares_with_the_actual_usage(
     answer = json.loads(captured.out)
     assert answer["usage"]["calls"] == planned["calls"] == len(cli_model.requests)
     assert "est/actual" in captured.err and "1.00" in captured.err
+
+
+def test_cli_run_without_estimate_is_refused(
+    cli_model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    code = run_cli(monkeypatch, "ask", str(_doc_file(tmp_path)), QUESTION, "--run")
+    assert code == 2 and cli_model.requests == []
+    assert "--run goes with --estimate" in " ".join(capsys.readouterr().err.split())

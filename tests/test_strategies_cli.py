@@ -159,6 +159,10 @@ def test_a_plugin_that_fails_to_import_is_listed_with_its_error(tmp_path, monkey
     row = _rows(result.stdout)["broken-one"]
     assert "cannot load" in row and "lw_test_no_such_module" in row
     assert "truncate" in _rows(result.stdout)  # the others are still listed
+    named = CliRunner().invoke(app, ["strategies", "broken-one"])
+    assert isinstance(named.exception, ConfigError)  # the CLI prints it as one error line
+    assert "strategy plugin 'broken-one'" in str(named.exception)
+    assert "ModuleNotFoundError" in str(named.exception)
 
 
 def test_the_guides_testing_example_runs() -> None:

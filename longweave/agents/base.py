@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from longweave.answer import Citation, Step, Usage
-from longweave.errors import ConfigError, LongweaveWarning, ParseError
+from longweave.errors import ConfigError, LongweaveWarning, ParseError, invalid_fields
 from longweave.events import Event, EventSink, TokenSink, ignore, result_event, token_sink
 
 if TYPE_CHECKING:
@@ -134,8 +134,8 @@ class RunContext:
             warnings.warn(
                 f"{self.strategy} {role}: a {schema.__name__} reply with its text at the length "
                 f"limits takes about {floor} tokens, over the cap of {max_tokens}, so such replies "
-                "are cut and asked again (raise max_new or the role's own cap, or lower the "
-                "*_chars limits).",
+                f"are cut and asked again (raise the role's cap among the *max_new settings of "
+                f"`longweave strategies {self.strategy}`, or lower its *_chars limits).",
                 LongweaveWarning, stacklevel=3,
             )
 
@@ -227,7 +227,14 @@ def strategy_class(name: str) -> type:
         raise ConfigError(
             f"unknown strategy {name!r}", hint=f"choose one of: {', '.join(sorted(names))}"
         )
-    return _load(names[name])
+    if name in BUILTINS:
+        return _load(names[name])
+    try:
+        return _load(names[name])
+    except Exception as exc:  # a plugin's own import failure: name it, not as a longweave bug
+        raise ConfigError(f"strategy plugin {name!r} ({names[name]}) failed to load: "
+                          f"{type(exc).__name__}: {exc}",
+                          hint="fix or reinstall the package that provides it") from exc
 
 
 def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
@@ -240,7 +247,10 @@ def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
     try:
         return cls(**options)
     except Exception as exc:  # pydantic's ValidationError, reworded for users
-        raise ConfigError(f"invalid options for {name}: {exc}") from exc
+        problems, hint = invalid_fields(exc, getattr(cls, "model_fields", ()))
+        listing = f"`longweave strategies {name}` lists its settings (null or None unsets one)"
+        raise ConfigError(f"invalid options for {name}: {problems}",
+                          hint=f"{hint} {listing}".lstrip()) from exc
 
 
 def _failed_usage(llm: LLM, messages: Sequence[Message], exc: ParseError) -> Usage:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.agents.base import RunContext, repeat_then
 from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
-from longweave.answer import Citation
+from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import ConfigError, LongweaveError
@@ -113,7 +113,7 @@ class ChainOfAgents(BaseModel):
         orders = [forward] if self.paths == "single" else [forward, forward[::-1]]
         ctx.step(
             "plan",
-            f"{len(chunks)} chunks of <= {budget} tokens",
+            f"{plural(len(chunks), 'chunk')} of <= {budget} tokens",
             chunks=len(chunks),
             budget=budget,
             paths=len(orders),

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from longweave.agents import graph_reader_prompts as prompts
 from longweave.agents.base import RunContext
 from longweave.agents.embedding import UsesEmbedder
-from longweave.answer import Citation
+from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.errors import LongweaveError, LongweaveWarning, ParseError
 from longweave.graphs.build import RawFact, assemble, index_nodes
@@ -192,9 +192,9 @@ class GraphReader(UsesEmbedder):
                 graph = KeyGraph.load(found, embedder=embedder.name)
                 if graph.doc_id != ctx.document.id or graph.index is None:
                     raise ValueError("the graph does not belong to this document")
-                ctx.step("graph", f"reused a graph of {graph.graph.number_of_nodes()} nodes",
-                         cached=True, calls=0, nodes=graph.graph.number_of_nodes(),
-                         facts=len(graph.facts), chunks=len(graph.spans), key=key)
+                n = graph.graph.number_of_nodes()
+                ctx.step("graph", f"reused a graph of {plural(n, 'node')}", cached=True, calls=0,
+                         nodes=n, facts=len(graph.facts), chunks=len(graph.spans), key=key)
                 return graph
             except (OSError, ValueError, LongweaveError) as exc:
                 warnings.warn(f"rebuilding the GraphReader graph: {found} is unusable ({exc})",
@@ -247,7 +247,8 @@ class GraphReader(UsesEmbedder):
                                  [r or [] for r in results], settings)
         merged = await asyncio.to_thread(index_nodes, graph, embedder,
                                          merge_threshold=self.merge_threshold)
-        ctx.step("graph", f"built a graph of {graph.graph.number_of_nodes()} nodes", cached=False,
+        n = graph.graph.number_of_nodes()
+        ctx.step("graph", f"built a graph of {plural(n, 'node')}", cached=False,
                  calls=ctx.usage.calls - calls_before, chunks=len(chunks),
                  nodes=graph.graph.number_of_nodes(), edges=graph.graph.number_of_edges(),
                  facts=report.facts, dropped_keys=report.dropped_keys,

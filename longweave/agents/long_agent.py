@@ -48,7 +48,7 @@ from longweave.agents.long_agent_prompts import (
     render_reply,
     schemas,
 )
-from longweave.answer import Citation
+from longweave.answer import Citation, plural
 from longweave.budget import MIN_CHUNK_TOKENS, chunk_budget
 from longweave.chunking import Chunk, Chunker
 from longweave.errors import LongweaveError, ParseError
@@ -189,7 +189,7 @@ class LongAgent(BaseModel):
             chunks = ctx.chunk(budget)
         if not chunks:
             raise LongweaveError(f"{ctx.document.name} has no text to read")
-        ctx.step("plan", f"{len(chunks)} members, chunks of <= {budget} tokens",
+        ctx.step("plan", f"{plural(len(chunks), 'member')}, chunks of <= {budget} tokens",
                  chunks=len(chunks), budget=budget, rounds=self.max_rounds)
         return {"chunks": chunks, "round": 0, "action": "", "instruction": "",
                 "history": [[] for _ in chunks], "silent": 0, "clusters": [], "survivors": [],

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from longweave.agents import mem_walker_prompts as prompts
 from longweave.agents.base import RunContext
-from longweave.answer import Citation
+from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.errors import BudgetExceeded, LongweaveError, LongweaveWarning, ParseError
 from longweave.llm import Message, unquote
@@ -186,7 +186,7 @@ class MemWalker(BaseModel):
                 tree = SummaryTree.load(found / "tree.json")
                 if tree.doc_id != ctx.document.id or not tree.tiles(len(ctx.document.text)):
                     raise ValueError("the tree does not fit this document")
-                ctx.step("tree", f"reused a tree of {len(tree.nodes)} nodes", cached=True,
+                ctx.step("tree", f"reused a tree of {plural(len(tree.nodes), 'node')}", cached=True,
                          nodes=len(tree.nodes), leaves=len(tree.leaves), depth=tree.depth, key=key)
                 return tree
             except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
@@ -230,7 +230,8 @@ class MemWalker(BaseModel):
             level = list(range(base, len(nodes)))
         tree = SummaryTree(doc_id=ctx.document.id, nodes=tuple(nodes), root=len(nodes) - 1,
                            settings=settings)
-        ctx.step("tree", f"built a tree of {len(nodes)} nodes", cached=False, nodes=len(nodes),
+        ctx.step("tree", f"built a tree of {plural(len(nodes), 'node')}", cached=False,
+                 nodes=len(nodes),
                  leaves=len(chunks), depth=tree.depth, calls=ctx.usage.calls - calls_before,
                  segment_tokens=plan.segment_tokens, summary_cap=plan.summary_cap)
         return tree

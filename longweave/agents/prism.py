@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.agents import prism_prompts as prompts
 from longweave.agents.base import RunContext, repeat_then
-from longweave.answer import Citation
+from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, LongweaveError, ParseError
@@ -228,7 +228,7 @@ class Prism(BaseModel):
         if not chunks:
             raise LongweaveError(f"{ctx.document.name} has no text to read")
         memory = StructuredMemory(schema, self.value_chars, self.list_items, ops)
-        ctx.step("plan", f"{len(chunks)} chunks of <= {plan.chunk_tokens} tokens",
+        ctx.step("plan", f"{plural(len(chunks), 'chunk')} of <= {plan.chunk_tokens} tokens",
                  chunks=len(chunks), chunk_tokens=plan.chunk_tokens, mem_cap=plan.mem_cap,
                  prefix_tokens=plan.prefix_tokens, schema=schema.label(), variant=self.variant,
                  ops=list(ops), overflow=self.overflow)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 
@@ -18,7 +17,7 @@ from longweave.cli import serve as _serve
 from longweave.cli import show as _show
 from longweave.cli import strategies as _strategies
 from longweave.cli.render import labelled
-from longweave.errors import LongweaveError, LongweaveWarning
+from longweave.errors import LongweaveError, LongweaveWarning, debugging
 
 app = typer.Typer(
     name="longweave",
@@ -75,7 +74,7 @@ def main() -> None:
         Console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)
     except Exception as exc:  # a bug or an unexpected library failure: one line, not a wall
-        if os.environ.get("LONGWEAVE_DEBUG"):
+        if debugging():
             raise
         console = Console(stderr=True)
         console.print(labelled("unexpected error:", "bold red", f"{type(exc).__name__}: {exc}"))

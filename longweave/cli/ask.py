@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
+from longweave.answer import plural
 from longweave.cli.options import (
     Exclude,
     Include,
+    Model,
     NoCache,
     PriceIn,
     PriceOut,
+    StrategyName,
     Throughput,
     parse_options,
 )
@@ -29,15 +32,12 @@ if TYPE_CHECKING:
 
 def ask(
     path: Annotated[
-        Path, typer.Argument(help="The document (.txt, .md, .html, .pdf) or a folder of them.")
+        Path, typer.Argument(help="The document (.txt, .md, .html, .pdf; a .jsonl/.json "
+                             "conversation) or a folder of them.")
     ],
     question: Annotated[str, typer.Argument(help="The question; '' asks for a summary.")],
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Strategy name.")] = (
-        "chain-of-agents"
-    ),
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
-    ] = "local",
+    strategy: StrategyName = "chain-of-agents",
+    model: Model = "local",
     as_json: Annotated[bool, typer.Option("--json", help="Print the Answer as JSON.")] = False,
     no_cache: NoCache = False,
     option: Annotated[
@@ -67,6 +67,8 @@ def ask(
     from longweave.cli.progress import ProgressView
     from longweave.cli.render import print_answer
 
+    if run and not estimate:
+        raise typer.BadParameter("--run goes with --estimate", param_hint="--run")
     err = Console(stderr=True)
     started = time.perf_counter()
     source = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode
@@ -117,8 +119,10 @@ def print_estimate(
     """The estimate as a table (beside the actual usage when given), then its assumptions."""
     from rich.table import Table
 
-    docs = f"{planned.documents} documents, " if planned.documents != 1 else ""
-    title = (f"{planned.strategy} on {planned.model}: {docs}{planned.n_chunks} chunks"
+    docs = (f"{plural(planned.documents, 'document')}, "
+            f"{plural(planned.questions, 'question')}, "
+            if (planned.documents, planned.questions) != (1, 1) else "")
+    title = (f"{planned.strategy} on {planned.model}: {docs}{plural(planned.n_chunks, 'chunk')}"
              + (", artifacts cached" if planned.reused else ""))
     rows = planned.rows(actual, price_in=price_in, price_out=price_out, throughput=throughput)
     console.print(f"[bold]{escape(title)}[/]", highlight=False)

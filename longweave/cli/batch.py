@@ -9,10 +9,12 @@ import typer
 from rich.markup import escape
 
 from longweave.cli.options import (
+    Model,
     NoCache,
     PriceIn,
     PriceOut,
     RayAddress,
+    StrategyName,
     Throughput,
     parse_options,
 )
@@ -32,12 +34,8 @@ def batch(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="JSONL output; appended to, and resumed from.")
     ],
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Strategy name.")] = (
-        "chain-of-agents"
-    ),
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
-    ] = "local",
+    strategy: StrategyName = "chain-of-agents",
+    model: Model = "local",
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Questions in flight at once.")
     ] = 4,

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from longweave.answer import Usage
+from longweave.answer import Usage, plural
 from longweave.batch import BatchRecord, BatchSummary
 
 __all__ = ["BatchView", "cost_line"]
@@ -35,7 +35,7 @@ __all__ = ["BatchView", "cost_line"]
 def cost_line(usage: Usage, failed: int = 0) -> str:
     """The running cost as the progress bar shows it: calls, tokens, failures."""
     text = (
-        f"{usage.calls:,} calls · {usage.prompt_tokens:,}+{usage.completion_tokens:,} tok"
+        f"{plural(usage.calls, 'call')} · {usage.prompt_tokens:,}+{usage.completion_tokens:,} tok"
     )
     if usage.cache_hits:
         text += f" · {usage.cache_hits:,} cached"
@@ -85,6 +85,7 @@ class BatchView:
         """Summed over every record seen by this view (all its runs)."""
         self.answered = 0
         self.failed = 0
+        self._run = (Usage(), 0)  # the current bar's own usage and failures
         self._task: TaskID | None = None
         self._started = False
 
@@ -108,11 +109,13 @@ class BatchView:
             self.progress.console.print(
                 f"[dim]{skipped} already answered in the output: skipped (resume)[/]"
             )
-        self._task = self.progress.add_task(description, total=todo, cost=cost_line(self.usage))
+        self._run = (Usage(), 0)
+        self._task = self.progress.add_task(description, total=todo, cost=cost_line(Usage()))
 
     def record(self, rec: BatchRecord) -> None:
-        """Advance the bar by one record and update the running cost."""
+        """Advance the bar by one record and update its running cost (this run's only)."""
         self.usage = self.usage + rec.usage
+        self._run = (self._run[0] + rec.usage, self._run[1] + (not rec.ok))
         if rec.ok:
             self.answered += 1
         else:
@@ -121,9 +124,7 @@ class BatchView:
                 self.progress.console.print(f"[red]failed[/] {escape(_failure(rec))}",
                                             highlight=False)
         if self._task is not None:
-            self.progress.update(
-                self._task, advance=1, cost=cost_line(self.usage, self.failed)
-            )
+            self.progress.update(self._task, advance=1, cost=cost_line(*self._run))
 
     def stop(self) -> None:
         """Stop the live display (idempotent)."""

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from longweave.cli.options import Exclude, Include, NoCache, parse_options
 from longweave.cli.render import labelled
-from longweave.errors import ConfigError, LongweaveError
+from longweave.errors import ConfigError, LongweaveError, debugging
 from longweave.events import Event, EventSink, ignore
 from longweave.llm import unquote_so_far
 
@@ -416,7 +416,7 @@ async def run(controller: ChatController, console: Console, lines: _Lines) -> No
                     out = Output([Text.assemble(("cancelled", "yellow"),
                                                 (" (nothing of it was kept)", "dim"))])
                 except Exception as exc:  # a bug or a library failure: say so, keep the chat
-                    if os.environ.get("LONGWEAVE_DEBUG"):
+                    if debugging():
                         raise
                     out = Output([Text(f"unexpected error: {type(exc).__name__}: {exc}",
                                        style="bold red")])

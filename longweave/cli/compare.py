@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from longweave.cli.options import Exclude, Include, NoCache, parse_options
+from longweave.cli.options import Exclude, Include, Model, NoCache, parse_options
 from longweave.events import Event
 
 if TYPE_CHECKING:
@@ -26,9 +26,7 @@ def compare(
     strategies: Annotated[
         str, typer.Option("--strategies", "-S", help="Comma-separated names, or 'all'.")
     ] = "all",
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
-    ] = "local",
+    model: Model = "local",
     option: Annotated[
         list[str] | None,
         typer.Option("--set", help="key=value for every strategy that has the option, or "

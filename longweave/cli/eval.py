@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from longweave.cli.options import NoCache, RayAddress, parse_options
+from longweave.cli.options import Model, NoCache, RayAddress, parse_options
 
 
 def _depths(text: str | None) -> tuple[float, ...]:
@@ -31,9 +31,7 @@ def eval_command(
     strategies: Annotated[
         str, typer.Option("--strategies", "-s", help="Comma-separated strategy names.")
     ] = "truncate,rag",
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
-    ] = "local",
+    model: Model = "local",
     judge: Annotated[
         str | None, typer.Option("--judge", help="Judge model for BEAM (default: --model).")
     ] = None,

@@ -17,6 +17,10 @@ Include = Annotated[
 Exclude = Annotated[
     list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
 ]
+Model = Annotated[str, typer.Option(
+    "--model", "-m", envvar="LONGWEAVE_MODEL", help="'local', 'hf:<id>' or 'openai:<model>'.")]
+StrategyName = Annotated[str, typer.Option(
+    "--strategy", "-s", envvar="LONGWEAVE_STRATEGY", help="Strategy name.")]
 RayAddress = Annotated[
     str | None,
     typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
@@ -31,14 +35,19 @@ Throughput = Annotated[float | None, typer.Option(
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """`["max_new=256", "paths=bidir"]` -> `{"max_new": 256, "paths": "bidir"}` (JSON values)."""
+    """`["max_new=256", "paths=bidir", "k=None"]` -> `{"max_new": 256, "paths": "bidir",
+    "k": None}`: JSON values (null or None for none), else the text as a string."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"bad option {pair!r}", hint="write options as --set key=value")
+        name = key.strip().replace("-", "_")
+        if raw.strip() == "None":  # as the docs and `longweave strategies` print an unset value
+            options[name] = None
+            continue
         try:
-            options[key.strip().replace("-", "_")] = json.loads(raw)
+            options[name] = json.loads(raw)
         except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = raw
+            options[name] = raw
     return options

@@ -8,7 +8,8 @@ import typer
 
 
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help="'local' or 'hf:<id>'.")] = "local",
+    model: Annotated[str, typer.Option(
+        "--model", "-m", envvar="LONGWEAVE_MODEL", help="'local' or 'hf:<id>'.")] = "local",
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = (
         "127.0.0.1"
     ),

@@ -23,7 +23,8 @@ def show(
         "--out", "-o", help="Output file: .html (default <name>.graph.html or <name>.tree.html), "
         ".svg, or .png/.pdf (needs matplotlib).")] = None,
     model: Annotated[
-        str, typer.Option("--model", "-m", help="The model the structure was built with.")
+        str, typer.Option("--model", "-m", envvar="LONGWEAVE_MODEL",
+                          help="The model the structure was built with.")
     ] = "local",
     option: Annotated[list[str] | None, typer.Option(
         "--set", help="Strategy option key=value, as given to `ask` (repeatable).")] = None,
