@@ -223,7 +223,9 @@ class CachedLLM:
         completion = await self.inner.complete(
             messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
         )
-        if use and (schema is None or completion.parsed is not None):
+        # Not stored: an unparsed structured reply, or a blank one (a glitch, not an answer).
+        if use and (completion.parsed is not None if schema is not None
+                    else bool(completion.text.strip())):
             await asyncio.to_thread(self.cache.put, key, _record(completion))
         return completion
 

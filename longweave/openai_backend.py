@@ -12,18 +12,20 @@ streaming, or answers it with a plain JSON body, is remembered and asked without
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import random
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
-from longweave.answer import Usage
+from longweave.answer import Usage, plural
 from longweave.config import Settings
-from longweave.errors import ConfigError, ModelError, ParseError
+from longweave.errors import ConfigError, LongweaveWarning, ModelError, ParseError
 from longweave.events import TokenSink, token_sink
 from longweave.llm import Completion, Message, check_budget
 from longweave.structured import (
@@ -64,6 +66,8 @@ _CONTEXT_WINDOWS: dict[str, int] = {
 }
 DEFAULT_CONTEXT_WINDOW = 8_192
 MAX_RETRY_WAIT = 60.0
+NOTICE_WAIT = 10.0
+"""Retry waits at least this long (seconds) are announced as a warning."""
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 _RETRY_STATUS = {408, 409, 429}
@@ -297,12 +301,17 @@ class OpenAILLM:
                     error = failure.error
                     hint = error.hint or "the server is failing: retry later or raise max_retries"
                     raise ModelError(
-                        f"{error.message}; gave up after {attempts} attempts",
+                        f"{error.message}; gave up after {plural(attempts, 'attempt')}",
                         provider=PROVIDER,
                         status=error.status,
                         hint=hint,
                     ) from None
-                await self.sleep(self._wait(attempt, failure.wait))
+                wait = self._wait(attempt, failure.wait)
+                if wait >= NOTICE_WAIT:  # a long silent wait looks like a hang: say why
+                    warnings.warn(f"{failure.error.message}; retrying in {wait:.0f} s "
+                                  f"(attempt {attempt + 1} of {attempts})", LongweaveWarning,
+                                  stacklevel=2)
+                await self.sleep(wait)
         text, finish = _text(resp)
         call.usage += self._usage(resp, messages, text, call.meta)
         return text, finish, resp
@@ -370,7 +379,13 @@ class OpenAILLM:
                 if sink is not None and not self.streaming_unsupported:
                     resp = await self._try_stream(client, kwargs, sink, meta)
                 if resp is None:
-                    resp = await client.chat.completions.create(**kwargs)
+                    # httpx's timeout is per read: a server that trickles bytes never hits it.
+                    resp = await asyncio.wait_for(client.chat.completions.create(**kwargs),
+                                                  self.timeout)
+        except TimeoutError:
+            raise _Retryable(
+                ModelError(f"{self.model}: no reply within {self.timeout:g} s", provider=PROVIDER)
+            ) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc, with_schema) from None
         except openai.APITimeoutError:
@@ -475,7 +490,13 @@ class OpenAILLM:
 async def _collect(
     stream: Any, sink: TokenSink, llm: OpenAILLM, meta: dict[str, Any] | None
 ) -> Any:
-    """Read a stream of chunks into a completion-shaped object, passing text deltas to `sink`."""
+    """Read a stream of chunks into a completion-shaped object, passing text deltas to `sink`.
+
+    A stream that ends without a finish reason or usage was cut (a proxy or the server closed
+    it), and one that sends no chunk for `llm.timeout` seconds is stalled (keep-alive comments
+    and trickled bytes do not count): both are retried like a failed request, so a partial
+    answer is never returned or cached.
+    """
     import openai
 
     response = getattr(stream, "response", None)
@@ -488,10 +509,19 @@ async def _collect(
         from openai.types.chat import ChatCompletion
 
         return ChatCompletion.construct(**json.loads(await response.aread()))
+    if response is not None and content_type and "event-stream" not in content_type:
+        body = (await response.aread())[:200].decode("utf-8", "replace")
+        raise _Retryable(llm._malformed(f"expected a stream of events, got {content_type!r}: "
+                                        f"{body!r}"))
     parts: list[str] = []
-    finish, model, usage = "stop", "", None
+    finish, model, usage = None, "", None
+    chunks = stream.__aiter__()
     try:
-        async for chunk in stream:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), llm.timeout)
+            except StopAsyncIteration:
+                break
             model = getattr(chunk, "model", None) or model
             usage = getattr(chunk, "usage", None) or usage
             for choice in getattr(chunk, "choices", None) or []:
@@ -501,9 +531,20 @@ async def _collect(
                 if delta:
                     parts.append(delta)
                     sink(delta)
+        if finish is None and usage is None:
+            raise _Retryable(ModelError(f"{llm.model}: the stream ended before the reply did "
+                                        f"({len(parts)} chunks, no finish reason)",
+                                        provider=PROVIDER))
     except Exception as exc:
         if parts:
             sink("", restart=True)  # what was shown is void: the retry starts over
+        close = getattr(stream, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
+        if isinstance(exc, TimeoutError):
+            raise _Retryable(ModelError(f"{llm.model}: the stream stalled: no chunk within "
+                                        f"{llm.timeout:g} s", provider=PROVIDER)) from None
         if isinstance(exc, openai.APIError) and not isinstance(
             exc, openai.APIStatusError | openai.APIConnectionError
         ):
@@ -513,7 +554,7 @@ async def _collect(
             ) from None
         raise
     message = SimpleNamespace(content="".join(parts))
-    choice = SimpleNamespace(message=message, finish_reason=finish)
+    choice = SimpleNamespace(message=message, finish_reason=finish or "stop")
     return SimpleNamespace(choices=[choice], model=model, usage=usage)
 
 

@@ -36,13 +36,16 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     """What the server answers; `delay` holds the reply back (a hang, past the client timeout);
-    `cut` sends only that many bytes of the body, then drops the connection."""
+    `cut` sends only that many bytes of the body, then drops the connection; `keepalive` sends
+    `tail` every that many seconds after the body, never ending it (a stalled server)."""
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     cut: int | None = None
+    keepalive: float | None = None
+    tail: bytes = b": keep-alive\n\n"
 
 
 Behaviour = Callable[[Request], Reply]
@@ -120,11 +123,13 @@ def streamed(
     model: str = "fault-model",
     cut_after: int | None = None,
     fail_after: int | None = None,
+    stop_after: int | None = None,
 ) -> Behaviour:
     """A streamed chat completion (server-sent events), the text sent in `pieces` (default: word
     by word); a usage chunk follows when the request asked `stream_options.include_usage`.
     `cut_after` drops the connection after that many content chunks; `fail_after` sends an error
-    event in the stream after that many, as servers do when generation fails. Without `content` it
+    event in the stream after that many, as servers do when generation fails; `stop_after` ends
+    the body cleanly after that many, with no finish reason, usage or [DONE]. Without `content` it
     echoes the last user message; usage defaults to word counts, as in `completion`."""
 
     def reply(request: Request) -> Reply:
@@ -148,6 +153,9 @@ def streamed(
             body = b"".join(events[: fail_after + 1])
             body += b"data: " + json.dumps(failure).encode() + b"\n\n"
             return Reply(200, body, {"Content-Type": "text/event-stream"})
+        if stop_after is not None:
+            return Reply(200, b"".join(events[: stop_after + 1]),
+                         {"Content-Type": "text/event-stream"})
         events.append(event([{"index": 0, "delta": {}, "finish_reason": finish_reason}]))
         if (request.body.get("stream_options") or {}).get("include_usage"):
             prompt = (
@@ -206,6 +214,20 @@ def hang(seconds: float = 10.0) -> Behaviour:
 def slow(behaviour: Behaviour, seconds: float) -> Behaviour:
     """`behaviour`, answered after `seconds` (to hold requests in flight together)."""
     return lambda request: replace(behaviour(request), delay=seconds)
+
+
+def stalled(first: bytes, content_type: str = "text/event-stream", every: float = 0.05,
+            tail: bytes = b": keep-alive\n\n") -> Behaviour:
+    """HTTP 200 that sends `first`, then `tail` every `every` seconds and never finishes: a
+    server that keeps the connection alive (SSE comments, trickled bytes) without answering."""
+    return lambda request: Reply(200, first, {"Content-Type": content_type}, keepalive=every,
+                                 tail=tail)
+
+
+def html_page() -> Behaviour:
+    """HTTP 200 with an HTML page, as a proxy's login or error page answers."""
+    body = b"<html><body><h1>Please sign in</h1></body></html>"
+    return lambda request: Reply(200, body, {"Content-Type": "text/html"})
 
 
 def malformed(content_type: str = "application/json") -> Behaviour:
@@ -280,9 +302,13 @@ class FaultServer:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(reply.body)))
+                    if reply.keepalive is None:
+                        self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body if reply.cut is None else reply.body[: reply.cut])
+                    while reply.keepalive is not None and not server._stop.wait(reply.keepalive):
+                        self.wfile.write(reply.tail)
+                        self.wfile.flush()
                     if reply.cut is not None:
                         self.close_connection = True  # the client sees a body cut short
                 except (BrokenPipeError, ConnectionResetError):

@@ -32,8 +32,10 @@ class Country(BaseModel):
 class FakeLLM:
     """Answers "Lima" (or City JSON), counts calls, and can refuse anything that loads weights."""
 
-    def __init__(self, name: str = "fake-1", *, loaded: bool = True, parse: bool = True) -> None:
+    def __init__(self, name: str = "fake-1", *, loaded: bool = True, parse: bool = True,
+                 text: str = "Lima") -> None:
         self.name = name
+        self.text = text
         self.calls: list[tuple[list[Message], float]] = []
         self.loaded = loaded
         self.parse = parse
@@ -75,7 +77,7 @@ class FakeLLM:
     ) -> Completion:
         self._weights()
         self.calls.append((list(messages), temperature))
-        text = '{"name": "Lima"}' if schema else "Lima"
+        text = '{"name": "Lima"}' if schema else self.text
         parsed = schema.model_validate_json(text) if schema and self.parse else None
         return Completion(
             text=text,
@@ -279,6 +281,15 @@ async def test_schema_hits_are_parsed_again(tmp_path: Path) -> None:
     # Another schema is another key: that call must reach the model.
     with pytest.raises(AssertionError, match="touched the model"):
         await CachedLLM(cold, cache).complete(QUESTION, max_tokens=16, schema=Country)
+
+
+async def test_empty_replies_are_not_stored(tmp_path: Path) -> None:
+    # A blank reply (a glitch, a cut stream) would otherwise be the answer forever.
+    inner = FakeLLM(text=" \n")
+    llm = CachedLLM(inner, CompletionCache(tmp_path / "c.sqlite"))
+    await llm.complete(QUESTION, max_tokens=16)
+    await llm.complete(QUESTION, max_tokens=16)
+    assert len(inner.calls) == 2
 
 
 async def test_unparsed_schema_completions_are_not_stored(tmp_path: Path) -> None:

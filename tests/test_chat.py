@@ -35,7 +35,15 @@ from longweave.openai_backend import OpenAILLM
 from longweave.runner import arun
 from longweave.session import Session
 from longweave.testing import HashEmbedder, ScriptedModel
-from tests.faultserver import FaultServer, completion, error, slow, streamed
+from tests.faultserver import (
+    FaultServer,
+    completion,
+    error,
+    html_page,
+    slow,
+    stalled,
+    streamed,
+)
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 FIRST = "Who was the first keeper of the lighthouse?"
@@ -71,7 +79,7 @@ async def test_questions_and_follow_ups_answer_with_citations_and_usage(
     out = await controller.handle(FIRST)
     text = out.text()
     assert "Mara Quill, the widow of a pilot." in text and "chars 0-" in text
-    assert "1 calls" in text and out.answer is not None and not out.quit
+    assert "1 call ·" in text and out.answer is not None and not out.quit
     follow = await controller.handle(FOLLOW)
     assert "Her nephew Tobias Quill." in follow.text() and "2 calls" in follow.text()
     assert controller.session.history[1].standalone == STANDALONE
@@ -166,6 +174,20 @@ async def test_save_help_quit_and_unknown_commands(
     assert controller.command("/quit").quit and controller.command("/exit").quit
     assert "unknown command /nope" in controller.command("/nope").text()
     assert (await controller.handle("   ")).items == []
+
+
+async def test_a_save_that_cannot_be_written_prints_an_error_and_the_chat_goes_on(
+    controller: ChatController, tmp_path: Path
+) -> None:
+    await controller.handle(FIRST)
+    note = tmp_path / "note.md"
+    note.write_text("mine", encoding="utf-8")
+    out = controller.command(f"/save {note / 'x.md'}")
+    text = " ".join(out.text().split())
+    assert text.startswith("error:") and "cannot be written" in text and not out.quit
+    assert "note.md is a file, not a folder" in text
+    assert len(controller.session.history) == 1 and "total" in controller.command("/cost").text()
+    assert "saved 1 turns" in controller.command(f"/save {tmp_path / 'ok.md'}").text()
 
 
 async def test_a_failing_question_prints_the_error_and_keeps_the_session(
@@ -357,6 +379,40 @@ async def test_a_stream_cut_midway_is_retried_and_restarted(server: FaultServer)
     assert answer.usage.calls == 1 and len(server.requests) == 2
 
 
+async def test_a_stream_that_ends_before_the_reply_is_retried_not_kept(
+    server: FaultServer, tmp_path: Path
+) -> None:
+    # A proxy closed the stream cleanly after two words: no finish reason, no usage, no [DONE].
+    server.push(streamed("one two three four", stop_after=2), streamed("one two three four"))
+    log = EventLog()
+    answer = await arun(Truncate(), Document.from_text("Some text."), "Count?",
+                        openai_llm(server), on_event=log)
+    assert answer.text == tokens(log) == "one two three four" and len(server.requests) == 2
+    assert sum(1 for e in log.of_kind("token") if e.data.get("restart")) == 1
+
+
+async def test_an_html_page_or_a_stalled_stream_is_retried(server: FaultServer) -> None:
+    llm = OpenAILLM("test-model", base_url=server.base_url, api_key="sk-test", timeout=0.5,
+                    max_retries=2, context_window=4096)
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    llm.sleep = no_wait
+    first = b'data: {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", ' \
+            b'"choices": [{"index": 0, "delta": {"content": "Li"}, "finish_reason": null}]}\n\n'
+    # A login page, then a stream kept alive with comments but no chunk after "Li".
+    server.push(html_page(), stalled(first), streamed("Lima."))
+    log = EventLog()
+    answer = await arun(Truncate(), Document.from_text("Lima is in Peru."), "Capital?", llm,
+                        on_event=log)
+    assert answer.text == tokens(log) == "Lima." and len(server.requests) == 3
+    server.push(html_page(), html_page(), html_page())
+    with pytest.raises(ModelError, match="expected a stream of events, got 'text/html'"):
+        await arun(Truncate(), Document.from_text("Lima is in Peru."), "Capital?", llm,
+                   on_event=EventLog())
+
+
 async def test_an_error_event_inside_the_stream_is_retried(server: FaultServer) -> None:
     server.push(streamed("Lima is the capital.", fail_after=2), streamed("Lima is the capital."))
     log = EventLog()
@@ -492,6 +548,28 @@ def test_chat_command_resumes_the_conversation_and_new_starts_over(
     assert "resumed" not in out and "nothing asked yet" in out
 
 
+def test_chat_starts_over_with_a_warning_when_the_saved_session_is_not_utf8(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    model = scripted()
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    chat_cli(monkeypatch, capsys, f"{FIRST}\n", "--strategy", "truncate", "--no-cache")
+    (saved,) = (tmp_path / "cache" / "sessions").glob("*.json")
+    saved.write_bytes(b"\xff\xfe garbage")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/cost\n"))
+    monkeypatch.setattr(sys, "argv", ["longweave", "chat", str(EXAMPLE), "--strategy",
+                                      "truncate"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    said = "".join(captured.out.split())  # the path may be wrapped anywhere
+    assert exit_info.value.code in (0, None), captured.err
+    assert "warning:thesavedsession" in said and saved.name in said
+    assert "startinganewone" in said and "unexpected" not in captured.err
+    assert "nothing asked yet" in captured.out and "resumed" not in captured.out
+
+
 # -- a pseudo-terminal: the real command, prompt_toolkit, streaming and Ctrl-C -------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]|\x1b\][^\x07]*\x07|\x1b[=>]|\r")
@@ -564,7 +642,7 @@ def test_chat_in_a_pseudo_terminal(server: FaultServer, tmp_path: Path) -> None:
         assert "longweave chat · harbour_report.md" in term.expect("›")
         term.send(FIRST + "\r")
         out = term.expect(r"calls ·[^\n]*\n[\s\S]*›")
-        assert "│ Mara Quill kept the light. │" in out and "1 calls" in out
+        assert "│ Mara Quill kept the light. │" in out and "1 call ·" in out
 
         term.send(FOLLOW + "\r")
         out = term.expect(r"calls ·[^\n]*\n[\s\S]*›")

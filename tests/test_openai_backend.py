@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel, Field
 
-from longweave.errors import BudgetExceeded, ConfigError, ModelError, ParseError
+from longweave.errors import BudgetExceeded, ConfigError, LongweaveWarning, ModelError, ParseError
 from longweave.llm import LLM, Message, system, user
 from longweave.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAILLM
 from longweave.structured import json_instructions
@@ -25,6 +25,7 @@ from tests.faultserver import (
     reject_response_format,
     server_error,
     slow,
+    stalled,
     unauthorized,
 )
 
@@ -126,9 +127,22 @@ async def test_retry_after_as_an_http_date_and_the_cap(server: FaultServer) -> N
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     server.push(rate_limited(later), rate_limited("3600"), completion("ok"))
     llm, sleeps = make_llm(server)
-    await llm.complete(QUESTION, max_tokens=8)
+    with pytest.warns(LongweaveWarning, match="retrying in"):
+        await llm.complete(QUESTION, max_tokens=8)
     assert 20 < sleeps[0] <= 30  # a date is whole seconds; the rest is clock between calls
     assert sleeps[1] == 60.0  # an hour's Retry-After is capped
+
+
+async def test_long_retry_waits_are_announced(server: FaultServer) -> None:
+    server.push(rate_limited("30"), server_error(500), completion("ok"))
+    llm, sleeps = make_llm(server)
+    with pytest.warns(LongweaveWarning) as caught:
+        assert (await llm.complete(QUESTION, max_tokens=8)).text == "ok"
+    # The 30 s wait says why and how long; the sub-second backoff after the 500 stays quiet.
+    assert [str(w.message) for w in caught] == [
+        f"test-model: HTTP 429 from {server.base_url}: Rate limit reached for requests; "
+        "retrying in 30 s (attempt 2 of 3)"]
+    assert sleeps[0] == 30.0 and sleeps[1] < 1
 
 
 async def test_server_errors_back_off_exponentially_with_jitter(server: FaultServer) -> None:
@@ -153,6 +167,15 @@ async def test_a_hang_times_out_and_is_retried(server: FaultServer) -> None:
     llm, sleeps = make_llm(server, timeout=0.5, max_retries=1)
     assert (await llm.complete(QUESTION, max_tokens=8)).text == "ok"
     assert len(sleeps) == 1
+
+
+async def test_a_reply_trickled_byte_by_byte_still_times_out(server: FaultServer) -> None:
+    # Each space resets httpx's read timeout; the call's own deadline does not move.
+    server.push(stalled(b'{"id": "x", ', content_type="application/json", tail=b" "),
+                completion("ok"))
+    llm, sleeps = make_llm(server, timeout=0.5, max_retries=1)
+    assert (await llm.complete(QUESTION, max_tokens=8)).text == "ok"
+    assert len(sleeps) == 1 and len(server.requests) == 2
 
 
 async def test_repeated_hangs_end_in_model_error(server: FaultServer) -> None:
