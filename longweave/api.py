@@ -30,8 +30,8 @@ def load_source(
     """A Document from a path, a folder (corpus mode), a Document, or literal text.
 
     A `str` is read as a path when it names an existing file or looks like one (a single line
-    with a document suffix), so a mistyped file name fails clearly instead of being answered
-    as text.
+    with a document suffix, or one word with a path separator such as '/tmp/x/report'), so a
+    mistyped file name fails clearly instead of being answered as text.
     A folder becomes one corpus document of its files matching `include` and not `exclude`
     (see `longweave.retrieval.corpus`).
     """
@@ -54,9 +54,21 @@ def load_source(
     looks_like_path = (
         "\n" not in source
         and len(source) < 1024
-        and (Path(source).suffix.lower() in _DOC_SUFFIXES or os.path.exists(source))
+        and (Path(source).suffix.lower() in _DOC_SUFFIXES or os.path.exists(source)
+             or _one_word_with_a_separator(source))
     )
+    if looks_like_path and "://" in source and not os.path.exists(source):
+        from longweave.errors import DocumentError
+
+        raise DocumentError(source, "no such file",
+                            hint="longweave reads local files: download the page first")
     return open_document(source) if looks_like_path else Document.from_text(source)
+
+
+def _one_word_with_a_separator(text: str) -> bool:
+    """'/tmp/x/report' or 'docs\\notes': no whitespace, a path separator; literal text (words,
+    sentences, several lines) has whitespace."""
+    return bool(text) and not any(c.isspace() for c in text) and ("/" in text or "\\" in text)
 
 
 def make_model(model: str | LLM, *, cache: bool = True, settings: Settings | None = None) -> LLM:

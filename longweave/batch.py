@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.answer import Citation, Step, Usage
-from longweave.errors import LongweaveError
+from longweave.errors import DocumentError, LongweaveError
 from longweave.events import EventSink, ignore
 from longweave.trace import combine
 
@@ -38,6 +38,7 @@ __all__ = [
     "BatchSummary",
     "ResultLog",
     "arun_batch",
+    "check_writable",
     "group_by_document",
     "run_batch",
 ]
@@ -115,22 +116,47 @@ class ResultLog:
     """An append-only JSONL file of `BatchRecord`s that survives crashes and reruns."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if not os.fspath(path):
+            raise DocumentError("''", "the output path is empty", hint="name a .jsonl file")
         self.path = Path(path)
+
+    def check(self) -> None:
+        """Fail with a `DocumentError` before any work when the path cannot be this run's
+        output: not a regular file (a folder, a device, a FIFO), a path that cannot be created
+        or written, or an existing file that holds text but not one batch record (a note, a
+        questions file), which appending would spoil. An output with records resumes."""
+        check_writable(self.path, "output")
+        if self.path.exists() and self._foreign():
+            raise DocumentError(
+                self.path, "is not a batch output: none of its lines is a batch record",
+                hint="pass a new file (or an earlier output of batch) to --out; "
+                     "nothing was appended to this one",
+            )
+
+    def _foreign(self) -> bool:
+        """Text in the file, and no line of it is a record (one torn line alone is a crash
+        during the very first write, not a foreign file)."""
+        lines = [line for line in self._lines() if line.strip()]
+        if not lines or any(_record(line) is not None for line in lines):
+            return False
+        return not (len(lines) == 1 and lines[0].lstrip().startswith(b'{"key"'))
+
+    def _lines(self) -> list[bytes]:
+        if not self.path.exists():
+            return []
+        if not self.path.is_file():  # a device or a FIFO would be read forever (or block)
+            raise DocumentError(self.path, "is not a regular file",
+                                hint="pass a .jsonl file to --out")
+        try:
+            with self.path.open("rb") as handle:
+                return handle.readlines()
+        except OSError as exc:
+            raise DocumentError(self.path, f"cannot read the output ({exc.strerror or exc})",
+                                hint="check the path and its permissions") from None
 
     def records(self) -> list[BatchRecord]:
         """Every readable record, in file order; a torn last line (a crash mid-write) is skipped."""
-        if not self.path.exists():
-            return []
-        found: list[BatchRecord] = []
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    found.append(BatchRecord.model_validate_json(line))
-                except ValueError:
-                    continue  # a torn or foreign line: the item is simply asked again
-        return found
+        return [r for r in map(_record, self._lines()) if r is not None]
 
     def answered(self) -> dict[str, BatchRecord]:
         """Records without an error, by key: what a rerun skips."""
@@ -149,6 +175,60 @@ class ResultLog:
             handle.write(line.encode() + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _record(line: bytes) -> BatchRecord | None:
+    """One output line as a record; None for a blank, torn or foreign line (the item, if it
+    is one, is simply asked again)."""
+    if not line.strip():
+        return None
+    try:
+        return BatchRecord.model_validate_json(line)
+    except ValueError:
+        return None
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output") -> None:
+    """Fail with a `DocumentError` unless `path` names a file this process can append to, or
+    create (with its missing folders): checked before any model call, so that answers are not
+    computed and then lost. Creating is tried for real and undone."""
+    if not os.fspath(path):
+        raise DocumentError("''", f"the {what} path is empty", hint=f"name a file for the {what}")
+    p = Path(path)
+    hint = f"pass a file path for the {what} in a folder you can write to"
+    if p.is_dir():
+        raise DocumentError(p, "is a directory", hint=f"name a file inside it for the {what}"
+                            + (" (an empty path means the current folder)"
+                               if str(p) == "." else ""))
+    if p.exists():
+        if what == "output" and not p.is_file():
+            raise DocumentError(p, "is not a regular file (a device, a pipe or a socket)",
+                                hint="pass a .jsonl file to --out: it is read back to resume")
+        if p.is_file():
+            try:
+                with p.open("ab"):
+                    pass
+            except OSError as exc:
+                raise DocumentError(p, f"cannot be written ({exc.strerror or exc})",
+                                    hint=hint) from None
+        return
+    if os.path.lexists(p):
+        raise DocumentError(p, "is a broken symbolic link", hint=hint)
+    base = p.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if base.exists() and not base.is_dir():
+        raise DocumentError(p, f"cannot be created: {base} is a file, not a folder", hint=hint)
+    try:
+        if base == p.parent:  # the file itself, created and removed
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.unlink(p)
+        else:  # folders to create: one made and removed where the first would go
+            import tempfile
+
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".longweave-check-"))
+    except OSError as exc:
+        raise DocumentError(p, f"cannot be created ({exc.strerror or exc})", hint=hint) from None
 
 
 class BatchJob:
@@ -321,8 +401,12 @@ async def arun_batch(
     """
     if trace is None:
         return await _run_batch(items, out, job, executor, concurrency, on_record, on_start)
-    from longweave.trace import open_trace
+    from longweave.trace import TraceWriter, open_trace
 
+    if not isinstance(trace, TraceWriter):
+        job.check()
+        ResultLog(out).check()
+        check_writable(trace, "trace")
     with open_trace(trace) as writer:
         return await _run_batch(items, out, job.traced(writer), executor, concurrency,
                                 on_record, on_start, writer)
@@ -342,6 +426,7 @@ async def _run_batch(
 
     job.check()
     log = ResultLog(out)
+    log.check()
     done = log.answered()
     todo: list[BatchItem] = []
     seen: set[str] = set()

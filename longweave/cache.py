@@ -225,7 +225,7 @@ class CachedLLM:
         )
         # Not stored: an unparsed structured reply, or a blank one (a glitch, not an answer).
         if use and (completion.parsed is not None if schema is not None
-                    else bool(completion.text.strip())):
+                    else isinstance(completion.text, str) and bool(completion.text.strip())):
             await asyncio.to_thread(self.cache.put, key, _record(completion))
         return completion
 

@@ -49,11 +49,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "LONGWEAVE_OPENAI_BASE_URL")
     )
     """Base URL of an OpenAI-compatible server (vLLM, llama.cpp, `longweave serve`, ...)."""
-    request_timeout: float = 120.0
+    request_timeout: float = Field(120.0, gt=0)
     """Seconds before a remote model call is abandoned and retried."""
-    max_retries: int = 4
+    max_retries: int = Field(4, ge=0)
     """Retries on 429, 5xx and timeouts, with exponential backoff that honours Retry-After."""
-    concurrency: int = 8
+    concurrency: int = Field(8, ge=1)
     """Model calls in flight at once, per backend."""
     prefix_cache_size: int = Field(2, ge=0)
     """Prompt prefixes whose key/value cache the local backend keeps for reuse (0: off)."""

@@ -6,6 +6,7 @@ Everything else in longweave refers to character offsets in `Document.text`.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import io
 import re
@@ -105,13 +106,15 @@ def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> by
                 p, "is a directory", hint="pass a file, or use batch/corpus mode over folders"
             )
         size = p.stat().st_size
-        if size > limit:
+        with p.open("rb") as stream:  # bounded: a device or pipe reports no size (/dev/zero)
+            data = stream.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:
             raise DocumentError(
                 p,
-                f"the file is {size:,} bytes, over the {limit:,}-byte limit",
+                f"the file is {max(size, len(data)):,} bytes, over the {limit:,}-byte limit"
+                if size > limit else f"it holds more than the {limit:,}-byte limit",
                 hint="raise LONGWEAVE_MAX_DOCUMENT_BYTES or split the file",
             )
-        data = p.read_bytes()
     except FileNotFoundError:
         raise DocumentError(p, "no such file", hint="check the path and its spelling") from None
     except PermissionError:
@@ -119,6 +122,11 @@ def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> by
             p, "permission denied", hint="make the file readable (chmod) or copy it somewhere"
         ) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DocumentError(
+                p, "the symbolic link loops (it points back to itself through its targets)",
+                hint="fix or remove the link (ls -l shows where it points), or pass the file",
+            ) from None
         raise DocumentError(
             p, f"cannot read the file ({exc.strerror or exc})", hint="copy it to a local disk"
         ) from None

@@ -40,6 +40,8 @@ async def arun(
     final = await graph.ainvoke(
         state, context=ctx, config={"recursion_limit": strategy.max_steps(state)}
     )
+    # A blank answer is flagged whatever the strategy (a plugin's too): it is no answer.
+    empty = [] if str(final["answer"]).strip() else ["empty_answer"]
     answer = Answer(
         text=final["answer"],
         strategy=strategy.name,
@@ -47,7 +49,7 @@ async def arun(
         citations=final.get("citations", []),
         steps=ctx.steps,
         usage=ctx.usage,
-        flags=sorted(set(final.get("flags", []))),
+        flags=sorted(set(final.get("flags", [])) | set(empty)),
     )
     wall = time.perf_counter() - started
     on_event(Event(

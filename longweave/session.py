@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.answer import Answer, Step, Usage
-from longweave.errors import ConfigError, LongweaveWarning
+from longweave.errors import ConfigError, DocumentError, LongweaveWarning
 from longweave.events import Event, EventSink, ignore, result_event
 from longweave.llm import Message
 from longweave.memory.scratchpad import Scratchpad
@@ -464,7 +464,14 @@ class Session:
         else:
             raise ConfigError(f"cannot save a session as {target.name!r}",
                               hint="name a .md (transcript) or .json (full record) file")
-        write_atomic(target, text)
+        try:
+            write_atomic(target, text)
+        except OSError as exc:  # a parent that is a file, a read-only or virtual folder, ...
+            parent = next((p for p in target.parents if p.exists()), None)
+            why = (f"{parent} is a file, not a folder" if parent is not None
+                   and not parent.is_dir() else exc.strerror or str(exc))
+            raise DocumentError(target, f"cannot be written ({why})",
+                                hint="save to a file in a folder you can write to") from None
         return target
 
     def _save_state(self) -> None:
@@ -532,8 +539,8 @@ def _load(path: Path) -> _Record | None:
         if record.version == FORMAT_VERSION:
             return record
         problem = f"format {record.version}"
-    except (OSError, ValidationError) as exc:
-        problem = str(exc).splitlines()[0]
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, not a record
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
     warnings.warn(f"the saved session {path} is unreadable ({problem}); starting a new one",
                   LongweaveWarning, 3)
     return None

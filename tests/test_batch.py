@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from longweave.batch import BatchItem, BatchJob, BatchRecord, ResultLog, arun_batch
-from longweave.errors import ConfigError
+from longweave.errors import ConfigError, DocumentError
 from longweave.executors import get_executor
 from longweave.executors.local import LocalExecutor
 from longweave.testing import ScriptedModel
@@ -179,3 +179,87 @@ def test_a_job_pickles_without_its_model_or_documents(tmp_path: Path) -> None:
     job._documents["x"] = object()  # type: ignore[assignment]
     clone = pickle.loads(pickle.dumps(job))
     assert clone.options == {"max_new": 8} and clone.model == "local" and not clone._documents
+
+
+def _fifo(tmp_path: Path) -> Path:
+    import os
+
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("where", ["/dev/zero", "/dev/full", "fifo", "folder"])
+async def test_an_output_that_is_not_a_regular_file_is_refused_before_any_call(
+    tmp_path: Path, where: str
+) -> None:
+    red, green = _docs(tmp_path)
+    if where.startswith("/dev/") and not Path(where).exists():
+        pytest.skip(f"no {where} here")
+    out = {"fifo": lambda: _fifo(tmp_path), "folder": lambda: tmp_path}.get(
+        where, lambda: Path(where))()
+    model = _model()
+    job = BatchJob("truncate", model, cache=False, cache_dir=tmp_path / "cache")
+    with pytest.raises(DocumentError) as info:
+        await asyncio.wait_for(arun_batch(_items(red, green), out, job), timeout=10)
+    assert str(out) in info.value.message and model.requests == []
+    assert "regular file" in info.value.message or "directory" in info.value.message
+    with pytest.raises(DocumentError):  # reading it back to resume is refused too
+        ResultLog(out).records() if where != "folder" else ResultLog(out).check()
+
+
+async def test_an_output_or_trace_that_cannot_be_created_is_refused_before_any_call(
+    tmp_path: Path,
+) -> None:
+    red, green = _docs(tmp_path)
+    model = _model()
+    job = BatchJob("truncate", model, cache=False, cache_dir=tmp_path / "cache")
+    good = tmp_path / "out.jsonl"
+    cases = [
+        (red / "out.jsonl", None, "red.txt is a file, not a folder"),
+        (good, red / "sub" / "trace.jsonl", "red.txt is a file, not a folder"),
+        ("", None, "the output path is empty"),
+        (good, "", "the trace path is empty"),
+        (good, tmp_path, "is a directory"),
+    ]
+    if Path("/proc/self").is_dir():
+        cases.append((Path("/proc/no-such-dir-longweave/out.jsonl"), None, "cannot be created"))
+    for out, trace, problem in cases:
+        with pytest.raises(DocumentError) as info:
+            await arun_batch(_items(red, green), out, job, trace=trace)
+        assert problem in info.value.message
+    assert model.requests == [] and not good.exists()
+    # Missing folders are fine: they are made when the first record is written.
+    deep = tmp_path / "a" / "b" / "out.jsonl"
+    summary = await arun_batch(_items(red, green), deep, job, trace=tmp_path / "t" / "t.jsonl")
+    assert summary.answered == 3 and len(ResultLog(deep).records()) == 3
+
+
+@pytest.mark.parametrize("content", [
+    b"# My notes\n\nThe door is blue.\n",
+    b'{"question": "What colour is the door?"}\n',
+    b"\xff\xfe\x00binary junk\n",
+])
+async def test_a_file_without_batch_records_is_not_appended_to(
+    tmp_path: Path, content: bytes
+) -> None:
+    red, green = _docs(tmp_path)
+    model = _model()
+    job = BatchJob("truncate", model, cache=False, cache_dir=tmp_path / "cache")
+    note = tmp_path / "notes.md"
+    note.write_bytes(content)
+    with pytest.raises(DocumentError) as info:
+        await arun_batch(_items(red, green), note, job)
+    assert "not a batch output" in info.value.message and model.requests == []
+    assert note.read_bytes() == content
+
+
+async def test_an_output_torn_in_its_first_record_still_resumes(tmp_path: Path) -> None:
+    red, green = _docs(tmp_path)
+    job = BatchJob("truncate", _model(), cache=False, cache_dir=tmp_path / "cache")
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"key": "torn", "docu', encoding="utf-8")  # a crash in the first write
+    summary = await arun_batch(_items(red, green), out, job)
+    assert summary.answered == 3 and len(ResultLog(out).records()) == 3
+    out.write_text("", encoding="utf-8")  # an empty file is a fresh output
+    assert (await arun_batch(_items(red, green), out, job)).answered == 3

@@ -328,3 +328,27 @@ def test_ask_trace_writes_every_call(model, tmp_path) -> None:
     calls = [line for line in read_trace(trace) if line["type"] == "call"]
     assert len(calls) == len(model.requests) == 1
     assert "apple" in calls[0]["messages"][-1]["content"]
+
+
+def test_bad_output_and_trace_paths_stop_before_any_call(model, folder, tmp_path) -> None:
+    questions = _questions(tmp_path, [{"question": "Which fruit?"}])
+    before = questions.read_bytes()
+    note = tmp_path / "notes.md"
+    note.write_text("# Notes\n\nBuy apples.\n", encoding="utf-8")
+    cases = [
+        (["-o", questions], "is the questions file"),
+        (["-o", note], "is not a batch output"),
+        (["-o", note / "out.jsonl"], "notes.md is a file, not a folder"),
+        (["-o", "/dev/zero"], "is not a regular file"),
+        (["-o", tmp_path / "out.jsonl", "--trace", note / "t.jsonl"], "is a file, not a folder"),
+        (["-o", tmp_path / "out.jsonl", "--trace", tmp_path / "out.jsonl"], "also the output"),
+        (["-o", tmp_path / "out.jsonl", "--trace", questions], "also the questions"),
+    ]
+    for args, problem in cases:
+        for estimate in ([], ["--estimate"]):
+            result = _batch(folder, "-q", questions, *args, *estimate)
+            assert result.exit_code == 1 and isinstance(result.exception, DocumentError), args
+            assert problem in result.exception.message, (args, result.exception.message)
+    assert model.requests == [] and not (tmp_path / "out.jsonl").exists()
+    assert questions.read_bytes() == before
+    assert note.read_text(encoding="utf-8") == "# Notes\n\nBuy apples.\n"

@@ -117,6 +117,21 @@ def test_a_bad_environment_setting_is_a_clear_error(model, monkeypatch, capsys) 
     assert "error: invalid setting: LONGWEAVE_PREFIX_CACHE_SIZE: Input should be greater" in err
 
 
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("CONCURRENCY", "0", "greater than or equal to 1"),
+    ("MAX_RETRIES", "-1", "greater than or equal to 0"),
+    ("REQUEST_TIMEOUT", "0", "greater than 0"),
+])
+def test_numeric_settings_out_of_range_are_refused_before_any_call(
+    model, monkeypatch, capsys, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(f"LONGWEAVE_{name}", value)
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "--no-cache")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and model.requests == [] and "unexpected" not in err
+    assert f"error: invalid setting: LONGWEAVE_{name}: Input should be {problem}" in err
+
+
 def test_strategies_lists_the_builtins(monkeypatch, capsys) -> None:
     code = run_cli(monkeypatch, "strategies")
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ from longweave.cli import app
 from longweave.compare import acompare, resolve_strategies, split_options
 from longweave.errors import ConfigError
 from longweave.testing import ScriptedModel
+from tests.cli_run import run_cli
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 
@@ -100,7 +101,7 @@ def test_all_means_every_registered_strategy() -> None:
 def test_cli_prints_the_table(model) -> None:
     result = CliRunner().invoke(app, [
         "compare", str(EXAMPLE), "Who was the first keeper?",
-        "--strategies", "truncate,chain-of-agents,bogus", "--set", "max_new=48",
+        "--strategies", "truncate,chain-of-agents", "--set", "max_new=48",
     ])
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -109,7 +110,16 @@ def test_cli_prints_the_table(model) -> None:
     lines = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
     assert "Mara Quill kept the light first." in lines["truncate"]
     assert "Mara Quill." in lines["chain-of-agents"]
-    assert "ConfigError: unknown strategy 'bogus'" in lines["bogus"]
+
+
+def test_cli_refuses_an_unknown_strategy_before_any_call(model, monkeypatch, capsys) -> None:
+    # acompare reports an unknown name in its row (above); the command refuses it up front.
+    code = run_cli(monkeypatch, "compare", str(EXAMPLE), "Who?",
+                   "--strategies", "truncate,chian-of-agents,bogus")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and model.requests == []
+    assert "error: unknown strategies 'chian-of-agents', 'bogus'" in err
+    assert "did you mean chain-of-agents?" in err and "unexpected" not in err
 
 
 def test_cli_json_and_truncated_answers(model) -> None:
@@ -127,10 +137,11 @@ def test_cli_json_and_truncated_answers(model) -> None:
 
 
 def test_cli_exits_1_when_every_strategy_failed(model) -> None:
-    result = CliRunner().invoke(app, ["compare", str(EXAMPLE), "Who?", "-S", "bogus,nope"])
+    model.rules.clear()  # every call is unscripted: each strategy fails in its row
+    result = CliRunner().invoke(app, ["compare", str(EXAMPLE), "Who?", "-S",
+                                      "truncate,chain-of-agents", "--set", "max_new=48"])
     assert result.exit_code == 1
-    for name in ("bogus", "nope"):
-        assert f"unknown strategy '{name}'" in result.stdout
+    assert result.stdout.count("UnscriptedCall") == 2
 
 
 def test_docstring_examples_run() -> None:

@@ -144,6 +144,15 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "path" in error.hint
 
 
+def test_a_symlink_loop_is_named_as_one(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(tmp_path / "back.txt")
+    (tmp_path / "back.txt").symlink_to(loop)
+    with pytest.raises(DocumentError, match="symbolic link loops") as info:
+        open_document(loop)
+    assert "copy it to a local disk" not in info.value.hint and "link" in info.value.hint
+
+
 def test_directory_points_to_batch_mode(tmp_path: Path) -> None:
     error = refused(tmp_path)
     assert "directory" in error.problem
@@ -186,14 +195,22 @@ def test_files_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert open_document(path).text.startswith("word word")
 
 
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_device_without_a_size_is_read_only_up_to_the_limit() -> None:
+    # /dev/zero reports size 0 and never ends: the limit still stops the read.
+    error = refused(Path("/dev/zero"), max_bytes=1000)
+    assert "more than the 1,000-byte limit" in error.problem
+
+
 def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "secret.txt", b"classified")
 
-    def deny(self: Path) -> bytes:
+    def deny(self: Path, *args: object, **kwargs: object) -> bytes:
         raise PermissionError(13, "Permission denied", str(self))
 
     # Tests may run as root, where chmod does not stop reads; simulate the OS refusing.
-    monkeypatch.setattr(pathlib.Path, "read_bytes", deny)
+    monkeypatch.setattr(pathlib.Path, "open", deny)
     error = refused(path)
     assert "permission denied" in error.problem
     assert "readable" in error.hint

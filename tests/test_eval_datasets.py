@@ -53,6 +53,26 @@ def test_detect_format_errors_name_the_fix(tmp_path) -> None:
         detect_format(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("name", ["data.jsonl", "data.json"])
+def test_detect_format_on_a_file_that_is_not_utf8_names_it(tmp_path, name: str) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / name).write_bytes(b"1\xbb\r\x90\xa5gB\xa6\xcf\xfb\n\x08\xa3h")
+    for target in (folder / name, folder):  # the file, and a folder holding it
+        with pytest.raises(DocumentError, match="is not UTF-8 text") as info:
+            detect_format(target)
+        assert info.value.path == str(folder / name)
+
+
+def test_a_needle_haystack_that_is_not_utf8_is_a_document_error(tmp_path) -> None:
+    haystack = tmp_path / "haystack.txt"
+    haystack.write_bytes(b"An essay \xff\xfe about nothing.\n")
+    assert detect_format(haystack) == "needle"
+    with pytest.raises(DocumentError, match="is not UTF-8 text"):
+        load_dataset(haystack, workdir=tmp_path / "work",
+                     count_tokens=lambda text: len(text.split()))
+
+
 def test_parse_lengths_and_buckets() -> None:
     assert parse_lengths("2k, 8k,16000") == (2048, 8192, 16000)
     assert parse_lengths(None) == ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from longweave.agents.graph_reader import GraphReader
 from longweave.cache import ArtifactCache
 from longweave.documents import Document, open_document
-from longweave.errors import ParseError
+from longweave.errors import LongweaveWarning, ParseError
 from longweave.graphs.calls import parse_call, parse_step
 from longweave.graphs.paths import Call, PathState
 from longweave.runner import arun
@@ -103,7 +104,11 @@ async def test_a_cut_extraction_keeps_its_whole_facts(keep_cut: bool, tmp_path: 
     model = scripted()
     model.rules[0] = Rule("extractor", (), cut)
     doc, cache = document(), ArtifactCache(tmp_path)
-    answer = await arun(reader(keep_cut=keep_cut), doc, QUESTION, model, artifacts=cache)
+    if keep_cut:
+        answer = await arun(reader(keep_cut=keep_cut), doc, QUESTION, model, artifacts=cache)
+    else:  # every chunk fails: nothing is cached
+        with pytest.warns(LongweaveWarning, match="failed for every chunk"):
+            answer = await arun(reader(keep_cut=keep_cut), doc, QUESTION, model, artifacts=cache)
     built = next(s for s in answer.steps if s.role == "graph")
     if keep_cut:
         assert len(model.calls("extractor")) == len(PARAS)  # no re-asks
@@ -113,6 +118,91 @@ async def test_a_cut_extraction_keeps_its_whole_facts(keep_cut: bool, tmp_path: 
     else:  # each chunk re-asked `retries` times, then it yields nothing
         assert len(model.calls("extractor")) == 3 * len(PARAS)
         assert built.detail["failed_chunks"] == list(range(len(PARAS)))
+
+
+def noting(request: Request) -> dict[str, Any]:
+    """Notes the facts of the node it starts at, then stops at the neighbours."""
+    text, base = request.text, {"rationale": "r"}
+    if "Facts of the node you are at" in text:
+        facts = text.split("come from:\n", 1)[1].split("\n\nUpdate the notebook", 1)[0]
+        return base | {"notebook": facts, "action": "stop_and_read_neighbor"}
+    kept = re.search(r"Your notebook so far: (.*?)\n\n", text, re.DOTALL)
+    return base | {"notebook": kept.group(1) if kept else "", "action": "termination"}
+
+
+def answer_from_notes(request: Request) -> dict[str, Any]:
+    return {"analysis": "a", "answer": "Gamma" if "Gamma built Delta" in request.text else "?"}
+
+
+async def test_a_build_whose_every_extraction_failed_is_not_cached(tmp_path: Path) -> None:
+    doc, cache = document(), ArtifactCache(tmp_path)
+    broken = scripted(noting)
+    broken.rules[0] = Rule("extractor", (), "{not json")  # every chunk, every re-ask
+    broken.rules[4] = Rule("answerer", (), answer_from_notes)
+    with pytest.warns(LongweaveWarning, match="failed for every chunk.*retried on the next"):
+        first = await arun(reader(), doc, QUESTION, broken, artifacts=cache)
+    assert len(broken.calls("extractor")) == 3 * len(PARAS)  # one try and two re-asks each
+    built = next(s for s in first.steps if s.role == "graph")
+    assert built.detail["failed_chunks"] == list(range(len(PARAS))) and built.detail["facts"] == 0
+    assert first.text == "?" and "empty_graph" in first.flags  # answered, flagged as before
+    assert list(tmp_path.iterdir()) == []  # the empty graph was not kept
+    # The model works again: the next question builds the graph anew and answers from it.
+    fixed = scripted(noting)
+    fixed.rules[4] = Rule("answerer", (), answer_from_notes)
+    second = await arun(reader(), doc, QUESTION, fixed, artifacts=cache)
+    assert len(fixed.calls("extractor")) == len(PARAS)
+    rebuilt = next(s for s in second.steps if s.role == "graph")
+    assert rebuilt.detail["cached"] is False and rebuilt.detail["failed_chunks"] == []
+    assert second.text == "Gamma" and "empty_graph" not in second.flags
+    assert len(list(tmp_path.iterdir())) == 1  # this one is kept
+    third = scripted(noting)
+    await arun(reader(), doc, QUESTION, third, artifacts=cache)
+    assert third.calls("extractor") == []
+
+
+async def test_a_build_with_some_failed_chunks_is_still_cached(tmp_path: Path) -> None:
+    doc, cache = document(), ArtifactCache(tmp_path)
+    model = scripted()
+    model.rules.insert(0, Rule("extractor", ("Lamp warned Ships",), "{not json"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = await arun(reader(), doc, QUESTION, model, artifacts=cache)
+    assert not [w for w in caught if "failed for every chunk" in str(w.message)]
+    built = next(s for s in answer.steps if s.role == "graph")
+    assert built.detail["failed_chunks"] == [len(PARAS) - 1] and built.detail["facts"] > 0
+    again = scripted()
+    reused = await arun(reader(), doc, QUESTION, again, artifacts=cache)
+    assert again.calls("extractor") == []
+    assert next(s for s in reused.steps if s.role == "graph").detail["cached"] is True
+
+
+async def test_a_document_without_facts_is_cached(tmp_path: Path) -> None:
+    """Valid replies holding no facts are not a failed build: the empty graph is kept."""
+    doc, cache = document(), ArtifactCache(tmp_path)
+    model = scripted()
+    model.rules[0] = Rule("extractor", (), {"atomic_facts": []})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = await arun(reader(), doc, QUESTION, model, artifacts=cache)
+    assert not [w for w in caught if "failed for every chunk" in str(w.message)]
+    assert "empty_graph" in answer.flags
+    again = scripted()
+    await arun(reader(), doc, QUESTION, again, artifacts=cache)
+    assert again.calls("extractor") == []
+
+
+@pytest.mark.parametrize("reply", [{"analysis": "a", "answer": "  "}, "{not json"])
+async def test_an_empty_final_answer_is_flagged(reply: Any) -> None:
+    model = scripted()
+    model.rules[4] = Rule("answerer", (), reply)
+    if not isinstance(reply, dict):  # the structured answer fails: the plain one is blank too
+        model.on("answerer", contains="Write only a short answer", reply="\n ")
+        model.rules.insert(4, model.rules.pop())
+    answer = await arun(reader(n_init=1), document(), QUESTION, model)
+    assert answer.text == "" and "empty_answer" in answer.flags
+    assert ("fallback" in answer.flags) is not isinstance(reply, dict)
+    assert "empty_answer" not in (await arun(reader(n_init=1), document(), QUESTION,
+                                             scripted())).flags
 
 
 async def test_a_cut_selection_keeps_the_nodes_it_scored() -> None:

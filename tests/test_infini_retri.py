@@ -274,6 +274,16 @@ async def test_reasoning_block_is_stripped_and_faithful_samples() -> None:
     assert model.requests[0].temperature == 0.5
 
 
+@pytest.mark.parametrize("reply", ["  ", "<think>only thinking</think>\n"])
+async def test_an_empty_answer_is_flagged(reply: str) -> None:
+    doc = haystack(20, needle_at=2)
+    strategy, _, model = run_strategy(doc, model=answerer(reply))
+    answer = await arun(strategy, doc, QUESTION, model)
+    assert answer.text == "" and answer.flags == ["empty_answer"]
+    strategy, _, model = run_strategy(doc)
+    assert (await arun(strategy, doc, QUESTION, model)).flags == []
+
+
 async def test_exclude_sinks_zeroes_the_first_context_tokens() -> None:
     doc = haystack(10)
     scorer = ScriptedScorer(hot=("Sentence",), heat=100.0)

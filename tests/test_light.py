@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from longweave.agents.light import LIGHT
 from longweave.cache import ArtifactCache
 from longweave.conversations import Conversation, Turn
 from longweave.documents import Document
+from longweave.errors import LongweaveWarning
 from longweave.runner import arun
-from longweave.testing import Request, ScriptedModel, quoted_after
+from longweave.testing import Request, Rule, ScriptedModel, quoted_after
 from tests.test_memory import WordEmbedder
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -88,8 +90,13 @@ async def test_cut_extractions_keep_their_whole_items(keep_cut: bool) -> None:
     model.on("compressor", reply=lambda r: {"critical_context": ["merged facts [u0]"]})
     model.on("filter", reply={"needed": "yes"})
     model.on("reader", reply="The answer.")
-    answer = await arun(light(keep_cut=keep_cut), sentinel_document(6), "Where is SENTINEL-2?",
-                        model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = await arun(light(keep_cut=keep_cut), sentinel_document(6),
+                            "Where is SENTINEL-2?", model)
+    # Without keep_cut every extraction fails: the build is not cached (there is no cache here).
+    failed = [w for w in caught if "failed for every chunk" in str(w.message)]
+    assert [w.category for w in failed] == ([] if keep_cut else [LongweaveWarning])
     n = next(s for s in answer.steps if s.role == "memory").detail["units"]
     later = [r.text for r in model.requests if r.role != "extractor"]
     if keep_cut:
@@ -100,6 +107,69 @@ async def test_cut_extractions_keep_their_whole_items(keep_cut: bool) -> None:
     else:  # re-asked `retries` times, then the unit falls back to its own text
         assert len(model.calls("extractor")) == 3 * 2 * n
         assert "extract_invalid" in answer.flags
+
+
+def reads_facts(request: Request) -> str:
+    return "from the facts" if "fact0 about SENTINEL-" in request.text else "?"
+
+
+async def test_a_build_whose_every_extraction_failed_is_not_cached(tmp_path: Path) -> None:
+    doc, cache = sentinel_document(6), ArtifactCache(tmp_path)
+    broken = ScriptedModel(context_window=2048)
+    broken.on("extractor", reply="not json")
+    broken.on("filter", reply={"needed": "yes"})
+    broken.on("reader", reply=reads_facts)
+    with pytest.warns(LongweaveWarning, match="failed for every chunk.*retried on the next"):
+        first = await arun(light(), doc, "Where is SENTINEL-2?", broken, artifacts=cache)
+    n = next(s for s in first.steps if s.role == "memory").detail["units"]
+    assert len(broken.calls("extractor")) == 3 * 2 * n  # one try and two re-asks each
+    assert first.text == "?" and "extract_invalid" in first.flags  # answered as before
+    assert list(tmp_path.iterdir()) == []  # the memory without facts was not kept
+    # The model works again: the next question builds the memory anew and answers from it.
+    fixed = scripted()
+    fixed.rules[-1] = Rule("reader", (), reads_facts)
+    second = await arun(light(), doc, "Where is SENTINEL-2?", fixed, artifacts=cache)
+    assert len(fixed.calls("extractor")) == 2 * n
+    rebuilt = next(s for s in second.steps if s.role == "memory")
+    assert rebuilt.detail["cached"] is False and rebuilt.detail["invalid"] == 0
+    assert second.text == "from the facts" and "extract_invalid" not in second.flags
+    assert len(list(tmp_path.iterdir())) == 1  # this one is kept
+    third = scripted()
+    await arun(light(), doc, "Where is SENTINEL-4?", third, artifacts=cache)
+    assert third.calls("extractor") == []
+
+
+async def test_a_build_with_some_failed_extractions_is_still_cached(tmp_path: Path) -> None:
+    doc, cache = sentinel_document(6), ArtifactCache(tmp_path)
+    good = scripted()
+    model = ScriptedModel(context_window=2048)
+
+    def extract(request: Request) -> Any:  # the first unit's two extractions fail
+        if "SENTINEL-0 " in latest(request):
+            return "not json"
+        rule = next(r for r in good.rules if r.matches(request))
+        return rule.reply(request)
+
+    model.on("extractor", reply=extract)
+    model.rules += good.rules[2:]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answer = await arun(light(), doc, "Where is SENTINEL-2?", model, artifacts=cache)
+    assert not [w for w in caught if "failed for every chunk" in str(w.message)]
+    built = next(s for s in answer.steps if s.role == "memory")
+    assert built.detail["invalid"] == 2 and "extract_invalid" in answer.flags
+    again = scripted()
+    await arun(light(), doc, "Where is SENTINEL-4?", again, artifacts=cache)
+    assert again.calls("extractor") == []
+
+
+async def test_an_empty_reader_answer_is_flagged() -> None:
+    model = scripted()
+    model.rules[-1] = Rule("reader", (), " \n ")
+    answer = await arun(light(), sentinel_document(4), "Where is SENTINEL-2?", model)
+    assert answer.text == "" and "empty_answer" in answer.flags
+    answer = await arun(light(), sentinel_document(4), "Where is SENTINEL-2?", scripted())
+    assert answer.text == "The answer." and "empty_answer" not in answer.flags
 
 
 async def test_extractions_run_concurrently() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from longweave.agents.base import RunContext
 from longweave.agents.mem_walker import MemWalker
 from longweave.cache import ArtifactCache
 from longweave.documents import Document, open_document
-from longweave.errors import BudgetExceeded
+from longweave.errors import BudgetExceeded, LongweaveWarning
 from longweave.events import EventLog
 from longweave.memory.summary_tree import SummaryTree, TreeNode, balanced_groups
 from longweave.runner import arun
@@ -192,6 +193,46 @@ async def test_an_unreadable_cached_tree_is_rebuilt_with_a_warning(tmp_path: Pat
     assert len(model.calls("summarizer")) == 13 and answer.text == "found it"
 
 
+async def test_a_build_whose_every_summary_came_back_blank_is_not_cached(tmp_path: Path) -> None:
+    doc, cache = sentinel_document(9), ArtifactCache(tmp_path)
+    broken = scripted(navigator=towards(4), reader=reader_for(4))
+    broken.rules[0].reply = ""  # the summarizer: a blank reply every time
+    with pytest.warns(LongweaveWarning, match="failed for every chunk.*retried on the next"):
+        first = await arun(MW, doc, "Where is S4?", broken, artifacts=cache)
+    assert len(broken.calls("summarizer")) == 13
+    # The walk runs on the parts' openings, which do not name S4: it falls back, as before.
+    assert first.text == "best guess" and "fallback" in first.flags
+    assert list(tmp_path.iterdir()) == []  # the tree without summaries was not kept
+    # The model works again: the next question builds the tree anew and walks its summaries.
+    fixed = scripted(navigator=towards(4), reader=reader_for(4))
+    second = await arun(MW, doc, "Where is S4?", fixed, artifacts=cache)
+    assert len(fixed.calls("summarizer")) == 13
+    assert "covers S3 S4 S5" in fixed.calls("navigator")[0].text
+    assert second.text == "found it" and len(list(tmp_path.iterdir())) == 1
+    fixed.requests.clear()
+    await arun(MW, doc, "Where is S4?", fixed, artifacts=cache)
+    assert fixed.calls("summarizer") == []
+
+
+async def test_a_build_with_some_blank_summaries_is_still_cached(tmp_path: Path) -> None:
+    doc, cache = sentinel_document(9), ArtifactCache(tmp_path)
+    model = scripted(reader=reader_for(0))
+
+    def summary(request: Request) -> str:  # the first leaf's summary comes back blank
+        leaf = "consecutive parts" not in request.text
+        return "" if leaf and tags(request.text) == [0] else summary_reply(request)
+
+    model.rules[0].reply = summary
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await arun(MW, doc, "q?", model, artifacts=cache)
+    assert not [w for w in caught if "failed for every chunk" in str(w.message)]
+    assert len(list(tmp_path.iterdir())) == 1
+    model.requests.clear()
+    await arun(MW, doc, "q?", model, artifacts=cache)
+    assert model.calls("summarizer") == []
+
+
 def test_tree_round_trips_and_rejects_bad_shapes(tmp_path: Path) -> None:
     leaves = [TreeNode(id=i, level=0, summary=f"s{i}", start=i * 5, end=i * 5 + 5, chunk_index=i)
               for i in range(2)]
@@ -313,6 +354,15 @@ async def test_always_back_at_leaves_reads_left_to_right_then_falls_back_once() 
     # root, part 1 three times, root again, part 2 twice (the third leaf of part 2 is never read)
     assert len(model.calls("navigator")) == 1 + 3 + 1 + 2
     assert answer.usage.calls == 13 + 7 + 5 + 1
+
+
+async def test_an_empty_fallback_answer_is_flagged() -> None:
+    model, doc = scripted(reader=BACK), sentinel_document(4)
+    model.rules[-1].reply = "  "
+    answer = await arun(MW, doc, "q?", model)
+    assert answer.text == "" and {"fallback", "empty_answer"} <= set(answer.flags)
+    answer = await arun(MW, doc, "q?", scripted(reader=BACK))
+    assert answer.text == "best guess" and "empty_answer" not in answer.flags
 
 
 async def test_the_step_cap_stops_the_walk_and_falls_back() -> None:

@@ -73,3 +73,22 @@ def test_load_source_reads_conversation_files_as_turns() -> None:
     assert document.meta["kind"] == "conversation"
     first = document.meta["turns"][0]
     assert document.text[first["start"] : first["end"]].startswith("[2024-03-01] Ana:")
+
+
+def test_load_source_refuses_a_mistyped_path_instead_of_answering_it_as_text(tmp_path) -> None:
+    import pytest
+
+    from longweave.errors import DocumentError
+
+    for typo in (str(tmp_path / "typo_report"), "docs/typo_report", "notes\\typo",
+                 "https://example.com/report"):
+        with pytest.raises(DocumentError, match="no such file") as info:
+            longweave.load_source(typo)
+        assert info.value.path == typo
+    report = tmp_path / "report"  # an existing file without a suffix is read, as before
+    report.write_text("The tide turns at noon.", encoding="utf-8")
+    assert longweave.load_source(str(report)).text == "The tide turns at noon."
+    # Literal text stays text: words with spaces, a word alone, several lines.
+    for text in ("The key is under the mat.", "and/or is it 1/2?", "Lima", "a/b\nc/d"):
+        document = longweave.load_source(text)
+        assert document.text == text and document.source is None

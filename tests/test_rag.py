@@ -100,6 +100,18 @@ async def test_passages_fit_the_window_and_k_caps_them() -> None:
             assert kept == len(TOPICS)  # no k: everything that fits
 
 
+@pytest.mark.parametrize("reply", ["", " \n "])
+async def test_an_empty_answer_is_flagged(reply: str) -> None:
+    model = ScriptedModel()
+    model.on("reader", reply=reply)
+    strategy, _ = rag(k=3)
+    answer = await arun(strategy, topic_document(), "lemons", model)
+    assert answer.text == "" and answer.flags == ["empty_answer"]
+    assert answer.citations  # the passages shown are still cited
+    answer = await arun(strategy, topic_document(), "lemons", scripted())
+    assert answer.flags == []
+
+
 async def test_document_order_shows_passages_in_reading_order() -> None:
     model, doc = scripted(), topic_document()
     strategy, _ = rag(k=4, order="document")

@@ -182,6 +182,28 @@ def test_errors_are_openai_shaped(fake_url: str) -> None:
     assert response.json()["error"]["code"] == "UnscriptedCall"
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("response_format", "json"),
+    ("response_format", {"type": "json_schema", "json_schema": "x"}),
+    ("stop", 5),
+    ("stop", ["END", 5]),
+    ("stream_options", "x"),
+    ("messages", 5),
+    ("messages", "capital of Peru"),
+    ("max_tokens", True),
+    ("temperature", "0"),
+])
+def test_wrongly_typed_fields_are_a_400_not_a_server_error(
+    fake_url: str, field: str, value: object
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "capital of Peru"}],
+            "max_tokens": 4, field: value}
+    response = httpx.post(f"{fake_url}/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and field in error["message"]
+
+
 def test_schema_conversion_keeps_bounds_and_refuses_free_maps() -> None:
     class Inner(BaseModel):
         tags: list[str] = Field(max_length=3)

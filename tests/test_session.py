@@ -14,7 +14,7 @@ import pytest
 import longweave
 import longweave.session
 from longweave.config import Settings
-from longweave.errors import ConfigError
+from longweave.errors import ConfigError, DocumentError
 from longweave.llm import Completion, Message
 from longweave.session import ConversationMemory, Session, clean_rewrite
 from longweave.testing import HashEmbedder, ScriptedModel
@@ -201,6 +201,20 @@ def test_unreadable_saved_session_warns_and_starts_over(tmp_path: Path) -> None:
     assert session.history == []
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe garbage", b"not json at all", b""])
+def test_a_saved_session_that_is_not_utf8_or_json_warns_and_starts_over(
+    tmp_path: Path, content: bytes
+) -> None:
+    settings = Settings(cache_dir=tmp_path / "cache")
+    probe = Session.open(EXAMPLE, model=ScriptedModel(), persist=False, settings=settings,
+                         strategy="truncate")
+    probe.path.parent.mkdir(parents=True)
+    probe.path.write_bytes(content)
+    with pytest.warns(RuntimeWarning, match="unreadable") as caught:
+        session = Session.open(EXAMPLE, model=ScriptedModel(), resume=True, settings=settings)
+    assert session.history == [] and str(probe.path) in str(caught[0].message)
+
+
 async def test_a_saved_strategy_that_no_longer_loads_falls_back_to_the_default(
     tmp_path: Path,
 ) -> None:
@@ -241,6 +255,23 @@ async def test_save_writes_markdown_and_json_and_refuses_other_suffixes(tmp_path
     with pytest.raises(ConfigError, match="chat.txt"):
         session.save(tmp_path / "chat.txt")
     assert not session.path.exists()  # persist=False writes no resume file
+
+
+async def test_save_to_a_path_that_cannot_be_written_is_a_document_error(
+    tmp_path: Path,
+) -> None:
+    session = open_session(tmp_path, scripted(), persist=False)
+    await session.aask(FIRST)
+    note = tmp_path / "note.md"
+    note.write_text("mine", encoding="utf-8")
+    (tmp_path / "folder.md").mkdir()
+    targets = [note / "chat.md", tmp_path / "folder.md"]
+    if Path("/proc/self").is_dir():
+        targets.append(Path("/proc/longweave-chat.md"))
+    for target in targets:
+        with pytest.raises(DocumentError, match="cannot be written"):
+            session.save(target)
+    assert note.read_text(encoding="utf-8") == "mine"
 
 
 async def test_set_strategy_and_model_validate_and_apply_to_the_next_turn(

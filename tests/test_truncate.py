@@ -69,6 +69,18 @@ async def test_short_document_is_read_whole_without_flag() -> None:
     assert document_part(model.calls("reader")[0].text) == doc.text
 
 
+@pytest.mark.parametrize("reply", ["", "  \n\t "])
+async def test_an_empty_answer_is_flagged(reply: str) -> None:
+    model = ScriptedModel(context_window=400)
+    model.on("reader", reply=reply)
+    answer = await arun(TRUNCATE, sentinel_document(20), "What is hidden?", model)
+    assert answer.text == "" and answer.flags == ["empty_answer", "truncated"]
+    model = ScriptedModel(context_window=400)
+    model.on("reader", reply=reply)
+    answer = await arun(TRUNCATE, sentinel_document(2), "What is hidden?", model)
+    assert answer.flags == ["empty_answer"]
+
+
 async def test_middle_keeps_head_and_tail() -> None:
     model, doc = scripted(), sentinel_document(20)
     answer = await arun(Truncate(max_new=32, margin=16, keep="middle"), doc, "What?", model)

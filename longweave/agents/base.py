@@ -11,7 +11,13 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from longweave.answer import Citation, Step, Usage
-from longweave.errors import ConfigError, LongweaveWarning, ParseError, invalid_fields
+from longweave.errors import (
+    ConfigError,
+    LongweaveWarning,
+    ModelError,
+    ParseError,
+    invalid_fields,
+)
 from longweave.events import Event, EventSink, TokenSink, ignore, result_event, token_sink
 
 if TYPE_CHECKING:
@@ -101,6 +107,10 @@ class RunContext:
             raise
         finally:
             token_sink.reset(token)
+        if not isinstance(completion.text, str):  # a custom backend's bug, named as such
+            raise ModelError(f"{self.llm.name}: the backend returned "
+                             f"{type(completion.text).__name__} as the reply text, not a string",
+                             hint="fix the LLM backend's complete() to return Completion(text=str)")
         self.usage = self.usage + completion.usage
         self.emit(result_event(self.strategy, role, messages, completion, index=index,
                                total=total, seconds=time.perf_counter() - started, **request))

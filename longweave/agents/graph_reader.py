@@ -199,14 +199,23 @@ class GraphReader(UsesEmbedder):
             except (OSError, ValueError, LongweaveError) as exc:
                 warnings.warn(f"rebuilding the GraphReader graph: {found} is unusable ({exc})",
                               LongweaveWarning, 2)
-        graph = await self._build(ctx, budgets, settings, embedder)
-        if ctx.artifacts is not None:
+        graph, failed = await self._build(ctx, budgets, settings, embedder)
+        if failed == len(graph.spans):
+            # Every extraction failed (a broken model or server, not a text without facts): an
+            # empty graph kept here would answer every later question on this document (ours).
+            warnings.warn(f"the GraphReader graph build failed for every chunk (none of the "
+                          f"{failed} extractions was valid after "
+                          f"{plural(self.retries + 1, 'attempt')} each); the graph is not "
+                          "cached and will be retried on the next question", LongweaveWarning, 2)
+        elif ctx.artifacts is not None:
             ctx.artifacts.get_or_build(key, graph.save)
         return graph
 
     async def _build(self, ctx: RunContext, budgets: Budgets, settings: dict[str, Any],
-                     embedder: Embedder) -> KeyGraph:
-        """Build(x) of §3.2: one extraction per chunk, concurrently; then nodes, edges, index."""
+                     embedder: Embedder) -> tuple[KeyGraph, int]:
+        """Build(x) of §3.2: one extraction per chunk, concurrently; then nodes, edges, index.
+        Returns the graph and how many chunks' extractions failed (a chunk that validly holds
+        no facts has not failed)."""
         chunks = ctx.chunk(budgets.chunk_tokens)  # the chunker cuts at blank lines first
         if not chunks:
             raise LongweaveError(f"{ctx.document.name} has no text to read")
@@ -254,7 +263,7 @@ class GraphReader(UsesEmbedder):
                  facts=report.facts, dropped_keys=report.dropped_keys,
                  dropped_facts=report.dropped_facts, merged_nodes=merged,
                  failed_chunks=failed, chunk_tokens=budgets.chunk_tokens)
-        return graph
+        return graph, len(failed)
 
     # -- per question ----------------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class Built:
     memory: EpisodicMemory
     pieces: list[Piece]
     flags: list[str]
+    failed: bool = False
+    """Every extraction call failed (a broken model or server): the memory is not cached."""
 
 
 def _schema_tokens(ctx: RunContext, schema: type) -> int:
@@ -132,7 +134,14 @@ async def build_memory(light: LIGHT, ctx: RunContext, plan: Plan) -> Built:
             warnings.warn(f"rebuilding the LIGHT memory: {found} is unusable ({exc})",
                           LongweaveWarning, 2)
     built = await _build(light, ctx, plan, units, embedder)
-    if ctx.artifacts is not None:
+    if built.failed:
+        # Not a text without facts: no extraction came back at all. Kept here, this memory
+        # would answer every later question on this document (ours).
+        warnings.warn(f"the LIGHT memory build failed for every chunk (none of the "
+                      f"{2 * len(units)} extractions of its {len(units)} units was valid); the "
+                      "memory is not cached and will be retried on the next question",
+                      LongweaveWarning, 2)
+    elif ctx.artifacts is not None:
         def write(d: Path) -> None:
             built.memory.save(d)
             (d / _PAD).write_text(json.dumps(
@@ -203,7 +212,7 @@ async def _build(light: LIGHT, ctx: RunContext, plan: Plan, units: list[MemoryUn
              units=n, pieces=len(pieces), compressions=pad.compressions, invalid=invalid,
              calls=ctx.usage.calls - calls_before, unit_tokens=plan.unit_tokens,
              scratch_target=plan.scratch_target, pad_tokens=pad.tokens())
-    return Built(units, memory, pieces, flags)
+    return Built(units, memory, pieces, flags, failed=invalid == len(results))
 
 
 async def _compress(light: LIGHT, ctx: RunContext, plan: Plan, pad: Scratchpad) -> list[str]:

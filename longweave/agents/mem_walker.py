@@ -192,13 +192,22 @@ class MemWalker(BaseModel):
             except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                 warnings.warn(f"rebuilding the MemWalker tree: {found} is unusable ({exc}); "
                               "delete it to cache a new one", LongweaveWarning, 2)
-        tree = await self._build(ctx, plan, settings)
-        if ctx.artifacts is not None:
+        tree, blank = await self._build(ctx, plan, settings)
+        if blank:
+            # A summary never comes back blank for a text that has one: every summarizer call
+            # failed (a broken model or server). The tree holds only each part's opening in
+            # place of summaries; kept here, it would serve every later question (ours).
+            warnings.warn("the MemWalker tree build failed for every chunk (every summary came "
+                          "back blank); the tree is not cached and will be retried on the next "
+                          "question", LongweaveWarning, 2)
+        elif ctx.artifacts is not None:
             ctx.artifacts.get_or_build(key, lambda d: tree.save(d / "tree.json"))
         return tree
 
-    async def _build(self, ctx: RunContext, plan: Plan, settings: dict[str, Any]) -> SummaryTree:
-        """Build(x) of §4.2: leaves summarized concurrently, then each level from the one below."""
+    async def _build(self, ctx: RunContext, plan: Plan,
+                     settings: dict[str, Any]) -> tuple[SummaryTree, bool]:
+        """Build(x) of §4.2: leaves summarized concurrently, then each level from the one below.
+        Returns the tree and whether every summary came back blank (none made counts as not)."""
         chunks = ctx.chunk(plan.segment_tokens)
         if not chunks:
             raise LongweaveError(f"{ctx.document.name} has no text to read")
@@ -233,8 +242,9 @@ class MemWalker(BaseModel):
         ctx.step("tree", f"built a tree of {plural(len(nodes), 'node')}", cached=False,
                  nodes=len(nodes),
                  leaves=len(chunks), depth=tree.depth, calls=ctx.usage.calls - calls_before,
-                 segment_tokens=plan.segment_tokens, summary_cap=plan.summary_cap)
-        return tree
+                 segment_tokens=plan.segment_tokens, summary_cap=plan.summary_cap,
+                 blank_summaries=summarize.blank)
+        return tree, summarize.calls > 0 and summarize.blank == summarize.calls
 
     # -- per question --------------------------------------------------------------------------
 
@@ -414,6 +424,7 @@ class _Summarizer:
         self.ctx, self.plan, self.temperature = ctx, plan, walker.temperature
         self.gate = asyncio.Semaphore(walker.concurrency)
         self.words = _words(plan.summary_max_new)
+        self.calls = self.blank = 0  # summaries made, and those that came back blank
 
     async def level(self, requests: list[list[Message]], sources: list[str], *,
                     first_id: int) -> list[str]:
@@ -431,6 +442,8 @@ class _Summarizer:
                 temperature=self.temperature, index=index, total=total,
             )
         text = unquote(reply.text)
+        self.calls += 1
+        self.blank += not text
         # A blank summary would hide its part of the text from every walk: keep its opening.
         summary = _clip(self.ctx, text or source, self.plan.summary_cap)
         self.ctx.step("summarizer", summary, index=node, blank=not text)

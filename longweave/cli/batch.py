@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -100,6 +101,7 @@ def batch(
                                  param_hint="--pilot/--run")
     err = Console(stderr=True)
     items = batch_items(folder, questions, include=include, exclude=exclude)
+    _check_paths(out, questions, trace)
     job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
     extra = {"address": ray_address} if executor == "ray" else {}
     runner = get_executor(executor, concurrency=concurrency, **extra)
@@ -192,6 +194,31 @@ def batch(
         err.print(f"[red]{summary.failed} failed[/]: their errors are in {escape(str(out))}; "
                   "rerun the same command to retry them", highlight=False)
         raise typer.Exit(1)
+
+
+def _check_paths(out: Path, questions: Path, trace: Path | None) -> None:
+    """Refuse, before any model call, an output or trace the run could not write, or one that
+    is the questions file (or the other): answers would be computed and lost, or spoil it."""
+    from longweave.batch import ResultLog, check_writable
+    from longweave.errors import DocumentError
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.resolve() == b.resolve() or (a.exists() and b.exists()
+                                                  and os.path.samefile(a, b))
+        except (OSError, RuntimeError):
+            return False
+
+    if same(out, questions):
+        raise DocumentError(out, "is the questions file; the answers would be appended to it",
+                            hint="pass another file to --out, e.g. answers.jsonl")
+    ResultLog(out).check()
+    if trace is not None:
+        if same(trace, out) or same(trace, questions):
+            raise DocumentError(trace, "is also the " + ("output" if same(trace, out) else
+                                                         "questions") + " file",
+                                hint="pass another file to --trace, e.g. trace.jsonl")
+        check_writable(trace, "trace")
 
 
 def _pilot(todo: list[BatchItem], n: int) -> list[BatchItem]:

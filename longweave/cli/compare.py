@@ -45,8 +45,9 @@ def compare(
 ) -> None:
     """Answer QUESTION about PATH with each strategy in turn, on the same model, as a table.
 
-    A strategy that fails shows its error in its row and the others still run. Exit status:
-    0 when at least one strategy answered, 1 when all failed.
+    An unknown strategy name is an error before anything runs. A strategy that fails shows its
+    error in its row and the others still run. Exit status: 0 when at least one strategy
+    answered, 1 when all failed (or a name is unknown).
     """
     import asyncio
     import json
@@ -58,6 +59,7 @@ def compare(
     from longweave.trace import TraceWriter, combine, trace_sink
 
     err = Console(stderr=True)
+    _check_names(strategies)
     source = load_source(path, include=include, exclude=exclude)
     fields = {"document": source.source or source.name, "question": question, "model": model}
     with _CompareProgress(err) as view, trace_sink(trace, **fields) as sink:
@@ -77,6 +79,28 @@ def compare(
         Console().print(compare_table(rows, width=width))
     if not any(r.ok for r in rows):
         raise typer.Exit(1)
+
+
+def _check_names(strategies: str) -> None:
+    """Refuse a misspelt name up front, as `ask` does, rather than as a failed row (the library's
+    `acompare` keeps reporting it in its row)."""
+    import difflib
+
+    from longweave.agents.base import available
+    from longweave.compare import resolve_strategies
+    from longweave.errors import ConfigError
+
+    known = available()
+    unknown = [name for name in resolve_strategies(strategies) if name not in known]
+    if not unknown:
+        return
+    close = [m for name in unknown for m in difflib.get_close_matches(name, list(known), n=1)]
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(
+        f"unknown {'strategy' if len(unknown) == 1 else 'strategies'} "
+        + ", ".join(repr(name) for name in unknown),
+        hint=f"{hint}choose from: {', '.join(sorted(known))} (or 'all')",
+    )
 
 
 def compare_table(rows: list[CompareRow], *, width: int = 80) -> Table:

@@ -179,18 +179,29 @@ def read_json(path: Path) -> Any:
 
 
 def _first_record(path: Path) -> Any:
-    if path.suffix.lower() == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    try:
-                        return json.loads(line)
-                    except ValueError:
-                        return None
-        return None
+    """The first record of a data file; None when it is not JSON. A file that is not UTF-8
+    text, or cannot be read, is a `DocumentError` naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if path.suffix.lower() == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        try:
+                            return json.loads(line)
+                        except ValueError:
+                            return None
+            return None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DocumentError(path, "is not UTF-8 text",
+                            hint="datasets are JSON or JSONL in UTF-8: convert the file, "
+                                 "or pass the dataset's own file or folder") from None
+    except OSError as exc:
+        raise DocumentError(path, f"cannot be read ({exc.strerror or exc})",
+                            hint="pass the dataset's file or folder") from None
+    try:
+        return json.loads(text)
+    except ValueError:
         return None
 
 
@@ -223,7 +234,8 @@ def data_files(path: Path) -> list[Path]:
     """The JSON and JSONL files of a dataset folder (two levels deep), in name order."""
     found = [*path.glob("*.json"), *path.glob("*.jsonl"), *path.glob("*/*.json"),
              *path.glob("*/*.jsonl")]
-    return sorted(p for p in found if p.name not in ("manifest.json", "needles.json"))
+    return sorted(p for p in found
+                  if p.name not in ("manifest.json", "needles.json") and p.is_file())
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:

@@ -262,11 +262,17 @@ def load_beam(path: Path, opts: LoadOptions, out: Dataset) -> None:
 
 def load_needle(path: Path, opts: LoadOptions, out: Dataset) -> None:
     """Needle in a haystack: the haystack files at each length and depth (`evals.needle`)."""
-    from longweave.evals.needle import PG_NEEDLE, Needle, make_case, read_haystack
+    from longweave.evals.needle import (
+        PG_NEEDLE,
+        Needle,
+        make_case,
+        read_haystack,
+        read_haystack_file,
+    )
 
     folder = path if path.is_dir() else path.parent
     if path.is_file():
-        haystack = path.read_text(encoding="utf-8")
+        haystack = read_haystack_file(path)
     else:
         essays = folder / "essays" if (folder / "essays").is_dir() else folder
         haystack = read_haystack(essays)

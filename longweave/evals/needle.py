@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from longweave.errors import ConfigError
+from longweave.errors import ConfigError, DocumentError
 
 __all__ = ["PG_NEEDLE", "Needle", "NeedleCase", "make_case", "read_haystack"]
 
@@ -127,7 +127,19 @@ def read_haystack(folder: str | Path, pattern: str = "*.txt") -> str:
     files = sorted(Path(folder).glob(pattern))
     if not files:
         raise ConfigError(f"no {pattern} files in {folder}", hint="pass the essays folder")
-    return "\n\n".join(f.read_text(encoding="utf-8").strip() for f in files)
+    return "\n\n".join(read_haystack_file(f).strip() for f in files)
+
+
+def read_haystack_file(path: Path) -> str:
+    """One haystack file's text; a `DocumentError` naming it when it is not UTF-8 or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DocumentError(path, "is not UTF-8 text",
+                            hint="haystack files are UTF-8 text: convert the file") from None
+    except OSError as exc:
+        raise DocumentError(path, f"cannot be read ({exc.strerror or exc})",
+                            hint="pass the dataset's file or folder") from None
 
 
 def _boundaries(text: str) -> list[int]:

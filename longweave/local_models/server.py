@@ -196,9 +196,10 @@ def _error(status: int, message: str, kind: str, code: str | None) -> Response:
 def _parse_request(body: Any, llm: LLM, schemas: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    messages = [_message(m) for m in body.get("messages") or []]
-    if not messages:
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
         raise BadRequest("'messages' must be a non-empty list")
+    messages = [_message(m) for m in raw_messages]
     for key in ("tools", "functions"):
         if body.get(key):
             raise BadRequest(f"'{key}' is not supported by this server")
@@ -207,20 +208,25 @@ def _parse_request(body: Any, llm: LLM, schemas: dict[str, Any]) -> dict[str, An
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is None:  # as vLLM: whatever room the window leaves
         max_tokens = llm.context_window - llm.count_prompt_tokens(messages)
-    if not isinstance(max_tokens, int) or max_tokens < 1:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
     temperature = body.get("temperature")
     temperature = 1.0 if temperature is None else temperature  # the OpenAI API's default
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+            or not 0 <= temperature <= 2):
         raise BadRequest("temperature must be a number between 0 and 2")
     stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else list(stop)
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest(f"'stop' must be a string or a list of strings, got {body['stop']!r:.80}")
     kwargs: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature": float(temperature),
         "schema": _schema(body.get("response_format"), schemas),
     }
     options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest(f"'stream_options' must be an object, got {options!r:.80}")
     return {
         "messages": messages,
         "kwargs": kwargs,
@@ -244,7 +250,12 @@ def _message(raw: Any) -> Message:
 
 
 def _schema(response_format: Any, schemas: dict[str, Any]) -> Any:
-    if not response_format or response_format.get("type") == "text":
+    if not response_format:
+        return None
+    if not isinstance(response_format, dict):
+        raise BadRequest("response_format must be an object such as {\"type\": \"text\"}, got "
+                         f"{response_format!r:.80}")
+    if response_format.get("type") == "text":
         return None
     if response_format.get("type") != "json_schema":
         raise BadRequest(
@@ -252,6 +263,9 @@ def _schema(response_format: Any, schemas: dict[str, Any]) -> Any:
             "supported: send a schema)"
         )
     spec = response_format.get("json_schema") or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("name", ""), str):
+        raise BadRequest("response_format.json_schema must be an object with a string 'name' "
+                         "and a 'schema'")
     key = json.dumps(spec, sort_keys=True)
     if key not in schemas:
         if len(schemas) >= 256:
