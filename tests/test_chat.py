@@ -533,12 +533,18 @@ def chat_cli(monkeypatch: pytest.MonkeyPatch, capsys: Any, stdin: str, *args: st
     return capsys.readouterr().out
 
 
-def test_chat_command_resumes_the_conversation_and_new_starts_over(
-    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
-) -> None:
+@pytest.fixture
+def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+    """The scripted model behind every model string of the CLI, and a private cache."""
     model = scripted()
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
     monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    return model
+
+
+def test_chat_command_resumes_the_conversation_and_new_starts_over(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, cli_model: ScriptedModel
+) -> None:
     out = chat_cli(monkeypatch, capsys, f"{FIRST}\n", "--strategy", "truncate",
                    "--model", "openai:x", "--no-cache")
     assert "longweave chat · harbour_report.md" in out and "Mara Quill" in out
@@ -550,11 +556,8 @@ def test_chat_command_resumes_the_conversation_and_new_starts_over(
 
 
 def test_chat_starts_over_with_a_warning_when_the_saved_session_is_not_utf8(
-    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path, cli_model: ScriptedModel
 ) -> None:
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     chat_cli(monkeypatch, capsys, f"{FIRST}\n", "--strategy", "truncate", "--no-cache")
     (saved,) = (tmp_path / "cache" / "sessions").glob("*.json")
     saved.write_bytes(b"\xff\xfe garbage")
