@@ -38,6 +38,17 @@ def llm(cache_dir: Path) -> LocalLLM:
     model.close()
 
 
+def test_the_gguf_readers_progress_bar_is_off_only_while_longweave_converts() -> None:
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    from longweave.local_models.loader import _tqdm_off
+
+    original = gguf.tqdm
+    with _tqdm_off():
+        assert gguf.tqdm([1, 2]).disable  # what dequantization iterates with, silenced
+    assert gguf.tqdm is original
+
+
 def test_construction_loads_nothing(tmp_path: Path) -> None:
     model = LocalLLM.bundled(cache_dir=tmp_path)
     assert isinstance(model, LLM)

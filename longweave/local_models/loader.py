@@ -7,11 +7,13 @@ loads read that copy in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,7 +188,9 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> PreTrainedTokenizer
     from longweave.cache import ArtifactCache
 
     def build(tmp: Path) -> None:
-        AutoTokenizer.from_pretrained(source.path, **_gguf_kwargs(source)).save_pretrained(tmp)
+        with _tqdm_off():
+            tokenizer = AutoTokenizer.from_pretrained(source.path, **_gguf_kwargs(source))
+        tokenizer.save_pretrained(tmp)
 
     folder = ArtifactCache(cache_root / source.cache_key).get_or_build("tokenizer", build)
     return AutoTokenizer.from_pretrained(folder)
@@ -226,6 +230,26 @@ def not_found(source: ModelSource, exc: OSError) -> ConfigError:
     )
 
 
+@contextlib.contextmanager
+def _tqdm_off() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar (no logging switch turns it off), which
+    would tear longweave's progress display during the one-time dequantization: the reader's
+    module-level `tqdm` is swapped for a disabled one meanwhile."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    original = getattr(gguf, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = original
+
+
 def _cache_gguf_model(source: ModelSource, cache_root: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
@@ -233,9 +257,10 @@ def _cache_gguf_model(source: ModelSource, cache_root: Path) -> None:
     from longweave.cache import ArtifactCache
 
     def build(tmp: Path) -> None:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=torch.float32, **_gguf_kwargs(source)
-        )
+        with _tqdm_off():
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path, dtype=torch.float32, **_gguf_kwargs(source)
+            )
         # The weights are plain float32 now; drop the GGUF quantizer marker, which is what
         # makes transformers refuse to save_pretrained the model.
         model.hf_quantizer = None
