@@ -75,6 +75,27 @@ def test_the_environment_chooses_the_model_and_strategy(model, monkeypatch, caps
     assert asked[-1] == "local"
 
 
+def test_ask_shows_the_answer_as_it_streams(model, monkeypatch, capsys) -> None:
+    from longweave.cli.progress import LiveAnswer
+    from longweave.events import token_sink
+
+    class Streaming(ScriptedModel):
+        async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+            sink = token_sink.get()
+            for word in ["Mara ", "Quill."] if sink is not None else []:
+                sink(word)
+            return await super().complete(messages, **kwargs)
+
+    streaming = Streaming(context_window=700)
+    streaming.on("reader", reply="Mara Quill.")
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: streaming)
+    shown: list[str] = []
+    monkeypatch.setattr(LiveAnswer, "_tail", lambda self: shown.append(self.streamed) or "")
+    assert run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "-s", "truncate", "--no-cache") == 0
+    assert shown == ["Mara ", "Mara Quill."]  # the live view, before the final panel
+    assert "Mara Quill." in capsys.readouterr().out
+
+
 def test_no_cache_calls_the_model_again(model, monkeypatch, capsys) -> None:
     args = ("ask", str(EXAMPLE), "Who?", "--json", "--set", "max_new=64")
     run_cli(monkeypatch, *args)

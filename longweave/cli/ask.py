@@ -1,5 +1,6 @@
-"""`longweave ask PATH QUESTION`: one answer, with progress, citations and usage; or, with
-`--estimate`, what the answer will cost before any model call."""
+"""`longweave ask PATH QUESTION`: one answer (progress, its text as it streams, then the answer
+with citations and usage); or, with `--estimate`, what the answer will cost before any model
+call."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def ask(
 
     from longweave.api import ask as run_ask
     from longweave.api import load_source
-    from longweave.cli.progress import ProgressView
+    from longweave.cli.progress import LiveAnswer
     from longweave.cli.render import print_answer
 
     if run and not estimate:
@@ -92,7 +93,7 @@ def ask(
                 print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
                                throughput=throughput)
             return
-    with ProgressView(err) as view:
+    with LiveAnswer(err) as view:  # progress, then the answer's text as it streams
         answer = run_ask(
             source, question, strategy=strategy, model=llm, cache=not no_cache,
             on_event=view, trace=trace, **options,

@@ -27,10 +27,10 @@ from rich.table import Table
 from rich.text import Text
 
 from longweave.cli.options import Exclude, Include, NoCache, parse_options
+from longweave.cli.progress import LiveAnswer
 from longweave.cli.render import labelled
 from longweave.errors import ConfigError, LongweaveError, debugging
-from longweave.events import Event, EventSink, ignore
-from longweave.llm import unquote_so_far
+from longweave.events import EventSink, ignore
 
 if TYPE_CHECKING:
     from longweave.answer import Answer, Citation
@@ -303,53 +303,6 @@ def in_context(document: Any, cite: Citation) -> Text:
     tail = "…" if start + len(cite.text) + CONTEXT_CHARS < len(document.text) else ""
     return Text.assemble((head + before.lstrip(), "dim"), (span, "bold yellow"),
                          (after.rstrip() + tail, "dim"))
-
-
-class LiveAnswer:
-    """Progress while the strategy works; once the answer streams, its text live (rich Live)."""
-
-    def __init__(self, console: Console) -> None:
-        from longweave.cli.progress import ProgressView
-
-        self.console = console
-        self.progress = ProgressView(console)
-        self.live: Any = None
-        self.streamed = ""
-
-    def __enter__(self) -> LiveAnswer:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-        if self.live is not None:
-            self.live.stop()
-
-    def __call__(self, event: Event) -> None:
-        if event.kind != "token":
-            if self.live is None:
-                self.progress(event)
-            return
-        if self.live is None:
-            from rich.live import Live
-
-            self.progress.__exit__(None, None, None)  # one live display at a time
-            self.live = Live(console=self.console, transient=True, refresh_per_second=12)
-            self.live.start()
-        self.streamed = "" if event.data.get("restart") else self.streamed
-        self.streamed += event.message
-        self.live.update(Text(self._tail()))
-
-    def _tail(self) -> str:
-        """The end of the streamed text that fits the screen (Live would show its top)."""
-        width, room = max(self.console.width, 20), max(self.console.height - 2, 3)
-        kept: list[str] = []
-        for line in reversed(unquote_so_far(self.streamed).split("\n")):
-            room -= max(1, -(-len(line) // width))
-            if room < 0:
-                break
-            kept.insert(0, line)
-        return "\n".join(kept)
 
 
 @contextmanager
