@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,21 +135,25 @@ class ResultLog:
 
     def _foreign(self) -> bool:
         """Text in the file, and no line of it is a record (one torn line alone is a crash
-        during the very first write, not a foreign file)."""
-        lines = [line for line in self._lines() if line.strip()]
-        if not lines or any(_record(line) is not None for line in lines):
-            return False
-        return not (len(lines) == 1 and lines[0].lstrip().startswith(b'{"key"'))
+        during the very first write, not a foreign file). Reads only up to the first record."""
+        texts: list[bytes] = []
+        for line in self._lines():
+            if _record(line) is not None:
+                return False
+            if line.strip():
+                texts.append(line)
+        return bool(texts) and not (len(texts) == 1 and texts[0].lstrip().startswith(b'{"key"'))
 
-    def _lines(self) -> list[bytes]:
+    def _lines(self) -> Iterator[bytes]:
+        """The file's lines, read lazily (a caller may stop early)."""
         if not self.path.exists():
-            return []
+            return
         if not self.path.is_file():  # a device or a FIFO would be read forever (or block)
             raise DocumentError(self.path, "is not a regular file",
                                 hint="pass a .jsonl file to --out")
         try:
             with self.path.open("rb") as handle:
-                return handle.readlines()
+                yield from handle
         except OSError as exc:
             raise DocumentError(self.path, f"cannot read the output ({exc.strerror or exc})",
                                 hint="check the path and its permissions") from None
@@ -399,22 +403,24 @@ async def arun_batch(
     (`longweave.trace`): as they happen in this process, or when the item's record arrives
     from an executor's worker process.
     """
+    # Checked before the trace file is opened, so a bad output or strategy leaves none behind.
+    job.check()
+    log = ResultLog(out)
+    log.check()
     if trace is None:
-        return await _run_batch(items, out, job, executor, concurrency, on_record, on_start)
+        return await _run_batch(items, log, job, executor, concurrency, on_record, on_start)
     from longweave.trace import TraceWriter, open_trace
 
     if not isinstance(trace, TraceWriter):
-        job.check()
-        ResultLog(out).check()
         check_writable(trace, "trace")
     with open_trace(trace) as writer:
-        return await _run_batch(items, out, job.traced(writer), executor, concurrency,
+        return await _run_batch(items, log, job.traced(writer), executor, concurrency,
                                 on_record, on_start, writer)
 
 
 async def _run_batch(
     items: Iterable[BatchItem],
-    out: str | os.PathLike[str],
+    log: ResultLog,
     job: BatchJob,
     executor: Executor | None,
     concurrency: int,
@@ -424,9 +430,6 @@ async def _run_batch(
 ) -> BatchSummary:
     from longweave.executors.local import LocalExecutor
 
-    job.check()
-    log = ResultLog(out)
-    log.check()
     done = log.answered()
     todo: list[BatchItem] = []
     seen: set[str] = set()

@@ -382,16 +382,12 @@ class OpenAILLM:
                     # httpx's timeout is per read: a server that trickles bytes never hits it.
                     resp = await asyncio.wait_for(client.chat.completions.create(**kwargs),
                                                   self.timeout)
-        except TimeoutError:
+        except (TimeoutError, openai.APITimeoutError):  # ours (the whole call) or httpx's
             raise _Retryable(
                 ModelError(f"{self.model}: no reply within {self.timeout:g} s", provider=PROVIDER)
             ) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc, with_schema) from None
-        except openai.APITimeoutError:
-            raise _Retryable(
-                ModelError(f"{self.model}: no reply within {self.timeout:g} s", provider=PROVIDER)
-            ) from None
         except openai.APIConnectionError as exc:
             raise _Retryable(
                 ModelError(

@@ -237,11 +237,12 @@ def strategy_class(name: str) -> type:
         raise ConfigError(
             f"unknown strategy {name!r}", hint=f"choose one of: {', '.join(sorted(names))}"
         )
-    if name in BUILTINS:
-        return _load(names[name])
     try:
         return _load(names[name])
-    except Exception as exc:  # a plugin's own import failure: name it, not as a longweave bug
+    except Exception as exc:
+        if name in BUILTINS:  # a longweave bug: let it surface as one
+            raise
+        # A plugin's own import failure: name it, not as a longweave bug.
         raise ConfigError(f"strategy plugin {name!r} ({names[name]}) failed to load: "
                           f"{type(exc).__name__}: {exc}",
                           hint="fix or reinstall the package that provides it") from exc

@@ -216,7 +216,7 @@ class LocalLLM:
         else:
             request.on_text = _stream_to(token_sink.get())
         result: GenResult = await self._batcher.submit_async(request)
-        text = self._hf().decode(result.token_ids, skip_special_tokens=True)
+        text = self._decode(result.token_ids)
         parsed = _parse(text, schema, result.finish_reason) if schema is not None else None
         usage = Usage(
             calls=1,
@@ -309,6 +309,7 @@ class LocalLLM:
         )
 
     def _decode(self, token_ids: list[int]) -> str:
+        """A reply's text, as `complete` returns it and as it streams."""
         return str(self._hf().decode(token_ids, skip_special_tokens=True))
 
 

@@ -159,8 +159,8 @@ def run_batch(
     elif repetition_penalty != 1.0:
         processors.append(GeneratedRepetitionPenalty(width, repetition_penalty))
     start, cached = _starting_cache(model, requests, prefix_cache)
-    streaming = decode is not None and any(r.on_text is not None for r in requests)
-    streamer = RowStreamer(requests, decode, stop_ids) if streaming and decode else None
+    streamer = (RowStreamer(requests, decode, stop_ids)
+                if decode is not None and any(r.on_text is not None for r in requests) else None)
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,
