@@ -23,6 +23,7 @@ flushed as they are written: a crash loses nothing that happened before it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import threading
@@ -34,12 +35,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from longweave.answer import Usage
+from longweave.errors import DocumentError
 from longweave.events import Event, EventSink, ignore
 
 if TYPE_CHECKING:
     from longweave.answer import Answer
 
-__all__ = ["RunTrace", "TraceWriter", "combine", "open_trace", "read_trace", "trace_sink"]
+__all__ = [
+    "RunTrace", "TraceWriter", "combine", "open_trace", "read_trace",
+    "trace_sink",
+]
 
 Record = dict[str, Any]
 
@@ -218,6 +223,9 @@ class TraceWriter:
     def open(self) -> TraceWriter:
         """Open the file for appending (a torn last line from a crash is ended first)."""
         if self._file is None and self.path is not None:
+            if self.path.is_fifo():
+                self._file = open_pipe(self.path, "trace")
+                return self
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torn = False
             if self.path.exists() and self.path.stat().st_size:
@@ -264,6 +272,23 @@ class TraceWriter:
         record = self._current.record(event)
         if record is not None:
             self.write({**record, **self._fields} if event.kind == "start" else record)
+
+
+def open_pipe(path: Path, what: str) -> TextIO:
+    """`path`, a named pipe, opened for writing text; a `DocumentError` when nothing reads it,
+    where a plain open would block the run before its first answer. A pipe with a reader (a
+    live view of the trace) is written as a file is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise DocumentError(path, f"cannot be written ({exc.strerror or exc})",
+                                hint=f"pass a file path for the {what}") from None
+        raise DocumentError(path, "is a named pipe that nothing reads: writing would block",
+                            hint=f"start its reader first (e.g. `cat {path}`), or pass a "
+                                 f"file path for the {what}") from None
+    os.set_blocking(fd, True)  # the reader sets the pace from here on
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def open_trace(

@@ -204,3 +204,39 @@ def test_answers_and_errors_with_brackets_print_as_written(model, monkeypatch, c
     missing = EXAMPLE.parent / "[nope].txt"
     assert run_cli(monkeypatch, "ask", str(missing), "Who?") == 1
     assert "[nope].txt" in capsys.readouterr().err
+
+
+def test_touching_citations_print_as_one_span_and_the_rest_are_counted() -> None:
+    """Forty consecutive sentences (an InfiniRetri answer) read as a few passages, capped."""
+    import io
+
+    from rich.console import Console
+
+    from longweave.answer import Answer, Citation
+    from longweave.cli.render import joined, print_answer
+
+    text = "".join(f"Sentence {i} is here. " for i in range(60))
+    starts = [text.index(f"Sentence {i} ") for i in range(60)] + [len(text)]
+
+    def cite(i: int, j: int | None = None) -> Citation:
+        start, end = starts[i], starts[j if j is not None else i + 1]
+        return Citation(doc_id="d", start=start, end=end, text=text[start:end], kind="sentence",
+                        chunk_index=i // 30)
+
+    # 0-4 touch; 10-11 touch; 12 inside 10-13; 20 stands alone; 29-30 cross a chunk border.
+    cites = [cite(i) for i in range(5)] + [cite(10), cite(11, 14), cite(12), cite(20),
+                                           cite(29), cite(30)]
+    spans = joined(cites)
+    assert [(c.start, c.end) for c in spans] == [
+        (starts[0], starts[5]), (starts[10], starts[14]), (starts[20], starts[21]),
+        (starts[29], starts[31])]
+    assert all(c.text == text[c.start:c.end] for c in spans)
+    assert [c.chunk_index for c in spans] == [0, 0, 0, None]
+
+    apart = [cite(i) for i in range(0, 60, 2)]  # 30 spans that do not touch
+    answer = Answer(text="Here.", strategy="infini-retri", model="m", citations=apart)
+    out = io.StringIO()
+    print_answer(Console(file=out, width=200), answer, shown=4, all_hint="--json prints them all")
+    printed = out.getvalue()
+    assert "[4]" in printed and "[5]" not in printed
+    assert "… 26 more spans (--json prints them all)" in printed

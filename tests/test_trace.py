@@ -363,3 +363,56 @@ async def test_a_ray_batch_trace_is_written_by_the_driver(tmp_path: Path) -> Non
         assert [r["type"] for r in mine] == ["start", "step", "call", "step", "finish"]
         assert mine[2]["output"] == output.answer and output.answer.startswith("room ")
         assert mine[2]["usage"]["prompt_tokens"] == output.usage.prompt_tokens
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_with_no_reader_is_refused_and_one_with_a_reader_is_written(
+    tmp_path: Path,
+) -> None:
+    """Opening a pipe that nothing reads would block before the first answer."""
+    import os
+    import threading
+    import time
+
+    from longweave.errors import DocumentError
+
+    pipe = tmp_path / "trace.pipe"
+    os.mkfifo(pipe)
+    doc = sentinel_text(3)
+    model = scripted()
+    with pytest.raises(DocumentError) as info:
+        ask(doc, "Which sentinels?", strategy=COA, model=model, cache=False, trace=pipe)
+    assert "named pipe that nothing reads" in info.value.message and model.requests == []
+    job = BatchJob(COA, model, cache=False, cache_dir=tmp_path / "cache")
+    item = BatchItem(document=str(EXAMPLE), question="Who kept the light?")
+    with pytest.raises(DocumentError, match="nothing reads"):
+        asyncio.run(arun_batch([item], tmp_path / "out.jsonl", job, trace=pipe))
+    assert model.requests == [] and not (tmp_path / "out.jsonl").exists()
+
+    fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # a reader, there before the writer
+    data: list[bytes] = []
+
+    def read() -> None:  # until the writer has come and gone
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:  # the writer is there, with nothing new
+                chunk = None
+            if chunk:
+                data.append(chunk)
+            elif chunk == b"" and data:
+                return
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        answer = ask(doc, "Which sentinels?", strategy=COA, model=model, cache=False, trace=pipe)
+    finally:
+        reader.join(timeout=30)
+        os.close(fd)
+    lines = b"".join(data).decode().splitlines()
+    assert answer.text == "The final answer."
+    assert [json.loads(line)["type"] for line in lines][0] == "start"
+    assert len(of_type([json.loads(line) for line in lines], "call")) == len(model.requests)

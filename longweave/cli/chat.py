@@ -158,8 +158,10 @@ class ChatController:
             return Output([Text("nothing asked yet", style="dim")])
         if not answer.citations:
             return Output([Text("the last answer cites no spans", style="dim")])
+        from longweave.cli.render import joined
+
         items: list[Printable] = []
-        for n, cite in enumerate(answer.citations, 1):
+        for n, cite in enumerate(joined(answer.citations), 1):  # numbered as the answer shows them
             where = f"{_file(self.session.document, cite)}, chars {cite.start}-{cite.end}"
             if cite.chunk_index is not None:
                 where += f", chunk {cite.chunk_index + 1}"
@@ -252,7 +254,7 @@ class ChatController:
 def answer_items(answer: Answer) -> list[Printable]:
     from longweave.cli.render import print_answer
 
-    return [lambda console: print_answer(console, answer),
+    return [lambda console: print_answer(console, answer, all_hint="/sources lists them all"),
             Text(answer.usage.line(), style="dim")]
 
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from longweave.answer import Answer
+from longweave.answer import Answer, Citation, plural
 
 
 def labelled(label: str, style: str, message: str) -> Text:
@@ -15,13 +15,19 @@ def labelled(label: str, style: str, message: str) -> Text:
     return Text.assemble((label, style), " ", message)
 
 
-def print_answer(console: Console, answer: Answer, *, context: int = 80) -> None:
-    """The answer in a panel, then each citation as a short excerpt with its character span.
+def print_answer(
+    console: Console, answer: Answer, *, context: int = 80, shown: int = 10,
+    all_hint: str = "--json prints them all",
+) -> None:
+    """The answer in a panel, then its citations as short excerpts with their character spans.
 
-    Model output and document text are printed as plain text, never read as console markup."""
+    Spans that touch (consecutive sentences, say) print as one; past `shown` excerpts a line
+    counts the rest and names where to see them (`all_hint`). Model output and document text
+    are printed as plain text, never read as console markup."""
     body = Text(answer.text) if answer.text else Text("(no answer)", style="dim")
     console.print(Panel(body, title=Text(answer.strategy), expand=False))
-    for n, cite in enumerate(answer.citations, 1):
+    spans = joined(answer.citations)
+    for n, cite in enumerate(spans[:shown], 1):
         excerpt = " ".join(cite.text.split())
         if len(excerpt) > 2 * context:
             excerpt = f"{excerpt[:context]} … {excerpt[-context:]}"
@@ -31,5 +37,26 @@ def print_answer(console: Console, answer: Answer, *, context: int = 80) -> None
         if cite.chunk_index is not None:
             where += f", chunk {cite.chunk_index + 1}"
         console.print(Text.assemble((f"[{n}]", "bold"), " ", (where, "dim"), " ", excerpt))
+    if len(spans) > shown:
+        rest = len(spans) - shown
+        console.print(Text(f"… {plural(rest, 'more span')} ({all_hint})", style="dim"))
     if answer.flags:
         console.print(f"[dim]flags: {', '.join(answer.flags)}[/]")
+
+
+def joined(citations: list[Citation]) -> list[Citation]:
+    """`citations` in order, each run of spans of one document that touch or overlap joined into
+    one (still `text == document.text[start:end]`): for display, where forty consecutive
+    sentences read better as a few passages."""
+    out: list[Citation] = []
+    for cite in citations:
+        last = out[-1] if out else None
+        if (last is None or last.doc_id != cite.doc_id or last.source != cite.source
+                or not last.start <= cite.start <= last.end):
+            out.append(cite)
+        elif cite.end > last.end:
+            out[-1] = last.model_copy(update={
+                "end": cite.end, "text": last.text[: cite.start - last.start] + cite.text,
+                "chunk_index": last.chunk_index if last.chunk_index == cite.chunk_index else None,
+            })
+    return out
