@@ -62,7 +62,13 @@ def strategies() -> dict[str, str]:
     return available()
 
 
+def __dir__() -> list[str]:
+    """The public names, the lazy ones (`Document`, `Session`) included, for dir() and help()."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str) -> Any:
+    """`Document` and `Session`, imported on first use (so `import longweave` stays light)."""
     # Document lives in a module that is cheap but not needed at import time.
     if name == "Document":
         from longweave.documents import Document

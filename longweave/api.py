@@ -24,8 +24,8 @@ _CONVERSATION_SUFFIXES = {".jsonl", ".json"}
 def load_source(
     source: str | os.PathLike[str] | Document,
     *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
 ) -> Document:
     """A Document from a path, a folder (corpus mode), a Document, or literal text.
 
@@ -36,9 +36,17 @@ def load_source(
     (see `longweave.retrieval.corpus`).
     """
     from longweave.documents import Document, open_document
+    from longweave.errors import ConfigError, DocumentError
 
     if isinstance(source, Document):
         return source
+    if not isinstance(source, str | os.PathLike):
+        raise ConfigError(f"a source is a path, a folder, a Document or text, not "
+                          f"{type(source).__name__}", hint="pass a path or the text itself")
+    if not os.fspath(source).strip():  # Path('') would be the current folder: never read it
+        raise DocumentError(repr(os.fspath(source)), "the source is empty",
+                            hint="pass a path, a folder, a Document or the text itself")
+    include, exclude = _patterns(include), _patterns(exclude)
     if isinstance(source, os.PathLike) or "\n" not in source and len(source) < 1024:
         if os.path.isdir(Path(source).expanduser()):
             from longweave.retrieval.corpus import open_corpus
@@ -58,11 +66,17 @@ def load_source(
              or _one_word_with_a_separator(source))
     )
     if looks_like_path and "://" in source and not os.path.exists(source):
-        from longweave.errors import DocumentError
-
         raise DocumentError(source, "no such file",
                             hint="longweave reads local files: download the page first")
     return open_document(source) if looks_like_path else Document.from_text(source)
+
+
+def _patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
+    """Glob patterns as a list: one pattern passed as a plain string is one pattern, not one
+    per character ('*.txt' split into '*', '.', ... would match every file)."""
+    if patterns is None:
+        return None
+    return [patterns] if isinstance(patterns, str) else list(patterns)
 
 
 def _one_word_with_a_separator(text: str) -> bool:
@@ -107,8 +121,8 @@ async def aask(
 
     settings = Settings()
     document = load_source(source)
-    chosen = get_strategy(strategy or settings.strategy, **options)
-    llm = make_model(model or settings.model, cache=cache, settings=settings)
+    chosen = get_strategy(settings.strategy if strategy is None else strategy, **options)
+    llm = make_model(settings.model if model is None else model, cache=cache, settings=settings)
     from longweave.cache import ArtifactCache
 
     artifacts = ArtifactCache(settings.cache_dir / "artifacts")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from longweave.answer import Citation, Step, Usage
 from longweave.errors import DocumentError, LongweaveError
@@ -50,11 +50,17 @@ class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     document: str
-    """The document's path (or any source `longweave.load_source` accepts)."""
+    """The document's path: a file, or a folder read as one corpus (a `Path` is accepted).
+    Not literal text: records name their document by this path and resume by it."""
     question: str
     id: str | None = None
     """The caller's id for the question; when set it, not the text, identifies the item."""
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("document", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def key(self, strategy: str, model: str) -> str:
         """The item's identity in an output file: document, question (or id), strategy, model."""

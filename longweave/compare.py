@@ -134,7 +134,7 @@ async def acompare(
     names = resolve_strategies(strategies)
     per = split_options(options or {}, names)
     document = load_source(source)
-    llm = make_model(model or settings.model, cache=cache, settings=settings)
+    llm = make_model(settings.model if model is None else model, cache=cache, settings=settings)
     artifacts = ArtifactCache(settings.cache_dir / "artifacts")
     rows: list[CompareRow] = []
     for name in names:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from longweave.errors import ConfigError, invalid_fields
@@ -35,6 +35,26 @@ class Settings(BaseSettings):
     """The model string used when none is given: 'local', 'hf:<id>' or 'openai:<model>'."""
     strategy: str = "chain-of-agents"
     """The strategy used when none is given."""
+
+    @field_validator("model")
+    @classmethod
+    def _a_model_string(cls, value: str) -> str:
+        from longweave.llm import MODEL_FORMS, is_model_string
+
+        if not is_model_string(value):
+            raise ValueError(f"unknown model {value!r}: use {MODEL_FORMS}")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _a_strategy_name(cls, value: str) -> str:
+        from longweave.agents.base import BUILTINS, available
+
+        if value not in BUILTINS and value not in (names := available()):
+            raise ValueError(f"unknown strategy {value!r}: choose one of "
+                             f"{', '.join(sorted(names))}")
+        return value
+
     cache_dir: Path = Field(default_factory=default_cache_dir)
     """Where completions and per-document artifacts are cached."""
     cache: bool = True

@@ -62,6 +62,8 @@ def invalid_fields(
             close = difflib.get_close_matches(str(error["loc"][-1]), list(fields), n=1)
             if close:
                 hints.append(f"did you mean {named(close[0])}?")
+        elif error["type"] == "value_error":  # a validator's own message names the value
+            problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
         else:
             problems.append(f"{name}: {error['msg']} (got {error['input']!r:.60})")
     return "; ".join(problems), " ".join(hints)

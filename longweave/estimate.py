@@ -21,9 +21,10 @@ True
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -399,12 +400,14 @@ async def aestimate(
     doc = load_source(document)
     chosen = get_strategy(strategy, **options)
     formulas = {**FORMULAS, **AGENTS}
-    formula = formulas.get(chosen.name)
+    formula = formulas.get(chosen.name) or _own_formula(chosen)
     if formula is None:
         from longweave.errors import ConfigError
 
-        raise ConfigError(f"no cost formula for strategy {chosen.name!r}",
-                          hint=f"estimates cover: {', '.join(sorted(formulas))}")
+        raise ConfigError(
+            f"no cost formula for strategy {chosen.name!r}",
+            hint=f"estimates cover: {', '.join(sorted(formulas))}; a plugin strategy adds its "
+                 "own with an `estimate_cost(ctx, tally)` method (docs/strategies/README.md)")
     planner = _planning_model(model_or_tokenizer, context_window=context_window,
                               schema_in_prompt=assumptions.schema_in_prompt if assumptions
                               else None)
@@ -419,6 +422,21 @@ async def aestimate(
         tally.notes.append(f"reply lengths and re-asks of {planner.name} are generic guesses: "
                            "`longweave batch ... --estimate --pilot N` measures them")
     return tally.result(chosen.name, planner.name)
+
+
+def _own_formula(strategy: Any) -> Callable[[Any, Any, Any], Awaitable[None]] | None:
+    """A strategy's own `estimate_cost(ctx, tally)` (a plugin's; it may be a coroutine), as a
+    formula; None when it has none."""
+    method = getattr(strategy, "estimate_cost", None)
+    if not callable(method):
+        return None
+
+    async def formula(_strategy: Any, ctx: Any, tally: Any) -> None:
+        done = method(ctx, tally)
+        if inspect.isawaitable(done):
+            await done
+
+    return formula
 
 
 def estimate(document: str | os.PathLike[str] | Document, strategy: str | Strategy,

@@ -127,6 +127,12 @@ def check_budget(prompt_tokens: int, max_tokens: int, window: int) -> None:
 MODEL_FORMS = "'local', 'hf:<path or hub id>' or 'openai:<model>'"
 
 
+def is_model_string(spec: str) -> bool:
+    """Whether `spec` has one of the model string forms (`MODEL_FORMS`); nothing is loaded."""
+    kind, _, rest = spec.partition(":")
+    return spec == "local" or (kind in ("hf", "openai") and bool(rest))
+
+
 def resolve_model(spec: str | LLM, **options: Any) -> LLM:
     """Turn a model string into a backend; heavy imports happen only here, on demand.
 
@@ -135,6 +141,9 @@ def resolve_model(spec: str | LLM, **options: Any) -> LLM:
     ConfigError: unknown model 'nonsense'
     """
     if not isinstance(spec, str):
+        if not callable(getattr(spec, "complete", None)):
+            raise ConfigError(f"a model is a model string or a backend, not {type(spec).__name__}",
+                              hint=f"use {MODEL_FORMS}, or an object with the LLM methods")
         return spec
     kind, _, rest = spec.partition(":")
     if spec == "local":

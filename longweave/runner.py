@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from longweave.agents.base import RunContext, Strategy
 from longweave.answer import Answer
+from longweave.errors import ConfigError, DocumentError
 from longweave.events import Event, EventSink, ignore
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ async def arun(
     artifacts: ArtifactCache | None = None,
 ) -> Answer:
     """Answer `question` about `document` with `strategy` and `llm`."""
+    check_inputs(document, question)
     ctx = RunContext(llm, document, question, strategy.name, emit=on_event, artifacts=artifacts)
     started = time.perf_counter()
     on_event(Event(
@@ -57,6 +59,18 @@ async def arun(
         data={"wall": wall, "usage": answer.usage.model_dump(), "answer": answer.text},
     ))
     return answer
+
+
+def check_inputs(document: Document, question: object) -> None:
+    """Refuse, before any call, a question that is not text and a document with nothing to read
+    (empty or only whitespace), the same way for every strategy."""
+    if not isinstance(question, str):
+        raise ConfigError(f"the question must be text (a str), not {type(question).__name__}",
+                          hint="pass '' to ask for a summary")
+    if not document.text.strip():
+        raise DocumentError(document.source or document.name,
+                            "has no text to read (it is empty or only whitespace)",
+                            hint="pass a document with text in it")
 
 
 def run(

@@ -257,8 +257,8 @@ class Session:
         """Where the session is saved: keyed by the document's sha256 alone."""
         self.artifacts = ArtifactCache(self.settings.cache_dir / "artifacts")
         self._llm: LLM | None = None
-        self._model: str | LLM = model or self.settings.model
-        self._use_strategy(strategy or self.settings.strategy, options)
+        self._model: str | LLM = self.settings.model if model is None else model
+        self._use_strategy(self.settings.strategy if strategy is None else strategy, options)
 
     @classmethod
     def open(
@@ -271,8 +271,8 @@ class Session:
         cache: bool = True,
         persist: bool = True,
         rewrite: bool = True,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
         settings: Settings | None = None,
         trace: str | os.PathLike[str] | TraceWriter | None = None,
         **options: Any,
@@ -336,8 +336,22 @@ class Session:
         from longweave.agents.base import get_strategy
 
         chosen = get_strategy(name, **options)
-        if not isinstance(name, str) and hasattr(name, "model_dump"):
-            options = name.model_dump(mode="json")  # an instance is saved as its settings
+        unsaved: list[str] = []
+
+        def unsaveable(value: Any) -> None:  # a setting JSON cannot hold (a scorer object, say)
+            unsaved.append(type(value).__name__)
+
+        # Saved as JSON: a schema class as its schema, an object JSON cannot hold as null.
+        dumped = (chosen.model_dump(mode="json", fallback=unsaveable)
+                  if hasattr(chosen, "model_dump") else None)
+        if unsaved and self.persist:
+            warnings.warn(f"{chosen.name}: settings of type {', '.join(unsaved)} cannot be "
+                          "saved with the session; a resumed session reads them as unset",
+                          LongweaveWarning, 3)
+        if dumped is not None:
+            # An instance is saved as all its settings; a name with options as those options.
+            options = (dumped if not isinstance(name, str)
+                       else {k: dumped.get(k, v) for k, v in options.items()})
         self._strategy, self._options = chosen, dict(options)
 
     def set_model(self, model: str | LLM) -> None:
@@ -481,6 +495,10 @@ class Session:
             write_atomic(self.path, json.dumps(self.record(), ensure_ascii=False))
         except OSError as exc:  # the answer stands; only the resume file is missing
             warnings.warn(f"could not save the session to {self.path}: {exc}", LongweaveWarning, 3)
+        except (TypeError, ValueError) as exc:  # a strategy setting that JSON cannot hold
+            warnings.warn(f"could not save the session to {self.path}: a strategy setting is "
+                          f"not JSON ({exc}); open it with persist=False to stop trying",
+                          LongweaveWarning, 3)
 
 
 def transcript(session: Session) -> str:

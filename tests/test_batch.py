@@ -263,3 +263,14 @@ async def test_an_output_torn_in_its_first_record_still_resumes(tmp_path: Path) 
     assert summary.answered == 3 and len(ResultLog(out).records()) == 3
     out.write_text("", encoding="utf-8")  # an empty file is a fresh output
     assert (await arun_batch(_items(red, green), out, job)).answered == 3
+
+
+async def test_an_item_takes_a_path_and_is_keyed_as_its_text(tmp_path: Path) -> None:
+    red, _ = _docs(tmp_path)
+    item = BatchItem(document=red, question="What colour is the door?")
+    assert item.document == str(red)
+    assert item == BatchItem(document=str(red), question="What colour is the door?")
+    job = BatchJob("truncate", _model(), cache=False, cache_dir=tmp_path / "cache")
+    summary = await arun_batch([item], tmp_path / "out.jsonl", job)
+    assert summary.answered == 1
+    assert ResultLog(tmp_path / "out.jsonl").records()[0].document == str(red)

@@ -190,6 +190,26 @@ async def test_answer_without_markers_is_flagged_uncited() -> None:
     assert "uncited" in answer.flags
 
 
+async def test_without_cite_mode_a_stray_marker_cites_nothing() -> None:
+    """The paper's prompts number no chunks, so a "[c1]" the manager writes anyway is no cite."""
+    model, doc = scripted(), sentinel_document(8)
+    answer = await arun(COA.model_copy(update={"cite": False}), doc, "What is hidden?", model)
+    assert answer.text == "The final answer [c1]."
+    assert answer.citations == [] and answer.flags == ["uncited"]
+    assert "[c" not in model.calls("worker")[0].text  # no marker instructions were sent
+
+
+@pytest.mark.parametrize("bad", [{"max_new": 0}, {"cu_cap": 0}, {"window": 16}, {"margin": -1},
+                                 {"temperature": -0.5}])
+def test_settings_out_of_range_are_refused_when_the_strategy_is_made(bad: dict) -> None:
+    from longweave.agents.base import get_strategy
+    from longweave.errors import ConfigError
+
+    (name,) = bad
+    with pytest.raises(ConfigError, match=f"invalid options for chain-of-agents: {name}"):
+        get_strategy("chain-of-agents", **bad)
+
+
 async def test_a_long_chain_is_not_cut_by_the_recursion_limit() -> None:
     model = scripted()
     answer = await arun(COA, sentinel_document(200, words=30), "q?", model)

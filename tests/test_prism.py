@@ -297,7 +297,9 @@ class Ledger(BaseModel):
 async def test_user_schemas_from_a_class_and_a_file(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     path.write_text(json.dumps(Ledger.model_json_schema()))
-    for choice in (Ledger, str(path)):
+    saved = Prism(memory_schema=Ledger).model_dump(mode="json")["memory_schema"]
+    assert saved == Ledger.model_json_schema()  # a class is saved (a session, JSON) as its schema
+    for choice in (Ledger, str(path), path, saved):
         model = ScriptedModel(context_window=2400)
         model.on("stepper", contains="Piece 1 of", reply={"revisions": [
             {"op": "add", "path": ["total"], "value": 12},
@@ -415,3 +417,29 @@ def test_the_final_schema_shows_no_docstring_to_copy(chars: int) -> None:
     shown = json_instructions(final_schema(chars))
     assert "memory paths" not in shown
     assert f'"answer": string (at most {chars} characters)' in shown
+
+
+async def test_a_session_with_a_class_schema_saves_and_resumes_it(tmp_path: Path) -> None:
+    """A pydantic class is saved as its JSON schema: the resumed session reads the same memory."""
+    from longweave.config import Settings
+    from longweave.session import Session
+
+    model = ScriptedModel(context_window=2400)
+    model.on("stepper", reply={"revisions": [{"op": "add", "path": ["total"], "value": 12}]})
+    model.on("manager", reply={"answer": "12", "used_paths": [["total"]]})
+    model.on("rewrite", reply="What is the total now?")
+    settings = Settings(cache_dir=tmp_path / "cache")
+    text = sentinel_document(2).text
+    for strategy, options in [(Prism(memory_schema=Ledger, **SMALL), {}),
+                              ("prism", {"memory_schema": Ledger, **SMALL})]:
+        session = Session.open(text, strategy=strategy, model=model, cache=False,
+                               settings=settings, **options)
+        assert (await session.aask("What is the total?")).text == "12"
+        saved = json.loads(session.path.read_text(encoding="utf-8"))
+        assert saved["options"]["memory_schema"] == Ledger.model_json_schema()
+        resumed = Session.open(text, model=model, cache=False, settings=settings, resume=True)
+        assert resumed.strategy.memory_schema == Ledger.model_json_schema()
+        asked = len(model.calls("stepper"))
+        assert (await resumed.aask("And the total now?")).text == "12"
+        assert "- total: int — sum of payments" in model.calls("stepper")[asked].text
+        session.path.unlink()

@@ -92,3 +92,99 @@ def test_load_source_refuses_a_mistyped_path_instead_of_answering_it_as_text(tmp
     for text in ("The key is under the mat.", "and/or is it 1/2?", "Lima", "a/b\nc/d"):
         document = longweave.load_source(text)
         assert document.text == text and document.source is None
+
+
+def test_dir_lists_the_lazy_names_too() -> None:
+    assert {"Document", "Session", "ask", "aask"} <= set(dir(longweave))
+
+
+# -- bad arguments: a clear error before any model call ----------------------------------------
+
+def _model():
+    from longweave.testing import ScriptedModel
+
+    model = ScriptedModel()
+    model.on("reader", reply="It says so.")
+    return model
+
+
+def test_an_empty_source_is_refused_and_never_read_as_the_current_folder(tmp_path, monkeypatch):
+    import pytest
+
+    from longweave.errors import DocumentError
+
+    (tmp_path / "secrets.md").write_text("The vault code is 4711.\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    model = _model()
+    for source in ("", "   ", "\n"):
+        with pytest.raises(DocumentError, match="the source is empty"):
+            longweave.ask(source, "What does it say?", strategy="truncate", model=model,
+                          cache=False)
+    assert model.requests == []
+
+
+def test_arguments_of_the_wrong_type_are_config_errors_before_any_call() -> None:
+    import pytest
+
+    from longweave.errors import ConfigError
+
+    model, text = _model(), "The key is under the mat."
+    cases = [
+        (dict(source=text, question=None), "the question must be text"),
+        (dict(source=text, question=42), "the question must be text"),
+        (dict(source=text, question=b"Where?"), "the question must be text"),
+        (dict(source=None, question="Where?"), "a source is a path"),
+        (dict(source=text, question="Where?", model=42), "a model is a model string"),
+        (dict(source=text, question="Where?", strategy=123), "a strategy is a name"),
+        (dict(source=text, question="Where?", strategy=""), "unknown strategy ''"),
+        (dict(source=text, question="Where?", model=""), "unknown model ''"),
+    ]
+    for kwargs, problem in cases:
+        kwargs = {"strategy": "truncate", "model": model, **kwargs}
+        with pytest.raises(ConfigError) as info:
+            longweave.ask(kwargs.pop("source"), kwargs.pop("question"), cache=False, **kwargs)
+        assert problem in info.value.message, kwargs
+    assert model.requests == []
+
+
+def test_a_document_of_only_whitespace_is_refused_alike_by_every_strategy() -> None:
+    import pytest
+
+    from longweave.documents import Document
+    from longweave.errors import DocumentError
+
+    model = _model()
+    blank = Document.from_text("  \n\t\n ")
+    for name in longweave.strategies():
+        with pytest.raises(DocumentError, match="has no text to read"):
+            longweave.ask(blank, "Where?", strategy=name, model=model, cache=False)
+    assert model.requests == []
+
+
+def test_one_include_pattern_as_a_string_is_one_pattern(tmp_path) -> None:
+    (tmp_path / "a.md").write_text("Markdown notes.\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("Plain notes.\n", encoding="utf-8")
+    corpus = longweave.load_source(tmp_path, include="*.txt")
+    assert "Plain notes." in corpus.text and "Markdown" not in corpus.text
+    corpus = longweave.load_source(tmp_path, exclude="*.txt")
+    assert "Markdown notes." in corpus.text and "Plain" not in corpus.text
+
+
+def test_bad_environment_values_name_their_variable(monkeypatch, capsys) -> None:
+    import pytest
+
+    from longweave.config import Settings
+    from longweave.errors import ConfigError
+    from tests.cli_run import run_cli
+
+    for var, value in [("LONGWEAVE_STRATEGY", "nope"), ("LONGWEAVE_MODEL", "gpt-4")]:
+        monkeypatch.setenv(var, value)
+        with pytest.raises(ConfigError) as info:
+            Settings()
+        assert info.value.message.startswith(f"invalid setting: {var}: unknown ")
+        assert "Value error" not in info.value.message
+        capsys.readouterr()
+        assert run_cli(monkeypatch, "ask", "The key is under the mat.", "Where?",
+                       "--estimate") == 1
+        assert f"error: invalid setting: {var}: unknown" in capsys.readouterr().err
+        monkeypatch.delenv(var)

@@ -355,3 +355,23 @@ async def test_per_document_artifacts_are_reused_across_turns(tmp_path: Path) ->
     index = next(s for s in second.steps if s.role == "index")
     assert index.detail["reused"] is True
     assert fake.texts == embedded + 1  # only the standalone question was embedded
+
+
+async def test_a_strategy_setting_json_cannot_hold_is_saved_as_unset_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    from pydantic import ConfigDict
+
+    from longweave.agents.truncate import Truncate
+
+    class WithObject(Truncate):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+        helper: Any = None
+
+    model = scripted()
+    with pytest.warns(longweave.LongweaveWarning, match="settings of type object cannot be saved"):
+        session = open_session(tmp_path, model, strategy=WithObject(helper=object()))
+    answer = await session.aask(FIRST)
+    assert answer.text == "Mara Quill, the widow of a pilot."
+    saved = json.loads(session.path.read_text(encoding="utf-8"))
+    assert saved["options"]["helper"] is None and saved["options"]["max_new"] == 256

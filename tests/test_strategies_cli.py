@@ -142,6 +142,25 @@ def test_a_plugin_is_listed_described_and_asked_through_the_cli(plugin, model) -
     assert answer["flags"] == []  # the whole report fits one 1,500-token chunk
     assert model.requests[0].max_tokens == 24
 
+    # Its own `estimate_cost` prices it: one reader call over the very prompt that was sent.
+    from longweave.estimate import estimate
+
+    est = estimate(example, "first-chunk", model, "Who was the first keeper?", max_new=24,
+                   chunk_tokens=1500)
+    assert (est.calls, est.prompt_tokens) == (1, answer["usage"]["prompt_tokens"])
+    assert (est.completion_tokens, est.high.completion_tokens) == (12, 24)
+    assert len(model.requests) == 1  # the estimate called no model
+    shown = CliRunner().invoke(app, [
+        "ask", str(example), "Who was the first keeper?", "--strategy", "first-chunk",
+        "--set", "max_new=24", "--set", "chunk_tokens=1500", "--estimate",
+    ])
+    assert shown.exit_code == 0, shown.output
+    assert "first-chunk on scripted: 1 chunk" in shown.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4]
+            for line in shown.output.splitlines() if line.startswith("│")}
+    assert [cell.strip() for cell in rows["calls"]] == ["1", "1-1"]
+    assert [cell.strip() for cell in rows["completion tokens"]] == ["12", "1-24"]
+
     compared = CliRunner().invoke(app, [
         "compare", str(example), "Who was the first keeper?", "-S", "first-chunk,truncate",
         "--set", "first-chunk.max_new=24", "--json",

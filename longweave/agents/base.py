@@ -251,6 +251,10 @@ def strategy_class(name: str) -> type:
 def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
     """A configured strategy by name; options are validated against its settings."""
     if not isinstance(name, str):
+        if not (callable(getattr(name, "build", None)) and hasattr(name, "initial_state")):
+            raise ConfigError(
+                f"a strategy is a name or a strategy object, not {type(name).__name__}",
+                hint="`longweave strategies` lists the names")
         if options:
             raise ConfigError("options cannot be applied to a strategy instance")
         return name

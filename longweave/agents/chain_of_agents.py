@@ -52,19 +52,19 @@ class ChainOfAgents(BaseModel):
     name: ClassVar[str] = "chain-of-agents"
     summary: ClassVar[str] = "workers read chunks in order passing a summary; a manager answers"
 
-    window: int = 8192
+    window: int = Field(8192, ge=256)
     """Agent window k in tokens, capped by the model's own window (paper, 2°: 8k in main runs)."""
-    max_new: int = 1024
+    max_new: int = Field(1024, ge=1)
     """Generation cap of the manager (paper: 1024)."""
-    cu_cap: int | None = None
+    cu_cap: int | None = Field(None, ge=1)
     """Generation cap of a worker, i.e. the largest communication unit; None: max_new (ours)."""
-    margin: int = 64
+    margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""
     reserve_cu: bool = True
     """Reserve room for the incoming and outgoing CU in the chunk budget. False is the paper's
     budget B = k - T(I_W) - T(q), allowed only when the model's window has room for both
     (§1.5.2)."""
-    temperature: float = 0.0
+    temperature: float = Field(0.0, ge=0.0)
     """Sampling temperature of every call (paper: 0)."""
     paths: Literal["single", "bidir"] = "single"
     """`bidir` adds a right-to-left chain and votes between the two answers (reference code)."""
@@ -208,6 +208,8 @@ class ChainOfAgents(BaseModel):
                 chosen = pick if 0 <= pick < len(answers) else 0
         if len(answers) > 1:
             ctx.step("select", answers[chosen], index=chosen, candidates=len(answers))
+        if not self.cite:  # the paper's prompts number no chunks: a stray "[c1]" means nothing
+            return {"answer": answers[chosen], "citations": [], "flags": ["uncited"]}
         text, citations = _resolve_markers(answers[chosen], state["chunks"], ctx)
         flags = [] if citations else ["uncited"]
         return {"answer": text or answers[chosen], "citations": citations, "flags": flags}

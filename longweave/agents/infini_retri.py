@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, TypedDict
 import numpy as np
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from longweave.agents.base import RunContext, repeat_then
 from longweave.agents.infini_retri_prompts import SUMMARY_TASK, Template, reader_messages
@@ -53,12 +53,12 @@ class InfiniRetri(BaseModel):
     name: ClassVar[str] = "infini-retri"
     summary: ClassVar[str] = "local attention keeps each window's top sentences; answer from them"
 
-    window: int = 1024
+    window: int = Field(1024, ge=64)
     """Window length W_c in tokens of the scoring model (reference code)."""
-    topk: int = 300
+    topk: int = Field(300, ge=1)
     """Context tokens kept per step; their whole sentences are cached (reference code; the
     package's internal default is 200)."""
-    phrase_width: int = 8
+    phrase_width: int = Field(8, ge=1)
     """Box-filter width over the token axis, `answer_length` (reference code)."""
     method: Literal[1, 2, 3] = 3
     """Score method: 1 raw column sums, 2 question-weighted, 3 phrase filter + question weighting
@@ -67,24 +67,24 @@ class InfiniRetri(BaseModel):
     """Apply the question weights twice, as the reference code does (§7.5.7); False once (ours)."""
     layer: int = -1
     """Decoder layer whose attention is read (reference code: the last)."""
-    cache_cap: int | None = None
+    cache_cap: int | None = Field(None, ge=1)
     """Largest sentence cache in tokens; None means 2 * window (ours; the reference is uncapped,
     see `faithful`). Over the cap, the sentences with the lowest best-token score are evicted."""
     retention: Literal["rescore", "sticky"] = "rescore"
     """"rescore": every step re-selects the cache from cache + window, so later windows can evict
     earlier evidence (reference code, §7.5.4). "sticky" (ours): a sentence stays once kept and only
     the cache cap evicts, lowest best score so far first; needs a cap (not `faithful`)."""
-    exclude_sinks: int = 0
+    exclude_sinks: int = Field(0, ge=0)
     """Zero the scores of this many leading context tokens, which draw attention whatever they
     say (ours, §7.5.5; 0 = off, as in the reference)."""
-    no_question_chars: int = 512
+    no_question_chars: int = Field(512, ge=1)
     """With no question, the last this-many characters of the document serve as the question
     (reference code)."""
-    min_last: float = 0.5
+    min_last: float = Field(0.5, ge=0.0, le=1.0)
     """A last window below this fraction of W_c takes sentences from the one before (reference)."""
-    max_new: int = 128
+    max_new: int = Field(128, ge=1)
     """Generation cap of the answer (reference code)."""
-    temperature: float = 0.0
+    temperature: float = Field(0.0, ge=0.0)
     """Answer sampling temperature: greedy (ours; the reference samples at 0.5, see `faithful`)."""
     faithful: bool = False
     """Reproduce the reference: no cache cap and temperature 0.5."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from longweave.agents import prism_prompts as prompts
 from longweave.agents.base import RunContext, repeat_then
@@ -29,6 +30,7 @@ from longweave.memory.structured_memory import (
     SchemaSpec,
     StructuredMemory,
     TypeNode,
+    from_json_schema,
     from_model,
     from_spec,
     load_schema_file,
@@ -80,10 +82,20 @@ class Prism(BaseModel):
     name: ClassVar[str] = "prism"
     summary: ClassVar[str] = "read chunks in order, revising a typed memory; answer from it"
 
-    memory_schema: str | type[BaseModel] = "auto"
+    memory_schema: str | dict[str, Any] | type[BaseModel] = "auto"
     """`auto` (qa with a question, summary without), `qa`, `summary`, `generate` (one model call
-    from `task`, validated, falling back to qa), a JSON schema file path, or a pydantic model
-    class (paper: typed hierarchies; ours: the built-ins)."""
+    from `task`, validated, falling back to qa), a JSON schema file path, a JSON schema (dict),
+    or a pydantic model class (paper: typed hierarchies; ours: the built-ins). A class is saved
+    (a chat session, JSON output) as its JSON schema, which reads back as the same memory."""
+
+    @field_validator("memory_schema", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_serializer("memory_schema", when_used="json")
+    def _class_as_schema(self, value: str | dict[str, Any] | type[BaseModel]) -> Any:
+        return value.model_json_schema() if isinstance(value, type) else value
     task: str = ""
     """What the memory is for, shown in every prompt and used by `generate`; empty picks a
     default from the question (ours)."""
@@ -122,7 +134,7 @@ class Prism(BaseModel):
     instead of being re-asked; re-asked only when it holds none (ours)."""
     schema_max_new: int = Field(512, ge=64)
     """Generation cap of schema generation (ours)."""
-    temperature: float = 0.0
+    temperature: float = Field(0.0, ge=0.0)
     """Sampling temperature (paper: 0.8 with top-k 40 over 5 samples; ours: 0 for repeatability)."""
     margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""
@@ -139,7 +151,7 @@ class Prism(BaseModel):
             return "Answer the question about the text."
         return "Summarize the text."
 
-    def _query(self, schema_choice: str | type[BaseModel], question: str) -> bool:
+    def _query(self, schema_choice: object, question: str) -> bool:
         return bool(question.strip()) and schema_choice != "summary"
 
     async def resolve_schema(self, ctx: RunContext) -> TypeNode:
@@ -147,6 +159,8 @@ class Prism(BaseModel):
         choice = self.memory_schema
         if isinstance(choice, type):
             return from_model(choice)
+        if isinstance(choice, dict):
+            return from_json_schema(choice)
         if choice == "auto":
             choice = "qa" if ctx.question.strip() else "summary"
         if choice == "qa":

@@ -17,10 +17,26 @@ Include = Annotated[
 Exclude = Annotated[
     list[str] | None, typer.Option("--exclude", help="Folder: file glob to skip (repeatable).")
 ]
+
+
+def _from_environment(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    """A value read from a LONGWEAVE_* variable is checked as the settings check it, so a bad
+    one is an error that names the variable, not a bare "unknown model"."""
+    from click.core import ParameterSource
+
+    if param.name and ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        from longweave.config import Settings
+
+        Settings()
+    return value
+
+
 Model = Annotated[str, typer.Option(
-    "--model", "-m", envvar="LONGWEAVE_MODEL", help="'local', 'hf:<id>' or 'openai:<model>'.")]
+    "--model", "-m", envvar="LONGWEAVE_MODEL", callback=_from_environment,
+    help="'local', 'hf:<id>' or 'openai:<model>'.")]
 StrategyName = Annotated[str, typer.Option(
-    "--strategy", "-s", envvar="LONGWEAVE_STRATEGY", help="Strategy name.")]
+    "--strategy", "-s", envvar="LONGWEAVE_STRATEGY", callback=_from_environment,
+    help="Strategy name.")]
 RayAddress = Annotated[
     str | None,
     typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
