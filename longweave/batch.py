@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -20,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from longweave.answer import Citation, Step, Usage
-from longweave.errors import DocumentError, LongweaveError
+from longweave.answer import Citation, Step, Usage, plural
+from longweave.errors import DocumentError, LongweaveError, LongweaveWarning
 from longweave.events import EventSink, ignore
 from longweave.trace import combine
 
@@ -62,9 +64,14 @@ class BatchItem(BaseModel):
     def _path_as_text(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    def key(self, strategy: str, model: str) -> str:
-        """The item's identity in an output file: document, question (or id), strategy, model."""
-        ident = [self.document, self.id if self.id is not None else self.question, strategy, model]
+    def key(self, strategy: str, model: str, options: dict[str, Any] | None = None) -> str:
+        """The item's identity in an output file: document, question (or id), strategy, model
+        and the strategy options (when there are any), so answers made with other settings are
+        neither skipped on resume nor mistaken for these."""
+        ident: list[Any] = [self.document, self.id if self.id is not None else self.question,
+                            strategy, model]
+        if options:
+            ident.append(json.dumps(options, sort_keys=True, default=repr))
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:20]
 
 
@@ -79,6 +86,11 @@ class BatchRecord(BaseModel):
     id: str | None = None
     strategy: str
     model: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    """The strategy options the answer was made with (part of `key`)."""
+    document_stamp: str | None = None
+    """The document file's size and modification time when it was answered: a rerun warns
+    when the file has changed since (its answer is kept, not asked again)."""
     answer: str | None = None
     citations: list[Citation] = Field(default_factory=list)
     flags: list[str] = Field(default_factory=list)
@@ -198,6 +210,16 @@ def _record(line: bytes) -> BatchRecord | None:
         return None
 
 
+def document_stamp(source: str) -> str | None:
+    """A document file's size and modification time ("size:mtime_ns"); None for a folder or a
+    path that cannot be read (its change is not tracked)."""
+    try:
+        info = os.stat(source)
+    except (OSError, ValueError):
+        return None
+    return f"{info.st_size}:{info.st_mtime_ns}" if stat.S_ISREG(info.st_mode) else None
+
+
 def check_writable(path: str | os.PathLike[str], what: str = "output") -> None:
     """Fail with a `DocumentError` unless `path` names a file this process can append to, or
     create (with its missing folders): checked before any model call, so that answers are not
@@ -292,7 +314,7 @@ class BatchJob:
         return self.model if isinstance(self.model, str) else self.model.name
 
     def key(self, item: BatchItem) -> str:
-        return item.key(self.strategy, self.model_name)
+        return item.key(self.strategy, self.model_name, self.options)
 
     def check(self) -> None:
         """Fail before any work starts on an unknown strategy or a bad option."""
@@ -334,6 +356,8 @@ class BatchJob:
         record = BatchRecord(
             key=self.key(item), document=item.document, question=item.question, id=item.id,
             strategy=self.strategy, model=self.model_name, meta=item.meta,
+            options=json.loads(json.dumps(self.options, default=repr)),
+            document_stamp=document_stamp(item.document),
         )
         started = time.perf_counter()
         run = self._run_trace(record)
@@ -440,13 +464,26 @@ async def _run_batch(
     todo: list[BatchItem] = []
     seen: set[str] = set()
     skipped = 0
+    stamps: dict[str, str | None] = {}
+    changed: list[str] = []
     for item in items:
         key = job.key(item)
         if key in done:
             skipped += 1
+            recorded = done[key].document_stamp
+            if item.document not in stamps:
+                stamps[item.document] = document_stamp(item.document)
+                if recorded is not None and stamps[item.document] not in (None, recorded):
+                    changed.append(item.document)
         elif key not in seen:  # the same question twice in the input is asked once
             seen.add(key)
             todo.append(item)
+    if changed:
+        warnings.warn(
+            f"{plural(len(changed), 'document')} changed since {log.path} answered "
+            f"{'it' if len(changed) == 1 else 'them'} (first: {changed[0]}); those answers are "
+            "kept, not asked again: write to a new --out to answer the new text",
+            LongweaveWarning, stacklevel=3)
     summary = BatchSummary(skipped=skipped)
     if on_start is not None:
         on_start(len(todo), skipped)

@@ -16,14 +16,15 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from longweave.answer import Usage
-from longweave.errors import LongweaveWarning
-from longweave.llm import LLM, Completion, Message
+from longweave.errors import LongweaveError, LongweaveWarning
+from longweave.llm import LLM, Completion, Message, model_identity
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -83,7 +84,13 @@ class CompletionCache:
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored record, or None on a miss (or when the cache is unusable)."""
         row = self._run(lambda c: c.execute("SELECT record FROM completions WHERE key = ?", (key,)))
-        return json.loads(row[0]) if row else None
+        if not row:
+            return None
+        try:
+            record = json.loads(row[0])
+        except (TypeError, ValueError):  # a damaged row is a miss; the answer replaces it
+            return None
+        return record if isinstance(record, dict) else None
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         """Store a JSON-serializable record under `key`, replacing any earlier one."""
@@ -213,7 +220,7 @@ class CachedLLM:
             key = completion_key(
                 # A backend's fingerprint names what changes its output beyond the model name
                 # (a local model's dtype or decoding options); the name is the fallback.
-                getattr(self.inner, "fingerprint", self.inner.name),
+                model_identity(self.inner),
                 messages, max_tokens=max_tokens, temperature=0.0, schema=schema,
             )
             record = await asyncio.to_thread(self.cache.get, key)
@@ -248,6 +255,8 @@ def _replay(
     """A completion rebuilt from a record, or None if it no longer validates (then: a miss)."""
     from pydantic import ValidationError
 
+    if not isinstance(record.get("text"), str):  # a damaged row: a miss, replaced by the answer
+        return None
     parsed = None
     if schema is not None:
         try:
@@ -270,6 +279,13 @@ def _replay(
 _SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
+T = TypeVar("T")
+
+_UNUSABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, LongweaveError)
+"""What reading a damaged artifact raises: its files missing or garbled, or JSON of another shape
+(pydantic's ValidationError and JSON errors are ValueErrors)."""
+
+
 class ArtifactCache:
     """Per-key directories built once, atomically: a reader never sees a half-built artifact.
 
@@ -287,6 +303,41 @@ class ArtifactCache:
         """The directory for `key` if it has been built, else None."""
         final = self.root / key
         return final if _SAFE_KEY.fullmatch(key) and final.is_dir() else None
+
+    def load(self, key: str, read: Callable[[Path], T], what: str) -> T | None:
+        """`read(directory)` of the artifact built under `key`; None when there is none.
+
+        An artifact `read` cannot use (truncated, garbage, valid JSON of the wrong shape, another
+        document's) is moved aside under a name `find` never returns, with a warning, so the
+        rebuilt one is cached in its place instead of being rebuilt on every question."""
+        found = self.find(key)
+        if found is None:
+            return None
+        try:
+            return read(found)
+        except _UNUSABLE as exc:
+            aside = found.with_name(f".{found.name}.unusable-{uuid.uuid4().hex[:8]}")
+            problem = (str(exc).splitlines() or [type(exc).__name__])[0]
+            warnings.warn(f"rebuilding {what}: {found} is unusable ({problem}); moved to "
+                          f"{aside.name}", LongweaveWarning, stacklevel=3)
+            try:
+                os.rename(found, aside)
+            except OSError:
+                pass  # another process moved or rebuilt it first
+            return None
+
+    def save(self, key: str, write: Callable[[Path], None], what: str) -> bool:
+        """Cache an artifact made by this run (`write(directory)` fills it), best effort: when
+        the cache cannot be written (read-only, full, a file in the way) the run keeps what it
+        built and goes on, with a warning; nothing finished is lost for a cache."""
+        try:
+            self.get_or_build(key, write)
+        except OSError as exc:
+            where = exc.filename or self.root
+            warnings.warn(f"{what} is not cached ({exc.strerror or exc}: {where}); the next "
+                          "question builds it again", LongweaveWarning, stacklevel=3)
+            return False
+        return True
 
     def get_or_build(self, key: str, build: Callable[[Path], None]) -> Path:
         """The directory for `key`, calling `build(tmp_dir)` to fill it first if it is missing."""

@@ -309,6 +309,13 @@ class PlanningModel:
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
 
+    @property
+    def fingerprint(self) -> str:
+        """The real model's, so artifact keys match the ones its runs write."""
+        from longweave.llm import model_identity
+
+        return model_identity(self._model) if self._model is not None else self.name
+
     def count_tokens(self, text: str) -> int:
         if self._model is not None:
             return self._model.count_tokens(text)

@@ -127,6 +127,12 @@ def check_budget(prompt_tokens: int, max_tokens: int, window: int) -> None:
 MODEL_FORMS = "'local', 'hf:<path or hub id>' or 'openai:<model>'"
 
 
+def model_identity(llm: Any) -> str:
+    """What names a model's output in cache keys: its `fingerprint` where the backend has one
+    (the server behind an OpenAI-compatible name, a local model's dtype), else its name."""
+    return str(getattr(llm, "fingerprint", None) or llm.name)
+
+
 def is_model_string(spec: str) -> bool:
     """Whether `spec` has one of the model string forms (`MODEL_FORMS`); nothing is loaded."""
     kind, _, rest = spec.partition(":")

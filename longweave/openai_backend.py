@@ -347,6 +347,13 @@ class OpenAILLM:
             }
         return kwargs
 
+    @property
+    def fingerprint(self) -> str:
+        """The model name plus the server and structured mode, which change what comes back:
+        local servers (vLLM, llama.cpp, `longweave serve`) often answer to any model name."""
+        server = (self.base_url or "default").rstrip("/")
+        return f"{self.name}|{server}|structured={self.structured}"
+
     def _client_for_loop(self) -> tuple[Any, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop or self._semaphore is None:

@@ -559,6 +559,14 @@ def _load(path: Path) -> _Record | None:
         problem = f"format {record.version}"
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, not a record
         problem = (str(exc).splitlines() or [type(exc).__name__])[0]
-    warnings.warn(f"the saved session {path} is unreadable ({problem}); starting a new one",
+    # Kept, not overwritten by the new session's first turn: a newer longweave's file, or one
+    # a crash or an editor damaged, may still matter to its owner.
+    aside = path.with_name(f"{path.stem}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+    try:
+        os.replace(path, aside)
+        kept = f"; it was moved to {aside.name}"
+    except OSError:
+        kept = ""
+    warnings.warn(f"the saved session {path} is unreadable ({problem}); starting a new one{kept}",
                   LongweaveWarning, 3)
     return None

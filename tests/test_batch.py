@@ -274,3 +274,36 @@ async def test_an_item_takes_a_path_and_is_keyed_as_its_text(tmp_path: Path) -> 
     summary = await arun_batch([item], tmp_path / "out.jsonl", job)
     assert summary.answered == 1
     assert ResultLog(tmp_path / "out.jsonl").records()[0].document == str(red)
+
+
+async def test_other_options_are_other_answers_and_a_changed_document_is_named(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    red, green = _docs(tmp_path)
+    out = tmp_path / "out.jsonl"
+    items = _items(red, green)
+
+    def job(**options: object) -> BatchJob:
+        return BatchJob("truncate", _model(), options=options, cache=False,
+                        cache_dir=tmp_path / "cache")
+
+    assert (await arun_batch(items, out, job())).answered == 3
+    first = ResultLog(out).records()
+    assert first[0].options == {} and first[0].document_stamp is not None
+    # Other settings: not the answers already written, so asked (and told apart by `options`).
+    summary = await arun_batch(items, out, job(max_new=5))
+    assert (summary.answered, summary.skipped) == (3, 0)
+    assert [r.options for r in ResultLog(out).records()[3:]] == [{"max_new": 5}] * 3
+    # The same settings again: all skipped, and silently while the documents are unchanged.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (await arun_batch(items, out, job(max_new=5))).skipped == 3
+    red.write_text("The door of the red house is painted green now.", encoding="utf-8")
+    os.utime(red, ns=(1, 1))  # a different size and time, whatever the clock's resolution
+    with pytest.warns(RuntimeWarning, match=r"1 document changed since .*out.jsonl answered it "
+                                            r"\(first: .*red.txt\); those answers are kept"):
+        assert (await arun_batch(items, out, job(max_new=5))).skipped == 3

@@ -126,6 +126,38 @@ def test_completion_key_covers_everything_that_shapes_the_output() -> None:
 # -- CompletionCache -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("damage", ["not json", '{"text": null}', "[]", '"Lima"'])
+async def test_a_damaged_row_is_a_miss_and_the_new_answer_replaces_it(
+    tmp_path: Path, damage: str
+) -> None:
+    inner = FakeLLM()
+    cached = CachedLLM(inner, CompletionCache(tmp_path / "c.sqlite"))
+    first = await cached.complete(QUESTION, max_tokens=16)
+    cached.cache.close()
+    with sqlite3.connect(tmp_path / "c.sqlite") as conn:
+        conn.execute("UPDATE completions SET record = ?", (damage,))
+    again = await cached.complete(QUESTION, max_tokens=16)  # asked again, not a crash
+    assert again.text == first.text and again.meta.get("cache") != "hit"
+    assert len(inner.calls) == 2
+    hit = await cached.complete(QUESTION, max_tokens=16)  # the new answer replaced the row
+    assert hit.meta["cache"] == "hit" and len(inner.calls) == 2
+
+
+def test_the_key_of_an_openai_compatible_model_names_its_server() -> None:
+    """Local servers answer to any model name: two of them must not share cached answers."""
+    from longweave.llm import model_identity
+    from longweave.openai_backend import OpenAILLM
+
+    a = OpenAILLM("default", base_url="http://127.0.0.1:8001/v1", api_key="x")
+    b = OpenAILLM("default", base_url="http://127.0.0.1:8002/v1/", api_key="x")
+    same = OpenAILLM("default", base_url="http://127.0.0.1:8001/v1/", api_key="x")
+    assert a.name == b.name == "openai:default"
+    assert model_identity(a) != model_identity(b) and model_identity(a) == model_identity(same)
+    assert model_identity(OpenAILLM("default", base_url=a.base_url, api_key="x",
+                                    structured="instructions")) != model_identity(a)
+    assert model_identity(CachedLLM(a, CompletionCache(":memory:"))) == model_identity(a)
+
+
 def test_put_get_roundtrip_persists_in_a_wal_database(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "completions.sqlite"
     cache = CompletionCache(path)
@@ -366,3 +398,32 @@ def test_racing_builders_agree_on_one_complete_copy(tmp_path: Path) -> None:
 def test_unsafe_artifact_keys_are_rejected(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="artifact key"):
         ArtifactCache(tmp_path).get_or_build(bad, lambda into: None)
+
+
+def test_artifact_load_moves_an_unusable_one_aside_and_save_warns_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from longweave.cache import ArtifactCache
+
+    cache = ArtifactCache(tmp_path / "artifacts")
+
+    def read(d: Path) -> int:
+        return int(json.loads((d / "n.json").read_text())["n"])
+
+    assert cache.load("k", read, "the number") is None  # nothing built yet
+    assert cache.save("k", lambda d: (d / "n.json").write_text('{"n": 7}'), "the number")
+    assert cache.load("k", read, "the number") == 7
+    for damage in ("[]", "null", '{"m": 1}', '{"n": "x"}'):
+        (cache.root / "k" / "n.json").write_text(damage)
+        with pytest.warns(RuntimeWarning, match="rebuilding the number: .* moved to .k.unusable-"):
+            assert cache.load("k", read, "the number") is None
+        assert cache.find("k") is None  # moved aside: the rebuilt one takes its place
+        assert cache.save("k", lambda d: (d / "n.json").write_text('{"n": 7}'), "the number")
+    assert len(list(cache.root.glob(".k.unusable-*"))) == 4
+
+    blocked = ArtifactCache(tmp_path / "a-file" / "artifacts")
+    (tmp_path / "a-file").write_text("in the way")
+    with pytest.warns(RuntimeWarning, match="the number is not cached .*next question"):
+        assert not blocked.save("k", lambda d: (d / "n.json").write_text("{}"), "the number")

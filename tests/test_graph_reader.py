@@ -95,6 +95,23 @@ async def test_build_extracts_once_per_chunk_and_a_cached_rebuild_calls_nothing(
     assert again.usage.calls == answer.usage.calls - len(PARAS)
 
 
+@pytest.mark.parametrize("damage", ["null", "[]", '{"doc_id": "x"}', "{"])
+async def test_a_damaged_cached_graph_is_rebuilt_once_and_cached_again(
+    tmp_path: Path, damage: str
+) -> None:
+    doc, cache = document(), ArtifactCache(tmp_path)
+    await arun(reader(), doc, QUESTION, scripted(), artifacts=cache)
+    (folder,) = tmp_path.iterdir()
+    (folder / "graph.json").write_text(damage)
+    model = scripted()
+    with pytest.warns(RuntimeWarning, match="rebuilding the GraphReader graph.*moved to"):
+        await arun(reader(), doc, QUESTION, model, artifacts=cache)
+    assert len(model.calls("extractor")) == len(PARAS)
+    again = scripted()
+    await arun(reader(), doc, QUESTION, again, artifacts=cache)
+    assert again.calls("extractor") == []
+
+
 @pytest.mark.parametrize("keep_cut", [True, False])
 async def test_a_cut_extraction_keeps_its_whole_facts(keep_cut: bool, tmp_path: Path) -> None:
     def cut(request: Request) -> str:  # the facts, then a fact cut inside its text

@@ -95,6 +95,20 @@ def test_a_corrupt_artifact_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
     assert document_index(doc, embedder=fake, chunk_tokens=64, artifacts=cache).reused
 
 
+@pytest.mark.parametrize("damage", ["[]", "null", '{"format": 1}'])
+def test_an_index_description_of_the_wrong_shape_is_moved_aside(
+    tmp_path: Path, damage: str
+) -> None:
+    doc, cache, fake = Document.from_text("One two three. " * 300), ArtifactCache(tmp_path), \
+        HashEmbedder()
+    first = document_index(doc, embedder=fake, chunk_tokens=64, artifacts=cache)
+    (cache.find(first.key) / "index.json").write_text(damage)
+    with pytest.warns(RuntimeWarning, match="rebuilding the retrieval index.*moved to"):
+        again = document_index(doc, embedder=fake, chunk_tokens=64, artifacts=cache)
+    assert not again.reused and np.array_equal(again.vectors, first.vectors)
+    assert document_index(doc, embedder=fake, chunk_tokens=64, artifacts=cache).reused
+
+
 def test_the_embedding_cache_serves_chunks_already_embedded(tmp_path: Path) -> None:
     doc, fake = Document.from_text("Red green blue. " * 300), HashEmbedder()
     cached = CachedEmbedder(fake, EmbeddingCache(tmp_path / "e.sqlite"))

@@ -181,16 +181,45 @@ async def test_second_question_reuses_the_cached_tree(
     assert len(model.calls("summarizer")) == 13 and len(list(tmp_path.iterdir())) == 3
 
 
-async def test_an_unreadable_cached_tree_is_rebuilt_with_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["{not json", "null", "[]", '{"doc_id": 3}'])
+async def test_an_unusable_cached_tree_is_moved_aside_rebuilt_once_and_cached_again(
+    tmp_path: Path, damage: str
+) -> None:
     model, doc = scripted(reader=reader_for(0)), sentinel_document(9)
     cache = ArtifactCache(tmp_path)
     await arun(MW, doc, "q?", model, artifacts=cache)
     (folder,) = tmp_path.iterdir()
-    (folder / "tree.json").write_text("{not json")
+    (folder / "tree.json").write_text(damage)
     model.requests.clear()
-    with pytest.warns(RuntimeWarning, match="rebuilding the MemWalker tree"):
+    with pytest.warns(RuntimeWarning, match="rebuilding the MemWalker tree.*moved to"):
         answer = await arun(MW, doc, "q?", model, artifacts=cache)
     assert len(model.calls("summarizer")) == 13 and answer.text == "found it"
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[1] == folder.name and names[0].startswith(f".{folder.name}.unusable-")
+    model.requests.clear()  # the rebuilt tree was cached in its place: the next one reuses it
+    again = await arun(MW, doc, "q?", model, artifacts=cache)
+    assert model.calls("summarizer") == [] and again.text == "found it"
+
+
+@pytest.mark.parametrize("blocker", ["a file in the way", "a full disk"])
+async def test_a_cache_that_cannot_be_written_warns_and_the_answer_stands(
+    tmp_path: Path, blocker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    model, doc = scripted(reader=reader_for(0)), sentinel_document(9)
+    cache = ArtifactCache(tmp_path / "cache" / "artifacts")
+    if blocker == "a file in the way":
+        (tmp_path / "cache").write_text("not a folder")
+    else:
+        def full(self: SummaryTree, path: Path) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(SummaryTree, "save", full)
+    with pytest.warns(RuntimeWarning, match="the MemWalker tree is not cached.*next question"):
+        answer = await arun(MW, doc, "q?", model, artifacts=cache)
+    assert answer.text == "found it" and len(model.calls("summarizer")) == 13
+    assert not cache.root.exists() or not any(cache.root.iterdir())  # no half-built folder
 
 
 async def test_a_build_whose_every_summary_came_back_blank_is_not_cached(tmp_path: Path) -> None:

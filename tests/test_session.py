@@ -196,9 +196,13 @@ def test_unreadable_saved_session_warns_and_starts_over(tmp_path: Path) -> None:
                          strategy="truncate")
     probe.path.parent.mkdir(parents=True)
     probe.path.write_text('{"version": 1, "turns": [')
-    with pytest.warns(RuntimeWarning, match="unreadable"):
+    with pytest.warns(RuntimeWarning, match="unreadable .*; starting a new one; it was moved to"):
         session = Session.open(EXAMPLE, model=ScriptedModel(), resume=True, settings=settings)
     assert session.history == []
+    # Kept beside, so the new session's first turn does not overwrite the old conversation.
+    (kept,) = [p for p in probe.path.parent.iterdir() if p != probe.path]
+    assert kept.name.startswith(f"{probe.path.stem}.unreadable-") and kept.suffix == ".json"
+    assert kept.read_text() == '{"version": 1, "turns": ['
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe garbage", b"not json at all", b""])

@@ -13,6 +13,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -30,7 +31,7 @@ from longweave.graphs.calls import SIGNATURES
 from longweave.graphs.explore import Explorer
 from longweave.graphs.paths import PathState
 from longweave.graphs.store import GRAPH_FORMAT, KeyGraph, normalize_key
-from longweave.llm import unquote
+from longweave.llm import model_identity, unquote
 from longweave.retrieval.embeddings import Embedder
 from longweave.structured import json_instructions, reask_message, whole_items
 
@@ -170,7 +171,7 @@ class GraphReader(UsesEmbedder):
     def _artifact_key(self, ctx: RunContext, budgets: Budgets) -> tuple[str, dict[str, Any]]:
         settings: dict[str, Any] = {
             "strategy": self.name, "artifact": "graph", "format": GRAPH_FORMAT,
-            "prompts": prompts.PROMPT_VERSION, "model": ctx.llm.name,
+            "prompts": prompts.PROMPT_VERSION, "model": model_identity(ctx.llm),
             "tokenizer": str(getattr(ctx.llm.tokenizer, "name", "")),
             "chunk_tokens": budgets.chunk_tokens, "chunking": "paragraphs",
             "max_facts": self.max_facts, "fact_chars": self.fact_chars,
@@ -186,19 +187,19 @@ class GraphReader(UsesEmbedder):
         """The document's graph: loaded from `ctx.artifacts` when built before, else built."""
         key, settings = self._artifact_key(ctx, budgets)
         embedder = self.get_embedder(ctx)
-        found = ctx.artifacts.find(key) if ctx.artifacts is not None else None
-        if found is not None:
-            try:
-                graph = KeyGraph.load(found, embedder=embedder.name)
-                if graph.doc_id != ctx.document.id or graph.index is None:
-                    raise ValueError("the graph does not belong to this document")
-                n = graph.graph.number_of_nodes()
-                ctx.step("graph", f"reused a graph of {plural(n, 'node')}", cached=True, calls=0,
-                         nodes=n, facts=len(graph.facts), chunks=len(graph.spans), key=key)
-                return graph
-            except (OSError, ValueError, LongweaveError) as exc:
-                warnings.warn(f"rebuilding the GraphReader graph: {found} is unusable ({exc})",
-                              LongweaveWarning, 2)
+
+        def read(found: Path) -> KeyGraph:
+            graph = KeyGraph.load(found, embedder=embedder.name)
+            if graph.doc_id != ctx.document.id or graph.index is None:
+                raise ValueError("the graph does not belong to this document")
+            return graph
+
+        cached = ctx.artifacts.load(key, read, "the GraphReader graph") if ctx.artifacts else None
+        if cached is not None:
+            n = cached.graph.number_of_nodes()
+            ctx.step("graph", f"reused a graph of {plural(n, 'node')}", cached=True, calls=0,
+                     nodes=n, facts=len(cached.facts), chunks=len(cached.spans), key=key)
+            return cached
         graph, failed = await self._build(ctx, budgets, settings, embedder)
         if failed == len(graph.spans):
             # Every extraction failed (a broken model or server, not a text without facts): an
@@ -208,7 +209,7 @@ class GraphReader(UsesEmbedder):
                           f"{plural(self.retries + 1, 'attempt')} each); the graph is not "
                           "cached and will be retried on the next question", LongweaveWarning, 2)
         elif ctx.artifacts is not None:
-            ctx.artifacts.get_or_build(key, graph.save)
+            ctx.artifacts.save(key, graph.save, "the GraphReader graph")
         return graph
 
     async def _build(self, ctx: RunContext, budgets: Budgets, settings: dict[str, Any],

@@ -16,6 +16,7 @@ from longweave.budget import chunk_budget
 from longweave.chunking import Chunker
 from longweave.conversations import conversation_turns
 from longweave.errors import LongweaveError, LongweaveWarning
+from longweave.llm import model_identity
 from longweave.memory.episodic import Episode, EpisodicMemory
 from longweave.memory.scratchpad import Bullet, Piece, Scratchpad, parse_bullet
 from longweave.memory.working import MemoryUnit
@@ -102,7 +103,8 @@ def split_units(ctx: RunContext, unit_tokens: int) -> list[MemoryUnit]:
 
 def artifact_key(light: LIGHT, ctx: RunContext, plan: Plan, embedder: str) -> str:
     settings = {
-        "format": ARTIFACT_FORMAT, "prompts": prompts.PROMPT_VERSION, "model": ctx.llm.name,
+        "format": ARTIFACT_FORMAT, "prompts": prompts.PROMPT_VERSION,
+        "model": model_identity(ctx.llm),
         "tokenizer": str(getattr(ctx.llm.tokenizer, "name", "")), "plan": asdict(plan),
         "embedder": embedder, "temperature": light.temperature,
         **{f: getattr(light, f) for f in ("kv_items", "fact_items", "section_items",
@@ -120,19 +122,19 @@ async def build_memory(light: LIGHT, ctx: RunContext, plan: Plan) -> Built:
     if not units:
         raise LongweaveError(f"{ctx.document.name} has no text to remember")
     key = artifact_key(light, ctx, plan, embedder.name)
-    found = ctx.artifacts.find(key) if ctx.artifacts is not None else None
-    if found is not None:
-        try:
-            memory = EpisodicMemory.load(found, embedder)
-            pieces = _load_pieces(found / _PAD)
-            if sorted(memory.episodes) != [u.index for u in units]:
-                raise ValueError("the episodes do not match this document's units")
-            ctx.step("memory", f"reused a memory of {len(units)} units", cached=True,
-                     units=len(units), pieces=len(pieces), key=key)
-            return Built(units, memory, pieces, [])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"rebuilding the LIGHT memory: {found} is unusable ({exc})",
-                          LongweaveWarning, 2)
+
+    def read(found: Path) -> Built:
+        memory = EpisodicMemory.load(found, embedder)
+        pieces = _load_pieces(found / _PAD)
+        if sorted(memory.episodes) != [u.index for u in units]:
+            raise ValueError("the episodes do not match this document's units")
+        return Built(units, memory, pieces, [])
+
+    cached = ctx.artifacts.load(key, read, "the LIGHT memory") if ctx.artifacts else None
+    if cached is not None:
+        ctx.step("memory", f"reused a memory of {len(units)} units", cached=True,
+                 units=len(units), pieces=len(cached.pieces), key=key)
+        return cached
     built = await _build(light, ctx, plan, units, embedder)
     if built.failed:
         # Not a text without facts: no extraction came back at all. Kept here, this memory
@@ -146,7 +148,7 @@ async def build_memory(light: LIGHT, ctx: RunContext, plan: Plan) -> Built:
             built.memory.save(d)
             (d / _PAD).write_text(json.dumps(
                 [[asdict(b) for b in p.bullets] for p in built.pieces]), encoding="utf-8")
-        ctx.artifacts.get_or_build(key, write)
+        ctx.artifacts.save(key, write, "the LIGHT memory")
     return built
 
 

@@ -15,6 +15,7 @@ import operator
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -26,7 +27,7 @@ from longweave.agents.base import RunContext
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.errors import BudgetExceeded, LongweaveError, LongweaveWarning, ParseError
-from longweave.llm import Message, unquote
+from longweave.llm import Message, model_identity, unquote
 from longweave.memory.summary_tree import TREE_FORMAT, SummaryTree, TreeNode, balanced_groups
 from longweave.structured import json_instructions, reask_message
 
@@ -168,7 +169,7 @@ class MemWalker(BaseModel):
     def _artifact_key(self, ctx: RunContext, plan: Plan) -> tuple[str, dict[str, Any]]:
         settings: dict[str, Any] = {
             "strategy": self.name, "artifact": "tree", "format": TREE_FORMAT,
-            "prompts": prompts.PROMPT_VERSION, "model": ctx.llm.name,
+            "prompts": prompts.PROMPT_VERSION, "model": model_identity(ctx.llm),
             "tokenizer": str(getattr(ctx.llm.tokenizer, "name", "")), "window": plan.window,
             "max_children": self.max_children, "segment_tokens": plan.segment_tokens,
             "summary_cap": plan.summary_cap, "summary_max_new": plan.summary_max_new,
@@ -180,18 +181,19 @@ class MemWalker(BaseModel):
     async def tree(self, ctx: RunContext, plan: Plan) -> SummaryTree:
         """The document's tree: loaded from `ctx.artifacts` when built before, else built."""
         key, settings = self._artifact_key(ctx, plan)
-        found = ctx.artifacts.find(key) if ctx.artifacts is not None else None
-        if found is not None:
-            try:
-                tree = SummaryTree.load(found / "tree.json")
-                if tree.doc_id != ctx.document.id or not tree.tiles(len(ctx.document.text)):
-                    raise ValueError("the tree does not fit this document")
-                ctx.step("tree", f"reused a tree of {plural(len(tree.nodes), 'node')}", cached=True,
-                         nodes=len(tree.nodes), leaves=len(tree.leaves), depth=tree.depth, key=key)
-                return tree
-            except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-                warnings.warn(f"rebuilding the MemWalker tree: {found} is unusable ({exc}); "
-                              "delete it to cache a new one", LongweaveWarning, 2)
+
+        def read(found: Path) -> SummaryTree:
+            tree = SummaryTree.load(found / "tree.json")
+            if tree.doc_id != ctx.document.id or not tree.tiles(len(ctx.document.text)):
+                raise ValueError("the tree does not fit this document")
+            return tree
+
+        cached = ctx.artifacts.load(key, read, "the MemWalker tree") if ctx.artifacts else None
+        if cached is not None:
+            ctx.step("tree", f"reused a tree of {plural(len(cached.nodes), 'node')}", cached=True,
+                     nodes=len(cached.nodes), leaves=len(cached.leaves), depth=cached.depth,
+                     key=key)
+            return cached
         tree, blank = await self._build(ctx, plan, settings)
         if blank:
             # A summary never comes back blank for a text that has one: every summarizer call
@@ -201,7 +203,7 @@ class MemWalker(BaseModel):
                           "back blank); the tree is not cached and will be retried on the next "
                           "question", LongweaveWarning, 2)
         elif ctx.artifacts is not None:
-            ctx.artifacts.get_or_build(key, lambda d: tree.save(d / "tree.json"))
+            ctx.artifacts.save(key, lambda d: tree.save(d / "tree.json"), "the MemWalker tree")
         return tree
 
     async def _build(self, ctx: RunContext, plan: Plan,

@@ -25,7 +25,7 @@ from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, LongweaveError, ParseError
-from longweave.llm import Message
+from longweave.llm import Message, model_identity
 from longweave.memory.structured_memory import (
     SchemaSpec,
     StructuredMemory,
@@ -177,17 +177,21 @@ class Prism(BaseModel):
     async def _generate(self, ctx: RunContext) -> TypeNode:
         """One SchemaSpec call (§5.2), cached per task type; falls back to the QA schema."""
         task = self._task(ctx.question)
-        settings = {"prompts": prompts.PROMPT_VERSION, "model": ctx.llm.name, "task": task}
+        settings = {"prompts": prompts.PROMPT_VERSION, "model": model_identity(ctx.llm),
+                    "task": task}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         key = f"prism-schema-{digest[:24]}"
-        found = ctx.artifacts.find(key) if ctx.artifacts is not None else None
-        if found is not None:
-            try:
-                spec = SchemaSpec.model_validate_json((found / "schema.json").read_text("utf-8"))
-                ctx.step("planner", spec.name, cached=True, fields=[f.name for f in spec.fields])
-                return from_spec(spec)
-            except (OSError, ValueError, ConfigError):
-                pass  # unusable: generate again
+
+        def read(found: Path) -> tuple[SchemaSpec, TypeNode]:
+            spec = SchemaSpec.model_validate_json((found / "schema.json").read_text("utf-8"))
+            return spec, from_spec(spec)
+
+        cached = ctx.artifacts.load(key, read, "PRISM's generated schema") if ctx.artifacts \
+            else None
+        if cached is not None:
+            ctx.step("planner", cached[0].name, cached=True,
+                     fields=[f.name for f in cached[0].fields])
+            return cached[1]
         try:
             reply = await ctx.call("planner", prompts.schema_messages(task, ctx.question),
                                    max_tokens=self.schema_max_new, schema=SchemaSpec,
@@ -201,7 +205,8 @@ class Prism(BaseModel):
         ctx.step("planner", spec.name, cached=False, fields=[f.name for f in spec.fields])
         if ctx.artifacts is not None:
             text = spec.model_dump_json()
-            ctx.artifacts.get_or_build(key, lambda d: (d / "schema.json").write_text(text, "utf-8"))
+            ctx.artifacts.save(key, lambda d: (d / "schema.json").write_text(text, "utf-8"),
+                               "PRISM's generated schema")
         return schema
 
     def plan(self, ctx: RunContext, prefix: str, schema: TypeNode) -> Plan:

@@ -13,18 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longweave.chunking import Chunk, Chunker
-from longweave.errors import LongweaveWarning
 from longweave.retrieval.corpus import corpus_parts, member
 from longweave.retrieval.embeddings import CachedEmbedder, Embedder, EmbeddingCache, make_embedder
-from longweave.retrieval.store import Record, StoreError, VectorStore
+from longweave.retrieval.store import Record, VectorStore
 
 if TYPE_CHECKING:
     import numpy as np
@@ -117,12 +114,10 @@ def document_index(
         document.id, embedder=embedder.name, tokenizer=chunker.tokenizer.name,
         chunk_tokens=chunk_tokens, overlap=overlap,
     )
-    if artifacts is not None and (found := artifacts.find(key)) is not None:
-        try:
-            chunks, vectors = _load(found, document, embedder)
-            return _assemble(document, chunks, vectors, embedder, key, reused=True, embedded=0)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            _move_aside(found, exc)
+    loaded = (artifacts.load(key, lambda d: _load(d, document, embedder), "the retrieval index")
+              if artifacts is not None else None)
+    if loaded is not None:
+        return _assemble(document, *loaded, embedder, key, reused=True, embedded=0)
     chunks = tuple(chunker.split(document.text))
     vectors, embedded = embed_counted(embedder, [c.text for c in chunks])
     about = {
@@ -132,7 +127,7 @@ def document_index(
         "chunks": [[c.start, c.end, c.n_tokens] for c in chunks],
     }
     if artifacts is not None:
-        artifacts.get_or_build(key, lambda d: _write(d, about, vectors))
+        artifacts.save(key, lambda d: _write(d, about, vectors), "the retrieval index")
     return _assemble(document, chunks, vectors, embedder, key, reused=False, embedded=embedded)
 
 
@@ -161,14 +156,14 @@ def corpus_index(
          "embedder": embedder.name, "tokenizer": tok_name, "chunk_tokens": chunk_tokens,
          "overlap": overlap}
     )[:40]
-    if artifacts is not None and (found := artifacts.find(key)) is not None:
-        try:
-            store = VectorStore.load(
-                found / _STORE, expected_embedder=embedder.name, expected_dim=embedder.dim
-            )
-            return CorpusIndex(document.id, store, key, True, 0, len(parts), 0)
-        except StoreError as exc:
-            _move_aside(found, exc)
+
+    def read(found: Path) -> VectorStore:
+        return VectorStore.load(found / _STORE, expected_embedder=embedder.name,
+                                expected_dim=embedder.dim)
+
+    cached = artifacts.load(key, read, "the corpus index") if artifacts is not None else None
+    if cached is not None:
+        return CorpusIndex(document.id, cached, key, True, 0, len(parts), 0)
     store = VectorStore(embedder.dim, embedder=embedder.name)
     embedded = built = 0
     for part in parts:
@@ -183,7 +178,7 @@ def corpus_index(
         if index.chunks:
             store.add(np.asarray(index.vectors), _records(index.chunks, part.doc_id, part.source))
     if artifacts is not None:
-        artifacts.get_or_build(key, lambda d: store.save(d / _STORE))
+        artifacts.save(key, lambda d: store.save(d / _STORE), "the corpus index")
     return CorpusIndex(document.id, store, key, False, embedded, len(parts), built)
 
 
@@ -266,20 +261,6 @@ def _load(
             raise ValueError(f"chunk {i} span {start}-{end} lies outside the document")
         chunks.append(Chunk(i, text[start:end], int(start), int(end), int(n_tokens)))
     return tuple(chunks), vectors
-
-
-def _move_aside(found: Path, exc: Exception) -> None:
-    """Keep an unusable artifact for inspection under a name `find` never returns; rebuild."""
-    aside = found.with_name(f".{found.name}.unusable-{uuid.uuid4().hex[:8]}")
-    warnings.warn(
-        f"rebuilding retrieval index {found.name}: it is unusable ({exc}); moved to {aside.name}",
-        LongweaveWarning,
-        stacklevel=3,
-    )
-    try:
-        os.rename(found, aside)
-    except OSError:
-        pass  # another process moved or rebuilt it first
 
 
 @dataclass(frozen=True)
