@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/longweave ask examples/moon_stories.txt \
-		"Why did Marcia secretly go to the Moon?" --set max_new=256
+		"What was the name of the stewardess?" --strategy infini-retri
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

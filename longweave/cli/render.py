@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
@@ -21,13 +23,15 @@ def print_answer(
 ) -> None:
     """The answer in a panel, then its citations as short excerpts with their character spans.
 
-    Spans that touch (consecutive sentences, say) print as one; past `shown` excerpts a line
-    counts the rest and names where to see them (`all_hint`). Model output and document text
-    are printed as plain text, never read as console markup."""
+    Spans that touch (consecutive sentences, say) print as one. Of more than `shown` spans, the
+    `shown` that share the most words with the answer print (in document order, numbered as in
+    the full list), and a line counts the rest and names where to see them (`all_hint`). Model
+    output and document text are printed as plain text, never read as console markup."""
     body = Text(answer.text) if answer.text else Text("(no answer)", style="dim")
     console.print(Panel(body, title=Text(answer.strategy), expand=False))
     spans = joined(answer.citations)
-    for n, cite in enumerate(spans[:shown], 1):
+    picked = range(len(spans)) if len(spans) <= shown else closest(spans, answer.text, shown)
+    for n, cite in ((i + 1, spans[i]) for i in picked):
         excerpt = " ".join(cite.text.split())
         if len(excerpt) > 2 * context:
             excerpt = f"{excerpt[:context]} … {excerpt[-context:]}"
@@ -39,7 +43,8 @@ def print_answer(
         console.print(Text.assemble((f"[{n}]", "bold"), " ", (where, "dim"), " ", excerpt))
     if len(spans) > shown:
         rest = len(spans) - shown
-        console.print(Text(f"… {plural(rest, 'more span')} ({all_hint})", style="dim"))
+        console.print(Text(f"… {plural(rest, 'more span')}, sharing fewer words with the answer "
+                           f"({all_hint})", style="dim"))
     if answer.flags:
         console.print(f"[dim]flags: {', '.join(answer.flags)}[/]")
 
@@ -60,3 +65,17 @@ def joined(citations: list[Citation]) -> list[Citation]:
                 "chunk_index": last.chunk_index if last.chunk_index == cite.chunk_index else None,
             })
     return out
+
+
+def closest(spans: list[Citation], answer: str, n: int) -> list[int]:
+    """Indexes of the `n` spans that share the most distinct words (numbers, and words of 3
+    letters or more) with `answer`, earlier first on ties, in document order."""
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"\d+|\w{3,}", text.lower()))
+
+    wanted = words(answer)
+
+    def shared(i: int) -> int:
+        return len(wanted & words(spans[i].text))
+
+    return sorted(sorted(range(len(spans)), key=lambda i: (-shared(i), i))[:n])
