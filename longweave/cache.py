@@ -80,6 +80,7 @@ class CompletionCache:
         self._conn: sqlite3.Connection | None = None
         self._pid = 0  # the process that opened `_conn`
         self._inode = 0  # the file `_conn` opened, to tell "corrupt" from "already rebuilt"
+        self._unusable = False  # the file cannot be opened here: skipped for the process's life
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored record, or None on a miss (or when the cache is unusable)."""
@@ -111,14 +112,20 @@ class CompletionCache:
 
     def _run(self, query: Callable[[sqlite3.Connection], sqlite3.Cursor]) -> Any:
         with self._lock:
+            if self._unusable:
+                return None
             for attempt in range(2):
                 try:
                     with self._connection() as conn:  # commits, or rolls back on error
                         return query(conn).fetchone()
                 except (sqlite3.OperationalError, OSError) as exc:
                     # Locked past the busy timeout, read-only, disk full, bad path: skip the cache
-                    # rather than fail the question.
-                    warnings.warn(f"completion cache {self.path}: {exc}", LongweaveWarning, 3)
+                    # rather than fail the question. A file that cannot even be opened is not
+                    # tried again (one warning, not one per call).
+                    self._unusable = isinstance(exc, OSError) or "unable to open" in str(exc)
+                    later = "; completions are not cached in this run" if self._unusable else ""
+                    warnings.warn(f"completion cache {self.path}: {exc}{later}",
+                                  LongweaveWarning, 3)
                     return None
                 except sqlite3.DatabaseError as exc:  # not a database, or malformed
                     if attempt:

@@ -201,9 +201,12 @@ async def test_an_unusable_cache_location_never_fails_the_question(tmp_path: Pat
     (tmp_path / "a-file").write_text("")
     cache = CompletionCache(tmp_path / "a-file" / "c.sqlite")  # its parent is not a directory
     inner = FakeLLM()
-    with pytest.warns(RuntimeWarning, match="completion cache"):
+    with pytest.warns(RuntimeWarning, match="completion cache") as caught:
         answer = await CachedLLM(inner, cache).complete(QUESTION, max_tokens=16)
-    assert answer.text == "Lima" and len(inner.calls) == 1
+        again = await CachedLLM(inner, cache).complete(QUESTION, max_tokens=16)
+    assert answer.text == again.text == "Lima" and len(inner.calls) == 2
+    # One warning for the run, not one per lookup and store.
+    assert len(caught) == 1 and "completions are not cached in this run" in str(caught[0].message)
 
 
 def test_many_threads_share_one_cache(tmp_path: Path) -> None:

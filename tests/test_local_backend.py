@@ -67,6 +67,20 @@ def test_weights_and_tokenizer_are_cached_on_disk(llm: LocalLLM, cache_dir: Path
     assert again.count_tokens("hello world") == llm.count_tokens("hello world") == 2
 
 
+def test_a_cache_that_cannot_be_written_unpacks_into_a_temporary_folder(
+    tmp_path: Path, llm: LocalLLM
+) -> None:
+    """A read-only home or a file in the way costs a warning and a re-unpack, not the model."""
+    from longweave.errors import LongweaveWarning
+    from longweave.local_models.loader import bundled_source, load_tokenizer
+
+    (tmp_path / "cache").write_text("a file where the cache folder would go")
+    with pytest.warns(LongweaveWarning, match="tokenizer unpacked from .* is not cached"):
+        tokenizer = load_tokenizer(bundled_source(), tmp_path / "cache" / "models")
+    assert len(tokenizer.encode("hello world")) == llm.count_tokens("hello world")
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # the temporary copy is gone
+
+
 def test_tokenizer_counts_like_the_backend(llm: LocalLLM) -> None:
     text = "Lima is the capital of Peru."
     assert llm.tokenizer.count(text) == llm.count_tokens(text)

@@ -68,14 +68,17 @@ def joined(citations: list[Citation]) -> list[Citation]:
 
 
 def closest(spans: list[Citation], answer: str, n: int) -> list[int]:
-    """Indexes of the `n` spans that share the most distinct words (numbers, and words of 3
-    letters or more) with `answer`, earlier first on ties, in document order."""
+    """Indexes of the `n` spans that best share the answer's words (numbers, and words of 3
+    letters or more), each word weighted by how few spans hold it, so that "the" counts for
+    little and a name for much; earlier first on ties, returned in document order."""
     def words(text: str) -> set[str]:
         return set(re.findall(r"\d+|\w{3,}", text.lower()))
 
     wanted = words(answer)
+    held = [words(span.text) & wanted for span in spans]
+    spread = {w: sum(w in h for h in held) for w in wanted}
 
-    def shared(i: int) -> int:
-        return len(wanted & words(spans[i].text))
+    def score(i: int) -> float:
+        return sum(1 / spread[w] for w in held[i])
 
-    return sorted(sorted(range(len(spans)), key=lambda i: (-shared(i), i))[:n])
+    return sorted(sorted(range(len(spans)), key=lambda i: (-score(i), i))[:n])

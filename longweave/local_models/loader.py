@@ -8,17 +8,20 @@ loads read that copy in well under a second.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
 import os
 import re
-from collections.abc import Iterator
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longweave.errors import ConfigError, MissingDependency
+from longweave.errors import ConfigError, LongweaveWarning, MissingDependency
 
 if TYPE_CHECKING:
     import torch
@@ -185,15 +188,15 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> PreTrainedTokenizer
             return AutoTokenizer.from_pretrained(source.path)
         except OSError as exc:
             raise not_found(source, exc) from None
-    from longweave.cache import ArtifactCache
 
     def build(tmp: Path) -> None:
         with _tqdm_off():
             tokenizer = AutoTokenizer.from_pretrained(source.path, **_gguf_kwargs(source))
         tokenizer.save_pretrained(tmp)
 
-    folder = ArtifactCache(cache_root / source.cache_key).get_or_build("tokenizer", build)
-    return AutoTokenizer.from_pretrained(folder)
+    with contextlib.ExitStack() as stack:
+        return AutoTokenizer.from_pretrained(_unpacked(source, cache_root, "tokenizer", build,
+                                                       stack))
 
 
 def load_model(
@@ -209,17 +212,42 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
-    path = source.path
-    if source.gguf_file is not None:
-        folder = cache_root / source.cache_key / "model"
-        if not (folder / "config.json").is_file():
-            _cache_gguf_model(source, cache_root)
-        path = str(folder)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise not_found(source, exc) from None
+    with contextlib.ExitStack() as stack:
+        path = source.path
+        if source.gguf_file is not None:
+            path = str(_unpacked(source, cache_root, "model", _dequantize(source), stack))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise not_found(source, exc) from None
     return model.to(device).eval()
+
+
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+               errno.EEXIST}
+"""What a cache folder that cannot be written raises (read-only, full, a file in the way)."""
+
+
+def _unpacked(source: ModelSource, cache_root: Path, name: str, build: Callable[[Path], None],
+              stack: contextlib.ExitStack) -> Path:
+    """The folder `name` made from a GGUF file by `build`, once, in the cache; when the cache
+    cannot be written, a temporary one for this load (removed when `stack` closes), with a
+    warning: a read-only home must not stop the model from loading."""
+    from longweave.cache import ArtifactCache
+
+    try:
+        os.makedirs(cache_root, exist_ok=True)
+        return ArtifactCache(cache_root / source.cache_key).get_or_build(name, build)
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            raise
+        warnings.warn(f"the {name} unpacked from {source.name} is not cached ({exc.strerror}: "
+                      f"{exc.filename or cache_root}); it is unpacked again at each load",
+                      LongweaveWarning, stacklevel=4)
+    folder = Path(stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="longweave-", ignore_cleanup_errors=True)))
+    build(folder)
+    return folder
 
 
 def not_found(source: ModelSource, exc: OSError) -> ConfigError:
@@ -250,13 +278,13 @@ def _tqdm_off() -> Iterator[None]:
         gguf.tqdm = original
 
 
-def _cache_gguf_model(source: ModelSource, cache_root: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from longweave.cache import ArtifactCache
+def _dequantize(source: ModelSource) -> Callable[[Path], None]:
+    """What writes a GGUF model's weights, dequantized to float32, into a folder."""
 
     def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
         with _tqdm_off():
             model = AutoModelForCausalLM.from_pretrained(
                 source.path, dtype=torch.float32, **_gguf_kwargs(source)
@@ -268,5 +296,4 @@ def _cache_gguf_model(source: ModelSource, cache_root: Path) -> None:
             del model.config.quantization_config
         model.save_pretrained(tmp)
 
-    os.makedirs(cache_root, exist_ok=True)
-    ArtifactCache(cache_root / source.cache_key).get_or_build("model", build)
+    return build
