@@ -239,7 +239,8 @@ def test_touching_citations_print_as_one_span_and_the_rest_are_counted() -> None
     print_answer(Console(file=out, width=200), answer, shown=4, all_hint="--json prints them all")
     printed = out.getvalue()
     assert "[4]" in printed and "[5]" not in printed  # no words shared: the first four
-    assert "… 26 more spans, sharing fewer words with the answer (--json prints them all)" in printed
+    assert ("… 26 more spans, sharing fewer words with the answer (--json prints them all)"
+            in printed)
     # The spans that share words with the answer are the ones shown, numbered as in the list.
     answer = answer.model_copy(update={"text": "Sentence 40 and sentence 8 say so."})
     out = io.StringIO()

@@ -199,3 +199,65 @@ def test_generic_jsonl_errors(tmp_path) -> None:
         load_dataset(bad, workdir=tmp_path / "docs", count_tokens=count)
     with pytest.raises(ConfigError, match="unknown dataset format"):
         load_dataset(bad, "csv", workdir=tmp_path / "docs", count_tokens=count)
+
+
+def test_generic_jsonl_needs_answers(tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q?", "document": "Some text."}\n')
+    with pytest.raises(DocumentError, match="line 1: needs `answers`"):
+        load_dataset(bad, workdir=tmp_path / "docs", count_tokens=count)
+    fine = tmp_path / "abstain.jsonl"
+    fine.write_text('{"question": "Q?", "document": "Some text.", "metric": "abstain"}\n')
+    assert load_dataset(fine, workdir=tmp_path / "docs", count_tokens=count).cases
+
+
+@pytest.mark.parametrize(("name", "fmt", "key", "field"), [
+    ("leval/quality.jsonl", "leval", '"outputs"', "outputs"),
+    ("loogle/longdep_qa.jsonl", "loogle", "'A'", "A"),  # qa_pairs hold a Python literal
+    ("locomo/locomo10.json", "locomo", '"question"', "question"),
+])
+def test_a_record_missing_a_field_is_named_not_a_crash(tmp_path, name, fmt, key, field) -> None:
+    source = FIXTURES / name
+    damaged = tmp_path / source.name
+    text = source.read_text(encoding="utf-8")
+    assert key in text
+    # Rename the field's first occurrence: the record still parses, the field is gone.
+    damaged.write_text(text.replace(key, key[0] + "renamed" + key[0], 1), encoding="utf-8")
+    with pytest.raises(DocumentError) as info:
+        load_dataset(damaged, fmt, workdir=tmp_path / "docs", count_tokens=count)
+    assert f"a record has no '{field}' field, which the {fmt} format needs" in info.value.message
+
+
+def test_a_file_read_as_another_format_is_named_not_a_crash(tmp_path) -> None:
+    with pytest.raises(DocumentError) as info:
+        load_dataset(FIXTURES / "leval" / "quality.jsonl", "hotpotqa", workdir=tmp_path / "d",
+                     count_tokens=count)
+    assert "which the hotpotqa format needs" in info.value.message
+    assert "leave --format out" in info.value.hint
+
+
+def test_a_record_without_questions_does_not_end_the_file(tmp_path) -> None:
+    source = FIXTURES / "leval" / "quality.jsonl"
+    (row,) = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    full = len(load_dataset(source, workdir=tmp_path / "a", count_tokens=count).cases)
+    empty = {**row, "instructions": [], "outputs": []}
+    emptied = tmp_path / "quality.jsonl"  # a row without questions, then the real one
+    emptied.write_text(json.dumps(empty) + "\n" + json.dumps(row) + "\n", encoding="utf-8")
+    data = load_dataset(emptied, workdir=tmp_path / "b", count_tokens=count)
+    assert len(data.cases) == full > 0
+    assert all(case.id.startswith("leval/quality-1-") for case in data.cases)
+
+
+def test_a_file_whose_rows_are_all_skipped_says_why(tmp_path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_dataset(FIXTURES / "leval" / "news_summ.jsonl", workdir=tmp_path / "d",
+                     count_tokens=count)
+    assert "no questions found" in info.value.message
+    assert "skipped L-Eval questions scored by ROUGE or a judge: news_summ" in info.value.message
+
+
+def test_hotpotqa_notes_a_length_below_the_gold_paragraphs(tmp_path) -> None:
+    data = load(tmp_path, "hotpotqa", lengths=(16,), limit=1)
+    (case,) = data.cases
+    assert case.tokens > 16
+    assert any("longer than their --lengths" in note for note in data.notes)

@@ -86,6 +86,17 @@ async def test_failed_items_score_zero_and_are_retried(cache, tmp_path) -> None:
     broken = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"],
                              model=model, cache=False)
     assert all(r.score == 0.0 and "no rule" in (r.error or "") for r in broken.results)
+    lamp = next(r for r in broken.results if r.case == "lamp")  # 0 on every metric it has
+    assert lamp.scores == {"em": 0.0, "f1": 0.0, "contains": 0.0}
+    # One failure among answers: every metric column agrees with the score.
+    half = ScriptedModel(context_window=2048)
+    half.on("reader", contains="Who was the first keeper?", reply="Mara Quill")
+    mixed = await arun_eval(GENERIC, out=tmp_path / "mixed", strategies=["truncate"],
+                            model=half, cache=False, options={"max_new": 32}, limit=2)
+    (row,) = [r for r in summarize(mixed) if r.task == "questions"]
+    assert (row.n, row.failed, row.score) == (2, 1, 0.5)
+    assert row.metrics["f1"] == 0.5 and row.metrics["em"] == 0.5
+    assert mixed.options == {"truncate": {"max_new": 32}} and mixed.limit == 2
     fixed = await arun_eval(GENERIC, out=tmp_path / "out", strategies=["truncate"],
                             model=scripted(), cache=False)
     assert {r.case: r.score for r in fixed.results} == EXPECTED

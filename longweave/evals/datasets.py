@@ -301,9 +301,19 @@ def load_dataset(
     if opts.lengths and fmt not in ("hotpotqa", "needle"):
         dataset.notes.append("--lengths applies to hotpotqa and needle; ignored")
     reader = loaders.LOADERS[fmt] if fmt != "jsonl" else load_generic
-    reader(p, opts, dataset)
+    shape = (f"it was read as --format {fmt}: leave --format out to detect the format"
+             if format else "check the file, or pass --format if it is another format")
+    try:
+        reader(p, opts, dataset)
+    except KeyError as exc:
+        raise DocumentError(p, f"a record has no {exc.args[0]!r} field, which the {fmt} format "
+                               "needs", hint=shape) from None
+    except (TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise DocumentError(p, f"a record is not shaped as the {fmt} format expects "
+                               f"({type(exc).__name__}: {exc})", hint=shape) from None
     if not dataset.cases:
-        raise ConfigError(f"no questions found in {p} as {fmt}",
+        skipped = f" ({'; '.join(dataset.notes)})" if dataset.notes else ""
+        raise ConfigError(f"no questions found in {p} as {fmt}{skipped}",
                           hint="check the path and --format")
     return dataset
 
@@ -326,6 +336,8 @@ def _generic_case(file: Path, n: int, row: dict[str, Any], task: str,
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise DocumentError(file, f"{where}: needs a `question` string", hint=_GENERIC)
+    if "answers" not in row and "answer" not in row and row.get("metric") != "abstain":
+        raise DocumentError(file, f"{where}: needs `answers` (the gold answers)", hint=_GENERIC)
     answers = row.get("answers", row.get("answer", []))
     answers = [str(a) for a in (answers if isinstance(answers, list) else [answers])]
     if "document" in row:

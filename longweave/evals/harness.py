@@ -61,6 +61,11 @@ class EvalResults(BaseModel):
     model: str
     judge: str | None = None
     strategies: list[str]
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each strategy's `--set` options, as it ran with them."""
+    limit: int | None = None
+    lengths: list[int] = Field(default_factory=list)
+    depths: list[float] = Field(default_factory=list)
     cases: int
     notes: list[str] = Field(default_factory=list)
     results: list[CaseResult] = Field(default_factory=list)
@@ -187,6 +192,8 @@ async def _score(case: EvalCase, record: BatchRecord | None, strategy: str,
                         metric=case.metric, score=0.0)
     if record is None or not record.ok:
         result.error = "not answered" if record is None else record.error
+        # 0 on every metric the case is scored by, so the metric columns agree with `score`.
+        result.scores = {name: 0.0 for name in score_text(case, "")} | {case.metric: 0.0}
     else:
         answer = record.answer or ""
         scores = score_text(case, answer)
@@ -265,7 +272,8 @@ async def arun_eval(
     results = EvalResults(
         dataset=str(dataset), format=data.format, model=llm.name, strategies=list(strategies),
         judge=(judge_llm.name if judge_llm else None), cases=len(data.cases),
-        notes=data.notes + notes,
+        options={s: json.loads(json.dumps(o, default=repr)) for s, o in per_strategy.items()},
+        limit=limit, lengths=list(lengths), depths=list(depths), notes=data.notes + notes,
     )
     for name, job in jobs.items():
         latest = _latest(ResultLog(root / "answers" / f"{name}.jsonl").records())

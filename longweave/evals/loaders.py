@@ -52,11 +52,13 @@ def load_leval(path: Path, opts: LoadOptions, out: Dataset) -> None:
             if evaluation not in ("exam", "f1"):
                 skipped[file.stem] = skipped.get(file.stem, 0) + len(row["instructions"])
                 continue
+            if opts.limit is not None and taken >= opts.limit:
+                break
             pairs = list(zip(row["instructions"], row["outputs"], strict=False))
             if opts.limit is not None:
                 pairs = pairs[: opts.limit - taken]
             if not pairs:
-                break
+                continue  # a row without questions: the next one may have some
             doc, tokens = opts.store.text(task, row["input"])
             for q_no, (question, gold) in enumerate(pairs):
                 case = dict(id=f"{task}-{row_no}-{q_no}", task=task, document=doc,
@@ -90,16 +92,19 @@ def load_loogle(path: Path, opts: LoadOptions, out: Dataset) -> None:
     """LooGLE: long/short-dependency QA and cloze; summarization (ROUGE) is skipped."""
     for file in files_of(path, "loogle"):
         task, taken = f"loogle/{file.stem}", 0
+        unscored = 0
         for row_no, row in enumerate(read_json(file)):
+            if opts.limit is not None and taken >= opts.limit:
+                break
             raw = row.get("qa_pairs")
             if not raw or str(raw).strip().lower() == "none":
-                out.notes.append(f"skipped {task}: summarization is scored by ROUGE")
-                break
+                unscored += 1  # summarization, scored by ROUGE
+                continue
             pairs = ast.literal_eval(raw) if isinstance(raw, str) else raw
             if opts.limit is not None:
                 pairs = pairs[: opts.limit - taken]
             if not pairs:
-                break
+                continue
             doc, tokens = opts.store.text(task, row["input"])
             for q_no, qa in enumerate(pairs):
                 case = dict(id=f"{task}-{row_no}-{q_no}", task=task, document=doc,
@@ -107,6 +112,9 @@ def load_loogle(path: Path, opts: LoadOptions, out: Dataset) -> None:
                             category=qa.get("type"))
                 out.cases.append(_loogle_case(qa, case))
             taken += len(pairs)
+        if unscored:
+            out.notes.append(f"skipped {task}: {unscored} documents without questions "
+                             "(summarization, scored by ROUGE)")
 
 
 def _loogle_case(qa: dict[str, Any], case: dict[str, Any]) -> EvalCase:
@@ -140,6 +148,7 @@ def load_hotpotqa(path: Path, opts: LoadOptions, out: Dataset) -> None:
         return sizes[i]
 
     index = {(t, p): i for i, (t, p) in enumerate(pool)}
+    over: list[int] = []  # contexts longer than asked: the gold paragraphs alone are longer
     for length in lengths:
         for row in opts.take(rows):
             own = [index[(c["title"], c["paragraph_text"])] for c in row["contexts"]]
@@ -155,12 +164,18 @@ def load_hotpotqa(path: Path, opts: LoadOptions, out: Dataset) -> None:
                 chosen.pop(drop)
                 text = "\n\n".join(_paragraph(*pool[i]) for i in chosen)
             doc, tokens = opts.store.text("hotpotqa", text)
+            if tokens > length:
+                over.append(tokens)
             spans = sorted({s for a in row["answers_objects"] for s in a.get("spans", [])})
             out.cases.append(EvalCase(
                 id=f"{row['question_id']}@{length}", task="hotpotqa", document=doc,
                 question=f"{row['question_text']}\n\n{SHORT_HINT}", answers=spans, metric="f1",
                 tokens=tokens, length=length, meta={"paragraphs": len(chosen)},
             ))
+    if over:
+        out.notes.append(f"hotpotqa: {len(over)} contexts are longer than their --lengths "
+                         f"(up to {max(over):,} tokens): their gold paragraphs alone are longer, "
+                         "and are always kept")
 
 
 def _paragraph(title: str, text: str) -> str:
@@ -195,11 +210,13 @@ def load_locomo(path: Path, opts: LoadOptions, out: Dataset) -> None:
         samples = read_json(file)
         conversations = load_conversations(file)
         for n, sample in enumerate(samples if isinstance(samples, list) else [samples]):
+            if opts.limit is not None and taken >= opts.limit:
+                break
             qa = sample.get("qa", [])
             if opts.limit is not None:
                 qa = qa[: opts.limit - taken]
             if not qa:
-                break
+                continue  # a conversation without questions: the next one may have some
             doc, tokens = _conversation(opts, conversations[n], "locomo")
             for i, q in enumerate(qa):
                 category = int(q.get("category", 0))
@@ -237,10 +254,12 @@ def load_beam(path: Path, opts: LoadOptions, out: Dataset) -> None:
         chat = read_json(file)
         questions = [(ability, i, q) for ability, qs in chat.get("probing_questions", {}).items()
                      for i, q in enumerate(qs)]
+        if opts.limit is not None and taken >= opts.limit:
+            break
         if opts.limit is not None:
             questions = questions[: opts.limit - taken]
         if not questions:
-            break
+            continue  # a chat without probing questions: the next one may have some
         conv = load_conversations(file)[0]
         doc, tokens = _conversation(opts, conv, f"beam-{chat.get('tier', '')}")
         for ability, i, q in questions:
