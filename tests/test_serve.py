@@ -204,6 +204,83 @@ def test_wrongly_typed_fields_are_a_400_not_a_server_error(
     assert error["type"] == "invalid_request_error" and field in error["message"]
 
 
+def test_request_details_follow_the_openai_contract(fake_url: str, scripted: ScriptedModel,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    chat = f"{fake_url}/chat/completions"
+    # A prompt over the window without max_tokens: the context-length error, naming messages.
+    long = {"messages": [{"role": "user", "content": "capital of Peru " + "word " * 80}]}
+    error = httpx.post(chat, json=long).json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    # max_completion_tokens: 0 is refused like max_tokens: 0, and the field is named.
+    for field in ("max_completion_tokens", "max_tokens"):
+        body = {"messages": [{"role": "user", "content": "capital of Peru"}], field: 0}
+        response = httpx.post(chat, json=body)
+        assert response.status_code == 400 and response.json()["error"]["param"] == field
+    # Text parts stay apart, as vLLM joins them.
+    parts = [{"type": "text", "text": "The report ends here."},
+             {"type": "text", "text": "What is the capital of Peru?"}]
+    httpx.post(chat, json={"messages": [{"role": "user", "content": parts}], "max_tokens": 4})
+    assert scripted.requests[-1].messages[-1].content == (
+        "The report ends here.\nWhat is the capital of Peru?")
+    # With include_usage, every chunk but the last has "usage": null.
+    body = {"messages": [{"role": "user", "content": "capital of Peru"}], "max_tokens": 8,
+            "stream": True, "stream_options": {"include_usage": True}}
+    lines = [line[6:] for line in httpx.post(chat, json=body).text.splitlines()
+             if line.startswith("data: {")]
+    chunks = [json.loads(line) for line in lines]
+    assert [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["usage"]["total_tokens"] > 0
+    # Unknown paths and methods answer in the same JSON shape; one model can be retrieved.
+    for response in (httpx.get(f"{fake_url}/completions"), httpx.get(chat)):
+        assert response.status_code in (404, 405)
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert client(fake_url).models.retrieve("scripted-model").id == "scripted-model"
+    with pytest.raises(openai.NotFoundError) as info:
+        client(fake_url).models.retrieve("gpt-4o")
+    assert info.value.code == "model_not_found"
+    # A server fault is logged for the operator, not only sent to the client.
+    with caplog.at_level("ERROR", logger="longweave.serve"):
+        httpx.post(chat, json={"messages": [{"role": "user", "content": "unscripted"}],
+                               "max_tokens": 4})
+    assert any("UnscriptedCall" in r.getMessage() for r in caplog.records)
+
+
+class _SlowModel(ScriptedModel):
+    """Writes for a long time; records whether the request was cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__(name="slow")
+        self.cancelled = threading.Event()
+
+    async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        sink = token_sink.get()
+        try:
+            for _ in range(200):
+                if sink is not None:
+                    sink("word ")
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("never cancelled")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_cancels_its_generation(stream: bool) -> None:
+    model = _SlowModel()
+    with running_server(model) as url:
+        body = {"messages": [{"role": "user", "content": "Write."}], "max_tokens": 16,
+                "stream": stream}
+        with httpx.Client(timeout=httpx.Timeout(0.6)) as http:
+            if stream:
+                with http.stream("POST", f"{url}/chat/completions", json=body) as response:
+                    next(response.iter_lines())  # one chunk, then the client hangs up
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    http.post(f"{url}/chat/completions", json=body)
+        assert model.cancelled.wait(5)
+
+
 def test_schema_conversion_keeps_bounds_and_refuses_free_maps() -> None:
     class Inner(BaseModel):
         tags: list[str] = Field(max_length=3)

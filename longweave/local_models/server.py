@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -38,11 +39,18 @@ if TYPE_CHECKING:
 
 __all__ = ["build_app", "running_server", "serve"]
 
+_log = logging.getLogger("longweave.serve")
+
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class BadRequest(ConfigError):
-    """The request body is not a chat completion request this server can answer."""
+    """The request body is not a chat completion request this server can answer; `param` names
+    the field at fault, as the OpenAI API's errors do."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def _require_starlette() -> None:
@@ -86,14 +94,21 @@ def build_app(llm: LLM | None = None) -> Starlette:
                 deltas: asyncio.Queue[str] = asyncio.Queue()
                 task = asyncio.create_task(_complete_streaming(model, call, deltas.put_nowait))
                 first = asyncio.create_task(deltas.get())
-                await asyncio.wait({task, first}, return_when=asyncio.FIRST_COMPLETED)
+                await _while_connected(request, {task, first})
                 if first.done():
-                    events = _live_stream(_head(model), first.result(), deltas, task, call)
+                    head = {**_head(model), "include_usage": call["include_usage"]}
+                    events = _live_stream(head, first.result(), deltas, task, call)
                     return StreamingResponse(events, media_type="text/event-stream")
                 first.cancel()
                 completion = task.result()
             else:
-                completion = await model.complete(call["messages"], **call["kwargs"])
+                task = asyncio.create_task(model.complete(call["messages"], **call["kwargs"]))
+                await _while_connected(request, {task})
+                completion = task.result()
+        except _ClientGone:
+            from starlette.responses import Response as Plain
+
+            return Plain(status_code=499)  # nobody reads it; the generation was cancelled
         except ParseError as exc:
             # Output that missed the schema (often cut at max_tokens) is still an answer: an
             # OpenAI-compatible server returns it with its finish reason, and the client decides
@@ -112,6 +127,7 @@ def build_app(llm: LLM | None = None) -> Starlette:
         usage_body = _usage_body(completion.usage)
         head = _head(model, completion)
         if call["stream"]:
+            head["include_usage"] = call["include_usage"]
             events = _stream(head, text, finish, usage_body if call["include_usage"] else None)
             return StreamingResponse(events, media_type="text/event-stream")
         choice = {
@@ -124,11 +140,49 @@ def build_app(llm: LLM | None = None) -> Starlette:
             {**head, "object": "chat.completion", "choices": [choice], "usage": usage_body}
         )
 
+    async def one_model(request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        if request.path_params["name"] != model.name:
+            return _error(404, f"the model {request.path_params['name']!r} does not exist; this "
+                          f"server serves {model.name!r}", "invalid_request_error",
+                          "model_not_found", "model")
+        return JSONResponse({"id": model.name, "object": "model", "created": 0,
+                             "owned_by": "longweave"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", "") or "error"
+        hint = " (this server has GET /v1/models and POST /v1/chat/completions)"
+        return _error(status, f"{detail}: {request.method} {request.url.path}{hint}",
+                      "invalid_request_error", None)
+
+    from starlette.exceptions import HTTPException
+
     routes = [
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{name:path}", one_model, methods=["GET"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its reply was ready."""
+
+
+async def _while_connected(request: Request, tasks: set[asyncio.Task[Any]],
+                           poll: float = 0.25) -> None:
+    """Wait until one of `tasks` is done; if the client disconnects first, cancel them all and
+    raise `_ClientGone`, so an abandoned request stops holding a batch slot."""
+    while True:
+        done, _ = await asyncio.wait(tasks, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+        if done:
+            return
+        if await request.is_disconnected():
+            for task in tasks:
+                task.cancel()
+            raise _ClientGone
 
 
 def _streams_live(call: dict[str, Any]) -> bool:
@@ -167,7 +221,11 @@ def _error_response(exc: Exception) -> Response:
         return _error(500, str(exc), "server_error", "missing_dependency")
     if isinstance(exc, (BudgetExceeded, ConfigError)):
         code = "context_length_exceeded" if isinstance(exc, BudgetExceeded) else None
-        return _error(400, str(exc), "invalid_request_error", code)
+        param = getattr(exc, "param", None) or ("messages" if code else None)
+        return _error(400, str(exc), "invalid_request_error", code, param)
+    # A server fault: the operator sees it in the log, the client in the body.
+    _log.error("chat completion failed: %s: %s", type(exc).__name__, exc,
+               exc_info=not isinstance(exc, LongweaveError))
     if isinstance(exc, LongweaveError):
         return _error(500, str(exc), "server_error", type(exc).__name__)
     return _error(500, f"{type(exc).__name__}: {exc}", "server_error", None)
@@ -186,10 +244,11 @@ def _unparsed(llm: LLM, call: dict[str, Any], raw: str) -> Completion:
     )
 
 
-def _error(status: int, message: str, kind: str, code: str | None) -> Response:
+def _error(status: int, message: str, kind: str, code: str | None,
+           param: str | None = None) -> Response:
     from starlette.responses import JSONResponse
 
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
 
@@ -198,27 +257,34 @@ def _parse_request(body: Any, llm: LLM, schemas: dict[str, Any]) -> dict[str, An
         raise BadRequest("the request body must be a JSON object")
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise BadRequest("'messages' must be a non-empty list")
+        raise BadRequest("'messages' must be a non-empty list", param="messages")
     messages = [_message(m) for m in raw_messages]
     for key in ("tools", "functions"):
         if body.get(key):
-            raise BadRequest(f"'{key}' is not supported by this server")
+            raise BadRequest(f"'{key}' is not supported by this server", param=key)
     if body.get("n", 1) not in (1, None):
-        raise BadRequest("only n=1 is supported")
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        raise BadRequest("only n=1 is supported", param="n")
+    field = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    max_tokens = body.get(field)
     if max_tokens is None:  # as vLLM: whatever room the window leaves
-        max_tokens = llm.context_window - llm.count_prompt_tokens(messages)
+        prompt = llm.count_prompt_tokens(messages)
+        if prompt >= llm.context_window:
+            raise BudgetExceeded(prompt, 1, llm.context_window,
+                                 hint="shorten the messages: they fill the model's window")
+        max_tokens = llm.context_window - prompt
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        raise BadRequest(f"{field} must be a positive integer, got {max_tokens!r}", param=field)
     temperature = body.get("temperature")
     temperature = 1.0 if temperature is None else temperature  # the OpenAI API's default
     if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
             or not 0 <= temperature <= 2):
-        raise BadRequest("temperature must be a number between 0 and 2")
+        raise BadRequest("temperature must be a number between 0 and 2", param="temperature")
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest(f"'stop' must be a string or a list of strings, got {body['stop']!r:.80}")
+        raise BadRequest(f"'stop' must be a string or a list of strings, got {body['stop']!r:.80}",
+                         param="stop")
     kwargs: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature": float(temperature),
@@ -226,7 +292,8 @@ def _parse_request(body: Any, llm: LLM, schemas: dict[str, Any]) -> dict[str, An
     }
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise BadRequest(f"'stream_options' must be an object, got {options!r:.80}")
+        raise BadRequest(f"'stream_options' must be an object, got {options!r:.80}",
+                         param="stream_options")
     return {
         "messages": messages,
         "kwargs": kwargs,
@@ -243,7 +310,7 @@ def _message(raw: Any) -> Message:
     if isinstance(content, list):  # content parts: only text is understood
         if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
             raise BadRequest("only text content parts are supported")
-        content = "".join(str(p.get("text", "")) for p in content)
+        content = "\n".join(str(p.get("text", "")) for p in content)  # as vLLM joins them
     if not isinstance(content, str):
         raise BadRequest("message content must be a string or a list of text parts")
     return Message(_ROLES[raw["role"]], content)  # type: ignore[arg-type]
@@ -282,10 +349,14 @@ def _apply_stop(text: str, finish: str, stop: list[str]) -> tuple[str, str]:
 
 def _chunk(head: dict[str, Any], delta: dict[str, Any] | None, reason: str | None = None,
            **more: Any) -> str:
-    """One server-sent event of a streamed chat completion (no choices when `delta` is None)."""
+    """One server-sent event of a streamed chat completion (no choices when `delta` is None).
+    With `include_usage` in `head`, every chunk but the last carries `"usage": null`, as the
+    OpenAI API documents."""
     choices = [] if delta is None else [
         {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]
-    chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **more}
+    head = dict(head)
+    usage = {"usage": None} if head.pop("include_usage", False) else {}
+    chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **usage, **more}
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
@@ -307,6 +378,7 @@ async def _live_stream(
     """A reply sent as it is generated: each text delta as a chunk, then the finish reason and
     usage. An error after the first chunk ends the stream with an OpenAI-shaped error event and
     no `[DONE]`, so a client sees a broken stream rather than a short answer."""
+    get: asyncio.Future[str] | None = None
     try:
         yield _chunk(head, {"role": "assistant", "content": first})
         while True:
@@ -329,6 +401,8 @@ async def _live_stream(
             yield _chunk(head, None, usage=_usage_body(completion.usage))
         yield "data: [DONE]\n\n"
     finally:
+        if get is not None and not get.done():  # cancelled while waiting: no pending getter
+            get.cancel()
         if not task.done():  # the client went away: stop waiting for the reply
             task.cancel()
 
