@@ -123,7 +123,10 @@ def load_conversations(path: str | Path) -> list[Conversation]:
             data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DocumentError(p, f"not valid JSON ({exc})", hint=_FIX) from None
-    return _parse(data, p.stem)
+    try:
+        return _parse(data, p.stem)
+    except DocumentError as exc:  # named by the file, not by the conversation inside it
+        raise DocumentError(p, exc.problem, hint=exc.hint) from None
 
 
 def _parse(data: Any, name: str) -> list[Conversation]:

@@ -9,6 +9,7 @@ import codecs
 import errno
 import hashlib
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,12 @@ def _pdf_text(p: Path, data: bytes) -> tuple[str, dict[str, Any]]:
     from pypdf.errors import DependencyError
 
     decrypt = "decrypt it first, e.g. `qpdf --password=PASSWORD --decrypt in.pdf out.pdf`"
+    # pypdf logs what it repairs ("invalid pdf header", "EOF marker not found") through its own
+    # logger, which would print over the progress display; a file it cannot read still fails
+    # below with a DocumentError that says why.
+    quiet = logging.getLogger("pypdf")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
@@ -280,6 +287,8 @@ def _pdf_text(p: Path, data: bytes) -> tuple[str, dict[str, Any]]:
             f"broken or truncated PDF ({type(exc).__name__}: {exc})",
             hint="re-download or re-export it, or repair it with `qpdf in.pdf out.pdf`",
         ) from None
+    finally:
+        quiet.setLevel(level)
     starts, parts, offset = [], [], 0
     for page in pages:
         page = page.replace("\r\n", "\n").replace("\r", "\n")

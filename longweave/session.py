@@ -203,7 +203,11 @@ def clean_rewrite(text: str, question: str, previous: str = "") -> str:
     'Who kept the light? And after her?'
     """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    out = _LABEL.sub("", lines[0]).strip().strip("\"'`“”").strip() if lines else ""
+    # As many lines as the question has (a pasted question may hold several); the rest of a
+    # reply is the model explaining itself.
+    asked = max(1, sum(1 for line in question.splitlines() if line.strip()))
+    out = "\n".join(_LABEL.sub("", line).strip().strip("\"'`“”").strip()
+                    for line in lines[:asked]).strip()
     answered = question.rstrip().endswith("?") and "?" not in out
     if not out or answered or len(out) > max(400, 4 * len(question)):
         return f"{previous} {question}".strip()
@@ -290,8 +294,9 @@ class Session:
         history: list[Turn] = []
         if saved is not None and saved.document_id == document.id:
             history = saved.turns
-            if strategy is None and _valid(saved.strategy, {**saved.options, **options}):
-                strategy, options = saved.strategy, {**saved.options, **options}
+            if strategy is None and _valid(saved.strategy, saved.options):
+                strategy, options = saved.strategy, _on_saved(saved.strategy, saved.options,
+                                                              options)
             model = model or saved.model
         return cls(document, strategy=strategy, model=model, cache=cache, persist=persist,
                    rewrite=rewrite, settings=settings, history=history, trace=trace, **options)
@@ -469,7 +474,11 @@ class Session:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the transcript: `.md` as readable markdown, `.json` as the full record."""
-        target = Path(path).expanduser()
+        try:
+            target = Path(path).expanduser()
+        except RuntimeError as exc:  # "~nosuchuser/x.md"
+            raise DocumentError(path, f"cannot be written ({exc})",
+                                hint="write the path out, or ~/ for your home") from None
         suffix = target.suffix.lower()
         if suffix == ".json":
             text = json.dumps(self.record(), indent=2, ensure_ascii=False)
@@ -520,6 +529,21 @@ def transcript(session: Session) -> str:
             lines.append("")
         lines += [f"*{turn.answer.strategy} · {turn.answer.usage.line()}*", ""]
     return "\n".join(lines)
+
+
+def _on_saved(strategy: str, saved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The saved options with the given ones over them; a given option the resumed strategy
+    does not have is an error that says which strategy that is."""
+    from longweave.agents.base import get_strategy
+
+    options = {**saved, **given}
+    try:
+        get_strategy(strategy, **options)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} (the resumed session's strategy)",
+                          hint=f"pass --strategy to choose another, or --new to start over; "
+                               f"{exc.hint}".strip()) from None
+    return options
 
 
 def _valid(strategy: str, options: dict[str, Any]) -> bool:

@@ -226,13 +226,18 @@ class TraceWriter:
             if self.path.is_fifo():
                 self._file = open_pipe(self.path, "trace")
                 return self
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = False
-            if self.path.exists() and self.path.stat().st_size:
-                with self.path.open("rb") as handle:
-                    handle.seek(-1, os.SEEK_END)
-                    torn = handle.read(1) != b"\n"
-            self._file = self.path.open("a", encoding="utf-8")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                torn = False
+                if self.path.is_file() and self.path.stat().st_size:
+                    with self.path.open("rb") as handle:
+                        handle.seek(-1, os.SEEK_END)
+                        torn = handle.read(1) != b"\n"
+                self._file = self.path.open("a", encoding="utf-8")
+            except OSError as exc:  # a folder, a read-only place, a file in the way
+                raise DocumentError(self.path, f"cannot be written as the trace "
+                                    f"({exc.strerror or exc})",
+                                    hint="pass a file path for the trace") from None
             if torn:
                 self._file.write("\n")
         return self

@@ -163,7 +163,7 @@ async def test_save_help_quit_and_unknown_commands(
 ) -> None:
     await controller.handle(FIRST)
     out = controller.command(f"/save {tmp_path / 'talk.md'}")
-    assert "saved 1 turns" in out.text()
+    assert "saved 1 turn to" in out.text()
     assert "Mara Quill" in (tmp_path / "talk.md").read_text()
     assert "needs a file name" in controller.command("/save").text()
     controller.command(f"/save {tmp_path / 'my talk.json'}")
@@ -188,7 +188,7 @@ async def test_a_save_that_cannot_be_written_prints_an_error_and_the_chat_goes_o
     assert text.startswith("error:") and "cannot be written" in text and not out.quit
     assert "note.md is a file, not a folder" in text
     assert len(controller.session.history) == 1 and "total" in controller.command("/cost").text()
-    assert "saved 1 turns" in controller.command(f"/save {tmp_path / 'ok.md'}").text()
+    assert "saved 1 turn to" in controller.command(f"/save {tmp_path / 'ok.md'}").text()
 
 
 async def test_a_failing_question_prints_the_error_and_keeps_the_session(
@@ -283,6 +283,37 @@ async def test_an_unexpected_failure_is_reported_and_the_chat_goes_on(
     text = console.export_text()
     assert "unexpected error: ZeroDivisionError" in text and "Mara Quill" in text
     assert [t.question for t in session.history] == [FIRST]
+
+
+async def test_a_command_that_fails_unexpectedly_is_reported_and_the_chat_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LONGWEAVE_DEBUG", raising=False)
+    console = recording_console()
+    session = session_of(tmp_path, scripted(), rewrite=False)
+    chat = ChatController(session)
+    monkeypatch.setattr(chat, "_cost", lambda args: 1 / 0)
+    await run(chat, console, Lines(FIRST, "/save ~no-such-user-here/x.md", "/cost",
+                                   f"/save {tmp_path / 'two  spaces.md'}", "/strategy rag k"))
+    text = console.export_text()
+    assert "cannot be written" in text  # an unknown ~user: an error line, not the end
+    assert "unexpected error: ZeroDivisionError" in text
+    assert (tmp_path / "two  spaces.md").is_file() and "saved 1 turn to" in text
+    assert "write options as /strategy rag key=value" in text
+
+
+async def test_a_multi_line_question_keeps_every_line_through_the_rewrite(
+    tmp_path: Path,
+) -> None:
+    model = scripted()
+    pasted = "Who was the first keeper of the lighthouse?\nWhen was the lamp first lit?"
+    model.on("rewrite", contains="When was the lamp", reply=pasted + "\n(rewritten as asked)")
+    model.on("reader", contains="When was the lamp", reply="Mara Quill; in 1859.")
+    session = session_of(tmp_path, model)
+    await session.aask(FIRST)
+    await session.aask(pasted)
+    assert session.history[-1].standalone == pasted
+    assert "When was the lamp first lit?" in model.calls("reader")[-1].text
 
 
 async def test_the_loop_ends_on_end_of_input(controller: ChatController) -> None:
@@ -549,10 +580,39 @@ def test_chat_command_resumes_the_conversation_and_new_starts_over(
                    "--model", "openai:x", "--no-cache")
     assert "longweave chat · harbour_report.md" in out and "Mara Quill" in out
     out = chat_cli(monkeypatch, capsys, f"{FOLLOW}\n/cost\n", "--no-cache")
-    assert "resumed 1 turns" in out and "truncate" in out  # the saved strategy
+    assert "resumed 1 turn " in out and "truncate" in out  # the saved strategy
     assert "Her nephew Tobias Quill." in out and "total" in out
     out = chat_cli(monkeypatch, capsys, "/cost\n", "--new", "--strategy", "truncate")
     assert "resumed" not in out and "nothing asked yet" in out
+
+
+def test_options_on_resume_apply_to_the_saved_strategy_or_say_which_it_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, cli_model: ScriptedModel, tmp_path: Path
+) -> None:
+    chat_cli(monkeypatch, capsys, f"{FIRST}\n", "--strategy", "truncate", "--no-cache")
+    out = chat_cli(monkeypatch, capsys, "/cost\n", "--set", "max_new=64")
+    assert "truncate" in out and "resumed 1 turn " in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/cost\n"))
+    monkeypatch.setattr(sys, "argv", ["longweave", "chat", str(EXAMPLE), "--set", "paths=bidir"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 1
+    assert "invalid options for truncate: paths: no such setting (the resumed session's " \
+           "strategy)" in err and "pass --strategy to choose another" in err
+
+
+def test_a_trace_or_cache_that_cannot_be_written_is_said_at_the_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, cli_model: ScriptedModel, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{FIRST}\n"))
+    monkeypatch.setattr(sys, "argv", ["longweave", "chat", str(EXAMPLE), "--trace",
+                                      str(tmp_path), "-s", "truncate"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 1 and "is a directory" in err and "unexpected" not in err
+    assert cli_model.requests == []
 
 
 def test_chat_starts_over_with_a_warning_when_the_saved_session_is_not_utf8(
@@ -709,6 +769,10 @@ async def test_trace_open_draws_the_path_of_the_last_answer(tmp_path: Path, monk
     page = page_path.read_text(encoding="utf-8")
     assert "SENTINEL-4" in page and "http://" not in page and "https://" not in page
     assert 'id="lw-path"' in page and " hl" in page  # the walked path is marked
+    # The chat's own loop runs it too (it once sent every command to the plain table).
+    console, target = recording_console(), tmp_path / "from-the-loop.html"
+    await run(chat, console, Lines(f"/trace open {target}"))
+    assert target.is_file() and "the path of the last answer" in console.export_text()
 
 
 async def test_trace_open_explains_strategies_without_a_structure(

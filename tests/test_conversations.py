@@ -77,3 +77,17 @@ def test_conversation_files_obey_the_document_checks(
 def test_role_content_keys_accepted() -> None:
     conv = Conversation((Turn("user", "hi"), Turn("assistant", "hello")))
     assert conv.document().text == "user: hi\nassistant: hello"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('{"title": "not turns"}', "not a conversation"),
+    ('[{"speaker": "A", "text": "hi"}, 5]', "turn 1 is not an object"),
+])
+def test_a_json_file_that_is_not_a_conversation_is_named_by_its_path(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "obj.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DocumentError) as info:
+        load_conversations(path)
+    assert info.value.path == str(path) and info.value.problem.startswith(problem)

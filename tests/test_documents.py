@@ -283,11 +283,19 @@ def test_pdf_with_a_password_is_refused(tmp_path: Path, algorithm: str) -> None:
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9])
-def test_truncated_pdf_is_refused(tmp_path: Path, keep: float) -> None:
+def test_truncated_pdf_is_refused(
+    tmp_path: Path, keep: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
     pdf = make_pdf(["Some text that will be cut off."])
-    error = refused(write(tmp_path, "cut.pdf", pdf[: int(len(pdf) * keep)]))
+    with caplog.at_level(logging.WARNING):
+        error = refused(write(tmp_path, "cut.pdf", pdf[: int(len(pdf) * keep)]))
     assert "broken or truncated PDF" in error.problem
     assert "re-export" in error.hint
+    # pypdf's own repair notes ("EOF marker not found") do not print over the display.
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+    assert logging.getLogger("pypdf").level == logging.NOTSET  # and its level is put back
 
 
 def test_non_pdf_with_a_pdf_extension_is_refused(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ import os
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,10 +27,11 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from longweave.answer import plural
 from longweave.cli.options import Exclude, Include, NoCache, parse_options
 from longweave.cli.progress import LiveAnswer
 from longweave.cli.render import labelled
-from longweave.errors import ConfigError, LongweaveError, debugging
+from longweave.errors import ConfigError, LongweaveError, LongweaveWarning, debugging
 from longweave.events import EventSink, ignore
 
 if TYPE_CHECKING:
@@ -115,6 +117,9 @@ class ChatController:
 
     def command(self, line: str) -> Output:
         name, *args = line.strip().split()
+        if name.lower() == "/save":  # a file name may hold spaces, runs of them included
+            rest = line.strip()[len(name):].strip()
+            args = [rest] if rest else []
         handlers: dict[str, Callable[[list[str]], Output]] = {
             "/strategy": self._strategy, "/model": self._model, "/sources": self._sources,
             "/trace": self._trace, "/cost": self._cost, "/save": self._save,
@@ -132,7 +137,8 @@ class ChatController:
 
     def _strategy(self, args: list[str]) -> Output:
         if args:
-            self.session.set_strategy(args[0], **parse_options(args[1:]))
+            options = parse_options(args[1:], form=f"/strategy {args[0]} key=value ...")
+            self.session.set_strategy(args[0], **options)
         from longweave.agents.base import available
 
         options = ", ".join(f"{k}={v}" for k, v in self.session.options.items())
@@ -237,8 +243,8 @@ class ChatController:
     def _save(self, args: list[str]) -> Output:
         if not args:
             raise ConfigError("/save needs a file name", hint="e.g. /save chat.md or chat.json")
-        path = self.session.save(" ".join(args))  # a name may hold spaces
-        return Output([Text(f"saved {len(self.session.history)} turns to {path}")])
+        path = self.session.save(args[0])
+        return Output([Text(f"saved {plural(len(self.session.history), 'turn')} to {path}")])
 
     def _help(self, args: list[str]) -> Output:
         table = Table.grid(padding=(0, 2))
@@ -332,11 +338,18 @@ class _Lines:
         if sys.stdin.isatty() and sys.stdout.isatty():
             from prompt_toolkit import PromptSession
             from prompt_toolkit.completion import WordCompleter
-            from prompt_toolkit.history import FileHistory
+            from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
-            history.parent.mkdir(parents=True, exist_ok=True)
+            kept: History
+            try:
+                history.parent.mkdir(parents=True, exist_ok=True)
+                kept = FileHistory(str(history))
+            except OSError as exc:  # a cache folder that cannot be written: this run only
+                warnings.warn(f"the line history is not kept ({exc.strerror or exc}: "
+                              f"{history.parent})", LongweaveWarning, 2)
+                kept = InMemoryHistory()
             completer = WordCompleter([*COMMANDS, "/exit"], pattern=re.compile(r"^/\w*"))
-            self.prompt = PromptSession(history=FileHistory(str(history)), completer=completer)
+            self.prompt = PromptSession(history=kept, completer=completer)
 
     async def read(self) -> str:
         """The next line; KeyboardInterrupt on Ctrl-C at the prompt, EOFError on Ctrl-D."""
@@ -358,30 +371,31 @@ async def run(controller: ChatController, console: Console, lines: _Lines) -> No
         except EOFError:
             break
         if controller.is_command(line) or not line.strip():
-            out = controller.command(line) if line.strip() else Output()
+            view = None  # a command prints when it is done (/trace open draws a page)
         else:
             view = LiveAnswer(console)
-            task = asyncio.ensure_future(controller.handle(line, on_event=view))
-            with _ctrl_c_cancels(task), view:
-                try:
-                    out = await task
-                except asyncio.CancelledError:
-                    if not task.cancelled():
-                        raise
-                    out = Output([Text.assemble(("cancelled", "yellow"),
-                                                (" (nothing of it was kept)", "dim"))])
-                except Exception as exc:  # a bug or a library failure: say so, keep the chat
-                    if debugging():
-                        raise
-                    out = Output([Text(f"unexpected error: {type(exc).__name__}: {exc}",
-                                       style="bold red")])
+        task = asyncio.ensure_future(controller.handle(line, on_event=view or ignore))
+        with _ctrl_c_cancels(task), view or nullcontext():
+            try:
+                out = await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+                out = Output([Text.assemble(("cancelled", "yellow"),
+                                            (" (nothing of it was kept)", "dim"))])
+            except Exception as exc:  # a bug or a library failure: say so, keep the chat
+                if debugging():
+                    raise
+                out = Output([Text(f"unexpected error: {type(exc).__name__}: {exc}",
+                                   style="bold red")])
         out.render(console)  # after the live display is gone
         if out.quit:
             break
 
 
 def chat(
-    path: Annotated[Path, typer.Argument(help="The document (.txt, .md, .html, .pdf) or folder.")],
+    path: Annotated[Path, typer.Argument(
+        help="The document (.txt, .md, .html, .pdf; a .jsonl/.json conversation) or a folder.")],
     strategy: Annotated[
         str | None, typer.Option("--strategy", "-s", help="Strategy (default: the saved one).")
     ] = None,
@@ -402,24 +416,28 @@ def chat(
     ] = None,
 ) -> None:
     """Talk with the document at PATH: questions, follow-ups, and /help for the commands."""
-    import warnings
-
     from longweave.session import Session
 
     console = Console()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        session = Session.open(path, strategy=strategy, model=model, resume=not new,
-                               cache=not no_cache, include=include, exclude=exclude,
-                               trace=trace, **parse_options(option))
-    for warning in caught:
-        console.print(labelled("warning:", "yellow", str(warning.message)))
+    if trace is not None:  # before the first question, not at it
+        from longweave.batch import check_writable
+
+        check_writable(trace, "trace")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session = Session.open(path, strategy=strategy, model=model, resume=not new,
+                                   cache=not no_cache, include=include, exclude=exclude,
+                                   trace=trace, **parse_options(option))
+    finally:  # shown even when the session cannot open: they may say why
+        for warning in caught:
+            console.print(labelled("warning:", "yellow", str(warning.message)))
     doc = session.document
     console.print(Text.assemble(("longweave chat", "bold"), f" · {doc.name} ",
                                 (f"({len(doc.text):,} characters)", "dim"),
                                 f" · {session.strategy.name} · {session.model}"))
     if session.history:
-        console.print(f"[dim]resumed {len(session.history)} turns (--new starts over)[/]")
+        console.print(f"[dim]resumed {plural(len(session.history), 'turn')} (--new starts over)[/]")
     console.print("[dim]/help lists the commands · Ctrl-C cancels an answer · Ctrl-D leaves[/]")
     lines = _Lines(session.settings.cache_dir / "chat_history")
     asyncio.run(run(ChatController(session), console, lines))

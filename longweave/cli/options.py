@@ -50,14 +50,15 @@ Throughput = Annotated[float | None, typer.Option(
     "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.")]
 
 
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+def parse_options(pairs: list[str] | None, *, form: str = "--set key=value") -> dict[str, Any]:
     """`["max_new=256", "paths=bidir", "k=None"]` -> `{"max_new": 256, "paths": "bidir",
-    "k": None}`: JSON values (null or None for none), else the text as a string."""
+    "k": None}`: JSON values (null or None for none), else the text as a string. `form` is how
+    the caller's users write an option (the chat's /strategy has its own)."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"bad option {pair!r}", hint="write options as --set key=value")
+            raise ConfigError(f"bad option {pair!r}", hint=f"write options as {form}")
         name = key.strip().replace("-", "_")
         if raw.strip() == "None":  # as the docs and `longweave strategies` print an unset value
             options[name] = None

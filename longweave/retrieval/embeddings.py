@@ -7,13 +7,14 @@ in `CachedEmbedder` and a text is embedded once per model, ever: vectors are kep
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -132,7 +133,8 @@ class SentenceTransformerEmbedder:
             raise MissingDependency("sentence-transformers", "local") from None
         device = None if self.device == "auto" else self.device  # None: CUDA when present
         try:
-            return SentenceTransformer(location, device=device, local_files_only=local)
+            with _no_progress_bars():
+                return SentenceTransformer(location, device=device, local_files_only=local)
         except OSError as exc:
             raise ConfigError(
                 f"cannot load sentence-transformers model {self.model!r}: {exc}",
@@ -412,3 +414,21 @@ def make_embedder(spec: str, *, settings: Settings | None = None) -> Embedder:
         f"unknown embedder {spec!r}",
         hint="use 'bundled', 'st:<sentence-transformers name or path>' or 'openai:<model>'",
     )
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar while the model loads, which would tear the
+    progress display; off meanwhile, and back as it was after."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
