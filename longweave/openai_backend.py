@@ -347,6 +347,15 @@ class OpenAILLM:
             }
         return kwargs
 
+    def writes_every_field(self, schema: type[BaseModel]) -> bool:
+        """Whether a reply under `schema` holds every field, optional ones included (as null):
+        OpenAI strict mode, which this backend asks for when the schema allows it."""
+        from longweave.structured import strict_schema
+
+        sends_schema = self.structured == "json_schema" or (
+            self.structured == "auto" and not self.json_schema_unsupported)
+        return sends_schema and strict_schema(schema)[1]
+
     @property
     def fingerprint(self) -> str:
         """The model name plus the server and structured mode, which change what comes back:

@@ -517,32 +517,39 @@ _FILLER = (
 )
 
 
-def reply_floor_tokens(schema: type[BaseModel], count_tokens: Callable[[str], int]) -> int:
+def reply_floor_tokens(schema: type[BaseModel], count_tokens: Callable[[str], int], *,
+                       every_field: bool = False) -> int:
     """Tokens of the shortest reply whose text fields are written to their length limits.
 
-    The reply keeps only required fields, the fewest list items and the shortest of alternatives
-    (null for an optional value); each bounded string holds English prose of its `maxLength`.
-    A token cap below this number cuts every reply that writes its required text fields to their
-    limits, so the call fails and is re-asked. Unbounded strings count as empty.
+    The reply keeps only required fields (every field with `every_field`, as OpenAI strict mode
+    writes them: optional ones as their shortest value, null where allowed), the fewest list
+    items and the shortest of alternatives; each bounded string holds English prose of its
+    `maxLength`. A token cap below this number cuts every reply that writes its required text
+    fields to their limits, so the call fails and is re-asked. Unbounded strings count as empty.
     """
     root = schema.model_json_schema()
-    return count_tokens(json.dumps(_floor(root, root.get("$defs", {})), ensure_ascii=False))
+    floor = _floor(root, root.get("$defs", {}), every_field=every_field)
+    return count_tokens(json.dumps(floor, ensure_ascii=False))
 
 
-def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = frozenset()) -> Any:
+def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = frozenset(),
+           *, every_field: bool = False) -> Any:
+    def floor(sub: dict[str, Any], within: frozenset[str] = inside) -> Any:
+        return _floor(sub, defs, within, every_field=every_field)
+
     ref = _local_ref(node)
     if ref is not None:  # a type inside itself: stop there (its shortest value cannot nest it)
-        return None if ref in inside else _floor(defs[ref], defs, inside | {ref})
+        return None if ref in inside else floor(defs[ref], inside | {ref})
     if "const" in node:
         return node["const"]
     if "enum" in node:
         return _shortest(node["enum"])
     for key in ("anyOf", "oneOf"):
         if key in node:
-            return _shortest(_floor(sub, defs, inside) for sub in node[key])
+            return _shortest(floor(sub) for sub in node[key])
     kind = node.get("type")
     if isinstance(kind, list):  # a type list: the shortest of its types
-        return _shortest(_floor({**node, "type": k}, defs, inside) for k in kind)
+        return _shortest(floor({**node, "type": k}) for k in kind)
     if kind == "string":
         n = node.get("maxLength", node.get("minLength", 0))
         return (_FILLER * (n // len(_FILLER) + 1))[:n]
@@ -553,14 +560,15 @@ def _floor(node: dict[str, Any], defs: dict[str, Any], inside: frozenset[str] = 
     if kind == "boolean":
         return False
     if kind == "array":
-        prefix = [_floor(sub, defs, inside) for sub in node.get("prefixItems", [])]
+        prefix = [floor(sub) for sub in node.get("prefixItems", [])]
         items = node.get("items")
         extra = max(node.get("minItems", 0) - len(prefix), 0)
-        return prefix + ([_floor(items, defs, inside)] * extra if isinstance(items, dict) else [])
+        return prefix + ([floor(items)] * extra if isinstance(items, dict) else [])
     if kind == "object":
         props = node.get("properties", {})
-        required = [name for name in node.get("required", ()) if name in props]
-        return {name: _floor(props[name], defs, inside) for name in required}
+        required = list(props) if every_field else [
+            name for name in node.get("required", ()) if name in props]
+        return {name: floor(props[name]) for name in required}
     return None
 
 

@@ -240,6 +240,20 @@ def test_reply_floor_is_the_shortest_reply_with_text_at_its_limits() -> None:
     assert json.loads(_last(Plan)) == {"title": "The keeper wrote down the name", "steps": []}
 
 
+def test_reply_floor_in_strict_mode_writes_every_field() -> None:
+    """OpenAI strict mode makes every field required: the optional ones are written too."""
+    from longweave.openai_backend import OpenAILLM
+
+    texts: list[str] = []
+    strict = reply_floor_tokens(_Floor, lambda t: texts.append(t) or len(t), every_field=True)
+    reply = json.loads(texts[-1])
+    assert reply["pair"] == [0, ""] and set(reply) == {"tag", "lines", "head", "pair", "score"}
+    assert strict > reply_floor_tokens(_Floor, len)
+    backend = OpenAILLM("gpt-4o", api_key="x")
+    assert backend.writes_every_field(Plan)
+    assert not OpenAILLM("gpt-4o", api_key="x", structured="instructions").writes_every_field(Plan)
+
+
 def _last(schema: type[BaseModel]) -> str:
     texts: list[str] = []
     reply_floor_tokens(schema, lambda t: texts.append(t) or 0)

@@ -137,7 +137,9 @@ class RunContext:
         from longweave.structured import reply_floor_tokens
 
         try:
-            floor = reply_floor_tokens(schema, self.llm.count_tokens)
+            every = getattr(self.llm, "writes_every_field", None)  # OpenAI strict mode
+            strict = bool(every(schema)) if callable(every) else False
+            floor = reply_floor_tokens(schema, self.llm.count_tokens, every_field=strict)
         except Exception:  # an advice, never a reason to fail the call: a schema it cannot walk
             return
         if floor > max_tokens:
