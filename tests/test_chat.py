@@ -574,7 +574,7 @@ def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
 
 
 def test_chat_command_resumes_the_conversation_and_new_starts_over(
-    monkeypatch: pytest.MonkeyPatch, capsys: Any, cli_model: ScriptedModel
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, cli_model: ScriptedModel, tmp_path: Path
 ) -> None:
     out = chat_cli(monkeypatch, capsys, f"{FIRST}\n", "--strategy", "truncate",
                    "--model", "openai:x", "--no-cache")
@@ -584,6 +584,9 @@ def test_chat_command_resumes_the_conversation_and_new_starts_over(
     assert "Her nephew Tobias Quill." in out and "total" in out
     out = chat_cli(monkeypatch, capsys, "/cost\n", "--new", "--strategy", "truncate")
     assert "resumed" not in out and "nothing asked yet" in out
+    assert "starting over; the earlier conversation is kept in" in " ".join(out.split())
+    (kept,) = (tmp_path / "cache" / "sessions").glob("*.previous.json")
+    assert [t["question"] for t in json.loads(kept.read_text())["turns"]] == [FIRST, FOLLOW]
 
 
 def test_options_on_resume_apply_to_the_saved_strategy_or_say_which_it_is(

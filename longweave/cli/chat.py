@@ -432,6 +432,14 @@ def chat(
     finally:  # shown even when the session cannot open: they may say why
         for warning in caught:
             console.print(labelled("warning:", "yellow", str(warning.message)))
+    if new and session.path.is_file():  # starting over keeps the earlier conversation
+        kept = session.path.with_name(f"{session.path.stem}.previous{session.path.suffix}")
+        try:
+            os.replace(session.path, kept)
+            console.print(f"[dim]starting over; the earlier conversation is kept in {kept}[/]",
+                          highlight=False)
+        except OSError:
+            pass  # it is overwritten at the first answer, as before
     doc = session.document
     console.print(Text.assemble(("longweave chat", "bold"), f" · {doc.name} ",
                                 (f"({len(doc.text):,} characters)", "dim"),
