@@ -351,7 +351,7 @@ class BatchJob:
         """Answer one item; any failure becomes the record's error instead of an exception."""
         from longweave.agents.base import get_strategy
         from longweave.cache import ArtifactCache
-        from longweave.runner import arun
+        from longweave.runner import arun, usage_of
 
         record = BatchRecord(
             key=self.key(item), document=item.document, question=item.question, id=item.id,
@@ -371,10 +371,10 @@ class BatchJob:
             )
         except LongweaveError as exc:
             record.error, record.error_type = exc.message, type(exc).__name__
-            failure: BaseException = exc
+            record.usage, failure = usage_of(exc), exc
         except Exception as exc:  # a failing item is recorded and the run goes on
             record.error, record.error_type = f"{type(exc).__name__}: {exc}", type(exc).__name__
-            failure = exc
+            record.usage, failure = usage_of(exc), exc
         except BaseException as exc:  # cancelled: the trace says so, the record is never written
             if run is not None:
                 run.fail(exc)

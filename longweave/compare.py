@@ -73,7 +73,8 @@ def resolve_strategies(names: str | Sequence[str]) -> list[str]:
 
 def split_options(options: dict[str, Any], strategies: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each strategy's options: `name.key` goes to that strategy alone, a bare `key` to every
-    strategy whose settings have it (so `max_new=64` applies where it means something).
+    strategy whose settings have it (so `max_new=64` applies where it means something); where
+    both set one strategy's key, `name.key` wins.
 
     An option that no strategy accepts is a `ConfigError`, so a typo does not pass silently.
     """
@@ -89,7 +90,8 @@ def split_options(options: dict[str, Any], strategies: Sequence[str]) -> dict[st
         except Exception:  # an unknown or broken strategy: its own row reports it
             fields[name] = set()
     per: dict[str, dict[str, Any]] = {name: {} for name in strategies}
-    for key, value in options.items():
+    # Bare keys first: `name.key` is the more specific, and wins whatever the order given.
+    for key, value in sorted(options.items(), key=lambda item: "." in item[0]):
         target, dot, bare = key.rpartition(".")
         if dot:
             owners = [n for n in strategies if norm(n) == norm(target)]
@@ -128,7 +130,7 @@ async def acompare(
     from longweave.api import load_source, make_model
     from longweave.cache import ArtifactCache
     from longweave.config import Settings
-    from longweave.runner import arun
+    from longweave.runner import arun, usage_of
 
     settings = Settings()
     names = resolve_strategies(strategies)
@@ -146,8 +148,10 @@ async def acompare(
                                 on_event=on_event, artifacts=artifacts)
         except LongweaveError as exc:
             row.error, row.error_type = exc.message, type(exc).__name__
+            row.usage = usage_of(exc)  # the calls made before it failed
         except Exception as exc:  # one strategy's bug must not hide the others' answers
             row.error, row.error_type = f"{type(exc).__name__}: {exc}", type(exc).__name__
+            row.usage = usage_of(exc)
         else:
             row.text, row.citations, row.flags = answer.text, answer.citations, answer.flags
             row.usage = answer.usage

@@ -464,6 +464,7 @@ async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
     read is left out, with a note (a run fails on it too)."""
     from longweave.api import load_source
     from longweave.errors import DocumentError
+    from longweave.estimate_formulas import CACHED_NOTE
 
     planner = _planning_model(model_or_tokenizer, context_window=kwargs.pop("context_window", None))
     total: Estimate | None = None
@@ -478,6 +479,9 @@ async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
             continue
         again = True if doc.id in chunks else cached
         one = await aestimate(doc, strategy, planner, asked, cached=again, **kwargs)
+        if doc.id in chunks and cached is not True:  # built by its first question, not cached
+            one = one.model_copy(update={"reused": 0,
+                                         "notes": [n for n in one.notes if n != CACHED_NOTE]})
         chunks.setdefault(doc.id, one.n_chunks)
         total = one if total is None else total + one
     if total is None:

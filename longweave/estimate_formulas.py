@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from longweave.agents.base import RunContext
     from longweave.llm import Message
 
-__all__ = ["FORMULAS", "Tally"]
+__all__ = ["CACHED_NOTE", "FORMULAS", "Tally"]
 
 
 def filler(tokens: int) -> str:
@@ -32,6 +32,9 @@ def filler(tokens: int) -> str:
 
 def fill(cap: float, share: float) -> int:
     return max(1, round(cap * share))
+
+
+CACHED_NOTE = "per-document artifact cached: its build is not counted"
 
 
 class Tally:
@@ -90,7 +93,7 @@ class Tally:
             hit = artifacts is not None and artifacts.find(key()) is not None
         self.reused = int(hit)
         if hit:
-            self.notes.append("per-document artifact cached: its build is not counted")
+            self.notes.append(CACHED_NOTE)
         return hit
 
     def preparation_calls(self) -> None:
@@ -265,7 +268,7 @@ async def rag(s: Any, ctx: RunContext, t: Tally) -> None:
     t.add("reader", Counts.each(1, fixed + passages, fill(s.max_new, t.a.answer_fill)),
           Counts.each(1, fixed + min(budget, min(sizes, default=0) + block), 1),
           Counts.each(1, fixed + budget, s.max_new))
-    t.notes.append(f"the index embeds {n} chunks unless it is cached (no LLM calls)")
+    t.notes.append("the index embeds each chunk once, unless it is cached (no LLM calls)")
     t.n_chunks = n
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from typing import TYPE_CHECKING
 
 from longweave.agents.base import RunContext, Strategy
-from longweave.answer import Answer
+from longweave.answer import Answer, Usage
 from longweave.errors import ConfigError, DocumentError
 from longweave.events import Event, EventSink, ignore
 
@@ -35,13 +36,18 @@ async def arun(
         "start", strategy.name, message=f"{strategy.name} on {document.name}",
         data={"document": document.name, "question": question, "model": llm.name},
     ))
-    state = strategy.initial_state(ctx)
-    if inspect.isawaitable(state):
-        state = await state
-    graph = strategy.build().compile()
-    final = await graph.ainvoke(
-        state, context=ctx, config={"recursion_limit": strategy.max_steps(state)}
-    )
+    try:
+        state = strategy.initial_state(ctx)
+        if inspect.isawaitable(state):
+            state = await state
+        graph = strategy.build().compile()
+        final = await graph.ainvoke(
+            state, context=ctx, config={"recursion_limit": strategy.max_steps(state)}
+        )
+    except Exception as exc:  # what the calls before the failure cost rides along with it
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.__dict__["longweave_usage"] = ctx.usage
+        raise
     # A blank answer is flagged whatever the strategy (a plugin's too): it is no answer.
     empty = [] if str(final["answer"]).strip() else ["empty_answer"]
     answer = Answer(
@@ -59,6 +65,13 @@ async def arun(
         data={"wall": wall, "usage": answer.usage.model_dump(), "answer": answer.text},
     ))
     return answer
+
+
+def usage_of(exc: BaseException) -> Usage:
+    """What the model calls of a failed `arun` cost before it failed (zero when unknown), so a
+    failed batch item or comparison row still reports the calls it paid for."""
+    usage = getattr(exc, "__dict__", {}).get("longweave_usage")
+    return usage if isinstance(usage, Usage) else Usage()
 
 
 def check_inputs(document: Document, question: object) -> None:

@@ -307,3 +307,17 @@ async def test_other_options_are_other_answers_and_a_changed_document_is_named(
     with pytest.warns(RuntimeWarning, match=r"1 document changed since .*out.jsonl answered it "
                                             r"\(first: .*red.txt\); those answers are kept"):
         assert (await arun_batch(items, out, job(max_new=5))).skipped == 3
+
+
+async def test_a_failed_item_still_reports_the_calls_it_paid_for(tmp_path: Path) -> None:
+    red, _ = _docs(tmp_path)
+    model = ScriptedModel()
+    model.on("worker", reply="The door is blue [c1].")
+    model.on("manager", reply=lambda request: 1 / 0)
+    job = BatchJob("chain-of-agents", model, options={"max_new": 32}, cache=False,
+                   cache_dir=tmp_path / "cache")
+    summary = await arun_batch([BatchItem(document=str(red), question="Colour?")],
+                               tmp_path / "out.jsonl", job)
+    (record,) = ResultLog(tmp_path / "out.jsonl").records()
+    assert record.error_type == "ZeroDivisionError" and summary.failed == 1
+    assert record.usage.calls == len(model.calls("worker")) == summary.usage.calls > 0

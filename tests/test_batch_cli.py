@@ -278,6 +278,23 @@ def test_estimate_asks_nothing_and_then_compares_with_the_run(model, folder, tmp
     assert "0 questions to answer, 3 already answered" in result.output
 
 
+def test_prices_and_throughput_are_checked(model, folder, tmp_path) -> None:
+    questions = _questions(tmp_path, [{"question": "What colour is it?"}])
+    out = tmp_path / "answers.jsonl"
+    base = (folder, "--questions", questions, "--out", out, "--estimate")
+    for extra, said in [(("--throughput", "-5"), "must be more than 0"),
+                        (("--throughput", "0"), "must be more than 0"),
+                        (("--price-in", "-1", "--price-out", "2"), "--price-in"),
+                        (("--price-in", "3"), "needs both --price-in and --price-out")]:
+        result = _batch(*base, *extra)
+        shown = " ".join(f"{result.output} {getattr(result.exception, 'message', '')}".split())
+        assert result.exit_code != 0 and said in shown, extra
+        assert "unexpected" not in shown
+    result = _batch(*base, "--price-in", "3", "--price-out", "0", "--throughput", "50")
+    assert result.exit_code == 0 and "cost" in result.output and "model seconds" in result.output
+    assert not model.requests
+
+
 def test_estimate_with_a_pilot_answers_a_few_then_estimates_the_rest(
         model, folder, tmp_path) -> None:
     questions = _questions(tmp_path, [{"question": "What colour is it?"},

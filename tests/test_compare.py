@@ -71,6 +71,20 @@ async def test_a_strategy_whose_model_call_fails_reports_its_error(model) -> Non
                           options={"max_new": 32})
     assert rows[0].error == "RuntimeError: backend exploded" and rows[0].seconds >= 0
     assert rows[1].ok and rows[1].text == "Mara Quill."
+    # A failed row still reports the calls it paid for before failing (here the workers',
+    # the manager's failing); the table names the error's type once.
+    model.rules[2].reply = broken
+    (failed,) = await acompare(EXAMPLE, "Who?", ["chain-of-agents"], cache=False,
+                               options={"max_new": 32})
+    assert failed.error and failed.usage.calls == len(model.calls("worker")) // 2 > 0
+    from rich.console import Console
+
+    from longweave.cli.compare import compare_table
+
+    console = Console(width=200, record=True, file=__import__("io").StringIO())
+    console.print(compare_table(rows))
+    shown = console.export_text()
+    assert "RuntimeError: backend exploded" in shown and "RuntimeError: RuntimeError" not in shown
 
 
 def test_options_go_to_the_strategies_that_have_them() -> None:
@@ -83,6 +97,11 @@ def test_options_go_to_the_strategies_that_have_them() -> None:
         "chain-of-agents": {"max_new": 64, "paths": "bidir"},
         "nope": {},
     }
+    # The specific setting wins whatever the order it was given in.
+    for given in ({"chain_of_agents.max_new": 32, "max_new": 48},
+                  {"max_new": 48, "chain_of_agents.max_new": 32}):
+        per = split_options(given, ["truncate", "chain-of-agents"])
+        assert per == {"truncate": {"max_new": 48}, "chain-of-agents": {"max_new": 32}}
     with pytest.raises(ConfigError, match="no compared strategy has an option 'max_nwe'"):
         split_options({"max_nwe": 1}, ["truncate"])
     with pytest.raises(ConfigError, match="names no compared strategy"):

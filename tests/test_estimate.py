@@ -322,10 +322,18 @@ async def test_many_documents_sum_and_build_once_per_document() -> None:
     both = await aestimate_many([(a, QUESTION), (a, "Who kept the lamp?"), b], "mem-walker",
                                 model, QUESTION, **MW_OPTIONS)
     other = await aestimate(b, "mem-walker", model, QUESTION, **MW_OPTIONS)
-    assert (both.documents, both.questions, both.reused) == (2, 3, 1)
+    # Nothing was cached: a's second question reuses what its first builds, and says nothing.
+    assert (both.documents, both.questions, both.reused) == (2, 3, 0)
+    assert not any("artifact cached" in note for note in both.notes)
     assert both.calls == one.calls + walk + other.calls
     assert both.n_chunks == one.n_chunks + other.n_chunks  # each document counted once
     assert (one + other).roles["summarizer"].calls == one.build.calls + other.build.calls
+    cached = await aestimate_many([(a, QUESTION), b], "mem-walker", model, QUESTION,
+                                  cached=True, **MW_OPTIONS)
+    assert cached.reused == 2 and cached.build.calls == 0
+    # One note per kind of remark, not one per document.
+    rag = await aestimate_many([a, b], "rag", model, QUESTION)
+    assert sum("the index embeds" in note for note in rag.notes) == 1
 
 
 def test_cost_seconds_and_compare() -> None:

@@ -142,6 +142,9 @@ def test_split_options_scopes_and_reports() -> None:
     assert chosen == {"truncate": {"margin": 8, "keep": "middle"},
                       "chain-of-agents": {"margin": 8, "paths": "x"}}
     assert notes == ["option keep does not apply to chain-of-agents"]
+    chosen, _ = split_options(["truncate", "chain-of-agents"],
+                              {"chain-of-agents.margin": 4, "margin": 8})
+    assert chosen == {"truncate": {"margin": 8}, "chain-of-agents": {"margin": 4}}
     with pytest.raises(ConfigError, match="no strategy"):
         split_options(["truncate"], {"nonsense": 1})
     with pytest.raises(ConfigError, match="not in this run"):

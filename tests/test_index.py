@@ -214,6 +214,20 @@ def test_index_paths_reports_built_then_reused(tmp_path: Path) -> None:
     assert [(r.kind, r.reused, r.embedded) for r in again] == [("corpus", True, 0)]
 
 
+def test_a_conversation_file_is_indexed_as_ask_reads_it(tmp_path: Path) -> None:
+    import json
+
+    from longweave.api import load_source
+
+    chat = tmp_path / "festival_chat.jsonl"
+    turns = [{"speaker": "Ana", "text": f"The festival moved to Saturday {i}."} for i in range(9)]
+    chat.write_text("\n".join(json.dumps(t) for t in turns) + "\n", encoding="utf-8")
+    cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
+    (row,) = index_paths([chat], embedder=fake, chunk_tokens=32, artifacts=cache)
+    asked = document_index(load_source(chat), embedder=fake, chunk_tokens=32, artifacts=cache)
+    assert asked.reused and asked.key == row.key  # what `ask -s rag` builds is the one indexed
+
+
 def test_cli_index_prints_what_it_built_and_reused(monkeypatch, tmp_path, capsys) -> None:
     import longweave.llm
     import longweave.retrieval.index as index_module

@@ -327,6 +327,17 @@ def test_cli_highlights_the_path_of_an_ask_answer(cli, monkeypatch, capsys) -> N
     assert code == 1 and "graph-reader answer" in capsys.readouterr().err
 
 
+def test_cli_answer_files_that_are_no_answer_are_named(cli, monkeypatch, capsys) -> None:
+    Path("empty.json").write_text("")
+    Path("other.json").write_text('{"text": "not all of an answer"}')
+    for name, problem in [("missing.json", "cannot be read"), ("empty.json", "is empty"),
+                          ("other.json", "is not an Answer as `ask --json` writes it")]:
+        assert run_cli(monkeypatch, "show", "story.md", "--graph", "--answer", name) == 1
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"error: {name}: {problem}" in err and "unexpected" not in err
+    assert cli["graph"].requests == []
+
+
 def test_cli_tree_as_svg_and_png(cli, monkeypatch, capsys) -> None:
     model = cli["use"]("tree")
     args = ("show", "sentinels.txt", "--tree", *settings(TREE_SET))

@@ -21,6 +21,7 @@ from longweave.cli.options import (
     PriceOut,
     StrategyName,
     Throughput,
+    check_prices,
     parse_options,
 )
 
@@ -70,6 +71,7 @@ def ask(
 
     if run and not estimate:
         raise typer.BadParameter("--run goes with --estimate", param_hint="--run")
+    check_prices(price_in, price_out)
     err = Console(stderr=True)
     started = time.perf_counter()
     source = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode

@@ -17,6 +17,7 @@ from longweave.cli.options import (
     RayAddress,
     StrategyName,
     Throughput,
+    check_prices,
     parse_options,
 )
 
@@ -101,6 +102,7 @@ def batch(
                                  param_hint="--pilot/--run")
     err = Console(stderr=True)
     items = batch_items(folder, questions, include=include, exclude=exclude)
+    check_prices(price_in, price_out)
     _check_paths(out, questions, trace)
     job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
     extra = {"address": ray_address} if executor == "ray" else {}
@@ -173,9 +175,14 @@ def batch(
         planned = plan(rest)
         if ok:
             before = reduce(add, (ahead[job.key(i)] for i in ok))
+            # Summed per question: each distinct document (and its chunks) counted once.
+            firsts = {i.document: ahead[job.key(i)] for i in reversed(ok)}
+            before = before.model_copy(update={
+                "documents": len(firsts), "n_chunks": sum(e.n_chunks for e in firsts.values())})
             used = reduce(add, (done[job.key(i)].usage for i in ok), Usage())
             print_estimate(err, before, actual=used)
-            planned = planned.calibrated(before, used)
+            if rest:  # nothing left: there is nothing to calibrate
+                planned = planned.calibrated(before, used)
         if not run_too:
             print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
                            throughput=throughput)

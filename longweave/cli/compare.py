@@ -33,7 +33,7 @@ def compare(
                      "name.key=value for one (repeatable)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
-    width: Annotated[int, typer.Option("--width", help="Answer characters shown.")] = 80,
+    width: Annotated[int, typer.Option("--width", min=2, help="Answer characters shown.")] = 80,
     no_cache: NoCache = False,
     include: Include = None,
     exclude: Exclude = None,
@@ -118,7 +118,10 @@ def compare_table(rows: list[CompareRow], *, width: int = 80) -> Table:
             text = " ".join((row.text or "").split()) or "(empty)"
             answer = escape(text if len(text) <= width else text[: width - 1] + "…")
         else:
-            answer = f"[red]{escape(f'{row.error_type}: {row.error}')}[/]"
+            said = row.error or ""
+            if not said.startswith(f"{row.error_type}:"):  # a bug's message names its type
+                said = f"{row.error_type}: {said}"
+            answer = f"[red]{escape(said)}[/]"
         calls = f"{row.usage.calls}"
         if row.usage.cache_hits:
             calls += f" ({row.usage.cache_hits} cached)"

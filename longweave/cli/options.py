@@ -42,12 +42,28 @@ RayAddress = Annotated[
     typer.Option("--ray-address", help="Ray cluster: 'auto' or 'ray://host:port' "
                  "(default: a local Ray runtime)."),
 ]
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be more than 0, got {value:g}")
+    return value
+
+
 PriceIn = Annotated[float | None, typer.Option(
-    "--price-in", help="Price per 1M prompt tokens, for the estimate's cost.")]
+    "--price-in", min=0.0, help="Price per 1M prompt tokens, for the estimate's cost.")]
 PriceOut = Annotated[float | None, typer.Option(
-    "--price-out", help="Price per 1M completion tokens, for the estimate's cost.")]
+    "--price-out", min=0.0, help="Price per 1M completion tokens, for the estimate's cost.")]
 Throughput = Annotated[float | None, typer.Option(
-    "--throughput", help="Measured tokens/s (prompt + completion), for the estimate's time.")]
+    "--throughput", callback=_positive,
+    help="Measured tokens/s (prompt + completion), for the estimate's time.")]
+
+
+def check_prices(price_in: float | None, price_out: float | None) -> None:
+    """Both prices or neither: a cost from one of them would be silently missing."""
+    if (price_in is None) != (price_out is None):
+        raise ConfigError("the estimate's cost needs both --price-in and --price-out",
+                          hint="pass both (0 for a side that is free)")
 
 
 def parse_options(pairs: list[str] | None, *, form: str = "--set key=value") -> dict[str, Any]:

@@ -4,13 +4,16 @@ document, as a self-contained HTML page (or an SVG, PNG or PDF by the output's s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from longweave.cli.options import Exclude, Include, parse_options
 from longweave.errors import ConfigError
+
+if TYPE_CHECKING:
+    from longweave.answer import Answer
 
 
 def show(
@@ -46,13 +49,12 @@ def show(
     """Draw the graph (--graph) or the tree (--tree) built for the document at PATH."""
     from rich.console import Console
 
-    from longweave.answer import Answer
     from longweave.api import load_source
     from longweave.cli.progress import ProgressView
     from longweave.visualize import STRUCTURES, find_structure, render
 
     err = Console(stderr=True, highlight=False)
-    given = Answer.model_validate_json(answer.read_text("utf-8")) if answer else None
+    given = _read_answer(answer) if answer else None
     kind = _kind(graph, tree, given)
     if given is not None and STRUCTURES.get(given.strategy) != kind:
         raise ConfigError(f"the answer in {answer} is a {given.strategy} answer, with no {kind}",
@@ -79,6 +81,30 @@ def show(
         import webbrowser
 
         webbrowser.open(target.resolve().as_uri())
+
+
+def _read_answer(path: Path) -> Answer:
+    """The Answer that `ask --json` wrote to `path`; a `DocumentError` that says what is wrong
+    when the file is missing, empty (a failed `ask --json > answer.json`) or something else."""
+    from pydantic import ValidationError
+
+    from longweave.answer import Answer
+    from longweave.errors import DocumentError
+
+    hint = "write one with `longweave ask PATH QUESTION --json > answer.json`"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DocumentError(path, f"cannot be read ({why})", hint=hint) from None
+    if not text.strip():
+        raise DocumentError(path, "is empty (did the ask that wrote it fail?)", hint=hint)
+    try:
+        return Answer.model_validate_json(text)
+    except ValidationError as exc:
+        first = (str(exc).splitlines() or ["not an answer"])[0]
+        raise DocumentError(path, f"is not an Answer as `ask --json` writes it ({first})",
+                            hint=hint) from None
 
 
 def _kind(graph: bool, tree: bool, answer: object) -> str:

@@ -83,7 +83,8 @@ def split_options(
     fields = {s: set(getattr(strategy_class(s), "model_fields", None) or ()) for s in strategies}
     chosen: dict[str, dict[str, Any]] = {s: {} for s in strategies}
     notes: list[str] = []
-    for key, value in options.items():
+    # Bare keys first: `strategy.key` is the more specific, and wins whatever the order given.
+    for key, value in sorted(options.items(), key=lambda item: "." in item[0]):
         name, dot, field = key.rpartition(".")
         if dot:
             # `--set` turns dashes into underscores: chain_of_agents.x means chain-of-agents

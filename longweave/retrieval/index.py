@@ -289,7 +289,7 @@ def index_paths(
     on_report: Callable[[IndexReport], None] | None = None,
 ) -> list[IndexReport]:
     """Build (or find) the index of each file, and of each folder as a corpus; say what was done."""
-    from longweave.documents import open_document
+    from longweave.api import load_source
     from longweave.retrieval.corpus import open_corpus
 
     reports: list[IndexReport] = []
@@ -312,7 +312,8 @@ def index_paths(
             report(IndexReport(str(path), "corpus", len(built.store), built.reused,
                                built.embedded, built.key))
         else:
-            index = document_index(open_document(path), **settings)
+            # As `ask` reads it (a conversation file as its turns), so `ask -s rag` finds it.
+            index = document_index(load_source(Path(path)), **settings)
             report(IndexReport(str(path), "document", len(index.chunks), index.reused,
                                index.embedded, index.key))
     return reports
