@@ -166,7 +166,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
 def cpu_default_dtype() -> torch.dtype:
     """float32, chosen by measurement on 2 CPU cores (docs/BENCHMARKS.md).
 
-    bfloat16 prefills 2-3x faster but decodes a single stream ~1.4x slower, and its greedy
+    bfloat16 prefills 1.8-3.4x faster but decodes a single stream ~1.4x slower, and its greedy
     output changes with what else is in the batch; float32 keeps batched == unbatched.
     """
     import torch
