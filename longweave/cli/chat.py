@@ -402,7 +402,9 @@ def chat(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="'local', 'hf:<id>' or 'openai:<model>'.")
     ] = None,
-    new: Annotated[bool, typer.Option("--new", help="Start over instead of resuming.")] = False,
+    new: Annotated[bool, typer.Option(
+        "--new", help="Start over instead of resuming (the earlier conversation is kept as "
+        "<id>.previous.json).")] = False,
     no_cache: NoCache = False,
     option: Annotated[
         list[str] | None, typer.Option("--set", help="Strategy option key=value (repeatable).")
