@@ -490,3 +490,38 @@ async def test_real_local_model_end_to_end(local_llm: Any, tmp_path: Path) -> No
     again = await arun(strategy, doc, "When was the lamp first lit?", local_llm, artifacts=cache)
     assert next(s for s in again.steps if s.role == "graph").detail["cached"] is True
     assert again.usage.calls < answer.usage.calls
+
+
+def test_near_duplicate_names_merge_alike_across_blocks_without_an_n_by_n_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The earliest surviving match wins, block by block exactly as all at once."""
+    import numpy as np
+
+    import longweave.graphs.build as build
+    from longweave.graphs.store import Fact, KeyGraph
+
+    rng = np.random.default_rng(7)
+    n, dim = 1300, 32
+    base = rng.normal(size=(n, dim)).astype(np.float32)
+    for j in range(1, n, 3):  # plant near-duplicates of earlier names, some of them chained
+        base[j] = base[rng.integers(0, j)] + 0.05 * rng.normal(size=dim)
+    vectors = base / np.linalg.norm(base, axis=1, keepdims=True)
+    names = [f"name {i}" for i in range(n)]
+    facts = [Fact(i, f"{names[i]} is here.", 0, (names[i],)) for i in range(n)]
+    graph = KeyGraph.from_facts("doc", [(0, 10)], facts, {})
+    assert graph.names == names
+
+    def reference() -> list[str]:  # the plain definition, all pairs at once
+        sims, gone, kept = vectors @ vectors.T, set(), []
+        for j in range(n):
+            if any(i not in gone and sims[i, j] >= 0.9 for i in range(j)):
+                gone.add(j)
+            else:
+                kept.append(names[j])
+        return kept
+
+    monkeypatch.setattr(build, "_MERGE_BLOCK", 128)  # ten blocks
+    merged, kept_vectors = build.merge_near_duplicates(graph, vectors, 0.9)
+    assert merged.names == reference() and len(merged.names) < n
+    assert np.array_equal(kept_vectors, vectors[[names.index(m) for m in merged.names]])

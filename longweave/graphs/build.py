@@ -72,13 +72,21 @@ def merge_near_duplicates(graph: KeyGraph, vectors: Any, threshold: float) -> tu
     import numpy as np
 
     names = graph.names
-    sims = np.asarray(vectors, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
+    unit = np.asarray(vectors, dtype=np.float32)
+    merged_away = np.zeros(len(names), dtype=bool)
     into: dict[str, str] = {}
-    for j in range(len(names)):
-        for i in range(j):  # the earliest surviving match wins, so merges never chain
-            if names[i] not in into and sims[i, j] >= threshold:
-                into[names[j]] = names[i]
-                break
+    # Similarities a block of columns at a time (memory: N x block, not N x N, which at 28k names
+    # was 3 GB and crashed), thresholded in numpy; the loop visits only names that have a match.
+    for start in range(0, len(names), _MERGE_BLOCK):
+        stop = min(start + _MERGE_BLOCK, len(names))
+        sims = unit[:stop] @ unit[start:stop].T
+        for j in range(start, stop):
+            # the earliest surviving match wins, so merges never chain
+            for i in np.flatnonzero(sims[:j, j - start] >= threshold):
+                if not merged_away[i]:
+                    into[names[j]] = names[i]
+                    merged_away[j] = True
+                    break
     if not into:
         return graph, vectors
     facts = []
@@ -86,8 +94,12 @@ def merge_near_duplicates(graph: KeyGraph, vectors: Any, threshold: float) -> tu
         keys = tuple(dict.fromkeys(into.get(k, k) for k in fact.keys))
         facts.append(Fact(fact.id, fact.text, fact.chunk, keys))
     merged = KeyGraph.from_facts(graph.doc_id, graph.spans, facts, graph.settings)
-    keep = [names.index(n) for n in merged.names]
-    return merged, np.asarray(vectors)[keep]
+    position = {name: n for n, name in enumerate(names)}
+    return merged, np.asarray(vectors)[[position[n] for n in merged.names]]
+
+
+_MERGE_BLOCK = 512
+"""Columns of the similarity matrix computed at a time by `merge_near_duplicates`."""
 
 
 def index_nodes(graph: KeyGraph, embedder: Embedder, *, merge_threshold: float | None) -> int:
