@@ -213,38 +213,56 @@ def _binary(p: Path, data: bytes) -> DocumentError:
 
 
 def _html_text(html: str) -> str:
-    """Visible text of an HTML page, with block elements on their own lines."""
-    from bs4 import BeautifulSoup, NavigableString
+    """Visible text of an HTML page, with block elements on their own lines.
+
+    One walk over the parsed tree collects the text and the block marks in document order; the
+    tree is never edited (bs4 finds an element's place among its siblings by a scan, so editing
+    every element made pages of many sibling paragraphs quadratic: 77 s for 20 MB)."""
+    from bs4 import BeautifulSoup, CData, NavigableString, Tag
 
     soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template"]):
-        tag.decompose()
-    for string in list(soup.find_all(string=True)):
-        if type(string) is not NavigableString:
-            continue  # comments, doctype and CDATA are not visible text
-        if string.find_parent(["pre", "textarea"]) is not None:
-            # Shield preformatted spacing from the whitespace collapsing below.
-            string.replace_with(string.replace(" ", _SPACE).replace("\t", _TAB))
-        else:
-            string.replace_with(re.sub(r"\s+", " ", string))
-    for tag in soup.find_all(True):
-        if tag.name == "br":
-            tag.replace_with(_LINE)
-        elif tag.name in ("td", "th"):
-            tag.insert_after("\t")
-        elif tag.name in _PARAGRAPHS or tag.name in _BLOCKS:
-            mark = _PARA if tag.name in _PARAGRAPHS else _LINE
-            tag.insert_before(mark)
-            tag.insert_after(mark)
+    parts: list[str] = []
+    stack: list[tuple[Any, bool]] = [(soup, False)]
+    preformatted = 0  # inside <pre> or <textarea>: spacing kept as it is
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            if node.name in ("pre", "textarea"):
+                preformatted -= 1
+            if node.name in ("td", "th"):
+                parts.append("\t")
+            elif node.name in _PARAGRAPHS or node.name in _BLOCKS:
+                parts.append(_PARA if node.name in _PARAGRAPHS else _LINE)
+            continue
+        if isinstance(node, NavigableString):
+            if type(node) is NavigableString:
+                parts.append(node.replace(" ", _SPACE).replace("\t", _TAB) if preformatted
+                             else re.sub(r"\s+", " ", node))
+            elif isinstance(node, CData):
+                parts.append(str(node))
+            continue  # comments, doctype and processing instructions are not visible text
+        if not isinstance(node, Tag) or node.name in _HIDDEN:
+            continue
+        if node.name == "br":
+            parts.append(_LINE)
+            continue
+        if node.name in _PARAGRAPHS or node.name in _BLOCKS:
+            parts.append(_PARA if node.name in _PARAGRAPHS else _LINE)
+        if node.name in ("pre", "textarea"):
+            preformatted += 1
+        stack.append((node, True))
+        stack.extend((child, False) for child in reversed(node.contents))
     # A run of block boundaries (and the spaces around them) becomes one line break, or a blank
     # line when any of them ends a paragraph.
     text = re.sub(
         f"[ \t\n]*[{_LINE}{_PARA}][ \t\n{_LINE}{_PARA}]*",
         lambda m: "\n\n" if _PARA in m.group() else "\n",
-        soup.get_text(),
+        "".join(parts),
     )
     return text.strip().replace(_SPACE, " ").replace(_TAB, "\t")
 
+
+_HIDDEN = {"script", "style", "noscript", "template"}
 
 # Private-use characters mark spacing and block boundaries while the text is assembled.
 _SPACE, _TAB, _LINE, _PARA = "\ue000", "\ue001", "\ue002", "\ue003"
