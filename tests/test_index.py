@@ -152,6 +152,22 @@ def test_open_corpus_reads_matching_files_and_warns_about_unreadable_ones(tmp_pa
     assert "===== notes/b.txt =====" in corpus.text  # the model sees which file it reads
 
 
+def test_the_size_limit_holds_for_a_folder_as_for_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"part{i}.txt").write_text(f"Part {i}. " + "word " * 200, encoding="utf-8")
+    each = (folder / "part0.txt").stat().st_size
+    monkeypatch.setenv("LONGWEAVE_MAX_DOCUMENT_BYTES", str(4 * each))
+    with pytest.raises(DocumentError) as info:
+        open_corpus(folder)
+    assert "add up to more than the" in info.value.problem and "file 5 of 10" in info.value.problem
+    assert "--include" in info.value.hint
+    assert len(corpus_parts(open_corpus(folder, include=["part[0-3].txt"]))) == 4
+
+
 def test_include_and_exclude_globs(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "docs")
     corpus = open_corpus(folder, include=["*.txt"], exclude=["deep", "*empty*", "image.txt"])

@@ -101,15 +101,30 @@ def open_corpus(
     """Read every matching file under `folder` into one corpus `Document`.
 
     Files that cannot be read are skipped with a `LongweaveWarning` naming them (and listed in
-    `meta["skipped"]` as `[path, problem]`); a folder with no readable file is a `DocumentError`.
+    `meta["skipped"]` as `[path, problem]`); a folder with no readable file is a `DocumentError`,
+    and so is one whose files add up to more than the document size limit (`max_bytes`, default
+    `LONGWEAVE_MAX_DOCUMENT_BYTES`), which holds for a folder as for one file.
     """
+    from longweave.config import Settings
+
     root = Path(folder).expanduser()
     files = corpus_files(root, include=include, exclude=exclude)
+    limit = Settings().max_document_bytes if max_bytes is None else max_bytes
     pieces: list[str] = []
     parts: list[CorpusPart] = []
     skipped: list[list[str]] = []
-    offset = 0
+    offset = total = 0
     for path in files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0  # open_document names the problem below
+        if total + size > limit:
+            raise DocumentError(
+                root, f"its files add up to more than the {limit:,}-byte limit (reached at "
+                f"{path.relative_to(root).as_posix()}, file {len(parts) + 1} of {len(files)})",
+                hint="raise LONGWEAVE_MAX_DOCUMENT_BYTES, or read fewer files with --include "
+                     "and --exclude")
         try:
             doc = open_document(path, max_bytes=max_bytes)
         except DocumentError as exc:
@@ -122,6 +137,7 @@ def open_corpus(
         pieces += [header, doc.text]
         parts.append(CorpusPart(str(path), doc.id, start, start + len(doc.text)))
         offset = start + len(doc.text)
+        total += size
     if not parts:
         problem = (
             f"none of its {len(files)} matching files could be read"
