@@ -138,6 +138,22 @@ async def test_second_question_does_no_embedding_work(tmp_path: Path) -> None:
     assert f"SENTINEL-{TOPICS.index('mangoes')}" in second.citations[0].text
 
 
+async def test_embedding_a_long_document_reports_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import longweave.retrieval.index as index_module
+
+    monkeypatch.setattr(index_module, "EMBED_BATCH", 4)
+    strategy, fake = rag(k=2)
+    log = EventLog()
+    answer = await arun(strategy, topic_document(), "apples", scripted(), on_event=log)
+    chunks = next(s for s in answer.steps if s.role == "index").detail["chunks"]
+    progress = [(e.index, e.total) for e in log.events if e.role == "indexer"]
+    assert chunks > 4 and progress[-1] == (chunks, chunks)
+    assert [done for done, _ in progress] == [*range(4, chunks, 4), chunks]
+    assert fake.texts == chunks + 1  # every chunk once, then the question
+
+
 async def test_corpus_mode_cites_the_file(tmp_path: Path) -> None:
     folder = tmp_path / "docs"
     (folder / "sub").mkdir(parents=True)

@@ -112,7 +112,12 @@ class RAG(UsesEmbedder):
             )
             files = {"files": built.files, "files_built": built.files_built}
         else:
-            built = await asyncio.to_thread(lambda: document_index(ctx.document, **common))
+            def on_progress(done: int, total: int) -> None:  # a long document takes a while
+                ctx.emit(Event("progress", self.name, "indexer", done, total,
+                               f"embedded {done:,} of {total:,} chunks"))
+
+            built = await asyncio.to_thread(
+                lambda: document_index(ctx.document, on_progress=on_progress, **common))
             files = {}
         store = built.store
         if len(store) == 0:

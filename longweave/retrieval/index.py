@@ -103,11 +103,13 @@ def document_index(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     overlap: int = 0,
     artifacts: ArtifactCache | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> DocumentIndex:
     """The document's index: loaded from `artifacts` when built before, else chunked and embedded.
 
     Chunks are cut by `tokenizer` (cl100k when None) at paragraph, sentence or word boundaries;
-    pass the answering model's tokenizer so chunk sizes are in its tokens.
+    pass the answering model's tokenizer so chunk sizes are in its tokens. `on_progress(done,
+    total)` follows the embedding, a batch at a time (a long document takes a while).
     """
     chunker = Chunker(chunk_tokens, overlap, tokenizer)
     key = index_key(
@@ -119,7 +121,7 @@ def document_index(
     if loaded is not None:
         return _assemble(document, *loaded, embedder, key, reused=True, embedded=0)
     chunks = tuple(chunker.split(document.text))
-    vectors, embedded = embed_counted(embedder, [c.text for c in chunks])
+    vectors, embedded = embed_counted(embedder, [c.text for c in chunks], on_progress)
     about = {
         "format": INDEX_FORMAT, "doc_id": document.id, "source": document.source,
         "embedder": embedder.name, "dim": int(vectors.shape[1]),
@@ -182,13 +184,29 @@ def corpus_index(
     return CorpusIndex(document.id, store, key, False, embedded, len(parts), built)
 
 
-def embed_counted(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-    """Vectors of `texts` and how many were computed (a `CachedEmbedder` serves some for free)."""
+def embed_counted(embedder: Embedder, texts: Sequence[str],
+                  on_progress: Callable[[int, int], None] | None = None,
+                  ) -> tuple[np.ndarray, int]:
+    """Vectors of `texts` and how many were computed (a `CachedEmbedder` serves some for free);
+    with `on_progress(done, total)`, in batches of `EMBED_BATCH` so that it can be told."""
     before = embedder.embedded if isinstance(embedder, CachedEmbedder) else None
-    vectors = embedder.embed(list(texts))
+    if on_progress is None or len(texts) <= EMBED_BATCH:
+        vectors = embedder.embed(list(texts))
+    else:
+        import numpy as np
+
+        parts = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            parts.append(embedder.embed(list(texts[start:start + EMBED_BATCH])))
+            on_progress(min(start + EMBED_BATCH, len(texts)), len(texts))
+        vectors = np.concatenate(parts)
     if before is not None:
         return vectors, embedder.embedded - before  # type: ignore[union-attr]
     return vectors, len(texts)
+
+
+EMBED_BATCH = 512
+"""Chunks embedded per call when the caller follows the progress."""
 
 
 def resolve_embedder(spec: str, cache_dir: str | Path | None = None) -> Embedder:
