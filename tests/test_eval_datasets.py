@@ -261,3 +261,15 @@ def test_hotpotqa_notes_a_length_below_the_gold_paragraphs(tmp_path) -> None:
     (case,) = data.cases
     assert case.tokens > 16
     assert any("longer than their --lengths" in note for note in data.notes)
+
+
+def test_an_leval_row_with_more_questions_than_answers_says_so(tmp_path) -> None:
+    (row,) = [json.loads(line) for line in
+              (FIXTURES / "leval" / "quality.jsonl").read_text(encoding="utf-8").splitlines()]
+    row["outputs"] = row["outputs"][:1]
+    uneven = tmp_path / "quality.jsonl"
+    uneven.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    data = load_dataset(uneven, workdir=tmp_path / "d", count_tokens=count)
+    assert len(data.cases) == 1
+    assert any("quality.jsonl row 0:" in note and "only the first 1 pairs" in note
+               for note in data.notes)

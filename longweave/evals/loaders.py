@@ -55,6 +55,10 @@ def load_leval(path: Path, opts: LoadOptions, out: Dataset) -> None:
             if opts.limit is not None and taken >= opts.limit:
                 break
             pairs = list(zip(row["instructions"], row["outputs"], strict=False))
+            if len(row["instructions"]) != len(row["outputs"]):
+                out.notes.append(
+                    f"{file.name} row {row_no}: {len(row['instructions'])} questions and "
+                    f"{len(row['outputs'])} answers; only the first {len(pairs)} pairs are asked")
             if opts.limit is not None:
                 pairs = pairs[: opts.limit - taken]
             if not pairs:
