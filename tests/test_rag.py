@@ -148,9 +148,13 @@ async def test_embedding_a_long_document_reports_progress(
     log = EventLog()
     answer = await arun(strategy, topic_document(), "apples", scripted(), on_event=log)
     chunks = next(s for s in answer.steps if s.role == "index").detail["chunks"]
-    progress = [(e.index, e.total) for e in log.events if e.role == "indexer"]
-    assert chunks > 4 and progress[-1] == (chunks, chunks)
-    assert [done for done, _ in progress] == [*range(4, chunks, 4), chunks]
+    events = [e for e in log.events if e.role == "indexer"]
+    batches = -(-chunks // 4)
+    # One event per batch, counted in batches, as the progress bar advances one per event.
+    assert chunks > 4 and [(e.index, e.total) for e in events] == [
+        (n, batches) for n in range(1, batches + 1)]
+    assert [e.data["chunks"] for e in events] == [*range(4, chunks, 4), chunks]
+    assert events[-1].message == f"embedded {chunks:,} of {chunks:,} chunks"
     assert fake.texts == chunks + 1  # every chunk once, then the question
 
 

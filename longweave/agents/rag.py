@@ -112,9 +112,15 @@ class RAG(UsesEmbedder):
             )
             files = {"files": built.files, "files_built": built.files_built}
         else:
+            from longweave.retrieval import index as index_module
+
+            batches = iter(range(1, 1 << 62))
+
             def on_progress(done: int, total: int) -> None:  # a long document takes a while
-                ctx.emit(Event("progress", self.name, "indexer", done, total,
-                               f"embedded {done:,} of {total:,} chunks"))
+                # One event per batch, counted in batches (the bar advances one per event).
+                ctx.emit(Event("progress", self.name, "indexer", next(batches),
+                               math.ceil(total / index_module.EMBED_BATCH),
+                               f"embedded {done:,} of {total:,} chunks", {"chunks": done}))
 
             built = await asyncio.to_thread(
                 lambda: document_index(ctx.document, on_progress=on_progress, **common))
