@@ -403,8 +403,10 @@ async def aestimate(
     from longweave.api import load_source
     from longweave.estimate_agents import FORMULAS as AGENTS
     from longweave.estimate_formulas import FORMULAS, Tally
+    from longweave.runner import check_inputs
 
     doc = load_source(document)
+    check_inputs(doc, question)  # what a run would refuse is not estimated either
     chosen = get_strategy(strategy, **options)
     formulas = {**FORMULAS, **AGENTS}
     formula = formulas.get(chosen.name) or _own_formula(chosen)

@@ -155,9 +155,13 @@ def test_a_document_of_only_whitespace_is_refused_alike_by_every_strategy() -> N
 
     model = _model()
     blank = Document.from_text("  \n\t\n ")
+    from longweave.estimate import estimate
+
     for name in longweave.strategies():
         with pytest.raises(DocumentError, match="has no text to read"):
             longweave.ask(blank, "Where?", strategy=name, model=model, cache=False)
+        with pytest.raises(DocumentError, match="has no text to read"):  # nor priced
+            estimate(blank, name, model, "Where?")
     assert model.requests == []
 
 

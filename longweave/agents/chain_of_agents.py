@@ -21,7 +21,7 @@ from longweave.agents.coa_prompts import judge_messages, manager_messages, worke
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
-from longweave.errors import ConfigError, LongweaveError
+from longweave.errors import ConfigError
 from longweave.llm import unquote
 
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
@@ -107,8 +107,6 @@ class ChainOfAgents(BaseModel):
                 )
             budget = chunk_budget(k, max_new=0, fixed_tokens=fixed, margin=self.margin)
         chunks = ctx.chunk(budget)
-        if not chunks:
-            raise LongweaveError(f"{ctx.document.name} has no text to read")
         forward = list(range(len(chunks)))
         orders = [forward] if self.paths == "single" else [forward, forward[::-1]]
         ctx.step(

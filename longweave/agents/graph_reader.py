@@ -25,7 +25,7 @@ from longweave.agents.base import RunContext
 from longweave.agents.embedding import UsesEmbedder
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
-from longweave.errors import LongweaveError, LongweaveWarning, ParseError
+from longweave.errors import LongweaveWarning, ParseError
 from longweave.graphs.build import RawFact, assemble, index_nodes
 from longweave.graphs.calls import SIGNATURES
 from longweave.graphs.explore import Explorer
@@ -218,8 +218,6 @@ class GraphReader(UsesEmbedder):
         Returns the graph and how many chunks' extractions failed (a chunk that validly holds
         no facts has not failed)."""
         chunks = ctx.chunk(budgets.chunk_tokens)  # the chunker cuts at blank lines first
-        if not chunks:
-            raise LongweaveError(f"{ctx.document.name} has no text to read")
         calls_before = ctx.usage.calls
         gate = asyncio.Semaphore(self.concurrency)
         schema = self._extraction_schema()

@@ -51,7 +51,7 @@ from longweave.agents.long_agent_prompts import (
 from longweave.answer import Citation, plural
 from longweave.budget import MIN_CHUNK_TOKENS, chunk_budget
 from longweave.chunking import Chunk, Chunker
-from longweave.errors import LongweaveError, ParseError
+from longweave.errors import ParseError
 from longweave.llm import Message
 from longweave.structured import json_instructions, parse_structured, reask_message
 
@@ -187,8 +187,6 @@ class LongAgent(BaseModel):
             chunks = chunker.split(ctx.document.text)
         else:
             chunks = ctx.chunk(budget)
-        if not chunks:
-            raise LongweaveError(f"{ctx.document.name} has no text to read")
         ctx.step("plan", f"{plural(len(chunks), 'member')}, chunks of <= {budget} tokens",
                  chunks=len(chunks), budget=budget, rounds=self.max_rounds)
         return {"chunks": chunks, "round": 0, "action": "", "instruction": "",

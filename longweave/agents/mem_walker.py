@@ -26,7 +26,7 @@ from longweave.agents import mem_walker_prompts as prompts
 from longweave.agents.base import RunContext
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
-from longweave.errors import BudgetExceeded, LongweaveError, LongweaveWarning, ParseError
+from longweave.errors import BudgetExceeded, LongweaveWarning, ParseError
 from longweave.llm import Message, model_identity, unquote
 from longweave.memory.summary_tree import TREE_FORMAT, SummaryTree, TreeNode, balanced_groups
 from longweave.structured import json_instructions, reask_message
@@ -211,8 +211,6 @@ class MemWalker(BaseModel):
         """Build(x) of §4.2: leaves summarized concurrently, then each level from the one below.
         Returns the tree and whether every summary came back blank (none made counts as not)."""
         chunks = ctx.chunk(plan.segment_tokens)
-        if not chunks:
-            raise LongweaveError(f"{ctx.document.name} has no text to read")
         calls_before = ctx.usage.calls
         summarize = _Summarizer(self, ctx, plan)
         if len(chunks) == 1:

@@ -24,7 +24,7 @@ from longweave.agents.base import RunContext, repeat_then
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
-from longweave.errors import BudgetExceeded, ConfigError, LongweaveError, ParseError
+from longweave.errors import BudgetExceeded, ConfigError, ParseError
 from longweave.llm import Message, model_identity
 from longweave.memory.structured_memory import (
     SchemaSpec,
@@ -244,8 +244,6 @@ class Prism(BaseModel):
                                        self.variant, batch)
         plan = self.plan(ctx, prefix, schema)
         chunks = ctx.chunk(plan.chunk_tokens)
-        if not chunks:
-            raise LongweaveError(f"{ctx.document.name} has no text to read")
         memory = StructuredMemory(schema, self.value_chars, self.list_items, ops)
         ctx.step("plan", f"{plural(len(chunks), 'chunk')} of <= {plan.chunk_tokens} tokens",
                  chunks=len(chunks), chunk_tokens=plan.chunk_tokens, mem_cap=plan.mem_cap,

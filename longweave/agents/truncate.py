@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from longweave.agents.base import RunContext
 from longweave.agents.baseline_prompts import truncate_messages
 from longweave.budget import chunk_budget
-from longweave.errors import LongweaveError
 from longweave.llm import unquote
 from longweave.retrieval.corpus import cite_span
 from longweave.tokenizers import Tokenizer
@@ -58,8 +57,6 @@ class Truncate(BaseModel):
 
     def initial_state(self, ctx: RunContext) -> dict[str, Any]:
         text, tok = ctx.document.text, ctx.llm.tokenizer
-        if not text.strip():
-            raise LongweaveError(f"{ctx.document.name} has no text to read")
         window = self._window(ctx)
         fixed = ctx.llm.count_prompt_tokens(truncate_messages("", ctx.question))
         budget = chunk_budget(window, max_new=self.max_new, fixed_tokens=fixed, margin=self.margin)
