@@ -210,6 +210,12 @@ def _record(line: bytes) -> BatchRecord | None:
         return None
 
 
+def options_as_json(options: dict[str, Any]) -> dict[str, Any]:
+    """Strategy options as a record holds them: JSON values, anything else by its repr (a
+    schema class, say)."""
+    return json.loads(json.dumps(options, default=repr))
+
+
 def document_stamp(source: str) -> str | None:
     """A document file's size and modification time ("size:mtime_ns"); None for a folder or a
     path that cannot be read (its change is not tracked)."""
@@ -356,7 +362,7 @@ class BatchJob:
         record = BatchRecord(
             key=self.key(item), document=item.document, question=item.question, id=item.id,
             strategy=self.strategy, model=self.model_name, meta=item.meta,
-            options=json.loads(json.dumps(self.options, default=repr)),
+            options=options_as_json(self.options),
             document_stamp=document_stamp(item.document),
         )
         started = time.perf_counter()
@@ -464,16 +470,16 @@ async def _run_batch(
     todo: list[BatchItem] = []
     seen: set[str] = set()
     skipped = 0
-    stamps: dict[str, str | None] = {}
+    stamped: set[str] = set()  # documents whose file was compared with its record once
     changed: list[str] = []
     for item in items:
         key = job.key(item)
         if key in done:
             skipped += 1
-            recorded = done[key].document_stamp
-            if item.document not in stamps:
-                stamps[item.document] = document_stamp(item.document)
-                if recorded is not None and stamps[item.document] not in (None, recorded):
+            if item.document not in stamped:
+                stamped.add(item.document)
+                recorded, now = done[key].document_stamp, document_stamp(item.document)
+                if recorded is not None and now not in (None, recorded):
                     changed.append(item.document)
         elif key not in seen:  # the same question twice in the input is asked once
             seen.add(key)

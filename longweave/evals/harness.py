@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from longweave.batch import BatchItem, BatchJob, BatchRecord, ResultLog, arun_batch
+from longweave.batch import (
+    BatchItem,
+    BatchJob,
+    BatchRecord,
+    ResultLog,
+    arun_batch,
+    options_as_json,
+)
 from longweave.errors import ConfigError
 from longweave.evals import metrics
 from longweave.trace import TraceWriter, open_trace
@@ -273,7 +280,7 @@ async def arun_eval(
     results = EvalResults(
         dataset=str(dataset), format=data.format, model=llm.name, strategies=list(strategies),
         judge=(judge_llm.name if judge_llm else None), cases=len(data.cases),
-        options={s: json.loads(json.dumps(o, default=repr)) for s, o in per_strategy.items()},
+        options={s: options_as_json(o) for s, o in per_strategy.items()},
         limit=limit, lengths=list(lengths), depths=list(depths), notes=data.notes + notes,
     )
     for name, job in jobs.items():
