@@ -248,3 +248,22 @@ def test_touching_citations_print_as_one_span_and_the_rest_are_counted() -> None
     lines = [line for line in out.getvalue().splitlines() if line.startswith("[")]
     assert [line.split()[0] for line in lines] == ["[5]", "[21]"]
     assert "Sentence 8 is here." in lines[0] and "Sentence 40 is here." in lines[1]
+
+
+def test_progress_shows_what_a_run_prepares_until_its_first_call() -> None:
+    """Chunking a large document takes seconds before any call: the view says so meanwhile."""
+    import io
+
+    from rich.console import Console
+
+    from longweave.cli.progress import ProgressView
+    from longweave.events import Event
+
+    with ProgressView(Console(file=io.StringIO())) as view:
+        view(Event("start", "mem-walker", data={"document": "big.txt"}))
+        assert [t.description for t in view.progress.tasks] == ["mem-walker preparing big.txt"]
+        assert view.progress.tasks[0].total is None  # open-ended: the bar pulses
+        view(Event("call", "mem-walker", "summarizer", 0, 8))
+        view(Event("progress", "mem-walker", "summarizer", 0, 8))
+        assert [(t.description, t.completed, t.total) for t in view.progress.tasks] == [
+            ("summarizer", 1, 8)]

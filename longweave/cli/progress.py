@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from longweave.events import Event
@@ -13,19 +21,25 @@ from longweave.llm import unquote_so_far
 
 
 class ProgressView:
-    """Shows the current role and how far through its chunks it is, on stderr."""
+    """Shows the current role and how far through its chunks it is, on stderr.
+
+    Between a run's start and its first model call (reading and chunking the document, loading
+    a cached artifact: seconds on a large document) it shows what it is preparing, so the
+    terminal is never silent.
+    """
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=True,
         )
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
+        self.preparing: TaskID | None = None
 
     def __enter__(self) -> ProgressView:
         self.progress.start()
@@ -35,8 +49,13 @@ class ProgressView:
         self.progress.stop()
 
     def __call__(self, event: Event) -> None:
+        if event.kind == "start":
+            self._prepare(event)
         if event.kind not in ("call", "progress") or not event.role:
             return
+        if self.preparing is not None:
+            self.progress.remove_task(self.preparing)
+            self.preparing = None
         task = self.tasks.get(event.role)
         if task is None:
             task = self.progress.add_task(event.role, total=event.total or 1)
@@ -46,6 +65,15 @@ class ProgressView:
         else:
             self.progress.update(task, advance=1, description=event.role,
                                  total=max(event.total or 1, 1))
+
+
+    def _prepare(self, event: Event) -> None:
+        """An open-ended task for the run that starts, until its first role reports."""
+        if self.preparing is not None:
+            self.progress.remove_task(self.preparing)
+        document = event.data.get("document") or "the document"
+        self.preparing = self.progress.add_task(f"{event.strategy} preparing {document}",
+                                                total=None)
 
 
 class LiveAnswer:
