@@ -71,24 +71,21 @@ def resolve_strategies(names: str | Sequence[str]) -> list[str]:
     return chosen
 
 
-def split_options(options: dict[str, Any], strategies: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Each strategy's options: `name.key` goes to that strategy alone, a bare `key` to every
-    strategy whose settings have it (so `max_new=64` applies where it means something); where
-    both set one strategy's key, `name.key` wins.
+def split_options(
+    options: dict[str, Any], strategies: Sequence[str], *, notes: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each strategy's options, for `compare` and `eval`: `name.key` goes to that strategy
+    alone, a bare `key` to every strategy whose settings have it (so `max_new=64` applies where
+    it means something); where both set one strategy's key, `name.key` wins. `notes` (when
+    given) receives a line for each bare key that some strategies lack.
 
     An option that no strategy accepts is a `ConfigError`, so a typo does not pass silently.
     """
-    from longweave.agents.base import strategy_class
 
     def norm(name: str) -> str:  # `--set` turns '-' into '_' in keys
         return name.replace("-", "_")
 
-    fields: dict[str, set[str]] = {}
-    for name in strategies:
-        try:
-            fields[name] = set(strategy_class(name).model_fields)
-        except Exception:  # an unknown or broken strategy: its own row reports it
-            fields[name] = set()
+    fields = {name: _fields(name) for name in strategies}
     per: dict[str, dict[str, Any]] = {name: {} for name in strategies}
     # Bare keys first: `name.key` is the more specific, and wins whatever the order given.
     for key, value in sorted(options.items(), key=lambda item: "." in item[0]):
@@ -96,18 +93,35 @@ def split_options(options: dict[str, Any], strategies: Sequence[str]) -> dict[st
         if dot:
             owners = [n for n in strategies if norm(n) == norm(target)]
             if not owners:
-                raise ConfigError(f"option {key!r} names no compared strategy",
-                                  hint=f"compared: {', '.join(strategies)}")
+                raise ConfigError(f"option {key!r} names a strategy not in this run",
+                                  hint=f"strategies: {', '.join(strategies)}")
             for n in owners:
                 per[n][bare] = value  # validated by the strategy itself
             continue
-        owners = [n for n in strategies if key in fields[n]]
+        owners = [n for n in strategies if fields[n] is None or key in fields[n]]
         if not owners:
-            raise ConfigError(f"no compared strategy has an option {key!r}",
+            raise ConfigError(f"no strategy in this run has the option {key!r}",
                               hint="see `longweave strategies NAME` for each one's settings")
         for n in owners:
             per[n][key] = value
+        if notes is not None and len(owners) < len(strategies):
+            others = ", ".join(n for n in strategies if n not in owners)
+            notes.append(f"option {key} does not apply to {others}")
     return per
+
+
+def _fields(name: str) -> set[str] | None:
+    """A strategy's setting names; None for one that cannot list them (not a pydantic model),
+    which then gets every option and validates them itself. An unknown or broken strategy has
+    none: its own row reports it."""
+    from longweave.agents.base import strategy_class
+
+    try:
+        cls = strategy_class(name)
+    except Exception:
+        return set()
+    fields = getattr(cls, "model_fields", None)
+    return None if fields is None else set(fields)
 
 
 async def acompare(

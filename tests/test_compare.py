@@ -102,9 +102,9 @@ def test_options_go_to_the_strategies_that_have_them() -> None:
                   {"max_new": 48, "chain_of_agents.max_new": 32}):
         per = split_options(given, ["truncate", "chain-of-agents"])
         assert per == {"truncate": {"max_new": 48}, "chain-of-agents": {"max_new": 32}}
-    with pytest.raises(ConfigError, match="no compared strategy has an option 'max_nwe'"):
+    with pytest.raises(ConfigError, match="no strategy in this run has the option 'max_nwe'"):
         split_options({"max_nwe": 1}, ["truncate"])
-    with pytest.raises(ConfigError, match="names no compared strategy"):
+    with pytest.raises(ConfigError, match="names a strategy not in this run"):
         split_options({"rag.k": 1}, ["truncate"])
 
 

@@ -11,8 +11,9 @@ import pytest
 
 import longweave.llm
 import longweave.retrieval.index as index_module
+from longweave.compare import split_options
 from longweave.errors import ConfigError
-from longweave.evals.harness import arun_eval, split_options
+from longweave.evals.harness import arun_eval
 from longweave.evals.report import summarize, write_reports
 from longweave.testing import HashEmbedder, ScriptedModel
 from tests.cli_run import run_cli
@@ -137,18 +138,19 @@ async def test_needle_citations_cover_the_needle(cache, tmp_path) -> None:
 
 
 def test_split_options_scopes_and_reports() -> None:
-    chosen, notes = split_options(["truncate", "chain-of-agents"],
-                                  {"margin": 8, "keep": "middle", "chain_of_agents.paths": "x"})
+    notes: list[str] = []
+    chosen = split_options({"margin": 8, "keep": "middle", "chain_of_agents.paths": "x"},
+                           ["truncate", "chain-of-agents"], notes=notes)
     assert chosen == {"truncate": {"margin": 8, "keep": "middle"},
                       "chain-of-agents": {"margin": 8, "paths": "x"}}
     assert notes == ["option keep does not apply to chain-of-agents"]
-    chosen, _ = split_options(["truncate", "chain-of-agents"],
-                              {"chain-of-agents.margin": 4, "margin": 8})
+    chosen = split_options({"chain-of-agents.margin": 4, "margin": 8},
+                           ["truncate", "chain-of-agents"])
     assert chosen == {"truncate": {"margin": 8}, "chain-of-agents": {"margin": 4}}
     with pytest.raises(ConfigError, match="no strategy"):
-        split_options(["truncate"], {"nonsense": 1})
+        split_options({"nonsense": 1}, ["truncate"])
     with pytest.raises(ConfigError, match="not in this run"):
-        split_options(["truncate"], {"rag.k": 3})
+        split_options({"rag.k": 3}, ["truncate"])
 
 
 async def test_reports_written_and_plot_skipped_without_matplotlib(

@@ -26,6 +26,7 @@ from longweave.batch import (
     arun_batch,
     options_as_json,
 )
+from longweave.compare import split_options
 from longweave.errors import ConfigError
 from longweave.evals import metrics
 from longweave.trace import TraceWriter, open_trace
@@ -76,41 +77,6 @@ class EvalResults(BaseModel):
     cases: int
     notes: list[str] = Field(default_factory=list)
     results: list[CaseResult] = Field(default_factory=list)
-
-
-def split_options(
-    strategies: Sequence[str], options: dict[str, Any]
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Per-strategy options from `key=v` (to every strategy that has `key`) and
-    `strategy.key=v` (to that one); returns them with notes on keys some strategies lack."""
-    from longweave.agents.base import strategy_class
-
-    # A strategy that is not a pydantic model cannot list its fields: it gets every option
-    # and validates them itself.
-    fields = {s: set(getattr(strategy_class(s), "model_fields", None) or ()) for s in strategies}
-    chosen: dict[str, dict[str, Any]] = {s: {} for s in strategies}
-    notes: list[str] = []
-    # Bare keys first: `strategy.key` is the more specific, and wins whatever the order given.
-    for key, value in sorted(options.items(), key=lambda item: "." in item[0]):
-        name, dot, field = key.rpartition(".")
-        if dot:
-            # `--set` turns dashes into underscores: chain_of_agents.x means chain-of-agents
-            name = next((s for s in strategies if name in (s, s.replace("-", "_"))), name)
-            if name not in chosen:
-                raise ConfigError(f"option {key!r} names a strategy not in this run",
-                                  hint=f"strategies: {', '.join(strategies)}")
-            chosen[name][field] = value  # validated by the strategy itself
-            continue
-        takers = [s for s in strategies if key in fields[s] or not fields[s]]
-        if not takers:
-            raise ConfigError(f"no strategy in this run has the option {key!r}",
-                              hint="see `longweave strategies` for each one's options")
-        for s in takers:
-            chosen[s][key] = value
-        if len(takers) < len(strategies):
-            others = ", ".join(s for s in strategies if s not in takers)
-            notes.append(f"option {key} does not apply to {others}")
-    return chosen, notes
 
 
 def score_text(case: EvalCase, answer: str) -> dict[str, float]:
@@ -251,7 +217,8 @@ async def arun_eval(
 
     if not strategies:
         raise ConfigError("no strategies to evaluate", hint="pass --strategies a,b")
-    per_strategy, notes = split_options(strategies, options or {})
+    notes: list[str] = []
+    per_strategy = split_options(options or {}, strategies, notes=notes)
     llm = resolve_model(model)  # one backend (one set of weights) shared by every strategy
     root = Path(out)
     data = load_dataset(dataset, format, workdir=root / "documents", count_tokens=llm.count_tokens,
