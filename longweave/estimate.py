@@ -389,6 +389,7 @@ async def aestimate(
     assumptions: Assumptions | None = None,
     artifacts: ArtifactCache | None = None,
     cached: bool | None = None,
+    built: bool = False,
     context_window: int | None = None,
     **options: Any,
 ) -> Estimate:
@@ -396,8 +397,9 @@ async def aestimate(
 
     `artifacts` is where a run would find per-document artifacts (a cached tree, graph or memory
     is not rebuilt, so its build is not counted); `cached=True` assumes they exist (a later
-    question on the same document), False that they do not. `context_window` applies only to
-    a bare tokenizer.
+    question on the same document), False that they do not. `built=True` says an earlier question
+    of the same plan builds them: their build is not counted, and not reported as cached either.
+    `context_window` applies only to a bare tokenizer.
     """
     from longweave.agents.base import RunContext, get_strategy
     from longweave.api import load_source
@@ -425,7 +427,7 @@ async def aestimate(
         assumptions = Assumptions.for_model(planner.name)
         guessed = assumptions == Assumptions()
     ctx = RunContext(planner, doc, question, chosen.name, artifacts=artifacts)  # type: ignore[arg-type]
-    tally = Tally(ctx, planner, assumptions, cached)
+    tally = Tally(ctx, planner, assumptions, cached, built=built)
     await formula(chosen, ctx, tally)
     if guessed:
         tally.notes.append(f"reply lengths and re-asks of {planner.name} are generic guesses: "
@@ -460,13 +462,14 @@ Item = Any  # a document (path, text or Document), or a (document, question) pai
 
 async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
                          model_or_tokenizer: str | LLM | Tokenizer, question: str = "",
-                         *, cached: bool | None = None, **kwargs: Any) -> Estimate:
+                         *, cached: bool | None = None, built: bool = False,
+                         **kwargs: Any) -> Estimate:
     """The sum over documents, or (document, question) pairs; a document's artifacts are built
-    once, so its later questions count only their per-question calls. A document that cannot be
-    read is left out, with a note (a run fails on it too)."""
+    once, so its later questions count only their per-question calls (`built=True`: every
+    document's are built by questions outside this plan). A document that cannot be read is
+    left out, with a note (a run fails on it too)."""
     from longweave.api import load_source
     from longweave.errors import DocumentError
-    from longweave.estimate_formulas import CACHED_NOTE
 
     planner = _planning_model(model_or_tokenizer, context_window=kwargs.pop("context_window", None))
     total: Estimate | None = None
@@ -479,11 +482,8 @@ async def aestimate_many(items: Iterable[Item], strategy: str | Strategy,
         except DocumentError as exc:
             unread.setdefault(str(source), exc.message)
             continue
-        again = True if doc.id in chunks else cached
-        one = await aestimate(doc, strategy, planner, asked, cached=again, **kwargs)
-        if doc.id in chunks and cached is not True:  # built by its first question, not cached
-            one = one.model_copy(update={"reused": 0,
-                                         "notes": [n for n in one.notes if n != CACHED_NOTE]})
+        one = await aestimate(doc, strategy, planner, asked, cached=cached,
+                              built=built or doc.id in chunks, **kwargs)
         chunks.setdefault(doc.id, one.n_chunks)
         total = one if total is None else total + one
     if total is None:

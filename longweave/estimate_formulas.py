@@ -41,8 +41,9 @@ class Tally:
     """Collects one estimate: per role a point value and bounds, and notes."""
 
     def __init__(self, ctx: RunContext, planner: PlanningModel, assumptions: Assumptions,
-                 cached: bool | None) -> None:
+                 cached: bool | None, *, built: bool = False) -> None:
         self.ctx, self.planner, self.a, self.forced = ctx, planner, assumptions, cached
+        self.built = built
         self.first_request = len(planner.requests)
         self.roles: dict[str, Counts] = {}
         self.low, self.high, self.build = Counts(), Counts(), Counts()
@@ -85,7 +86,10 @@ class Tally:
             self.build += point
 
     def cached(self, key: Callable[[], str]) -> bool:
-        """Whether the per-document artifact under `key()` exists (or `cached` says so)."""
+        """Whether the per-document artifact under `key()` exists (or `cached` says so). One
+        that an earlier question of the same plan builds exists too, but is not "cached"."""
+        if self.built:
+            return True
         if self.forced is not None:
             hit = self.forced
         else:

@@ -331,6 +331,10 @@ async def test_many_documents_sum_and_build_once_per_document() -> None:
     cached = await aestimate_many([(a, QUESTION), b], "mem-walker", model, QUESTION,
                                   cached=True, **MW_OPTIONS)
     assert cached.reused == 2 and cached.build.calls == 0
+    # A question whose document an earlier question of the plan builds (a pilot's second one).
+    later = await aestimate(a, "mem-walker", model, QUESTION, built=True, **MW_OPTIONS)
+    assert (later.reused, later.build.calls, later.calls) == (0, 0, walk)
+    assert not any("artifact cached" in note for note in later.notes)
     # One note per kind of remark, not one per document.
     rag = await aestimate_many([a, b], "rag", model, QUESTION)
     assert sum("the index embeds" in note for note in rag.notes) == 1

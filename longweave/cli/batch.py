@@ -148,9 +148,9 @@ def batch(
         artifacts = ArtifactCache(job.settings().cache_dir / "artifacts")
         counter = resolve_model(model)  # once for every plan: lazy, only its tokenizer loads
 
-        def plan(chosen: list[BatchItem], cached: bool | None = None) -> Estimate:
+        def plan(chosen: list[BatchItem], built: bool = False) -> Estimate:
             return estimate_many([(i.document, i.question) for i in chosen], strategy, counter,
-                                 artifacts=artifacts, cached=cached, **job.options)
+                                 artifacts=artifacts, built=built, **job.options)
 
         log = ResultLog(out)
         done = log.answered()
@@ -161,8 +161,7 @@ def batch(
             # Each pilot question's estimate is made before the pilot runs, as the rest's is.
             ahead, seen = {}, set()
             for item in trial:
-                ahead[job.key(item)] = plan([item], cached=True if item.document in seen
-                                            else None)
+                ahead[job.key(item)] = plan([item], built=item.document in seen)
                 seen.add(item.document)
             answer(trial)
             done = log.answered()
