@@ -160,6 +160,17 @@ def test_strategies_lists_the_builtins(monkeypatch, capsys) -> None:
     assert "chain-of-agents" in out and "max_new" in out
 
 
+def test_version_and_python_dash_m(monkeypatch, capsys) -> None:
+    import subprocess
+    import sys
+
+    assert run_cli(monkeypatch, "--version") == 0
+    assert capsys.readouterr().out.strip() == f"longweave {longweave.__version__}"
+    shown = subprocess.run([sys.executable, "-m", "longweave", "--version"], capture_output=True,
+                           text=True, check=True, timeout=120)
+    assert shown.stdout.strip() == f"longweave {longweave.__version__}"
+
+
 def test_unexpected_errors_are_one_line_with_a_debug_hint(model, monkeypatch, capsys) -> None:
     def broken(request):
         raise RuntimeError("backend exploded")

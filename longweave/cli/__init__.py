@@ -26,6 +26,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from longweave import __version__
+
+        typer.echo(f"longweave {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Ask questions of documents far longer than a model's context window."""
+
+
 app.command("ask")(_ask.ask)
 app.command("chat")(_chat.chat)
 app.command("batch")(_batch.batch)
