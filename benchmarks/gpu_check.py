@@ -13,6 +13,8 @@
     python benchmarks/gpu_check.py --out gpu_check.json  # also write the figures as JSON
 
 Exit status: 0 when every check that could run passed (or there is no GPU), 1 when one failed.
+A check that raises counts as failed, with its error, and the others still run; `--out` is
+rewritten after each check (skipped ones too, with "passed": null), so a crash keeps the rest.
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ import os
 import statistics
 import sys
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FLAT = "faiss flat index, GPU vs CPU"
+IVF = "faiss IVF index, GPU vs CPU"
+MODEL = "bundled model on CUDA vs CPU"
 
 PARAGRAPH = (
     "The harbour wall was built from granite blocks cut at the quarry inland. Carts brought the "
@@ -49,8 +57,19 @@ def faiss_gpus() -> int:
         from longweave.retrieval.store import gpu_count
 
         return gpu_count()
-    except Exception:  # faiss missing or a driver that cannot start: no GPU for faiss
+    except Exception as exc:  # faiss missing or a driver that cannot start: no GPU for faiss
+        print(f"faiss: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 0
+
+
+def faiss_installs() -> str:
+    """The faiss distributions pip installed: faiss-cpu beside a GPU build share one `faiss`
+    folder, and whichever wrote it last decides what `import faiss` gets."""
+    from importlib import metadata
+
+    names = sorted({d.metadata["Name"] for d in metadata.distributions()
+                    if (d.metadata["Name"] or "").lower().startswith("faiss")})
+    return ", ".join(names) or "none"
 
 
 def timed(fn: Any, repeats: int = 3) -> float:
@@ -126,7 +145,7 @@ def check_store(n: int, queries: int, dim: int, k: int) -> dict[str, Any]:
     agree = agreement(cpu.search_batch(asked, k), gpu.search_batch(asked, k))
     passed = (agree["ties_only"] and agree["recall_vs_cpu"] >= 0.999
               and agree["max_score_diff"] < 1e-3)
-    return {"check": "faiss flat index, GPU vs CPU", "passed": passed, "vectors": n,
+    return {"check": FLAT, "passed": passed, "vectors": n,
             "dim": dim, "queries": queries, "k": k, **agree, **speed(cpu, gpu, asked, k)}
 
 
@@ -146,7 +165,7 @@ def check_ivf(n: int, queries: int, dim: int, k: int, *, exact_queries: int = 10
     cpu_recall = recall(cpu_hits[:sample], exact)
     gpu_recall = recall(gpu_hits[:sample], exact)
     passed = agree["recall_vs_cpu"] >= 0.99 and gpu_recall >= cpu_recall - 0.01
-    return {"check": "faiss IVF index, GPU vs CPU", "passed": passed, "vectors": n, "dim": dim,
+    return {"check": IVF, "passed": passed, "vectors": n, "dim": dim,
             "queries": queries, "k": k, "nlist": int(cpu._cpu.nlist), "nprobe": cpu.nprobe,
             **agree, "cpu_recall_vs_exact": cpu_recall, "gpu_recall_vs_exact": gpu_recall,
             **speed(cpu, gpu, asked, k)}
@@ -156,30 +175,47 @@ def check_ivf(n: int, queries: int, dim: int, k: int, *, exact_queries: int = 10
 
 
 def rates(llm: Any, prompt_tokens: int, new_tokens: int, sync: Any) -> dict[str, float]:
-    """Prefill tokens/s (one forward over the prompt) and decode tokens/s (greedy generation of
-    exactly `new_tokens`, minus the prefill), with the backend's own weights."""
+    """Prefill tokens/s (one forward over the prompt, as generate() runs it) and decode tokens/s
+    (greedy generation of exactly `new_tokens`, minus the prefill), with the backend's weights.
+
+    The prefill yields the first new token, so the rest took `new_tokens - 1` decode steps.
+    """
     import torch
 
     model, tokenizer = llm.hf_model(), llm.hf_tokenizer()
     text = PARAGRAPH * (prompt_tokens // 40 + 1)
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :prompt_tokens].to(model.device)
+    mask = torch.ones_like(ids)
+    last_only = prefill_kwargs(model)
 
     def prefill() -> None:
         with torch.inference_mode():
-            model(ids)
+            model(input_ids=ids, attention_mask=mask, **last_only)
         sync()
 
     def generate() -> None:
         with torch.inference_mode():
-            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=False, pad_token_id=tokenizer.eos_token_id)
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=tokenizer.eos_token_id)
         sync()
 
     prefill_s = timed(prefill)
     generate_s = timed(generate, repeats=1)
     return {"prompt_tokens": ids.shape[1], "prefill_s": prefill_s,
             "prefill_tokens_per_s": ids.shape[1] / prefill_s, "new_tokens": new_tokens,
-            "decode_tokens_per_s": new_tokens / max(generate_s - prefill_s, 1e-9)}
+            "generate_s": generate_s,
+            "decode_tokens_per_s": (new_tokens - 1) / max(generate_s - prefill_s, 1e-9)}
+
+
+def prefill_kwargs(model: Any) -> dict[str, int]:
+    """What generate() passes to its own prefill: logits for the last position only. Logits
+    over the whole prompt (a vocabulary-wide matrix product per token) would make the timed
+    prefill slower than generate's, and the decode rate derived from both too high."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+        model.forward).parameters else {}
 
 
 def check_model(prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
@@ -187,7 +223,7 @@ def check_model(prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
 
     from longweave.llm import user
     from longweave.local_models import LocalLLM
-    from longweave.local_models.loader import resolve_device, resolve_dtype
+    from longweave.local_models.loader import cuda_bf16, resolve_device, resolve_dtype
 
     device = resolve_device("auto")
     expected = resolve_dtype("auto", device)
@@ -195,13 +231,13 @@ def check_model(prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
     reply = asyncio.run(gpu.complete([user("What is the capital of Peru? Answer briefly.")],
                                      max_tokens=16))
     weights = next(gpu.hf_model().parameters())
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = cuda_bf16()
     on_cuda = weights.device.type == "cuda"
     cuda = rates(gpu, prompt_tokens, new_tokens, torch.cuda.synchronize)
     cpu = rates(LocalLLM.bundled(device="cpu", dtype="float32"), prompt_tokens,
                 max(16, new_tokens // 4), lambda: None)
     passed = on_cuda and device == "cuda" and weights.dtype == expected and bool(reply.text)
-    return {"check": "bundled model on CUDA vs CPU", "passed": passed, "device": str(
+    return {"check": MODEL, "passed": passed, "device": str(
         weights.device), "dtype": str(weights.dtype), "bf16_supported": bf16,
         "gpu_name": torch.cuda.get_device_name(0), "reply": reply.text.strip(),
         "reply_usage": reply.usage.model_dump(), "cuda": cuda, "cpu": cpu,
@@ -210,6 +246,10 @@ def check_model(prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
+    if "skipped" in result:
+        return f"[SKIP] {result['check']}: {result['skipped']}"
+    if "error" in result:
+        return f"[FAIL] {result['check']}: {result['error']}"
     verdict = "PASS" if result["passed"] else "FAIL"
     if "speedup" in result:
         ivf = (f"; recall vs exact {result['gpu_recall_vs_exact']:.4f} on the GPU, "
@@ -230,6 +270,36 @@ def report(result: dict[str, Any]) -> str:
             f"{p['decode_tokens_per_s']:,.0f} tok/s ({result['decode_speedup']:.1f}x)")
 
 
+def run(title: str, check: Any, *args: Any) -> dict[str, Any]:
+    """`check(*args)`, or a failed result carrying the error (its traceback goes to stderr)."""
+    try:
+        return check(*args)
+    except Exception as exc:
+        traceback.print_exc()
+        return {"check": title, "passed": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def skipped(title: str, why: str) -> dict[str, Any]:
+    return {"check": title, "passed": None, "skipped": why}
+
+
+def checks(args: argparse.Namespace, cuda: bool, gpus: int) -> Iterator[dict[str, Any]]:
+    """The results, one at a time, in the order they run."""
+    if not args.skip_store:
+        if not gpus:
+            why = (f"faiss sees no GPU (installed: {faiss_installs()}): pip uninstall faiss-cpu, "
+                   "then pip install faiss-gpu-cu12")
+            yield skipped(FLAT, why)
+        else:
+            yield run(FLAT, check_store, args.vectors, args.queries, args.dim, args.k)
+        if not args.skip_ivf:
+            yield (run(IVF, check_ivf, args.vectors, args.queries, args.dim, args.k) if gpus
+                   else skipped(IVF, "faiss sees no GPU"))
+    if not args.skip_model:
+        yield (run(MODEL, check_model, args.prompt_tokens, args.new_tokens) if cuda
+               else skipped(MODEL, "torch sees no CUDA device: install a CUDA build of torch"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=int, default=1_000_000)
@@ -244,28 +314,22 @@ def main() -> int:
     parser.add_argument("--out", help="Also write the results as JSON here.")
     args = parser.parse_args()
     cuda, gpus = torch_cuda(), faiss_gpus()
+    results: list[dict[str, Any]] = []
     if not cuda and not gpus:
         print("no CUDA GPU on this machine (torch sees none, faiss sees none): nothing to check; "
               "run this on a machine with an NVIDIA GPU and faiss-gpu installed")
+        write(args.out, results)
         return 0
-    results: list[dict[str, Any]] = []
-    if not args.skip_store:
-        if gpus:
-            results.append(check_store(args.vectors, args.queries, args.dim, args.k))
-            if not args.skip_ivf:
-                results.append(check_ivf(args.vectors, args.queries, args.dim, args.k))
-        else:
-            print("[SKIP] faiss sees no GPU (faiss-cpu installed?): pip install faiss-gpu-cu12")
-    if not args.skip_model:
-        if cuda:
-            results.append(check_model(args.prompt_tokens, args.new_tokens))
-        else:
-            print("[SKIP] torch sees no CUDA device: install a CUDA build of torch")
-    for result in results:
+    for result in checks(args, cuda, gpus):
+        results.append(result)
         print(report(result), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-    return 0 if all(r["passed"] for r in results) else 1
+        write(args.out, results)
+    return 0 if all(r["passed"] is not False for r in results) else 1
+
+
+def write(out: str | None, results: list[dict[str, Any]]) -> None:
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

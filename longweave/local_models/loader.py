@@ -155,12 +155,23 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
         return dtype
     if dtype == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_bf16() else torch.float16
         return cpu_default_dtype()
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
         raise ConfigError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
     return value
+
+
+def cuda_bf16() -> bool:
+    """Whether the GPU computes in bfloat16 natively (compute capability 8.0+, or ROCm).
+
+    Not torch's default answer: `is_bf16_supported()` also says yes on older GPUs (V100, T4)
+    that only emulate bfloat16, far slower than their float16.
+    """
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def cpu_default_dtype() -> torch.dtype:

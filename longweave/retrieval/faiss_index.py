@@ -7,6 +7,7 @@ docs/BENCHMARKS.md has the figures. faiss loads on first use, never at import.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "GPU_LOCK",
     "GPU_MAX_SELECT",
     "HNSW_EF_CONSTRUCTION",
     "HNSW_EF_SEARCH",
@@ -25,11 +27,13 @@ __all__ = [
     "IVF_NPROBE",
     "IVF_TRAIN_PER_LIST",
     "KINDS",
+    "GpuIndex",
     "gpu_count",
     "index_kind",
     "ivf_lists",
     "new_index",
     "omp_threads",
+    "to_gpu",
     "use_gpu",
 ]
 
@@ -55,6 +59,10 @@ IVF_NPROBE = 128
 IVF_TRAIN_PER_LIST = 40
 GPU_MAX_SELECT = 2048
 """faiss-gpu's limit on k and nprobe."""
+GPU_LOCK = threading.RLock()
+"""Held for every use of a GPU index: all of them share one StandardGpuResources, whose scratch
+memory takes one thread at a time (faiss wiki, "Threads and asynchronous calls": GPU indexes are
+not thread-safe, even for searches). A store's own lock does not keep two stores apart."""
 
 
 def faiss_module() -> Any:
@@ -96,9 +104,51 @@ def gpu_resources() -> Any:
     return faiss_module().StandardGpuResources()
 
 
-def to_gpu(index: Any) -> Any:
+def to_gpu(index: Any) -> GpuIndex:
     """A copy of a CPU `index` on GPU 0 (same ids, same results)."""
-    return faiss_module().index_cpu_to_gpu(gpu_resources(), 0, index)
+    return GpuIndex(index)
+
+
+class GpuIndex:
+    """A faiss GPU index whose copy, adds, searches and release all hold `GPU_LOCK`."""
+
+    def __init__(self, index: Any) -> None:
+        faiss = faiss_module()
+        with GPU_LOCK, _gpu_nprobe(index):
+            self._index = faiss.index_cpu_to_gpu(gpu_resources(), 0, index)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, x: np.ndarray) -> None:
+        with GPU_LOCK:
+            self._index.add(x)
+
+    def search(self, x: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        with GPU_LOCK:
+            return self._index.search(x, k, params=params)
+
+    def __del__(self) -> None:
+        index = self.__dict__.pop("_index", None)
+        if index is not None:  # freeing device memory goes through the shared resources too
+            with GPU_LOCK:
+                del index
+
+
+@contextmanager
+def _gpu_nprobe(index: Any) -> Iterator[None]:
+    """faiss-gpu refuses to copy an IVF index whose nprobe exceeds `GPU_MAX_SELECT`; the store
+    passes nprobe with each search, so the copy only needs a value it accepts."""
+    before = getattr(index, "nprobe", None)
+    if before is None or before <= GPU_MAX_SELECT:
+        yield
+        return
+    index.nprobe = GPU_MAX_SELECT
+    try:
+        yield
+    finally:
+        index.nprobe = before
 
 
 def ivf_lists(n: int) -> int:

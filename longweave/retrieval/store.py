@@ -425,6 +425,7 @@ class VectorStore:
 
     def _search_index(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
+        on_gpu = self._gpu is not None and fetch <= GPU_MAX_SELECT
         params = None
         if self._kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
@@ -433,10 +434,10 @@ class VectorStore:
             nlist = self._cpu.nlist
             need = math.ceil(2 * fetch * nlist / max(1, self._cpu.ntotal))
             nprobe = min(nlist, max(self.nprobe, need))
-            if self._gpu is not None:
+            if on_gpu:  # the CPU fallback for a larger k may scan more lists
                 nprobe = min(nprobe, GPU_MAX_SELECT)
             params = faiss.SearchParametersIVF(nprobe=nprobe)
-        if self._gpu is not None and fetch <= GPU_MAX_SELECT:
+        if on_gpu:
             return self._gpu.search(q, fetch, params=params)
         with omp_threads(self.query_threads if len(q) == 1 else None):
             return self._cpu.search(q, fetch, params=params)
