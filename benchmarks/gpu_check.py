@@ -287,8 +287,8 @@ def checks(args: argparse.Namespace, cuda: bool, gpus: int) -> Iterator[dict[str
     """The results, one at a time, in the order they run."""
     if not args.skip_store:
         if not gpus:
-            why = (f"faiss sees no GPU (installed: {faiss_installs()}): pip uninstall faiss-cpu, "
-                   "then pip install faiss-gpu-cu12")
+            why = (f"faiss sees no GPU (installed: {faiss_installs()}): `make faiss-gpu` "
+                   "swaps faiss-cpu for the GPU build of the same version")
             yield skipped(FLAT, why)
         else:
             yield run(FLAT, check_store, args.vectors, args.queries, args.dim, args.k)
