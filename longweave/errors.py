@@ -114,12 +114,13 @@ class ModelError(LongweaveError):
 class ParseError(ModelError):
     """The model's output did not validate against the requested schema, even after a re-ask."""
 
-    def __init__(self, message: str, *, raw: str, provider: str = "") -> None:
+    def __init__(self, message: str, *, raw: str, provider: str = "",
+                 hint: str | None = None) -> None:
         self.raw = raw
         super().__init__(
             message,
             provider=provider,
-            hint="use a stronger model, or raise max_tokens so the JSON can close",
+            hint=hint or "use a stronger model, or raise max_tokens so the JSON can close",
         )
 
 

@@ -71,6 +71,13 @@ NOTICE_WAIT = 10.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 _RETRY_STATUS = {408, 409, 429}
+_FILTERED = "the server's content filter stopped the reply"
+_RETRY_HINT = ("the server is failing: retry later, or raise LONGWEAVE_MAX_RETRIES "
+               "(max_retries= in Python)")
+_RATE_HINT = ("the server is rate limiting: retry later, lower LONGWEAVE_CONCURRENCY, or raise "
+              "LONGWEAVE_MAX_RETRIES")
+_REFUSED_HINT = "the model declined this request: rephrase the question, or use another model"
+_FILTERED_HINT = "rephrase the question, or use a model or server without that filter"
 
 
 def known_context_window(model: str) -> int | None:
@@ -225,7 +232,11 @@ class OpenAILLM:
         call = _Call(list(messages), max_tokens, temperature)
         if schema is None:  # schema calls never stream: a partial JSON object is no answer
             sink = token_sink.get() if self.stream else None
-            return self._done(call, await self._send(call, call.messages, sink=sink), None)
+            reply = await self._send(call, call.messages, sink=sink)
+            if reply[1] == "content_filter":  # kept (a worker's note may be partial), but said
+                warnings.warn(f"{self.model}: {_FILTERED}; the reply may be cut short or empty",
+                              LongweaveWarning, stacklevel=2)
+            return self._done(call, reply, None)
         if self.structured == "json_schema" or (
             self.structured == "auto" and not self.json_schema_unsupported
         ):
@@ -235,8 +246,7 @@ class OpenAILLM:
                 self.json_schema_unsupported = True  # remembered: later calls skip the attempt
                 call.meta["structured_fallback"] = "rejected"
             else:
-                text, finish, _ = reply
-                if self.structured == "json_schema" or finish == "length" or _has_json(text):
+                if self.structured == "json_schema" or not _ignored_format(reply):
                     call.meta["structured"] = "json_schema"
                     return await self._validate(call, call.messages, reply, schema, True)
                 # The server accepted the format but ignored it: fall back from now on.
@@ -254,23 +264,41 @@ class OpenAILLM:
         schema: type[BaseModel],
         use_schema: bool,
     ) -> Completion:
-        """Parse with repair; on failure re-ask once with the complaint, then raise ParseError."""
+        """Parse with repair; on failure re-ask once with the complaint, then raise ParseError.
+
+        A refusal or a content-filter stop is raised as it is: no JSON is coming, so a re-ask
+        would only pay for the same answer again."""
+        self._check_stopped(reply)
         text = reply[0]
         try:
             return self._done(call, reply, parse_structured(text, schema))
         except ParseError as error:
-            complaint = error.message
+            complaint = _complaint(error, reply[1], call.max_tokens)
         retry = [*prompt, Message("assistant", text), reask_message(complaint)]
         if self.count_prompt_tokens(retry) + call.max_tokens > self.context_window:
             raise ParseError(f"{complaint} (no room left to re-ask)", raw=text, provider=PROVIDER)
         call.meta["reasked"] = True
         reply = await self._send(call, retry, schema if use_schema else None)
+        self._check_stopped(reply)
         try:
             parsed = parse_structured(reply[0], schema)
         except ParseError as error:
-            message = f"{error.message} (after one re-ask)"
+            message = f"{_complaint(error, reply[1], call.max_tokens)} (after one re-ask)"
             raise ParseError(message, raw=reply[0], provider=PROVIDER) from None
         return self._done(call, reply, parsed)
+
+    def _check_stopped(self, reply: tuple[str, str, Any]) -> None:
+        """Raise a ParseError naming a refusal or a content-filter stop, which strategies
+        recover from as from any reply that missed the schema; the message says why."""
+        text, finish, resp = reply
+        refusal = _refusal(resp)
+        if refusal:
+            message, hint = f"{self.model} refused: {refusal}", _REFUSED_HINT
+        elif finish == "content_filter":
+            message, hint = f"{self.model}: {_FILTERED}", _FILTERED_HINT
+        else:
+            return
+        raise ParseError(message, raw=text, provider=PROVIDER, hint=hint)
 
     def _done(self, call: _Call, reply: tuple[str, str, Any], parsed: Any) -> Completion:
         text, finish, resp = reply
@@ -297,22 +325,24 @@ class OpenAILLM:
                 resp = await self._attempt(kwargs, schema is not None, sink, call.meta)
                 break
             except _Retryable as failure:
+                # A server's message often ends in a full stop: not one before our semicolon.
+                why = failure.error.message.rstrip(". ")
                 if attempt == attempts:
-                    error = failure.error
-                    hint = error.hint or "the server is failing: retry later or raise max_retries"
                     raise ModelError(
-                        f"{error.message}; gave up after {plural(attempts, 'attempt')}",
+                        f"{why}; gave up after {plural(attempts, 'attempt')}",
                         provider=PROVIDER,
-                        status=error.status,
-                        hint=hint,
+                        status=failure.error.status,
+                        hint=failure.error.hint or _RETRY_HINT,
                     ) from None
                 wait = self._wait(attempt, failure.wait)
                 if wait >= NOTICE_WAIT:  # a long silent wait looks like a hang: say why
-                    warnings.warn(f"{failure.error.message}; retrying in {wait:.0f} s "
+                    warnings.warn(f"{why}; retrying in {wait:.0f} s "
                                   f"(attempt {attempt + 1} of {attempts})", LongweaveWarning,
                                   stacklevel=2)
                 await self.sleep(wait)
         text, finish = _text(resp)
+        if _refusal(resp):
+            call.meta["refusal"] = True
         call.usage += self._usage(resp, messages, text, call.meta)
         return text, finish, resp
 
@@ -399,9 +429,10 @@ class OpenAILLM:
                     resp = await asyncio.wait_for(client.chat.completions.create(**kwargs),
                                                   self.timeout)
         except (TimeoutError, openai.APITimeoutError):  # ours (the whole call) or httpx's
-            raise _Retryable(
-                ModelError(f"{self.model}: no reply within {self.timeout:g} s", provider=PROVIDER)
-            ) from None
+            hint = (f"the server is slower than the {self.timeout:g} s timeout: raise "
+                    "LONGWEAVE_REQUEST_TIMEOUT (timeout= in Python), or check the server")
+            raise _Retryable(ModelError(f"{self.model}: no reply within {self.timeout:g} s",
+                                        provider=PROVIDER, hint=hint)) from None
         except openai.APIStatusError as exc:
             raise self._status_error(exc, with_schema) from None
         except openai.APIConnectionError as exc:
@@ -414,8 +445,9 @@ class OpenAILLM:
             ) from None
         except ValueError as exc:  # the body was not JSON (a proxy cut it, or a broken server)
             raise _Retryable(self._malformed(f"body is not JSON: {exc}")) from None
-        if not _is_chat_completion(resp):
-            raise _Retryable(self._malformed(f"unexpected body {str(resp)[:200]!r}"))
+        problem = _reply_problem(resp)
+        if problem is not None:
+            raise _Retryable(self._malformed(problem))
         return resp
 
     async def _try_stream(
@@ -458,7 +490,9 @@ class OpenAILLM:
         lowered = f"{detail} {code}".lower()
         if (status in _RETRY_STATUS or status >= 500) and code != "insufficient_quota":
             wait = retry_after_seconds(getattr(exc.response, "headers", None))
-            return _Retryable(ModelError(message, provider=PROVIDER, status=status), wait)
+            hint = _RATE_HINT if status == 429 else None
+            return _Retryable(ModelError(message, provider=PROVIDER, status=status, hint=hint),
+                              wait)
         rejects_format = "response_format" in lowered or "json_schema" in lowered
         if with_schema and status in (400, 422) and rejects_format and self.structured == "auto":
             return _FormatRejected(message)
@@ -474,7 +508,7 @@ class OpenAILLM:
         elif "context" in lowered and ("length" in lowered or "window" in lowered):
             hint = (
                 "the prompt does not fit the server's window: pass context_window= with the "
-                "server's real window, or use smaller chunks"
+                "server's real window (in Python), or --set window=N with a smaller one"
             )
         elif with_schema and rejects_format:
             hint = "the server cannot do json_schema output: use structured='instructions'"
@@ -482,21 +516,21 @@ class OpenAILLM:
 
     def _usage(self, resp: Any, messages: list[Message], text: str, meta: dict[str, Any]) -> Usage:
         usage = getattr(resp, "usage", None)
-        if usage is None or getattr(usage, "prompt_tokens", None) is None:
+        try:  # the body is not validated: a usage of another shape is no reason to lose the reply
+            details = getattr(usage, "prompt_tokens_details", None)
+            return Usage(
+                calls=1,
+                prompt_tokens=int(usage.prompt_tokens),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                cached_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+            )
+        except (AttributeError, TypeError, ValueError):
             meta["usage_estimated"] = True  # a server without usage: count it ourselves
             return Usage(
                 calls=1,
                 prompt_tokens=self.count_prompt_tokens(messages),
                 completion_tokens=self.count_tokens(text),
             )
-        details = getattr(usage, "prompt_tokens_details", None)
-        cached = getattr(details, "cached_tokens", None) if details is not None else None
-        return Usage(
-            calls=1,
-            prompt_tokens=int(usage.prompt_tokens or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cached_tokens=int(cached or 0),
-        )
 
 
 async def _collect(
@@ -520,7 +554,10 @@ async def _collect(
             meta["stream_fallback"] = "ignored"
         from openai.types.chat import ChatCompletion
 
-        return ChatCompletion.construct(**json.loads(await response.aread()))
+        body = json.loads(await response.aread())
+        if not isinstance(body, dict):  # None here would mean "refused to stream": ask again
+            raise _Retryable(llm._malformed(f"unexpected body {_excerpt(body)}"))
+        return ChatCompletion.construct(**body)
     if response is not None and content_type and "event-stream" not in content_type:
         body = (await response.aread())[:200].decode("utf-8", "replace")
         raise _Retryable(llm._malformed(f"expected a stream of events, got {content_type!r}: "
@@ -540,7 +577,7 @@ async def _collect(
                 if choice.finish_reason:
                     finish = choice.finish_reason
                 delta = getattr(getattr(choice, "delta", None), "content", None)
-                if delta:
+                if delta and isinstance(delta, str):
                     parts.append(delta)
                     sink(delta)
         if finish is None and usage is None:
@@ -570,17 +607,69 @@ async def _collect(
     return SimpleNamespace(choices=[choice], model=model, usage=usage)
 
 
-def _is_chat_completion(resp: Any) -> bool:
+def _reply_problem(resp: Any) -> str | None:
+    """What makes a 200 body no chat completion, in words for the error, or None.
+
+    The client builds the body without validating it, so anything may arrive here: an error
+    object (some proxies answer errors with 200), no choices, or fields of the wrong type.
+    """
     choices = getattr(resp, "choices", None)
     if not isinstance(choices, list) or not choices:
-        return False
-    return getattr(choices[0], "message", None) is not None
+        error = (getattr(resp, "model_extra", None) or {}).get("error")
+        if isinstance(error, dict):
+            error = error.get("message") or error
+        if error:
+            return f"HTTP 200 with an error in the body: {str(error)[:200]}"
+        if isinstance(choices, list):
+            return "the reply has no choices (an empty 'choices' list)"
+        return f"unexpected body {_excerpt(resp)}"
+    message = getattr(choices[0], "message", None)
+    if message is None or not hasattr(message, "content"):
+        return f"unexpected body {_excerpt(resp)}"
+    if message.content is not None and not isinstance(message.content, str | list):
+        return f"the reply's content is {type(message.content).__name__}, not text"
+    return None
+
+
+def _excerpt(resp: Any) -> str:
+    """A short view of a body: its fields that are set, not a model's every None."""
+    if hasattr(resp, "__dict__"):
+        fields = {k: v for k, v in vars(resp).items() if v is not None}
+        resp = {**fields, **(getattr(resp, "model_extra", None) or {})}
+    return repr(resp)[:200]
 
 
 def _text(resp: Any) -> tuple[str, str]:
+    """The reply's text (a refusal stands in for missing content) and finish reason."""
     choice = resp.choices[0]
-    content = getattr(choice.message, "content", None) or ""
-    return content, getattr(choice, "finish_reason", None) or "stop"
+    content = getattr(choice.message, "content", None)
+    if isinstance(content, list):  # content parts, as a few servers send: their text, joined
+        content = "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return content or _refusal(resp), getattr(choice, "finish_reason", None) or "stop"
+
+
+def _complaint(error: ParseError, finish: str, max_tokens: int) -> str:
+    """The validator's complaint, with the cause when the reply was cut at the token cap: JSON
+    closed by repair after a cut misses fields for want of room ("Field required")."""
+    if finish != "length":
+        return error.message
+    return f"{error.message}: the reply was cut off at the {max_tokens}-token cap; be briefer"
+
+
+def _refusal(resp: Any) -> str:
+    """The refusal an OpenAI model sends in place of content (structured outputs), or ''."""
+    refusal = getattr(resp.choices[0].message, "refusal", None)
+    return refusal.strip() if isinstance(refusal, str) else ""
+
+
+def _ignored_format(reply: tuple[str, str, Any]) -> bool:
+    """Whether a server that accepted json_schema answered in prose without JSON, i.e. ignored
+    it. A blank, cut, filtered or refused reply says nothing about the format: it is validated
+    (and re-asked) under json_schema rather than turning json_schema off for good."""
+    text, finish, resp = reply
+    if not text.strip() or finish in ("length", "content_filter") or _refusal(resp):
+        return False
+    return not _has_json(text)
 
 
 def _has_json(text: str) -> bool:

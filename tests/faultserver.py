@@ -113,6 +113,27 @@ def completion(
     return reply
 
 
+def assistant(message: dict[str, Any], *, finish_reason: str = "stop") -> Behaviour:
+    """A chat completion (no usage) whose message is `message` exactly: content null, a
+    `refusal`, content parts, ... as servers send when they do not echo OpenAI to the letter."""
+    payload = {"id": "chatcmpl-fault", "object": "chat.completion", "created": 1_700_000_000,
+               "model": "fault-model",
+               "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                            "finish_reason": finish_reason}]}
+    return lambda request: _json(200, payload)
+
+
+def refused(refusal: str = "I'm sorry, I can't help with that.") -> Behaviour:
+    """HTTP 200 with no content and a `refusal`, as OpenAI's structured outputs decline."""
+    return assistant({"content": None, "refusal": refusal})
+
+
+def body(payload: Any) -> Behaviour:
+    """HTTP 200 with `payload` as the JSON body, whatever its shape (a list, no choices, an
+    error object as some proxies send with 200)."""
+    return lambda request: _json(200, payload)
+
+
 def streamed(
     content: str | None = None,
     *,

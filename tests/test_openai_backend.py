@@ -7,21 +7,26 @@ import email.utils
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
 
 from longweave.errors import BudgetExceeded, ConfigError, LongweaveWarning, ModelError, ParseError
+from longweave.events import token_sink
 from longweave.llm import LLM, Message, system, user
 from longweave.openai_backend import DEFAULT_CONTEXT_WINDOW, OpenAILLM
 from longweave.structured import json_instructions
 from tests.faultserver import (
     FaultServer,
+    assistant,
+    body,
     completion,
     error,
     hang,
     malformed,
     rate_limited,
+    refused,
     reject_response_format,
     server_error,
     slow,
@@ -186,6 +191,26 @@ async def test_repeated_hangs_end_in_model_error(server: FaultServer) -> None:
     assert len(server.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("failure", "hint"),
+    [
+        pytest.param(server_error(503), "LONGWEAVE_MAX_RETRIES", id="5xx"),
+        pytest.param(rate_limited("0"), "LONGWEAVE_CONCURRENCY", id="429"),
+        pytest.param(hang(), "LONGWEAVE_REQUEST_TIMEOUT", id="timeout"),
+    ],
+)
+async def test_given_up_retries_name_the_setting_to_change(
+    server: FaultServer, failure: object, hint: str
+) -> None:
+    # The command line has no max_retries= or timeout=: the hint names what a user can set.
+    server.push(failure, failure)  # type: ignore[arg-type]
+    llm, _ = make_llm(server, timeout=0.5, max_retries=1)
+    with pytest.raises(ModelError) as info:
+        await llm.complete(QUESTION, max_tokens=8)
+    assert hint in info.value.hint and ".;" not in info.value.message
+    assert len(server.requests) == 2
+
+
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
 async def test_malformed_body_is_a_clean_model_error(
     server: FaultServer, content_type: str
@@ -203,6 +228,54 @@ async def test_malformed_body_is_retried(server: FaultServer) -> None:
     llm, sleeps = make_llm(server)
     assert (await llm.complete(QUESTION, max_tokens=8)).text == "ok"
     assert len(sleeps) == 1
+
+
+async def streaming(llm: OpenAILLM, messages: list[Message]) -> Any:
+    """`llm.complete` as a strategy's final answer calls it: with a token sink set, streaming."""
+    token = token_sink.set(lambda delta, *, restart=False: None)
+    try:
+        return await llm.complete(messages, max_tokens=8)
+    finally:
+        token_sink.reset(token)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        ([1, 2], "unexpected body [1, 2]"),
+        (None, "unexpected body None"),
+        ({"foo": 1}, "unexpected body {'foo': 1}"),
+        ({"choices": []}, "the reply has no choices"),
+        ({"error": {"message": "model overloaded"}}, "error in the body: model overloaded"),
+        ({"choices": [{"message": {"content": 5}}]}, "the reply's content is int, not text"),
+    ],
+    ids=["list", "null", "no-choices-key", "empty-choices", "error-object", "content-int"],
+)
+async def test_bodies_of_the_wrong_shape_are_named_and_retried(
+    server: FaultServer, payload: object, detail: str, stream: bool
+) -> None:
+    # The client does not validate a 200 body: no shape may escape as a TypeError.
+    server.push(body(payload), body(payload))
+    llm, sleeps = make_llm(server, max_retries=1)
+    call = streaming(llm, QUESTION) if stream else llm.complete(QUESTION, max_tokens=8)
+    with pytest.raises(ModelError) as info:
+        await call
+    assert type(info.value) is ModelError and "malformed response" in info.value.message
+    assert detail in info.value.message and "ChatCompletion(" not in info.value.message
+    assert len(server.requests) == 2 and len(sleeps) == 1
+
+
+async def test_content_parts_and_odd_usage_still_give_the_reply(server: FaultServer) -> None:
+    parts = [{"type": "text", "text": "Lima"}, {"type": "text", "text": " it is."}]
+    server.push(assistant({"content": parts}),
+                body({"choices": [{"message": {"content": "ok"}}],
+                      "usage": {"prompt_tokens": "many", "completion_tokens": 1}}))
+    llm, _ = make_llm(server)
+    assert (await llm.complete(QUESTION, max_tokens=8)).text == "Lima it is."
+    out = await llm.complete(QUESTION, max_tokens=8)
+    assert out.text == "ok" and out.meta["usage_estimated"] is True
+    assert out.usage.prompt_tokens == llm.count_prompt_tokens(QUESTION)
 
 
 async def test_unauthorized_is_not_retried_and_says_what_to_do(server: FaultServer) -> None:
@@ -296,6 +369,56 @@ async def test_ignored_json_schema_falls_back_to_instructions(server: FaultServe
     assert out.usage.calls == 2
 
 
+@pytest.mark.parametrize("mode", ["auto", "json_schema", "instructions"])
+async def test_a_refusal_is_named_not_reasked_and_keeps_json_schema(
+    server: FaultServer, mode: str
+) -> None:
+    server.push(refused("I can't help with that."))
+    llm, _ = make_llm(server, structured=mode)
+    with pytest.raises(ParseError) as info:  # what strategies recover from, as from bad JSON
+        await llm.complete(QUESTION, max_tokens=64, schema=City)
+    assert info.value.message == "test-model refused: I can't help with that."
+    assert "rephrase" in info.value.hint and "rephrase" in str(info.value)
+    assert info.value.raw == "I can't help with that."
+    # One request: a re-ask or a fallback to instructions would be refused all the same.
+    assert len(server.requests) == 1 and not llm.json_schema_unsupported
+
+
+async def test_a_filtered_structured_reply_is_named_and_keeps_json_schema(
+    server: FaultServer,
+) -> None:
+    server.push(assistant({"content": '{"city": "Li'}, finish_reason="content_filter"))
+    llm, _ = make_llm(server)
+    with pytest.raises(ParseError, match="content filter stopped the reply"):
+        await llm.complete(QUESTION, max_tokens=64, schema=City)
+    assert len(server.requests) == 1 and not llm.json_schema_unsupported
+
+
+async def test_a_blank_structured_reply_is_reasked_under_json_schema(server: FaultServer) -> None:
+    # An empty reply is no sign that the server ignored json_schema: that stays on.
+    server.push(assistant({"content": None}), completion('{"city": "Lima", "confidence": 1}'))
+    llm, _ = make_llm(server)
+    out = await llm.complete(QUESTION, max_tokens=64, schema=City)
+    assert out.parsed.city == "Lima" and out.meta["reasked"] is True
+    assert "structured_fallback" not in out.meta and not llm.json_schema_unsupported
+    assert all("response_format" in r.body for r in server.requests)
+
+
+async def test_a_refusal_to_a_plain_call_is_its_text(server: FaultServer) -> None:
+    server.push(refused("I can't help with that."))
+    llm, _ = make_llm(server)
+    out = await llm.complete(QUESTION, max_tokens=64)
+    assert out.text == "I can't help with that." and out.meta["refusal"] is True
+
+
+async def test_a_filtered_plain_reply_is_kept_with_a_warning(server: FaultServer) -> None:
+    server.push(assistant({"content": "Lima is"}, finish_reason="content_filter"))
+    llm, _ = make_llm(server)
+    with pytest.warns(LongweaveWarning, match="content filter stopped the reply"):
+        out = await llm.complete(QUESTION, max_tokens=64)
+    assert out.text == "Lima is" and out.finish_reason == "content_filter"
+
+
 async def test_explicit_json_schema_mode_does_not_fall_back(server: FaultServer) -> None:
     server.push(reject_response_format())
     llm, _ = make_llm(server, structured="json_schema")
@@ -334,6 +457,20 @@ async def test_parse_error_after_one_reask_carries_the_raw_text(server: FaultSer
     assert info.value.raw == "Still no idea, sorry."
     assert "not valid JSON" in info.value.message and "after one re-ask" in info.value.message
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("mode", ["auto", "instructions"])
+async def test_a_cut_structured_reply_says_it_was_cut(server: FaultServer, mode: str) -> None:
+    cut = assistant({"content": '{"city": "Li'}, finish_reason="length")
+    server.push(cut, cut)
+    llm, _ = make_llm(server, structured=mode)
+    with pytest.raises(ParseError) as info:
+        await llm.complete(QUESTION, max_tokens=64, schema=City)
+    # Repair closes the JSON, so the validator alone would blame a missing field.
+    cause = "confidence: Field required: the reply was cut off at the 64-token cap"
+    assert cause in info.value.message and "(after one re-ask)" in info.value.message
+    assert cause in server.requests[1].body["messages"][-1]["content"]
+    assert len(server.requests) == 2 and not llm.json_schema_unsupported
 
 
 async def test_json_schema_reply_failing_validation_is_reasked_with_the_schema(

@@ -1,0 +1,248 @@
+"""A misbehaving OpenAI-compatible server, end to end: `longweave ask` and `batch` on the command
+line and `longweave.ask` in Python, against the scripted loopback server of tests/faultserver.py.
+
+Each failure must end in one `error:` line with a hint (exit 1), never a traceback or an
+"unexpected error"; retries happen as configured (counted on the server); finished work is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import longweave
+from longweave.errors import ModelError
+from longweave.openai_backend import OpenAILLM
+from tests.cli_run import run_cli
+from tests.faultserver import (
+    Behaviour,
+    FaultServer,
+    Reply,
+    Request,
+    assistant,
+    body,
+    completion,
+    error,
+    hang,
+    html_page,
+    malformed,
+    rate_limited,
+    refused,
+    server_error,
+    slow,
+    unauthorized,
+)
+
+QUESTION = "Who kept the lamp?"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FaultServer]:
+    """The fault server behind OPENAI_BASE_URL, one retry, a one-second timeout, a wide
+    terminal (so messages are not wrapped) and a private cache."""
+    with FaultServer() as srv:
+        for name, value in {
+            "OPENAI_BASE_URL": srv.base_url, "OPENAI_API_KEY": "sk-test", "COLUMNS": "400",
+            "LONGWEAVE_MAX_RETRIES": "1", "LONGWEAVE_REQUEST_TIMEOUT": "1",
+            "LONGWEAVE_CACHE_DIR": str(tmp_path / "cache"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield srv
+    assert srv.unscripted == 0, "longweave sent more requests than the test scripted"
+
+
+@pytest.fixture
+def doc(tmp_path: Path) -> Path:
+    """One chunk: chain-of-agents makes two calls, a worker's and the (streamed) manager's."""
+    path = tmp_path / "keeper.txt"
+    path.write_text("The lighthouse keeper of Port Alva was Jacob Rowe.\n")
+    return path
+
+
+def ask_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            doc: Path) -> tuple[int, str, str]:
+    code = run_cli(monkeypatch, "ask", str(doc), QUESTION, "-m", "openai:test-model")
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- longweave ask ------------------------------------------------------------------------------
+
+NOTES = completion("Notes: Jacob Rowe kept it [c1].")
+
+
+@pytest.mark.parametrize(
+    ("script", "requests", "hint"),
+    [
+        pytest.param([unauthorized()], 1, "check OPENAI_API_KEY", id="401"),
+        pytest.param([error(403, "Project does not have access")], 1, "not allowed", id="403"),
+        pytest.param([error(404, "The model `test-model` does not exist")], 1, "model name",
+                     id="404"),
+        pytest.param([error(400, "This model's maximum context length is 8192 tokens",
+                            code="context_length_exceeded")], 1, "--set window=N", id="400"),
+        pytest.param([server_error(500)] * 2, 2, "LONGWEAVE_MAX_RETRIES", id="500-forever"),
+        pytest.param([rate_limited("0")] * 2, 2, "LONGWEAVE_CONCURRENCY", id="429-forever"),
+        pytest.param([hang(5), hang(5)], 2, "LONGWEAVE_REQUEST_TIMEOUT", id="hang"),
+        pytest.param([html_page()] * 2, 2, "OPENAI_BASE_URL", id="html-200"),
+        pytest.param([malformed()] * 2, 2, "OPENAI_BASE_URL", id="not-json"),
+        pytest.param([body({"choices": []})] * 2, 2, "OPENAI_BASE_URL", id="no-choices"),
+        # The manager's call streams: a JSON list there crashed with a TypeError.
+        pytest.param([NOTES, body([1, 2]), body([1, 2])], 3, "OPENAI_BASE_URL",
+                     id="list-body-to-stream"),
+    ],
+)
+def test_ask_failures_end_in_one_clear_error(
+    server: FaultServer, doc: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], script: list[Behaviour], requests: int, hint: str,
+) -> None:
+    server.push(*script)
+    code, out, err = ask_cli(monkeypatch, capsys, doc)
+    assert code == 1 and out == ""
+    assert err.lstrip().startswith("error: test-model: ") and hint in err, err
+    assert "unexpected error" not in err and "Traceback" not in err and ".;" not in err
+    assert len(server.requests) == requests  # retried exactly as configured, or not at all
+
+
+def test_ask_names_a_server_that_is_not_running(
+    doc: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    monkeypatch.setenv("LONGWEAVE_MAX_RETRIES", "0")
+    code, _, err = ask_cli(monkeypatch, capsys, doc)
+    assert code == 1
+    assert f"cannot connect to http://127.0.0.1:{port}/v1" in err
+    assert "check OPENAI_BASE_URL and that the server is running" in err
+
+
+def test_ask_rides_out_transient_faults_and_slow_replies(
+    server: FaultServer, doc: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server.push(server_error(503), NOTES, rate_limited("0"),
+                slow(completion("Jacob Rowe [c1]."), 0.5))  # within the 1 s timeout
+    code, out, err = ask_cli(monkeypatch, capsys, doc)
+    assert code == 0 and "Jacob Rowe." in out and "2 calls" in err
+    assert len(server.requests) == 4
+
+
+def test_a_refusal_is_the_answer_and_a_content_filter_is_a_warning(
+    server: FaultServer, doc: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Both read as an empty answer with no reason given.
+    server.push(assistant({"content": ""}, finish_reason="content_filter"),
+                refused("I can't help with that."))
+    code, out, err = ask_cli(monkeypatch, capsys, doc)
+    assert code == 0 and "I can't help with that." in out
+    assert "warning: test-model: the server's content filter stopped the reply" in err
+
+
+def test_library_ask_raises_the_model_error(server: FaultServer, doc: Path) -> None:
+    server.push(unauthorized())
+    with pytest.raises(ModelError) as info:
+        longweave.ask(doc, QUESTION, model="openai:test-model", cache=False)
+    assert info.value.status == 401 and "OPENAI_API_KEY" in info.value.hint
+    assert len(server.requests) == 1
+
+
+# -- a multi-call strategy --------------------------------------------------------------------
+
+
+def walker_server(refusals: int) -> Behaviour:
+    """MemWalker's calls answered by kind: summaries in prose, navigation in JSON (down to the
+    first child, then an answer); the first `refusals` navigation calls are refused."""
+    left = [refusals]
+
+    def reply(request: Request) -> Reply:
+        fmt = request.body.get("response_format")
+        if fmt is None:
+            return completion("A summary of the keepers.")(request)
+        if left[0] > 0:
+            left[0] -= 1
+            return refused()(request)
+        if fmt["json_schema"]["name"] == "TriageAction":
+            decision: dict[str, Any] = {"reasoning": "first", "action": "goto", "child": 1}
+        else:
+            decision = {"reasoning": "here", "action": "answer", "answer": "Jacob Rowe"}
+        return completion(json.dumps(decision))(request)
+
+    return reply
+
+
+def test_a_refusal_mid_walk_is_recovered_and_keeps_json_schema(
+    server: FaultServer, tmp_path: Path
+) -> None:
+    text = "\n\n".join(f"Year {1900 + i}: the keeper was person {i}. " + "Rope and tide. " * 40
+                       for i in range(8))
+    (tmp_path / "log.txt").write_text(text + "\n\nThe keeper of Port Alva was Jacob Rowe.\n")
+    server.push(*[walker_server(refusals=1)] * 60)
+    llm = OpenAILLM("test-model", base_url=server.base_url, api_key="sk-test")
+    answer = longweave.ask(tmp_path / "log.txt", QUESTION, strategy="mem-walker", model=llm,
+                           cache=False, segment_tokens=128)
+    assert answer.text == "Jacob Rowe"
+    # A refusal says nothing about the server's json_schema support: it was not turned off.
+    assert not llm.json_schema_unsupported
+    navigation = [r for r in server.requests if "response_format" in r.body]
+    assert len(navigation) >= 3  # the refused step, its re-ask by the strategy, the rest
+
+
+# -- longweave batch --------------------------------------------------------------------------
+
+
+def by_document(failure: Behaviour) -> Behaviour:
+    """`failure` for requests about the second document, a cited answer for the others."""
+
+    def reply(request: Request) -> Reply:
+        if any("Keeper2" in m["content"] for m in request.messages):
+            return failure(request)
+        return completion("Keeper [c1].")(request)
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("failure", "tries", "message"),
+    [
+        pytest.param(unauthorized(), 1, "HTTP 401", id="401"),
+        pytest.param(server_error(500), 2, "HTTP 500", id="500-forever"),
+    ],
+)
+def test_batch_keeps_answers_around_a_failed_document_and_a_rerun_resumes(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], failure: Behaviour, tries: int, message: str,
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in (1, 2, 3):
+        (folder / f"d{i}.txt").write_text(f"Document {i}. Its keeper was Keeper{i}.\n")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": "q1", "question": "Who was the keeper?"}\n')
+    out = tmp_path / "answers.jsonl"
+    args = ("batch", str(folder), "-q", str(questions), "-o", str(out), "-m", "openai:test-model",
+            "--no-cache", "-c", "2")
+    server.push(*[by_document(failure)] * 20)
+    assert run_cli(monkeypatch, *args) == 1
+    err = capsys.readouterr().err
+    assert "failed q1 on d2.txt" in err and "rerun the same command to retry them" in err
+    records = {Path(r["document"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["d1.txt"]["answer"] == records["d3.txt"]["answer"] == "Keeper."
+    assert message in records["d2.txt"]["error"] and records["d2.txt"]["answer"] is None
+    about_d2 = [r for r in server.requests if "Keeper2" in json.dumps(r.body)]
+    assert len(about_d2) == tries and len(server.requests) == 4 + tries
+
+    server.script.clear()
+    server.requests.clear()
+    server.push(completion("Keeper [c1]."), completion("Keeper [c1]."))
+    assert run_cli(monkeypatch, *args) == 0  # only document 2 is asked again
+    assert "2 already answered in the output: skipped" in capsys.readouterr().err
+    assert len(server.requests) == 2
+    *_, last = [json.loads(line) for line in out.read_text().splitlines()]
+    assert Path(last["document"]).name == "d2.txt" and last["answer"] == "Keeper."
