@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "LONGWEAVE_OPENAI_BASE_URL")
     )
     """Base URL of an OpenAI-compatible server (vLLM, llama.cpp, `longweave serve`, ...)."""
+    context_window: int | None = Field(None, ge=256)
+    """The window, in tokens, of the OpenAI-compatible server's model (vLLM's --max-model-len,
+    llama.cpp's -c), in place of the published or assumed one; `context_window=` wins."""
     request_timeout: float = Field(120.0, gt=0)
     """Seconds before a remote model call is abandoned and retried."""
     max_retries: int = Field(4, ge=0)

@@ -47,7 +47,8 @@ PROVIDER = "openai"
 StructuredMode = Literal["auto", "json_schema", "instructions"]
 
 # Longest prefix wins. Unknown models (most local servers) get DEFAULT_CONTEXT_WINDOW: pass
-# `context_window=` with the server's real window (vLLM's --max-model-len, llama.cpp's -c).
+# LONGWEAVE_CONTEXT_WINDOW or `context_window=` with the server's real window (vLLM's
+# --max-model-len, llama.cpp's -c).
 _CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-3.5-turbo": 16_385,
     "gpt-4": 8_192,
@@ -173,8 +174,8 @@ class OpenAILLM:
             )
         # Local servers accept any key, but the client insists on one.
         self._api_key = key or "not-needed"
-        known = known_context_window(model)
-        self.context_window = context_window or known or DEFAULT_CONTEXT_WINDOW
+        self.context_window = (context_window or settings.context_window
+                               or known_context_window(model) or DEFAULT_CONTEXT_WINDOW)
         self.timeout = timeout if timeout is not None else settings.request_timeout
         self.max_retries = max_retries if max_retries is not None else settings.max_retries
         if structured not in ("auto", "json_schema", "instructions"):
@@ -507,8 +508,8 @@ class OpenAILLM:
             hint = "the account is out of quota: check billing, or use --model local"
         elif "context" in lowered and ("length" in lowered or "window" in lowered):
             hint = (
-                "the prompt does not fit the server's window: pass context_window= with the "
-                "server's real window (in Python), or --set window=N with a smaller one"
+                "the prompt does not fit the server's window: set LONGWEAVE_CONTEXT_WINDOW "
+                "(context_window= in Python) to the server's real window"
             )
         elif with_schema and rejects_format:
             hint = "the server cannot do json_schema output: use structured='instructions'"

@@ -84,7 +84,7 @@ NOTES = completion("Notes: Jacob Rowe kept it [c1].")
         pytest.param([error(404, "The model `test-model` does not exist")], 1, "model name",
                      id="404"),
         pytest.param([error(400, "This model's maximum context length is 8192 tokens",
-                            code="context_length_exceeded")], 1, "--set window=N", id="400"),
+                            code="context_length_exceeded")], 1, "LONGWEAVE_CONTEXT_WINDOW", id="400"),
         pytest.param([server_error(500)] * 2, 2, "LONGWEAVE_MAX_RETRIES", id="500-forever"),
         pytest.param([rate_limited("0")] * 2, 2, "LONGWEAVE_CONCURRENCY", id="429-forever"),
         pytest.param([hang(5), hang(5)], 2, "LONGWEAVE_REQUEST_TIMEOUT", id="hang"),

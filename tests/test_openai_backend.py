@@ -549,3 +549,16 @@ def test_one_backend_serves_successive_event_loops(server: FaultServer) -> None:
     ask: list[Message] = [user("hi")]
     assert asyncio.run(llm.complete(ask, max_tokens=8)).text == "one"
     assert asyncio.run(llm.complete(ask, max_tokens=8)).text == "two"
+
+
+def test_the_server_window_can_be_set_from_the_environment(monkeypatch) -> None:
+    """A CLI user's only way to tell a 32k vLLM server from the 8,192 assumed for unknown names."""
+    from longweave.errors import ConfigError
+
+    monkeypatch.setenv("LONGWEAVE_CONTEXT_WINDOW", "32768")
+    assert OpenAILLM("llama3.1", api_key="sk-test").context_window == 32_768
+    assert OpenAILLM("gpt-4o", api_key="sk-test").context_window == 32_768  # the user knows best
+    assert OpenAILLM("llama3.1", api_key="sk-test", context_window=4096).context_window == 4096
+    monkeypatch.setenv("LONGWEAVE_CONTEXT_WINDOW", "12")
+    with pytest.raises(ConfigError, match="LONGWEAVE_CONTEXT_WINDOW"):
+        OpenAILLM("llama3.1", api_key="sk-test")
