@@ -138,7 +138,7 @@ def _sequence(t: Tally, role: str, prompts: list[int], carried: int, cap: int, o
 
 
 async def chain_of_agents(s: Any, ctx: RunContext, t: Tally) -> None:
-    from longweave.agents.chain_of_agents import JudgeChoice
+    from longweave.agents.chain_of_agents import judge_schema
     from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
 
     state = await initial_state(s, ctx)
@@ -157,8 +157,8 @@ async def chain_of_agents(s: Any, ctx: RunContext, t: Tally) -> None:
     t.add("manager", Counts.each(paths, fixed + cu, answer), Counts.each(paths, fixed, 1),
           Counts.each(paths, fixed + cu_cap, s.max_new))
     if paths > 1 and s.selector == "judge":
-        judge = t.prompt(judge_messages(q, [filler(answer)] * paths), JudgeChoice)
-        t.add("judge", Counts(), high=Counts.each(1, judge, 256))
+        judge = t.prompt(judge_messages(q, [filler(answer)] * paths), judge_schema(paths))
+        t.add("judge", Counts(), high=Counts.each(1, judge, 256), retries=s.retries)
         t.notes.append("a judge call is counted only in the high bound (the paths' answers tie)")
     t.n_chunks = n
 

@@ -159,6 +159,51 @@ async def test_bidir_runs_a_reversed_path_and_returns_the_vote_winner() -> None:
     assert answer.text.lower().startswith("ottawa")
 
 
+def split_paths(answers: tuple[str, str], **options: object) -> tuple[ScriptedModel, ChainOfAgents]:
+    """A bidir run whose forward path (its last CU is part l's, part 1's on the way back)
+    answers answers[0] and whose backward path answers answers[1]."""
+    model = scripted(window=600)  # room for a judge prompt and its re-asks
+    model.rules[-1:] = []
+    model.on("manager", contains="CU1 saw", reply=answers[1])  # the backward path ends at part 1
+    model.on("manager", reply=answers[0])
+    return model, ChainOfAgents(max_new=32, margin=16, paths="bidir", **options)
+
+
+async def test_a_tie_without_a_judge_returns_path_one() -> None:
+    model, coa = split_paths(("Ottawa", "Toronto"))
+    answer = await arun(coa, sentinel_document(6), "Capital?", model)
+    assert answer.text == "Ottawa" and not model.calls("judge")
+
+
+async def test_the_judge_breaks_a_tie_between_the_paths() -> None:
+    model, coa = split_paths(("Ottawa", "Toronto"), selector="judge")
+    model.on("judge", reply={"reason": "the second is right", "index": 2})
+    answer = await arun(coa, sentinel_document(6), "Capital?", model)
+    (judge,) = model.calls("judge")
+    assert model.requests[-1] is judge  # after both managers
+    assert "Question: Capital?" in judge.text
+    assert "1. Ottawa" in judge.text and "2. Toronto" in judge.text
+    assert answer.text == "Toronto" and "judge_failed" not in answer.flags
+    assert model.calls("worker")[0].text not in judge.text
+
+
+@pytest.mark.parametrize("reply", ["not json", {"reason": "r", "index": 3}])
+async def test_a_judge_that_never_validates_is_reasked_twice_then_path_one_stands(
+    reply: object,
+) -> None:
+    """A broken judge reply used to end the run with ParseError, and a pick of a path that did
+    not run (index 3 of 2) was read as path 1 without a word (§8.4: re-ask, then fall back)."""
+    model, coa = split_paths(("Ottawa", "Toronto"), selector="judge")
+    model.on("judge", reply=reply)
+    answer = await arun(coa, sentinel_document(6), "Capital?", model)
+    first, *reasks = model.calls("judge")
+    assert len(reasks) == 2
+    assert all("Your previous reply was not usable" in r.messages[-1].content for r in reasks)
+    assert all(r.messages[:-1] == first.messages for r in reasks)
+    assert answer.text == "Ottawa" and "judge_failed" in answer.flags
+    assert answer.usage.calls == len(model.requests)
+
+
 async def test_blank_cu_keeps_the_previous_one_and_is_flagged() -> None:
     model = ScriptedModel(context_window=400)
     model.on("worker", contains="Part 2 of", reply="   ")

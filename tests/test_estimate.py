@@ -71,11 +71,23 @@ async def test_chain_of_agents_calls_exact_and_prompt_tokens_close() -> None:
     assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
 
 
-async def test_bidir_with_judge_counts_the_judge_only_in_the_high_bound() -> None:
-    est = await aestimate(document(), "chain-of-agents", ScriptedModel(context_window=1024),
-                          QUESTION, max_new=128, paths="bidir", selector="judge")
-    assert est.calls == 2 * (est.n_chunks + 1)
-    assert est.high.calls == est.calls + 1
+@pytest.mark.parametrize("tie", [False, True])
+async def test_bidir_with_judge_counts_the_judge_only_in_the_high_bound(tie: bool) -> None:
+    """Two paths of l workers and a manager each; the judge (and its re-asks) only on a tie."""
+    doc, model = document(30), ScriptedModel(context_window=1024)
+    model.on("worker", reply=words(32))
+    model.on("manager", reply=lambda r: "Under the stairs." if not tie or len(
+        model.calls("manager")) == 1 else "In the attic.")
+    model.on("judge", reply={"reason": "r", "index": 2})
+    options = {"max_new": 128, "paths": "bidir", "selector": "judge"}
+    answer = await arun(_strategy("chain-of-agents", **options), doc, QUESTION, model)
+    est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=Assumptions(text_fill=0.25), **options)
+    assert est.roles["worker"].calls == roles(model)["worker"] == 2 * est.n_chunks >= 6
+    assert est.calls == 2 * (est.n_chunks + 1) == answer.usage.calls - tie
+    assert est.high.calls == est.calls + 3  # one judge call and its two re-asks
+    assert roles(model).get("judge", 0) == int(tie)
+    assert_close(est, answer.usage, exact_calls=not tie)
 
 
 async def test_truncate_prompt_is_exact() -> None:
@@ -290,6 +302,37 @@ async def test_long_agent_within_bounds_and_exact_when_the_leader_answers_at_onc
                           assumptions=Assumptions(rounds=1, merge_share=0), **options)
     assert est.calls == answer.usage.calls == est.n_chunks + 2 == est.low.calls
     assert est.high.calls >= 3 * est.n_chunks
+    assert_close(est, answer.usage, exact_calls=True)
+
+
+async def test_long_agent_rounds_merges_and_the_forced_final_call_match_the_run() -> None:
+    """A leader that never answers: R rounds of m members, one merge and one leader turn each,
+    then the forced final call (§2.4); the estimate told the rounds and merges is exact."""
+    from longweave.agents.long_agent_prompts import FinalAnswer, LeaderStart
+
+    def leader(request: Request) -> dict[str, Any]:
+        if request.schema is LeaderStart:
+            return {"action": "instruct", "text": "Find where the lamp is."}
+        if request.schema is FinalAnswer:
+            return {"answer": "stairs"}
+        return {"action": "instruct", "text": "Look again for the lamp."}
+
+    def member(request: Request) -> dict[str, Any]:
+        said = {"SENTINEL-3.": "under the stairs", "SENTINEL-6.": "in the attic"}
+        answer = next((a for tag, a in said.items() if tag in request.messages[-1].content), "")
+        return {"found": bool(answer), "answer": answer, "evidence": []}
+
+    doc, model = document(8), ScriptedModel(context_window=3000)
+    model.on("leader", reply=leader)
+    model.on("member", reply=member)
+    model.on("merger", reply={"found": True, "answer": "under the stairs", "evidence": []})
+    options = {"max_new": 64, "chunk_size": 80, "margin": 16, "max_rounds": 2}
+    answer = await arun(_strategy("long-agent", **options), doc, QUESTION, model)
+    m = answer.steps[0].detail["chunks"]
+    assert roles(model) == {"leader": 1 + 2 + 1, "member": 2 * m, "merger": 2}
+    est = await aestimate(doc, "long-agent", ScriptedModel(context_window=3000), QUESTION,
+                          assumptions=Assumptions(rounds=2, merge_share=1 / (m - 1)), **options)
+    assert {r: c.calls for r, c in est.roles.items()} == roles(model)
     assert_close(est, answer.usage, exact_calls=True)
 
 

@@ -283,6 +283,33 @@ async def test_neighbours_share_a_fact_ranked_and_unvisited(tmp_path: Path) -> N
     assert len(path.neighbor_choices()) == 1 and "alpha" not in path.neighbor_choices()
 
 
+def test_neighbours_are_ranked_by_shared_facts_and_only_those_sharing_one() -> None:
+    """§3.6.3 with unequal co-occurrence counts (the document above shares one fact per pair)."""
+    from longweave.graphs.store import Fact, KeyGraph
+
+    pairs = [("a", "b"), ("a", "c"), ("a", "c"), ("a", "d"), ("a", "d"), ("a", "d"), ("b", "e")]
+    facts = [Fact(i, f"{u} and {v}.", 0, (u, v)) for i, (u, v) in enumerate(pairs)]
+    graph = KeyGraph.from_facts("doc", [(0, 10)], facts, {})
+    assert PathState(graph, "a").neighbor_choices() == ["d", "c", "b"]  # "e" shares no fact
+    assert PathState(graph, "a", neighbor_limit=2).neighbor_choices() == ["d", "c"]
+    assert PathState(graph, "a", visited=["a", "d"]).neighbor_choices() == ["c", "b"]
+
+
+async def test_step_prompts_show_the_path_s_previous_actions_across_nodes() -> None:
+    """Reference-port bugs (§3.5.1): previous actions were always empty, and moving to a
+    neighbour overwrote the history. Here every step sees the path's last `last_actions`."""
+    model = scripted()
+    await arun(reader(n_init=1, max_steps_per_path=5, last_actions=2), document(), QUESTION,
+               model)
+    shown = [re.search(r"Your previous actions: (.*)\n", r.text).group(1)  # type: ignore[union-attr]
+             for r in model.calls("stepper")]
+    assert len(shown) == 5
+    assert shown[:2] == ["none yet", "stop_and_read_neighbor()"]
+    moved = shown[2].split("; ")
+    assert moved[0] == "stop_and_read_neighbor()" and moved[1].startswith("read_neighbor_node('")
+    assert shown[3] == f"{moved[1]}; stop_and_read_neighbor()"  # capped at the last two
+
+
 async def test_paths_stop_at_the_step_cap_and_the_answer_is_called_once() -> None:
     model, steps = scripted(), 3
     answer = await arun(reader(max_steps_per_path=steps), document(), QUESTION, model)
@@ -332,6 +359,23 @@ async def test_broken_json_retries_twice_then_ends_the_path() -> None:
     explored = next(s for s in answer.steps if s.role == "explorer")
     assert explored.detail["ended"] == ["invalid"] and explored.detail["invalid_rate"] == 1.0
     assert "invalid_action" in answer.flags
+
+
+@pytest.mark.parametrize(("move", "complaint"), [
+    ({"action": "read_chunk", "chunk_ids": [99]}, "chunk 99 does not exist"),
+    ({"action": "search_more"}, "'search_more' is not available in the facts state"),
+])
+async def test_an_unknown_id_or_illegal_action_is_reasked_twice_then_ends_the_path(
+    move: dict[str, Any], complaint: str
+) -> None:
+    model = scripted(lambda r: {"notebook": "n", "rationale": "r", **move})
+    answer = await arun(reader(n_init=1), document(), QUESTION, model)
+    first, *reasks = model.calls("stepper")
+    assert len(reasks) == 2 and all(complaint in r.messages[-1].content for r in reasks)
+    assert complaint not in first.text
+    explored = next(s for s in answer.steps if s.role == "explorer")
+    assert explored.detail["ended"] == ["invalid"] and explored.detail["invalid_rate"] == 1.0
+    assert "invalid_action" in answer.flags and len(model.calls("answerer")) == 1
 
 
 async def test_citations_are_chunks_read_and_chunks_of_noted_facts() -> None:

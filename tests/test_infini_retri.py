@@ -296,6 +296,40 @@ async def test_exclude_sinks_zeroes_the_first_context_tokens() -> None:
     assert answer.steps[1].detail["kept"] != [0]
 
 
+class DriftingScorer(ScriptedScorer):
+    """Each forward puts a different share of the question rows' mass on the question."""
+
+    def attention(self, ids: Sequence[int], start: int, *, layer: int = -1) -> np.ndarray:
+        rows = super().attention(ids, start, layer=layer)
+        share = 0.4 + 0.1 * (len(self.forwards) - 1)  # 0.4 in the first forward, then more
+        rows[:, :start] *= (1 - share) / 0.6
+        rows[:, start:] *= share / 0.4
+        return rows
+
+
+async def test_question_weights_are_frozen_at_the_first_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """§7.2 line 7 and §7.5.7: w comes from the first window's question rows, reused after."""
+    from longweave.agents import infini_retri
+
+    used: list[np.ndarray] = []
+    score = infini_retri.token_scores
+
+    def recording(rows: np.ndarray, c0: int, c1: int, weights: np.ndarray, **kw: Any) -> Any:
+        used.append(weights.copy())
+        return score(rows, c0, c1, weights, **kw)
+
+    monkeypatch.setattr(infini_retri, "token_scores", recording)
+    doc = haystack(40, needle_at=30)
+    strategy, scorer, model = run_strategy(doc, scorer=DriftingScorer())
+    await arun(strategy, doc, QUESTION, model)
+    assert len(used) == len(scorer.forwards) >= 3
+    q_len = scorer.forwards[0][0] - scorer.forwards[0][1]
+    np.testing.assert_allclose(used[0], np.full(q_len, 0.4), rtol=1e-5)
+    assert all(np.array_equal(w, used[0]) for w in used[1:])
+
+
 def later_rival(n: int = 60) -> Document:
     """The needle early, then a sentence whose every word draws more attention than it."""
     sentences = [filler(i) for i in range(n)]

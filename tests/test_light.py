@@ -172,26 +172,30 @@ async def test_an_empty_reader_answer_is_flagged() -> None:
     assert answer.text == "The answer." and "empty_answer" not in answer.flags
 
 
-async def test_extractions_run_concurrently() -> None:
+async def test_extractions_and_filters_run_concurrently() -> None:
     import asyncio
 
-    model, doc = scripted(), sentinel_document(4)
-    inflight, peak = 0, 0
+    model, doc = scripted(facts=2), sentinel_document(4)
+    inflight: dict[str, int] = {}
+    peak: dict[str, int] = {}
     inner = model.complete
 
     async def slow(*a: Any, **kw: Any) -> Any:
-        nonlocal inflight, peak
-        inflight += 1
-        peak = max(peak, inflight)
+        role = kw["role"]
+        inflight[role] = inflight.get(role, 0) + 1
+        peak[role] = max(peak.get(role, 0), inflight[role])
         await asyncio.sleep(0.01)
         try:
             return await inner(*a, **kw)
         finally:
-            inflight -= 1
+            inflight[role] -= 1
 
     model.complete = slow  # type: ignore[method-assign]
-    await arun(light(), doc, "q?", model)
-    assert peak > 2
+    answer = await arun(light(piece_tokens=16), doc, "q?", model)
+    assert peak["extractor"] > 2
+    candidates = next(s for s in answer.steps if s.role == "retrieve").detail["candidates"]
+    assert candidates >= 2 and len(model.calls("filter")) == candidates  # one call per piece
+    assert peak["filter"] == min(candidates, 8)  # all in flight at once, up to `concurrency`
 
 
 async def test_compression_exactly_past_twice_target_and_within_target() -> None:
@@ -204,6 +208,8 @@ async def test_compression_exactly_past_twice_target_and_within_target() -> None
         assert s.detail["before"] > 2 * s.detail["target"]
         assert s.detail["after"] <= s.detail["target"]
     assert len(steps) == len(model.calls("compressor"))
+    built = next(s for s in answer.steps if s.role == "memory")
+    assert built.detail["pad_tokens"] <= 2 * steps[0].detail["target"]  # no compression missed
 
 
 async def test_reader_prompt_within_budget_and_newest_unit_present() -> None:

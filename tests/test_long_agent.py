@@ -250,19 +250,32 @@ async def test_merges_per_round_never_exceed_clusters_minus_one_or_the_cap(
 ) -> None:
     rng = random.Random(seed)
     pool = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
-    answers = {j: rng.choice(pool) for j in range(10) if rng.random() < 0.7}
+    answers = {j: rng.choice(pool) for j in range(10) if rng.random() < 0.5}
+    # Members that say found = false but copy their part count as found (quoted_answers).
+    copies = {j: f"word{j}x3 word{j}x4 word{j}x5" for j in range(10)
+              if j not in answers and rng.random() < 0.5}
     cap = rng.choice([1, 2, 3, 32])
+
+    def members(request: Request) -> dict:
+        mine = parts(request)[0]
+        if mine in copies:
+            return {"found": False, "answer": copies[mine], "evidence": []}
+        return member(answers)(request)
 
     def merger(request: Request) -> dict:
         found = rng.random() < 0.8
         return {"found": found, "answer": rng.choice(pool + ["golf"]) if found else "",
                 "evidence": []}
 
-    model = scripted(answers, merger=merger, answer_in_round=None)
+    model = ScriptedModel(context_window=WINDOW)
+    model.on("leader", reply=leader(answer_in_round=None))
+    model.on("member", reply=members)
+    model.on("merger", reply=merger)
     strategy = agent(merge_cap=cap, merge_schedule=schedule, max_rounds=2)
     answer = await arun(strategy, sentinel_document(10), QUESTION, model)
-    first = cluster_replies([MemberReply(found=j in answers, answer=answers.get(j, ""),
-                                         evidence=[]) for j in range(10)], 0.9)
+    said = answers | copies
+    first = cluster_replies([MemberReply(found=j in said, answer=said.get(j, ""), evidence=[])
+                             for j in range(10)], 0.9, copies)
     for r in (1, 2):
         merges = [s for s in answer.steps if s.role == "merge" and s.detail["round"] == r]
         assert len(merges) <= min(max(len(first) - 1, 0), cap)
@@ -518,6 +531,23 @@ async def test_a_merger_finding_nothing_keeps_only_the_side_that_copied_its_part
     assert "Paris" not in model.calls("leader")[1].text
     assert [(c.kind, c.chunk_index) for c in answer.citations] == [("quote", 2)]
     assert "uncited" not in answer.flags
+
+
+async def test_a_merger_keeping_two_copied_sides_stops_merging_and_leaves_the_conflict() -> None:
+    """Both sides stay, so asking again would repeat the same merge up to merge_cap (§2.6.6)."""
+    copies = {j: f"word{j}x3 word{j}x4 word{j}x5" for j in (0, 2)}
+    model = ScriptedModel(context_window=WINDOW)
+    model.on("leader", reply=leader())
+    model.on("member", reply=quoting(copies))
+    model.on("merger", reply={"found": False, "answer": "", "evidence": []})
+    answer = await arun(agent(), sentinel_document(4), QUESTION, model)
+    (merge,) = model.calls("merger")
+    assert parts(merge) == [0, 2]
+    next_turn = model.calls("leader")[1]
+    assert copies[0] in next_turn.text and copies[2] in next_turn.text
+    assert "still conflict" in next_turn.text
+    assert "capped" not in answer.flags
+    assert answer.usage.calls == 1 + 4 + 1 + 1
 
 
 async def test_the_cluster_backing_the_answer_is_cited_and_none_found_is_uncited() -> None:

@@ -10,19 +10,21 @@ import asyncio
 import operator
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from longweave.agents.base import RunContext, repeat_then
 from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
-from longweave.errors import ConfigError
+from longweave.errors import BudgetExceeded, ConfigError, ParseError
 from longweave.llm import unquote
+from longweave.structured import reask_message
 
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
 
@@ -32,6 +34,13 @@ class JudgeChoice(BaseModel):
 
     reason: str = Field(max_length=300)
     index: int = Field(ge=1, le=5)
+
+
+@lru_cache(maxsize=8)
+def judge_schema(paths: int) -> type[JudgeChoice]:
+    """JudgeChoice whose index admits only the paths that ran (§1.3: int[1..P]), so a pick of a
+    path that does not exist is re-asked rather than read as path 1."""
+    return create_model("JudgeChoice", __base__=JudgeChoice, index=(int, Field(ge=1, le=paths)))
 
 
 class CoAState(TypedDict, total=False):
@@ -75,6 +84,8 @@ class ChainOfAgents(BaseModel):
     cite: bool = True
     """Workers tag kept statements with [c<i>] so the answer cites chunk spans (ours; the paper
     has no citations — set False for the faithful prompts)."""
+    retries: int = Field(2, ge=0)
+    """Re-asks of a judge reply that fails validation, then path 1's answer (ours, §8.4)."""
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -192,25 +203,37 @@ class ChainOfAgents(BaseModel):
     async def select(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """Pick the answer (vote across paths), then resolve citation markers to chunk spans."""
         ctx, answers = runtime.context, state["answers"]
-        chosen = _vote(answers)
+        chosen, flags = _vote(answers), []
         if chosen is None:
             chosen = 0
             if self.selector == "judge":
-                reply = await ctx.call(
-                    "judge",
-                    judge_messages(ctx.question, answers),
-                    max_tokens=256,
-                    schema=JudgeChoice,
-                )
-                pick = reply.parsed.index - 1
-                chosen = pick if 0 <= pick < len(answers) else 0
+                chosen, flags = await self._judge(ctx, answers)
         if len(answers) > 1:
             ctx.step("select", answers[chosen], index=chosen, candidates=len(answers))
         if not self.cite:  # the paper's prompts number no chunks: a stray "[c1]" means nothing
-            return {"answer": answers[chosen], "citations": [], "flags": ["uncited"]}
+            return {"answer": answers[chosen], "citations": [], "flags": [*flags, "uncited"]}
         text, citations = _resolve_markers(answers[chosen], state["chunks"], ctx)
-        flags = [] if citations else ["uncited"]
+        flags += [] if citations else ["uncited"]
         return {"answer": text or answers[chosen], "citations": citations, "flags": flags}
+
+    async def _judge(self, ctx: RunContext, answers: list[str]) -> tuple[int, list[str]]:
+        """The judge's pick (0-based), re-asked with the complaint at most `retries` times; a
+        judge that never validates leaves path 1's answer, flagged (§1.2 line 11, §8.4)."""
+        messages = judge_messages(ctx.question, answers)
+        prompt = messages
+        for _ in range(self.retries + 1):
+            try:
+                reply = await ctx.call("judge", prompt, max_tokens=256,
+                                       schema=judge_schema(len(answers)))
+                if reply.parsed is not None:
+                    return reply.parsed.index - 1, []
+                complaint = "the reply held no JSON object"
+            except ParseError as exc:
+                complaint = exc.message
+            except BudgetExceeded:  # the candidates (or the re-ask) leave no room to answer
+                break
+            prompt = [*messages, reask_message(complaint)]
+        return 0, ["judge_failed"]
 
 
 def _normalize(answer: str) -> str:

@@ -275,9 +275,10 @@ class LongAgent(BaseModel):
         ctx, r, clusters = runtime.context, state["round"], list(state["clusters"])
         rng = random.Random(self.seed * 1000 + r)
         gate, schema = asyncio.Semaphore(self.concurrency), self._schemas().member
-        merges, failed, flags = 0, False, []
-        # Each merge removes at least one cluster, so this ends within |C| - 1 merges anyway.
-        while len(clusters) >= 2 and merges < self.merge_cap and not failed:
+        merges, failed, stalled, flags = 0, False, False, []
+        # A merge removes at least one cluster, or the round's merging stops (`stalled`), so
+        # there are at most |C| - 1 merges per round (§2.6.6).
+        while len(clusters) >= 2 and merges < self.merge_cap and not (failed or stalled):
             width = len(clusters) // 2 if self.merge_schedule == "tournament" else 1
             width = min(width, self.merge_cap - merges)
             pairs = [(clusters[2 * i], clusters[2 * i + 1]) for i in range(width)]
@@ -304,6 +305,9 @@ class LongAgent(BaseModel):
                     texts = [state["chunks"][p].text for p in sorted(parts)]
                     reply, quoted = self._ground(reply, texts, state["instruction"])
                     survivors, outcome = resolve_conflict(a, b, reply, self.similarity)
+                    # Both sides kept (each copied its own part): the same pair would be asked
+                    # again and again, so the conflict is left to the leader.
+                    stalled = stalled or len(survivors) == 2
                 flags += ["found_by_quote"] if quoted else []
                 ctx.step("merge", reply.answer if reply else "", index=merges + i, round=r,
                          parts=sorted(parts), outcome=outcome, quoted=quoted)
@@ -311,7 +315,7 @@ class LongAgent(BaseModel):
             merges += width
             clusters = rank(kept)
         flags += ["merger_failed"] if failed else []
-        if len(clusters) >= 2 and not failed:
+        if len(clusters) >= 2 and not (failed or stalled):
             flags.append("capped")
         return {"clusters": clusters, "survivors": clusters + state["survivors"], "flags": flags}
 
