@@ -224,6 +224,24 @@ async def test_reader_prompt_within_budget_and_newest_unit_present() -> None:
             assert doc.text[c.start:c.end] == c.text
 
 
+async def test_the_episodic_share_is_kept_from_working_memory() -> None:
+    """episodic_share is the least share of the reader budget left for episodic hits, whatever
+    working_share says; it used to be read nowhere."""
+    def recent() -> int:
+        reader = model.calls("reader")[-1].text
+        section = reader.split("Most recent passages, in order:")[1].split("Question:")[0]
+        return len(SENTINEL.findall(section))
+
+    model, doc = scripted(window=1400), sentinel_document(12)
+    shown = {}
+    for share in (0.0, 0.8):
+        await arun(light(z=100, working_share=0.9, scratch_share=0.0, episodic_share=share),
+                   doc, "Where is SENTINEL-0?", model)
+        shown[share] = recent()
+    # Every unit fits 0.9 of the budget; 0.2 of it holds fewer than half of them.
+    assert shown[0.0] == 12 and 0 < shown[0.8] <= 6
+
+
 async def test_episodic_hits_shown_raw_and_cited() -> None:
     model, doc = scripted(), sentinel_document(8)
     answer = await arun(light(z=0), doc, "marker SENTINEL-3 w3x1 w3x2", model)

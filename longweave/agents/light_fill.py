@@ -72,13 +72,17 @@ def fill(light: LIGHT, ctx: RunContext, units: list[MemoryUnit], hits: list[Memo
         return cost(prompts.unit_block(u.label, u.text))
 
     flags: list[str] = []
-    work_cap = int(light.working_share * budget) if light.z else 0
+    # Working memory and the scratchpad take at most their shares, and never the episodic
+    # share: what either leaves unused goes to episodic hits too.
+    reserved = int(light.episodic_share * budget)
+    work_cap = min(int(light.working_share * budget), budget - reserved) if light.z else 0
     working = working_memory(units, light.z).select(work_cap, unit_cost)
     if not working and work_cap > 0:
         working = [_clip_newest(units[-1], work_cap, ctx)]  # the latest exchange always shows
         flags.append("clipped")
     used_w = sum(unit_cost(u) for u in working)
-    scratch_cap, used_s, shown_notes = int(light.scratch_share * budget), 0, []
+    scratch_cap = min(int(light.scratch_share * budget), budget - reserved - used_w)
+    used_s, shown_notes = 0, []
     for piece in notes:
         c = cost(piece.text)
         if used_s + c <= scratch_cap:
