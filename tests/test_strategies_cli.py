@@ -112,6 +112,20 @@ def test_verbose_shows_every_setting_of_every_strategy() -> None:
         assert f"{name}:" in result.stdout
     for field in strategy_class("graph-reader").model_fields:
         assert field in result.stdout
+    # Users read the settings' help without the team's design notes it cites for developers.
+    assert "§" not in result.stdout and "STRATEGIES.md" not in result.stdout
+
+
+def test_design_note_references_leave_clean_help() -> None:
+    from longweave.cli.strategies import for_users
+
+    assert for_users("Schema bound (ours, §8.2: 600).") == "Schema bound (ours)."
+    assert for_users("Bound of one fact (§3.3).") == "Bound of one fact."
+    assert for_users("Most facts (§3.3 schema, ours).") == "Most facts (ours)."
+    assert for_users("Zero them (ours, §7.5.5); 0 is off.") == "Zero them (ours); 0 is off."
+    assert for_users("None fills the window (the same-window baseline of STRATEGIES.md §8.10).") \
+        == "None fills the window (the same-window baseline)."
+    assert for_users("Rejected and logged (§5.2 rule 5), so") == "Rejected and logged, so"
 
 
 def test_an_unknown_name_lists_the_choices() -> None:
@@ -189,3 +203,14 @@ def test_the_guides_testing_example_runs() -> None:
     exec(_python_blocks()[0], namespace)  # FirstChunk, as the guide defines it
     exec(_python_blocks()[-1], namespace)  # its own asserts are the test
     assert namespace["answer"].usage.calls == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["light", "long-agent", "rag", "truncate"])
+@pytest.mark.parametrize("window", [0, -5, 255])
+def test_a_window_too_small_to_hold_a_prompt_is_refused(name: str, window: int) -> None:
+    """0 used to mean the model's window silently, and a negative one failed deep in a run."""
+    from longweave.agents.base import get_strategy
+
+    with pytest.raises(ConfigError, match="window: Input should be greater than or equal to 256"):
+        get_strategy(name, window=window)
+    assert get_strategy(name, window=None).window is None

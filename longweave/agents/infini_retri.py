@@ -76,7 +76,7 @@ class InfiniRetri(BaseModel):
     the cache cap evicts, lowest best score so far first; needs a cap (not `faithful`)."""
     exclude_sinks: int = Field(0, ge=0)
     """Zero the scores of this many leading context tokens, which draw attention whatever they
-    say (ours, §7.5.5; 0 = off, as in the reference)."""
+    say (ours, §7.5.5); 0 is off, as in the reference."""
     no_question_chars: int = Field(512, ge=1)
     """With no question, the last this-many characters of the document serve as the question
     (reference code)."""

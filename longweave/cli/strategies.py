@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import textwrap
 from typing import Annotated, Any
 
@@ -11,6 +12,10 @@ import typer
 
 _SHOWN = 6
 """Settings shown per strategy in the overview; the rest are one `strategies NAME` away."""
+_DESIGN_REF = re.compile(r"\s*(?:\bof\s+)?(?:STRATEGIES\.md\s+)?§\d+(?:\.\d+)*"
+                         r"(?:\s+(?:rule|line|step)\s+\d+|\s+schema)?(?::\s*\d+)?")
+"""A reference into the team's design notes ("§5.2 rule 4"), which the docstrings keep for
+developers and users do not have: docs/strategies/ is theirs."""
 
 
 def strategies(
@@ -57,7 +62,7 @@ def _overview(names: dict[str, str], builtins: dict[str, str]) -> Any:
         shown = escape(", ".join(f"{k}={v}" for k, v in fields[:_SHOWN]))
         if len(fields) > _SHOWN:
             shown += f" [dim]+{len(fields) - _SHOWN} more[/]"
-        description = escape(getattr(loaded, "summary", "") or "")
+        description = escape(for_users(getattr(loaded, "summary", "") or ""))
         if n not in builtins:
             description += f"\n[dim]plugin: {escape(target)}[/]"
         table.add_row(n, description, shown, end_section=True)
@@ -130,5 +135,13 @@ def _field_docs(cls: type) -> dict[str, str]:
                 and isinstance(doc.value, ast.Constant)
                 and isinstance(doc.value.value, str)
             ):
-                docs[field.target.id] = " ".join(doc.value.value.split())
+                docs[field.target.id] = for_users(" ".join(doc.value.value.split()))
     return docs
+
+
+def for_users(doc: str) -> str:
+    """`doc` without its design-note references, and without the punctuation they leave."""
+    text = _DESIGN_REF.sub("", doc)
+    text = re.sub(r"\(\s*[,;]\s*", "(", text)
+    text = re.sub(r"\s*[,;]\s*\)", ")", text)
+    return re.sub(r"\s*\(\s*\)", "", text)
