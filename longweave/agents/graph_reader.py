@@ -79,7 +79,8 @@ class GraphReader(UsesEmbedder):
     key_chars: int = Field(60, ge=4)
     """Bound of one key element (§3.3)."""
     extract_max_new: int = Field(1024, ge=16)
-    """Generation cap of an extraction (ours); a reply cut by it fails to parse."""
+    """Generation cap of an extraction (ours); a reply cut by it keeps its whole facts (see
+    keep_cut), or is re-asked when it holds none."""
     merge_threshold: float | None = Field(0.92, gt=0, le=1)
     """Cosine of node-name embeddings at which nodes merge; None turns merging off, as in the
     paper (ours)."""

@@ -54,13 +54,14 @@ class LIGHT(UsesEmbedder):
     name: ClassVar[str] = "light"
     summary: ClassVar[str] = "episodic retrieval + recent units + a compressed scratchpad of facts"
 
-    window: int | None = None
+    window: int | None = Field(None, ge=256)
     """Window in tokens, capped by the model's own; None is the model's window (ours)."""
     max_new: int = Field(256, ge=1)
     """Generation cap of the reader (ours)."""
     extract_max_new: int = Field(1024, ge=16)
     """Generation cap of each extraction; at least the schema's serialized size for the full
-    bounds (ours). A reply cut by it counts as invalid."""
+    bounds (ours). A reply cut by it keeps its whole items (see keep_cut), or is re-asked when
+    it holds none."""
     unit_tokens: int = Field(512, ge=16)
     """Largest unit: a document's sentence-packed chunk, or a turn pair split above it (ours)."""
     history_tokens: int = Field(25000, ge=0)

@@ -86,7 +86,7 @@ class LongAgent(BaseModel):
     alignment: Literal["sentences", "fixed"] = "sentences"
     """`sentences` cuts at paragraph and sentence ends (ours); `fixed` cuts full token windows
     wherever they end (reference code)."""
-    window: int | None = None
+    window: int | None = Field(None, ge=256)
     """Tokens per call; None uses the model's whole window (ours)."""
     max_rounds: int = Field(3, ge=1)
     """Rounds of leader instruction and member replies R (reference code: 3)."""

@@ -75,7 +75,7 @@ class RAG(UsesEmbedder):
     """"bundled" (all-MiniLM-L6-v2, offline), "st:<model or path>" or "openai:<model>"."""
     max_new: int = Field(default=256, ge=1)
     """Generation cap of the answer (ours)."""
-    window: int | None = None
+    window: int | None = Field(None, ge=256)
     """Window to fill, capped by the model's own; None is the model's window (ours)."""
     margin: int = Field(default=64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""

@@ -42,7 +42,7 @@ class Truncate(BaseModel):
 
     max_new: int = Field(default=256, ge=1)
     """Generation cap of the answer (ours)."""
-    window: int | None = None
+    window: int | None = Field(None, ge=256)
     """Window to fill, capped by the model's own; None is the model's window (ours)."""
     margin: int = Field(default=64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""
