@@ -14,6 +14,8 @@ records.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +31,17 @@ _WORKER_MODELS: dict[tuple[Any, ...], LLM] = {}
 
 
 def _worker_llm(job: BatchJob) -> None:
+    """Give the job this worker's model. A model that cannot be built is left to `job.answer`,
+    which records its error on each item as the local executor does; raised here, it would fail
+    the whole task with Ray's traceback as every item's error."""
     if not isinstance(job.model, str):
         return  # an LLM object travelled with the job (tests, custom backends)
     key = (job.model, job.cache, str(job.cache_dir))
     if key not in _WORKER_MODELS:
-        _WORKER_MODELS[key] = job.llm()
+        try:
+            _WORKER_MODELS[key] = job.llm()
+        except Exception:
+            return
     job._llm = _WORKER_MODELS[key]
 
 
@@ -84,6 +92,7 @@ class RayExecutor:
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        _import_ray()  # a missing extra fails here, before any work or progress display
         self.address = address
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight
@@ -93,15 +102,22 @@ class RayExecutor:
         self.init_options = dict(init_options or {})
 
     def _ray(self) -> Any:
-        try:
-            import ray
-        except ImportError as exc:
-            raise MissingDependency(
-                "the ray executor needs Ray", hint="pip install 'longweave[ray]'"
-            ) from exc
+        """Ray, connected: a failure to connect or start is a `ConfigError` naming the address
+        (Ray's own errors would read as a bug in longweave)."""
+        ray = _import_ray()
         if not ray.is_initialized():
+            _check_reachable(self.address)
             options = {"include_dashboard": False, "log_to_driver": False, **self.init_options}
-            ray.init(address=self.address, **options)
+            try:
+                ray.init(address=self.address, **options)
+            except Exception as exc:
+                where = (f"connect to the Ray cluster at {self.address!r}" if self.address
+                         else "start a local Ray runtime")
+                raise ConfigError(
+                    f"cannot {where}: {type(exc).__name__}: {exc}",
+                    hint=_ADDRESS_HINT if self.address else "Ray's own logs (under /tmp/ray "
+                    "unless RAY_TMPDIR says otherwise) tell why",
+                ) from exc
         return ray
 
     def _task(self, ray: Any, job: BatchJob) -> Any:
@@ -138,8 +154,49 @@ class RayExecutor:
                             emitted.add(record.key)
                             yield record
         finally:
-            for ref, _ in running.values():
+            for future, (ref, _) in running.items():
+                # The cancelled task's error lands in its future later; retrieve it, or asyncio
+                # prints "Future exception was never retrieved" over the interrupted run.
+                future.add_done_callback(_retrieve)
                 ray.cancel(ref, force=True)
+
+
+_ADDRESS_HINT = (
+    "the address is 'auto' (the cluster this machine joined with `ray start`), the head's "
+    "host:port, or ray://host:10001; leave it out to start a local Ray runtime"
+)
+_CONNECT_TIMEOUT = 5.0
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependency("ray", "ray") from exc
+    return ray
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail fast when nothing listens at a host:port address: Ray retries a dead address for
+    many minutes (20 tries of about 40 s each) before it gives up."""
+    target = address if address not in (None, "auto") else os.environ.get("RAY_ADDRESS")
+    if not target or target in ("auto", "local"):
+        return  # Ray's own lookup of a running cluster fails at once when there is none
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray's error names the format
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), _CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at {target!r}: nothing answers there "
+            f"({exc.strerror or exc})", hint=_ADDRESS_HINT,
+        ) from None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _records(job: BatchJob, group: list[BatchItem], future: asyncio.Future[Any]) -> list[Any]:

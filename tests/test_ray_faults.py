@@ -1,0 +1,170 @@
+"""The Ray executor when things go wrong: no Ray, no cluster, a model that cannot be built, Ctrl-C.
+
+Each failure must read as the local executor's would (or as one clear `error:` line), never as a
+traceback, a hang or a message printed over the interrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from longweave.batch import BatchItem, BatchJob, BatchStopped, ResultLog, arun_batch
+from longweave.executors.ray import RayExecutor
+from longweave.testing import Request, ScriptedModel
+
+
+@pytest.fixture(scope="module")
+def ray_runtime() -> Iterator[None]:
+    import cloudpickle
+
+    # Scripted replies are closures defined here: ship them by value to the workers.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def _corpus(tmp_path: Path, n: int) -> list[BatchItem]:
+    items: list[BatchItem] = []
+    for i in range(n):
+        doc = tmp_path / f"doc{i}.txt"
+        doc.write_text(f"Room {i} holds exactly {i * 7} chairs.", encoding="utf-8")
+        items += [
+            BatchItem(document=str(doc), question="How many chairs?", id=f"chairs-{i}"),
+            BatchItem(document=str(doc), question="Which room?", id=f"room-{i}"),
+        ]
+    return items
+
+
+def _reply(request: Request) -> str:
+    text = request.text
+    if "How many chairs?" in text:
+        return text.split("exactly ", 1)[1].split(" ", 1)[0]
+    return "room " + text.split("Room ", 1)[1].split(" ", 1)[0]
+
+
+def _batch_command(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                   ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`longweave batch` over a two-document corpus in a fresh process (so a hang is a timeout,
+    and Ray's state in this process is untouched); the result and its wall time."""
+    items = _corpus(tmp_path, 2)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": i.question, "document": i.document})
+                                 + "\n" for i in items), encoding="utf-8")
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environ.update({"COLUMNS": "300", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+                    "OPENAI_API_KEY": "sk-test", **(env or {})})
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "longweave.cli", "batch", str(tmp_path), "-q", str(questions),
+         "-o", str(tmp_path / "out.jsonl"), "--strategy", "truncate", "--model", "openai:m",
+         "--executor", "ray", *args],
+        capture_output=True, text=True, env=environ, timeout=60,
+    )
+    return result, time.perf_counter() - started
+
+
+def test_without_ray_the_batch_command_names_the_extra_to_install(tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'ray':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n", encoding="utf-8")
+    result, _ = _batch_command(tmp_path, env={"PYTHONPATH": str(shim)})
+    assert result.returncode == 1, result.stderr
+    assert "error: ray is not installed" in result.stderr
+    assert "pip install 'longweave[ray]'" in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-such-address"])
+def test_a_ray_address_where_no_cluster_answers_fails_fast_and_clearly(
+    tmp_path: Path, address: str
+) -> None:
+    # Ray itself retries a dead host:port for many minutes; the command must not.
+    result, seconds = _batch_command(tmp_path, "--ray-address", address)
+    assert result.returncode == 1, result.stderr
+    assert f"error: cannot connect to the Ray cluster at {address!r}" in result.stderr
+    assert "ray://host:10001" in result.stderr  # the hint says what an address looks like
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+    assert seconds < 30
+
+
+async def test_a_model_that_cannot_be_built_is_recorded_as_the_local_executor_records_it(
+    tmp_path: Path, ray_runtime: None
+) -> None:
+    items = _corpus(tmp_path, 2)
+    job = BatchJob("truncate", "bogus:model", cache=False, cache_dir=tmp_path / "cache")
+    # Every item would fail the same way, so both executors stop the run at the first record.
+    with pytest.raises(BatchStopped, match="unknown model 'bogus:model'"):
+        await arun_batch(items, tmp_path / "local.jsonl", job)
+    with pytest.raises(BatchStopped, match="unknown model 'bogus:model'"):
+        await arun_batch(items, tmp_path / "ray.jsonl", job, executor=RayExecutor())
+
+    def errors(name: str) -> set[tuple[str | None, str | None, bool]]:
+        return {(r.error_type, r.error, r.fatal) for r in ResultLog(tmp_path / name).records()}
+
+    assert errors("ray.jsonl") == errors("local.jsonl") == {
+        ("ConfigError", "unknown model 'bogus:model'", True)}
+
+
+def _slow_model() -> ScriptedModel:
+    def reply(request: Request) -> str:
+        if "Room 0 " not in request.text:
+            time.sleep(60)  # in flight until the run is cancelled
+        return _reply(request)
+
+    model = ScriptedModel()
+    model.on("reader", reply=reply)
+    return model
+
+
+async def test_cancelling_a_ray_batch_keeps_its_answers_quietly_and_a_rerun_resumes(
+    tmp_path: Path, ray_runtime: None
+) -> None:
+    items = _corpus(tmp_path, 4)
+    out = tmp_path / "ray.jsonl"
+    reported: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: reported.append(context["message"]))
+    first = asyncio.Event()
+    job = BatchJob("truncate", _slow_model(), cache=False, cache_dir=tmp_path / "cache")
+    run = asyncio.create_task(arun_batch(items, out, job, executor=RayExecutor(concurrency=1),
+                                         on_record=lambda _: first.set()))
+    await asyncio.wait_for(first.wait(), 60)
+    run.cancel()  # what Ctrl-C does to asyncio.run's task
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await asyncio.sleep(3)  # the cancelled tasks' errors reach the driver
+    gc.collect()
+    assert reported == []  # e.g. "Future exception was never retrieved"
+    kept = ResultLog(out).records()
+    assert {Path(r.document).name for r in kept} == {"doc0.txt"} and all(r.ok for r in kept)
+
+    fast = ScriptedModel()
+    fast.on("reader", reply=_reply)
+    job = BatchJob("truncate", fast, cache=False, cache_dir=tmp_path / "cache")
+    again = await arun_batch(items, out, job, executor=RayExecutor())
+    assert (again.skipped, again.answered, again.failed) == (2, len(items) - 2, 0)
+    records = ResultLog(out).records()
+    assert len(records) == len({r.key for r in records}) == len(items)
