@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from longweave.answer import Citation, Step, Usage, plural
-from longweave.errors import DocumentError, LongweaveError, LongweaveWarning
+from longweave.errors import DocumentError, LongweaveError, LongweaveWarning, ModelError
 from longweave.events import EventSink, ignore
 from longweave.trace import combine
 
@@ -99,6 +99,11 @@ class BatchRecord(BaseModel):
     """Wall time of this item, document loading included."""
     error: str | None = None
     error_type: str | None = None
+    hint: str | None = None
+    """What to do about the error, when longweave knows."""
+    fatal: bool = False
+    """The error stops the run: every remaining question would hit it too (a bad key, an
+    unknown model, a server that is not there, a model that cannot load)."""
     meta: dict[str, Any] = Field(default_factory=dict)
     steps: list[Step] | None = None
     """The answer's steps, only when the job was run with `steps=True` (they can be large)."""
@@ -111,6 +116,20 @@ class BatchRecord(BaseModel):
         return self.error is None
 
 
+class BatchStopped(ModelError):
+    """A batch stopped at an error that every remaining question would hit too (a `fatal`
+    record); `summary` says what it did before. The answers so far are kept, and running the
+    same batch again resumes once the cause is fixed."""
+
+    def __init__(self, record: BatchRecord, summary: BatchSummary, path: Path, left: int) -> None:
+        self.record, self.summary = record, summary
+        what = f"stopped at an error every remaining question would hit: {record.error}"
+        hint = (f"{record.hint}; then " if record.hint else "fix it, then ") + (
+            f"run the same batch again: it keeps the answers in {path} and asks the "
+            f"{plural(left + 1, 'question')} left")
+        super().__init__(what, hint=hint, fatal=True)
+
+
 class BatchSummary(BaseModel):
     """What a batch run did: counts, summed usage and wall time."""
 
@@ -121,6 +140,8 @@ class BatchSummary(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     seconds: float = 0.0
     interrupted: bool = False
+    stopped: str | None = None
+    """The error that stopped the run early (`BatchStopped`), if one did."""
 
     def add(self, record: BatchRecord) -> None:
         if record.ok:
@@ -368,19 +389,23 @@ class BatchJob:
         started = time.perf_counter()
         run = self._run_trace(record)
         try:
+            llm = self.llm()  # first: a model that cannot be made fails every item (`fatal`)
             document = self.document(item.document)
             strategy = get_strategy(self.strategy, **self.options)
             artifacts = ArtifactCache(self.settings().cache_dir / "artifacts")
             answer = await arun(
-                strategy, document, item.question, self.llm(),
+                strategy, document, item.question, llm,
                 on_event=combine(on_event, run), artifacts=artifacts,
             )
         except LongweaveError as exc:
             record.error, record.error_type = exc.message, type(exc).__name__
+            record.hint = exc.hint or None
             record.usage, failure = usage_of(exc), exc
+            record.fatal = self._llm is None or bool(getattr(exc, "fatal", False))
         except Exception as exc:  # a failing item is recorded and the run goes on
             record.error, record.error_type = f"{type(exc).__name__}: {exc}", type(exc).__name__
             record.usage, failure = usage_of(exc), exc
+            record.fatal = self._llm is None
         except BaseException as exc:  # cancelled: the trace says so, the record is never written
             if run is not None:
                 run.fail(exc)
@@ -496,6 +521,7 @@ async def _run_batch(
     runner = executor or LocalExecutor(concurrency=concurrency)
     started = time.perf_counter()
     stream: AsyncIterator[BatchRecord] = runner.run(job, group_by_document(todo))
+    stop: BatchRecord | None = None
     try:
         async for record in stream:
             if record.trace is not None:  # collected in a worker: written here, once
@@ -506,12 +532,19 @@ async def _run_batch(
             summary.add(record)
             if on_record is not None:
                 on_record(record)
+            if record.fatal:  # closing the stream below cancels the work in flight
+                stop = record
+                break
     except BaseException:
         summary.interrupted = True
         raise
     finally:
         summary.seconds = time.perf_counter() - started
         await _close(stream)
+    if stop is not None:
+        summary.stopped = stop.error
+        left = len(todo) - summary.answered - summary.failed
+        raise BatchStopped(stop, summary, log.path, left)
     return summary
 
 

@@ -96,7 +96,12 @@ class BudgetExceeded(LongweaveError):
 
 
 class ModelError(LongweaveError):
-    """A model backend failed: the provider refused, timed out or returned an error."""
+    """A model backend failed: the provider refused, timed out or returned an error.
+
+    `fatal`: no call to this backend can succeed until the user fixes something (the key, a
+    permission, the model name, the quota, a server that is not there), so a batch stops at the
+    first such error instead of failing every remaining question the same way.
+    """
 
     def __init__(
         self,
@@ -105,9 +110,11 @@ class ModelError(LongweaveError):
         provider: str = "",
         status: int | None = None,
         hint: str | None = None,
+        fatal: bool = False,
     ) -> None:
         self.provider = provider
         self.status = status
+        self.fatal = fatal
         super().__init__(message, hint=hint)
 
 

@@ -334,6 +334,7 @@ class OpenAILLM:
                         provider=PROVIDER,
                         status=failure.error.status,
                         hint=failure.error.hint or _RETRY_HINT,
+                        fatal=failure.error.fatal,
                     ) from None
                 wait = self._wait(attempt, failure.wait)
                 if wait >= NOTICE_WAIT:  # a long silent wait looks like a hang: say why
@@ -442,6 +443,7 @@ class OpenAILLM:
                     f"{self.model}: cannot connect to {self._where()}: {exc.__cause__ or exc}",
                     provider=PROVIDER,
                     hint="check OPENAI_BASE_URL and that the server is running",
+                    fatal=True,  # once the retries give up: the server is not there
                 )
             ) from None
         except ValueError as exc:  # the body was not JSON (a proxy cut it, or a broken server)
@@ -513,7 +515,10 @@ class OpenAILLM:
             )
         elif with_schema and rejects_format:
             hint = "the server cannot do json_schema output: use structured='instructions'"
-        return ModelError(message, provider=PROVIDER, status=status, hint=hint)
+        # Every later call would get the same answer: the key, the permission, the model or
+        # the quota has to change first.
+        fatal = status in (401, 403, 404) or code == "insufficient_quota"
+        return ModelError(message, provider=PROVIDER, status=status, hint=hint, fatal=fatal)
 
     def _usage(self, resp: Any, messages: list[Message], text: str, meta: dict[str, Any]) -> Usage:
         usage = getattr(resp, "usage", None)

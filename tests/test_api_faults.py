@@ -212,8 +212,8 @@ def by_document(failure: Behaviour) -> Behaviour:
 @pytest.mark.parametrize(
     ("failure", "tries", "message"),
     [
-        pytest.param(unauthorized(), 1, "HTTP 401", id="401"),
         pytest.param(server_error(500), 2, "HTTP 500", id="500-forever"),
+        pytest.param(error(400, "this request is invalid"), 1, "HTTP 400", id="400"),
     ],
 )
 def test_batch_keeps_answers_around_a_failed_document_and_a_rerun_resumes(
@@ -247,3 +247,39 @@ def test_batch_keeps_answers_around_a_failed_document_and_a_rerun_resumes(
     assert len(server.requests) == 2
     *_, last = [json.loads(line) for line in out.read_text().splitlines()]
     assert Path(last["document"]).name == "d2.txt" and last["answer"] == "Keeper."
+
+
+def test_a_batch_stops_at_an_error_every_question_would_hit_and_resumes_once_fixed(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad key fails every question the same way: the batch stops at the first such error
+    (it used to ask, and fail, every remaining question), keeping what it answered."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in (1, 2, 3, 4):
+        (folder / f"d{i}.txt").write_text(f"Document {i}. Its keeper was Keeper{i}.\n")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": "q1", "question": "Who was the keeper?"}\n')
+    out = tmp_path / "answers.jsonl"
+    args = ("batch", str(folder), "-q", str(questions), "-o", str(out), "-m", "openai:test-model",
+            "--no-cache", "-c", "1")
+    server.push(*[by_document(unauthorized())] * 20)
+    assert run_cli(monkeypatch, *args) == 1
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert "error: stopped at an error every remaining question would hit: " in err
+    assert "HTTP 401" in err and "check OPENAI_API_KEY" in err
+    assert f"it keeps the answers in {out} and asks the 3 questions left" in err
+    assert "stopped" in captured.out  # the summary table still prints
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(r["document"]).name, r["fatal"]) for r in records] == [
+        ("d1.txt", False), ("d2.txt", True)]
+    assert records[1]["hint"].startswith("check OPENAI_API_KEY")
+    assert not [r for r in server.requests if "Keeper3" in json.dumps(r.body)]
+
+    server.script.clear()
+    server.requests.clear()
+    server.push(*(completion("Keeper [c1].") for _ in range(6)))
+    assert run_cli(monkeypatch, *args) == 0  # the key fixed: the other three are asked
+    assert len(server.requests) == 6  # a worker and the manager each

@@ -321,3 +321,26 @@ async def test_a_failed_item_still_reports_the_calls_it_paid_for(tmp_path: Path)
     (record,) = ResultLog(tmp_path / "out.jsonl").records()
     assert record.error_type == "ZeroDivisionError" and summary.failed == 1
     assert record.usage.calls == len(model.calls("worker")) == summary.usage.calls > 0
+
+
+async def test_a_model_that_cannot_be_made_stops_the_batch_at_its_first_item(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every item would fail the same way: one record says why, and the rest are not tried."""
+    from longweave.batch import BatchStopped
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LONGWEAVE_OPENAI_API_KEY",
+                 "LONGWEAVE_OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    docs = []
+    for i in range(3):
+        docs.append(tmp_path / f"d{i}.txt")
+        docs[-1].write_text(f"Document {i}.", encoding="utf-8")
+    items = [BatchItem(document=d, question="What?") for d in docs]
+    out = tmp_path / "out.jsonl"
+    job = BatchJob("truncate", "openai:gpt-4o-mini", cache=False)
+    with pytest.raises(BatchStopped, match="no API key") as stopped:
+        await arun_batch(items, out, job, executor=LocalExecutor(concurrency=1))
+    assert stopped.value.summary.failed == 1 and stopped.value.summary.stopped
+    assert "asks the 3 questions left" in stopped.value.hint
+    (record,) = ResultLog(out).records()
+    assert record.fatal and record.error_type == "ConfigError" and "OPENAI_API_KEY" in record.hint

@@ -92,7 +92,7 @@ def batch(
 
     from rich.console import Console
 
-    from longweave.batch import BatchJob, BatchSummary, arun_batch
+    from longweave.batch import BatchJob, BatchStopped, BatchSummary, arun_batch
     from longweave.batch_inputs import batch_items
     from longweave.cli.batch_view import BatchView
     from longweave.executors import get_executor
@@ -125,6 +125,9 @@ def batch(
         try:
             with view:
                 return asyncio.run(run(chosen, view))
+        except BatchStopped as stopped:  # the table of what was done, then the error
+            Console().print(view.summary(stopped.summary))
+            raise
         except KeyboardInterrupt:
             err.print(
                 f"[yellow]interrupted:[/] {view.written} answers written to {out} "

@@ -49,7 +49,7 @@ def _failure(rec: BatchRecord) -> str:
     error = rec.error or ""
     # Document errors already name the file; others need it said.
     where = "" if rec.document in error else f" on {Path(rec.document).name}"
-    return f"{question}{where}: {error}"
+    return f"{question}{where}: {error}" + (f" ({rec.hint})" if rec.hint else "")
 
 
 def _clip(text: str, width: int) -> str:
@@ -147,6 +147,8 @@ class BatchView:
         table.add_row("prompt tokens", f"{usage.prompt_tokens:,}")
         table.add_row("completion tokens", f"{usage.completion_tokens:,}")
         table.add_row("time", f"{summary.seconds:.1f}s")
-        if summary.interrupted:
+        if summary.stopped:
+            table.add_row("status", "[red]stopped[/] (see the error below)")
+        elif summary.interrupted:
             table.add_row("status", "[yellow]interrupted[/]")
         return table
