@@ -237,9 +237,11 @@ class CachedLLM:
         completion = await self.inner.complete(
             messages, max_tokens=max_tokens, temperature=temperature, schema=schema, role=role
         )
-        # Not stored: an unparsed structured reply, or a blank one (a glitch, not an answer).
-        if use and (completion.parsed is not None if schema is not None
-                    else isinstance(completion.text, str) and bool(completion.text.strip())):
+        # Not stored: an unparsed structured reply, a blank one (a glitch, not an answer), or
+        # one a content filter stopped (replayed, it would come back without its warning).
+        if use and completion.finish_reason != "content_filter" and (
+                completion.parsed is not None if schema is not None
+                else isinstance(completion.text, str) and bool(completion.text.strip())):
             await asyncio.to_thread(self.cache.put, key, _record(completion))
         return completion
 

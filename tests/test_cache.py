@@ -33,9 +33,10 @@ class FakeLLM:
     """Answers "Lima" (or City JSON), counts calls, and can refuse anything that loads weights."""
 
     def __init__(self, name: str = "fake-1", *, loaded: bool = True, parse: bool = True,
-                 text: str = "Lima") -> None:
+                 text: str = "Lima", finish_reason: str = "stop") -> None:
         self.name = name
         self.text = text
+        self.finish_reason = finish_reason
         self.calls: list[tuple[list[Message], float]] = []
         self.loaded = loaded
         self.parse = parse
@@ -83,7 +84,7 @@ class FakeLLM:
             text=text,
             usage=Usage(calls=1, prompt_tokens=12, completion_tokens=3, seconds=0.5),
             parsed=parsed,
-            finish_reason="stop",
+            finish_reason=self.finish_reason,
             model=f"{self.name}-v2",
         )
 
@@ -321,6 +322,15 @@ async def test_schema_hits_are_parsed_again(tmp_path: Path) -> None:
 async def test_empty_replies_are_not_stored(tmp_path: Path) -> None:
     # A blank reply (a glitch, a cut stream) would otherwise be the answer forever.
     inner = FakeLLM(text=" \n")
+    llm = CachedLLM(inner, CompletionCache(tmp_path / "c.sqlite"))
+    await llm.complete(QUESTION, max_tokens=16)
+    await llm.complete(QUESTION, max_tokens=16)
+    assert len(inner.calls) == 2
+
+
+async def test_a_reply_a_content_filter_stopped_is_not_stored(tmp_path: Path) -> None:
+    # The backend warns when the filter stops a reply; a replay would come back silently.
+    inner = FakeLLM(text="The first half of", finish_reason="content_filter")
     llm = CachedLLM(inner, CompletionCache(tmp_path / "c.sqlite"))
     await llm.complete(QUESTION, max_tokens=16)
     await llm.complete(QUESTION, max_tokens=16)
