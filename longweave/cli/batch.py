@@ -39,7 +39,8 @@ def batch(
     strategy: StrategyName = "chain-of-agents",
     model: Model = "local",
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Questions in flight at once.")
+        int, typer.Option("--concurrency", "-c", min=1, help="Questions in flight at once "
+                          "(with --executor ray: per document task)."),
     ] = 4,
     include: Annotated[
         list[str] | None, typer.Option("--include", help="File glob to read (repeatable).")
