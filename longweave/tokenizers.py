@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -233,6 +233,10 @@ def _splits_at_spaces(backend: Any) -> bool:
     )
 
 
+PIECE_CHARS = 1 << 17
+"""Characters a long text is tokenized in at a time (`HFTokenizer._pieces`)."""
+
+
 class HFTokenizer:
     """A HuggingFace fast tokenizer (transformers or a bare `tokenizers.Tokenizer`), no special
     tokens added; offsets come from the tokenizer's offset mapping."""
@@ -271,12 +275,30 @@ class HFTokenizer:
         return encoding.ids, encoding.offsets
 
     def count(self, text: str) -> int:
-        return len(self._encode(text, offsets=False)[0])
+        return sum(len(self._encode(piece, offsets=False)[0]) for _, piece in self._pieces(text))
 
     def token_starts(self, text: str) -> np.ndarray:
-        _, offsets = self._encode(text, offsets=True)
-        if not offsets:
-            return np.zeros(0, dtype=np.int64)
-        starts = np.fromiter((s for s, _ in offsets), dtype=np.int64, count=len(offsets))
+        parts = [self._starts(piece) + at for at, piece in self._pieces(text)]
+        starts = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         # Offsets of some tokenizers step back (trimmed spaces); keep them non-decreasing.
-        return np.maximum.accumulate(starts)
+        return np.maximum.accumulate(starts) if len(starts) else starts
+
+    def _starts(self, text: str) -> np.ndarray:
+        _, offsets = self._encode(text, offsets=True)
+        return np.fromiter((s for s, _ in offsets), dtype=np.int64, count=len(offsets))
+
+    def _pieces(self, text: str) -> Iterator[tuple[int, str]]:
+        """`text` as (offset, piece) pairs of about `PIECE_CHARS`, cut before a space that
+        follows a non-space, where this tokenizer always splits (`space_splits`): the pieces'
+        tokens are the whole text's. Whole, a 20 MB text's ids and offsets are Python lists of
+        about 3 GB; a tokenizer that may merge across spaces gets the text whole."""
+        start = 0
+        while self.space_splits and len(text) - start > 2 * PIECE_CHARS:
+            cut = text.find(" ", start + PIECE_CHARS)
+            while cut != -1 and text[cut - 1].isspace():
+                cut = text.find(" ", cut + 1)
+            if cut == -1:
+                break
+            yield start, text[start:cut]
+            start = cut
+        yield start, text[start:] if start else text
