@@ -22,6 +22,9 @@ __all__ = ["render_graph"]
 
 SIZE, PAD = 1000, 60
 """The SVG's drawing box (viewBox units) and the margin around it."""
+LABEL_CHARS = 80
+"""A drawn label's length at most (GraphReader's names stay under it by default): a longer name
+would be drawn across the whole graph. The tooltip, the search and the panel keep it whole."""
 
 SCRIPT = """
 const nodes=[...svg.querySelectorAll('.node')];const info=document.getElementById('lw-info');
@@ -130,6 +133,10 @@ def radii(g: nx.Graph) -> dict[Hashable, float]:
     return {n: small + (big - small) * math.sqrt(c / most) for n, c in counts.items()}
 
 
+def _clip(name: str) -> str:
+    return name if len(name) <= LABEL_CHARS else name[:LABEL_CHARS - 1].rstrip() + "…"
+
+
 def _facts(g: nx.Graph, node: Hashable) -> int:
     return len(g.nodes[node].get("facts", ()))
 
@@ -163,7 +170,7 @@ def _svg(g: nx.Graph, pos: dict[Hashable, tuple[float, float]], order: list[Hash
             f"<g class=\"{cls}\" data-id=\"{index[n]}\" data-name=\"{esc(n)}\" "
             f"transform=\"translate({x:.1f},{y:.1f})\"><title>{esc(tip)}</title>"
             f"<circle r=\"{r:.1f}\"/><text class=\"{'major' if n in named else 'minor'}\" "
-            f"text-anchor=\"middle\" dy=\"{-r - 4:.1f}\">{esc(n)}</text></g>")
+            f"text-anchor=\"middle\" dy=\"{-r - 4:.1f}\">{esc(_clip(str(n)))}</text></g>")
     box = SIZE + 2 * PAD
     return (f"<svg id=\"lw-svg\" viewBox=\"0 0 {box} {box}\" role=\"img\" "
             f"aria-label=\"key-element graph\"><g class=\"edges\">{''.join(lines)}</g>"

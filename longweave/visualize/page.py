@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from longweave.errors import ConfigError
+from longweave.errors import ConfigError, DocumentError
 
 __all__ = ["FORMATS", "esc", "page", "standalone_svg", "write"]
 
@@ -33,11 +33,12 @@ main{display:flex;height:calc(100vh - 52px)}.tree main{height:55vh;border-bottom
 .view{flex:1;min-width:0;position:relative;background:#fbfcfd}
 .view svg{width:100%;height:100%;cursor:grab;user-select:none;display:block}
 aside{width:min(420px,40vw);overflow:auto;border-left:1px solid #e3e6ea;padding:12px 14px}
-aside h2{font-size:15px;margin:4px 0 8px}
+aside h2{font-size:15px;margin:4px 0 8px;overflow-wrap:anywhere}
 aside h3{font-size:13px;margin:10px 0 4px;color:var(--muted)}
 aside ul{padding-left:18px;margin:4px 0}aside li{margin:2px 0}
 .chip{display:inline-block;border:1px solid #d0d5db;border-radius:10px;padding:0 7px;margin:2px;
- cursor:pointer;background:#fff;font-size:12px}
+ cursor:pointer;background:#fff;font-size:12px;max-width:22em;overflow:hidden;
+ text-overflow:ellipsis;white-space:nowrap;vertical-align:bottom}
 .legend span{margin-right:10px;white-space:nowrap}.dot{display:inline-block;width:10px;height:10px;
  border-radius:50%;vertical-align:middle;margin-right:4px}
 .edge{stroke:var(--edge)}.edge.hl{stroke:var(--hl);stroke-opacity:.9}
@@ -88,9 +89,14 @@ function el(tag,text,cls){const n=document.createElement(tag);
 """
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+"""Characters XML 1.0 forbids: one (a PDF's form feed, say) makes a whole .svg unreadable."""
+
+
 def esc(text: object) -> str:
-    """Text escaped for HTML and SVG content and attribute values."""
-    return html.escape(str(text), quote=True)
+    """Text escaped for HTML and SVG content and attribute values; the control characters XML
+    forbids become spaces, so the same markup also makes a well-formed standalone SVG."""
+    return html.escape(_NOT_XML.sub(" ", str(text)), quote=True)
 
 
 def _json(data: Any) -> str:
@@ -135,17 +141,29 @@ def _plain_css() -> str:
 
 def write(path: str | Path, *, html_text: str, svg: str,
           image: Callable[[Path], None]) -> Path:
-    """Write the view in the format the suffix names; PNG/PDF go through `image(path)`."""
+    """Write the view in the format the suffix names; PNG/PDF go through `image(path)`.
+
+    Missing folders are made and an existing file is replaced. A path that cannot be written
+    (a file where a folder should be, a folder in the way, no permission) is a `DocumentError`
+    naming it, which the CLI and chat's `/trace open` report as such, not as a crash.
+    """
     target = Path(path).expanduser()
     kind = FORMATS.get(target.suffix.lower())
     if kind is None:
         raise ConfigError(f"cannot write {target.name!r}: unknown output format",
                           hint=f"end the file name with one of: {', '.join(FORMATS)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "html":
-        target.write_text(html_text, encoding="utf-8")
-    elif kind == "svg":
-        target.write_text(standalone_svg(svg), encoding="utf-8")
-    else:
-        image(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "html":
+            target.write_text(html_text, encoding="utf-8")
+        elif kind == "svg":
+            target.write_text(standalone_svg(svg), encoding="utf-8")
+        else:
+            image(target)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.filename and Path(exc.filename) != target:  # the folder in the way, say
+            why += f": {exc.filename}"
+        raise DocumentError(target, f"cannot be written ({why})",
+                            hint="choose another output file") from None
     return target

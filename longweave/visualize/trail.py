@@ -82,15 +82,24 @@ def trail(answer: Answer) -> Trail:
     )
 
 
+# The steps come from a JSON file (`show --answer`, a saved chat) that may have been edited or
+# cut: only the values of the shapes the strategies record are read, the rest is skipped, so a
+# stray list is never used as a node (unhashable) and the page is still drawn.
+
+
 def _graph_trail(steps: list[Step]) -> Trail:
     walk, last = _Walk(), {}  # last: the node each path stood on at its previous step
     for step in steps:
         d = step.detail
         if step.role == "planner" and d.get("stage") == "select":
-            for name in d.get("starts") or []:
-                walk.starts[name] = walk.nodes[name] = None
+            starts = d.get("starts")
+            for name in starts if isinstance(starts, list) else []:
+                if isinstance(name, str):
+                    walk.starts[name] = walk.nodes[name] = None
         elif step.role == "stepper" and isinstance(d.get("node"), str):
             path, node = d.get("path", step.index), d["node"]
+            if not isinstance(path, int | str | None):
+                path = step.index
             walk.nodes[node] = None
             if path in last and last[path] != node:
                 walk.edges.add((last[path], node))
@@ -105,20 +114,22 @@ def _tree_trail(steps: list[Step]) -> Trail:
     walk = _Walk()
     for step in steps:
         d, node = step.detail, step.detail.get("node")
-        if step.role in ("navigator", "reader", "overview") and isinstance(node, int):
+        if not isinstance(node, int):
+            node = None  # the reader and overview steps below end nowhere then
+        if step.role in ("navigator", "reader", "overview") and node is not None:
             if not walk.nodes:
                 walk.starts[node] = None
             walk.nodes[node] = None
-        if step.role == "navigator" and d.get("action") == "goto" and isinstance(
-                d.get("child"), int):
+        if step.role == "navigator" and d.get("action") == "goto" and node is not None and (
+                isinstance(d.get("child"), int)):
             walk.edges.add((node, d["child"]))
             walk.nodes[d["child"]] = None
         elif step.role == "reader":
             if isinstance(d.get("chunk_index"), int):
                 walk.chunks[d["chunk_index"]] = None
-            if d.get("action") == "answer":
+            if d.get("action") == "answer" and node is not None:
                 walk.ends[node] = None
-        elif step.role == "overview":
+        elif step.role == "overview" and node is not None:
             walk.ends[node] = None
         elif step.role == "fallback" and isinstance(d.get("last_leaf"), int):
             walk.ends[d["last_leaf"]] = None
