@@ -773,9 +773,17 @@ async def test_trace_open_draws_the_path_of_the_last_answer(tmp_path: Path, monk
     assert "SENTINEL-4" in page and "http://" not in page and "https://" not in page
     assert 'id="lw-path"' in page and " hl" in page  # the walked path is marked
     # The chat's own loop runs it too (it once sent every command to the plain table).
-    console, target = recording_console(), tmp_path / "from-the-loop.html"
+    console, target = recording_console(), tmp_path / "from  the loop.html"  # spaces kept
     await run(chat, console, Lines(f"/trace open {target}"))
     assert target.is_file() and "the path of the last answer" in console.export_text()
+    # Without a display, no browser is started over the terminal: the path is the way in.
+    monkeypatch.delenv("LONGWEAVE_NO_BROWSER")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setattr("webbrowser.open", lambda url: pytest.fail("a browser was started"))
+    shown = (await chat.handle("/trace open")).text(width=400)
+    assert "no browser to open it here: open the file yourself" in shown
 
 
 async def test_trace_open_explains_strategies_without_a_structure(

@@ -252,7 +252,8 @@ def test_open_hands_the_browser_a_file_uri(tmp_path: Path, monkeypatch, capsys) 
     import webbrowser
 
     opened: list[str] = []
-    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url))
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    monkeypatch.setenv("DISPLAY", ":0")
     monkeypatch.setattr("longweave.visualize.find_structure", lambda *a, **k: control_tree())
     monkeypatch.setattr("longweave.api.load_source", lambda *a, **k: Document.from_text("t"))
     target = tmp_path / "my tree ☃.html"
@@ -260,3 +261,10 @@ def test_open_hands_the_browser_a_file_uri(tmp_path: Path, monkeypatch, capsys) 
     assert opened == [target.resolve().as_uri()] and "%20" in opened[0]
     assert run_cli(monkeypatch, "show", "doc.md", "--tree", "-o", str(target)) == 0
     assert len(opened) == 1  # without --open, nothing is opened
+    # A headless Linux machine: webbrowser would start lynx or w3m over the terminal.
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "show", "doc.md", "--tree", "-o", str(target), "--open") == 0
+    assert len(opened) == 1 and "no browser to open it in here" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from rich.text import Text
 from longweave.answer import plural
 from longweave.cli.options import Exclude, Include, NoCache, parse_options
 from longweave.cli.progress import LiveAnswer
-from longweave.cli.render import labelled
+from longweave.cli.render import labelled, open_in_browser
 from longweave.errors import ConfigError, LongweaveError, LongweaveWarning, debugging
 from longweave.events import EventSink, ignore
 
@@ -107,7 +107,8 @@ class ChatController:
         if self.is_command(line):
             name, *args = line.split()
             if name.lower() == "/trace" and args[:1] == ["open"]:
-                return await self._trace_open(args[1:])
+                path = line[len(name):].strip()[len("open"):].strip()  # spaces and all
+                return await self._trace_open([path] if path else [])
             return self.command(line)
         try:
             answer = await self.session.aask(line, on_event=on_event)
@@ -204,11 +205,11 @@ class ChatController:
                                  target, strategy=strategy)
         except LongweaveError as exc:
             return _error(exc)
+        shown = Text.assemble("the path of the last answer: ", (str(target), "cyan"))
         if not args and os.environ.get("LONGWEAVE_NO_BROWSER") is None:
-            import webbrowser
-
-            webbrowser.open(target.resolve().as_uri())  # best effort; the path is printed too
-        return Output([Text.assemble("the path of the last answer: ", (str(target), "cyan"))])
+            if not open_in_browser(target):
+                shown.append(" (no browser to open it here: open the file yourself)", "dim")
+        return Output([shown])
 
     def _cost(self, args: list[str]) -> Output:
         turns = self.session.history

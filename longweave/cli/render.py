@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
 from longweave.answer import Answer, Citation, plural
+
+
+def open_in_browser(page: Path) -> bool:
+    """Open a written page in the desktop's browser; False where there is none to open it in.
+
+    On Linux without a display, `webbrowser` falls back to a console browser (lynx, w3m) that
+    would take over the terminal, so nothing is opened there and the caller prints the path.
+    """
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import webbrowser
+
+    try:
+        return bool(webbrowser.open(page.resolve().as_uri()))
+    except webbrowser.Error:
+        return False
 
 
 def labelled(label: str, style: str, message: str) -> Text:

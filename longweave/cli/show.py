@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from longweave.cli.options import Exclude, Include, parse_options
+from longweave.cli.render import open_in_browser
 from longweave.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -77,10 +78,8 @@ def show(
     render(structure, target, highlight=given if given is not None else marks or None, text=text,
            **extra)
     err.print(f"wrote {escape(str(target))} ({escape(_describe(structure))})")
-    if open_it:
-        import webbrowser
-
-        webbrowser.open(target.resolve().as_uri())
+    if open_it and not open_in_browser(target):
+        err.print("no browser to open it in here: open the file yourself", style="dim")
 
 
 def _read_answer(path: Path) -> Answer:
