@@ -160,9 +160,9 @@ def ask(
     >>> answer.text, answer.usage.calls, answer.citations[0].text
     ('Under the mat.', 2, 'The key is under the mat.')
     """
-    import asyncio
+    from longweave.sync import run_sync
 
-    return asyncio.run(
+    return run_sync(
         aask(
             source,
             question,

@@ -561,6 +561,6 @@ def run_batch(
     **kwargs: Any,
 ) -> BatchSummary:
     """The synchronous form of `arun_batch`."""
-    import asyncio
+    from longweave.sync import run_sync
 
-    return asyncio.run(arun_batch(items, out, job, **kwargs))
+    return run_sync(arun_batch(items, out, job, **kwargs))

@@ -183,6 +183,6 @@ def compare(
     **kwargs: Any,
 ) -> list[CompareRow]:
     """The synchronous form of `acompare`."""
-    import asyncio
+    from longweave.sync import run_sync
 
-    return asyncio.run(acompare(source, question, strategies, **kwargs))
+    return run_sync(acompare(source, question, strategies, **kwargs))

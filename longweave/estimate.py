@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import sys
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.errors import ParseError
+from longweave.sync import run_sync
 
 if TYPE_CHECKING:
     from longweave.agents.base import Strategy
@@ -454,7 +454,7 @@ def estimate(document: str | os.PathLike[str] | Document, strategy: str | Strate
              model_or_tokenizer: str | LLM | Tokenizer, question: str = "",
              **kwargs: Any) -> Estimate:
     """The synchronous form of `aestimate` (same arguments)."""
-    return asyncio.run(aestimate(document, strategy, model_or_tokenizer, question, **kwargs))
+    return run_sync(aestimate(document, strategy, model_or_tokenizer, question, **kwargs))
 
 
 Item = Any  # a document (path, text or Document), or a (document, question) pair
@@ -503,4 +503,4 @@ def estimate_many(items: Iterable[Item], strategy: str | Strategy,
                   model_or_tokenizer: str | LLM | Tokenizer, question: str = "",
                   **kwargs: Any) -> Estimate:
     """The synchronous form of `aestimate_many`."""
-    return asyncio.run(aestimate_many(items, strategy, model_or_tokenizer, question, **kwargs))
+    return run_sync(aestimate_many(items, strategy, model_or_tokenizer, question, **kwargs))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import time
@@ -12,6 +11,7 @@ from longweave.agents.base import RunContext, Strategy
 from longweave.answer import Answer, Usage
 from longweave.errors import ConfigError, DocumentError
 from longweave.events import Event, EventSink, ignore
+from longweave.sync import run_sync
 
 if TYPE_CHECKING:
     from longweave.cache import ArtifactCache
@@ -96,6 +96,6 @@ def run(
     artifacts: ArtifactCache | None = None,
 ) -> Answer:
     """The synchronous form of `arun`, for scripts and the CLI."""
-    return asyncio.run(
+    return run_sync(
         arun(strategy, document, question, llm, on_event=on_event, artifacts=artifacts)
     )

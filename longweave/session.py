@@ -14,7 +14,6 @@ sha256>.json` (the key does not depend on the strategy or model); `resume=True` 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -416,7 +415,9 @@ class Session:
         trace: str | os.PathLike[str] | TraceWriter | None = None,
     ) -> Answer:
         """The synchronous form of `aask`."""
-        return asyncio.run(self.aask(question, on_event=on_event, trace=trace))
+        from longweave.sync import run_sync
+
+        return run_sync(self.aask(question, on_event=on_event, trace=trace))
 
     async def standalone(self, question: str) -> str:
         """The question as the next turn would ask it (makes the rewrite call when needed)."""

@@ -192,3 +192,35 @@ def test_bad_environment_values_name_their_variable(monkeypatch, capsys) -> None
                        "--estimate") == 1
         assert f"error: invalid setting: {var}: unknown" in capsys.readouterr().err
         monkeypatch.delenv(var)
+
+
+def test_the_synchronous_calls_work_inside_a_running_event_loop(tmp_path, monkeypatch) -> None:
+    """A Jupyter cell runs inside an event loop: `longweave.ask(...)` there used to fail with
+    "asyncio.run() cannot be called from a running event loop"."""
+    import asyncio
+
+    from longweave.batch import BatchItem, BatchJob, ResultLog, run_batch
+    from longweave.compare import compare
+    from longweave.estimate import estimate
+    from longweave.testing import ScriptedModel
+
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    model = ScriptedModel()
+    model.on("reader", reply="Under the mat.")
+    text = "The key is under the mat."
+    doc = tmp_path / "d.txt"
+    doc.write_text(text, encoding="utf-8")
+
+    async def cell() -> list[object]:
+        answer = longweave.ask(text, "Where is the key?", strategy="truncate", model=model,
+                               cache=False)
+        session = longweave.Session.open(text, strategy="truncate", model=model, cache=False)
+        turn = session.ask("Where is the key?")
+        rows = compare(text, "Where is the key?", ["truncate"], model=model, cache=False)
+        planned = estimate(text, "truncate", model, "Where is the key?")
+        summary = run_batch([BatchItem(document=doc, question="Where is the key?")],
+                            tmp_path / "out.jsonl", BatchJob("truncate", model, cache=False))
+        return [answer.text, turn.text, rows[0].text, planned.calls, summary.answered]
+
+    assert asyncio.run(cell()) == ["Under the mat."] * 3 + [1, 1]
+    assert ResultLog(tmp_path / "out.jsonl").records()[0].answer == "Under the mat."

@@ -7,7 +7,6 @@ runs only the strategy's build step: no question is asked.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from longweave.errors import ConfigError, LongweaveError
 from longweave.events import EventSink, ignore
+from longweave.sync import run_sync
 
 if TYPE_CHECKING:
     from longweave.agents.base import Strategy
@@ -112,8 +112,8 @@ def find_structure(
     llm = make_model(model, settings=settings)
     artifacts = ArtifactCache(settings.cache_dir / "artifacts")
     show, ask = commands(source, kind, model, options, include, exclude)
-    return asyncio.run(afind_structure(document, kind, llm, artifacts, strategy=strategy,
-                                       build=build, on_event=on_event, command=show, ask=ask))
+    return run_sync(afind_structure(document, kind, llm, artifacts, strategy=strategy,
+                                    build=build, on_event=on_event, command=show, ask=ask))
 
 
 def commands(source: object, kind: str, model: object, options: dict[str, Any],
