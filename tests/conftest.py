@@ -1,4 +1,4 @@
-"""Suite-wide settings: one private cache directory for the whole run.
+"""Suite-wide settings and shared fixtures: one private cache directory for the whole run.
 
 The bundled model is dequantized from its GGUF file once per cache directory (tens of
 seconds); sharing one directory across the session pays that once, and keeps tests away from
@@ -8,6 +8,7 @@ the user's own cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,6 +38,24 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     faiss_index.gpu_resources.cache_clear()
     yield moved
     faiss_index.gpu_resources.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A local Ray runtime on 2 CPUs for one test module, whose scripted replies (closures
+    defined there) are shipped to the workers by value."""
+    import cloudpickle
+    import ray
+
+    cloudpickle.register_pickle_by_value(request.module)
+    # A loaded 2-core machine can take longer than Ray's default wait to start its raylet.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(request.module)
 
 
 @pytest.fixture

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 
 from longweave.batch import BatchItem, BatchJob, ResultLog, arun_batch
 from longweave.executors import get_executor
 from longweave.executors.ray import RayExecutor
 from longweave.testing import Request, ScriptedModel
-
-
-@pytest.fixture(scope="module")
-def ray_runtime() -> Iterator[None]:
-    import cloudpickle
-
-    # Scripted replies are closures defined here: ship them by value to the workers.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    # A loaded 2-core machine can take longer than Ray's default wait to start its raylet.
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def _corpus(tmp_path: Path, n: int = 5) -> list[BatchItem]:

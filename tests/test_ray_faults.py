@@ -13,30 +13,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 
 from longweave.batch import BatchItem, BatchJob, BatchStopped, ResultLog, arun_batch
 from longweave.executors.ray import RayExecutor
 from longweave.testing import Request, ScriptedModel
-
-
-@pytest.fixture(scope="module")
-def ray_runtime() -> Iterator[None]:
-    import cloudpickle
-
-    # Scripted replies are closures defined here: ship them by value to the workers.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def _corpus(tmp_path: Path, n: int) -> list[BatchItem]:
