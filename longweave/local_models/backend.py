@@ -6,8 +6,9 @@
   Calls with a schema batch only with calls for the same schema and temperature.
 - Schema calls append the JSON instruction to the last user message and decode under the
   schema's grammar (`constrained`); the result is validated, repaired as a fallback, and
-  otherwise raises ParseError carrying the raw text. Their `prompt_tokens` include the
-  instruction, so they exceed `count_prompt_tokens` of the messages as given.
+  otherwise raises ParseError carrying the raw text and the call's `usage`. Their
+  `prompt_tokens` include the instruction, so they exceed `count_prompt_tokens` of the
+  messages as given.
 - Prefix cache: a call that runs alone reuses the key/value cache of the longest prefix (at
   least `prefix_cache_min_tokens`) it shares with one of the last `prefix_cache_size` prompts
   (0 turns it off; see `prefix_cache`), so only the rest is prefilled: PRISM's stable prefix
@@ -25,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longweave.answer import Usage
-from longweave.errors import ParseError
+from longweave.errors import ConfigError, LongweaveWarning, ParseError
 from longweave.events import TokenSink, token_sink
 from longweave.llm import Completion, Message, check_budget
 from longweave.local_models.batcher import Batcher, GenRequest, GenResult
@@ -42,7 +46,7 @@ from longweave.local_models.loader import (
     hf_source,
     load_model,
     load_tokenizer,
-    not_found,
+    loading,
     read_window,
     resolve_device,
     resolve_dtype,
@@ -95,7 +99,7 @@ class LocalLLM:
         self.device = device
         self.dtype = dtype
         self.attn_implementation = attn_implementation
-        self._window = context_window or read_window(source)
+        self._window = _window(context_window, source)
         if self._window is None and source.gguf_file is None:
             # Not in a local config.json: ask transformers now, so an unknown or unreachable
             # model fails at construction, not inside `isinstance(llm, LLM)` later.
@@ -148,10 +152,8 @@ class LocalLLM:
             from transformers import AutoConfig
 
             kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
-            try:
+            with loading(self.source, "configuration"):
                 config = AutoConfig.from_pretrained(self.source.path, **kwargs).to_dict()
-            except OSError as exc:
-                raise not_found(self.source, exc) from None
             self._window = window_from_config(config) or 2048
         return self._window
 
@@ -198,13 +200,14 @@ class LocalLLM:
         role: str = "",
     ) -> Completion:
         started = time.perf_counter()
+        _check_request(messages, max_tokens, temperature)
         if schema is not None:
             messages = _with_instructions(messages, schema)
         if self._hf_tokenizer is None:
             await asyncio.to_thread(self._hf)  # first use: keep the event loop free
         prompt = self.encode_prompt(messages)
         check_budget(len(prompt), max_tokens, self.context_window)
-        request = GenRequest(prompt, max_tokens, max(0.0, float(temperature)))
+        request = GenRequest(prompt, max_tokens, float(temperature))
         if schema is not None:
             from longweave.local_models.constrained import schema_text
 
@@ -217,7 +220,6 @@ class LocalLLM:
             request.on_text = _stream_to(token_sink.get())
         result: GenResult = await self._batcher.submit_async(request)
         text = self._decode(result.token_ids)
-        parsed = _parse(text, schema, result.finish_reason) if schema is not None else None
         usage = Usage(
             calls=1,
             prompt_tokens=len(prompt),
@@ -225,6 +227,13 @@ class LocalLLM:
             cached_tokens=result.cached_tokens,
             seconds=time.perf_counter() - started,
         )
+        parsed = None
+        if schema is not None:
+            try:
+                parsed = _parse(text, schema, result.finish_reason, request.extra is not None)
+            except ParseError as exc:
+                exc.usage = usage  # type: ignore[attr-defined] - what RunContext counts
+                raise
         meta = {"batch_size": result.batch_size, "batch_seconds": result.batch_seconds}
         if role:
             meta["role"] = role
@@ -260,8 +269,10 @@ class LocalLLM:
             with self._lock:
                 if self._hf_tokenizer is None:
                     started = time.perf_counter()
-                    self._hf_tokenizer = load_tokenizer(self.source, self.cache_root)
+                    tokenizer = load_tokenizer(self.source, self.cache_root)
                     self.load_seconds["tokenizer"] = time.perf_counter() - started
+                    _warn_without_template(tokenizer, self.name)
+                    self._hf_tokenizer = tokenizer
         return self._hf_tokenizer
 
     def _weights(self) -> Any:
@@ -313,15 +324,55 @@ class LocalLLM:
         return str(self._hf().decode(token_ids, skip_special_tokens=True))
 
 
+def _check_request(messages: Sequence[Message], max_tokens: int, temperature: float) -> None:
+    """Refuse what `generate()` would fail on with its own words, or in a batch for every caller
+    (a cap of 0 alone), or take silently (a negative temperature): the check an
+    OpenAI-compatible server makes, for calls that reach the model directly."""
+    if not messages:
+        raise ConfigError("no messages to complete")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise ConfigError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+            or not math.isfinite(temperature) or temperature < 0):
+        raise ConfigError(f"temperature must be a number from 0 (greedy) up, not {temperature!r}")
+
+
+def _window(requested: int | None, source: ModelSource) -> int | None:
+    """The window to budget with: `requested` when given (a warning when it is larger than the
+    model's positions, which prompts past them overrun), else the model's own when known."""
+    if requested is not None and (not isinstance(requested, int) or requested < 1):
+        raise ConfigError(f"context_window must be a positive number of tokens, not {requested!r}")
+    own = read_window(source)
+    if requested is not None and own is not None and requested > own:
+        warnings.warn(f"context_window={requested} is larger than the {own} positions of "
+                      f"{source.name}: prompts past {own} tokens may fail or degrade",
+                      LongweaveWarning, stacklevel=4)
+    return requested if requested is not None else own
+
+
+def _warn_without_template(tokenizer: Any, name: str) -> None:
+    """A tokenizer without a chat template gets plain `role: text` prompts (`encode_prompt`),
+    which a chat model was not trained on: say so once, or its odd replies go unexplained."""
+    if not getattr(tokenizer, "chat_template", None):
+        warnings.warn(f"{name} has no chat template: prompts are sent as plain 'role: text' "
+                      "lines, which an instruction-tuned model may follow poorly",
+                      LongweaveWarning, stacklevel=2)
+
+
 def _stream_to(sink: TokenSink | None) -> Callable[[str], None] | None:
     """Text deltas from the generation thread, handed to `sink` on the caller's event loop."""
     if sink is None:
         return None
     loop = asyncio.get_running_loop()
+    shown = False
 
-    def send(delta: str) -> None:
+    def send(delta: str, restart: bool = False) -> None:
+        nonlocal shown
+        if restart and not shown:  # a rerun before any text: nothing to take back
+            return
+        shown = not restart
         with contextlib.suppress(RuntimeError):  # the loop closed (the answer was cancelled)
-            loop.call_soon_threadsafe(sink, delta)
+            loop.call_soon_threadsafe(functools.partial(sink, delta, restart=restart))
 
     return send
 
@@ -360,8 +411,14 @@ def _with_instructions(messages: Sequence[Message], schema: type[BaseModel]) -> 
     return [*out, Message("user", instructions)]
 
 
-def _parse(text: str, schema: type[BaseModel], finish_reason: str) -> BaseModel:
-    """Validate constrained output; repair as a fallback; ParseError with the raw text last."""
+def _parse(text: str, schema: type[BaseModel], finish_reason: str,
+           constrained: bool = True) -> BaseModel:
+    """Validate constrained output; repair as a fallback; ParseError with the raw text last.
+
+    Constrained output cut at max_tokens is unclosed JSON by construction (repair would close
+    its last string mid-word). Unconstrained output (a schema the grammar compiler rejected) is
+    repaired as a remote model's reply is: a small model often writes the JSON, then goes on.
+    """
     from pydantic import ValidationError
 
     from longweave.structured import parse_structured
@@ -370,10 +427,18 @@ def _parse(text: str, schema: type[BaseModel], finish_reason: str) -> BaseModel:
         return schema.model_validate_json(text)
     except ValidationError:
         pass
-    if finish_reason == "length":
+    if finish_reason == "length" and constrained:
         raise ParseError(
             f"the reply was cut at max_tokens before its {schema.__name__} JSON closed",
             raw=text,
             provider="local",
         )
-    return parse_structured(text, schema)
+    try:
+        return parse_structured(text, schema)
+    except ParseError as exc:
+        if constrained:
+            raise
+        cut = ", and cut at max_tokens" if finish_reason == "length" else ""
+        raise ParseError(f"{exc.message} (decoded without constraint: {schema.__name__} could "
+                         f"not be compiled to a grammar{cut})", raw=text, provider="local",
+                         hint="simplify the schema (see the warning it raised)") from None

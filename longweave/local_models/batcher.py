@@ -9,6 +9,7 @@ generate() at a time, and futures carry results back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -29,9 +30,12 @@ class GenRequest:
     """Requests batch together only when `(temperature, group)` match (e.g. the same schema)."""
     extra: Any = None
     """Opaque data for the runner (e.g. the constrained-decoding index)."""
-    on_text: Callable[[str], None] | None = None
-    """Receives the reply's text deltas while it is generated (from the worker thread)."""
+    on_text: Callable[..., None] | None = None
+    """Receives the reply's text deltas while it is generated (from the worker thread), and
+    `("", restart=True)` when a failed batch is rerun and the text so far is void."""
     future: Future[GenResult] = field(default_factory=Future)
+    cancelled: bool = False
+    """Set when the caller stopped waiting: the runner ends the row at its next token."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,11 @@ class Batcher:
                 held = self._held[loop] = []
                 loop.call_soon(self._release, loop)
             held.append(request)
-        return asyncio.wrap_future(request.future, loop=loop)
+        waiter = asyncio.wrap_future(request.future, loop=loop)
+        # A running concurrent future cannot be cancelled: flag the request instead, so a
+        # cancelled call stops generating (and holding the worker) at its next token.
+        waiter.add_done_callback(lambda done: _flag_cancelled(request, done))
+        return waiter
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -146,16 +154,46 @@ class Batcher:
 
     def _run(self, batch: list[GenRequest]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-        if not live:
-            return
+        if live:
+            self._settle(live)
+
+    def _settle(self, live: list[GenRequest]) -> None:
+        """Run `live` and give each its result or error.
+
+        One request can sink a whole batch (a prompt past the model's positions, memory for
+        the padded batch): a batch that fails is rerun one request at a time, so the others
+        still complete and the error reaches only the call that causes it. A LongweaveError
+        (the model cannot load) concerns every request alike and is not rerun.
+        """
+        from longweave.errors import LongweaveError
+
         try:
             results = self.runner(live)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must hear about the failure
+        except Exception as exc:  # noqa: BLE001 - every waiter must hear about the failure
+            if len(live) == 1 or isinstance(exc, LongweaveError):
+                _fail(live, exc)
+                return
             for request in live:
-                request.future.set_exception(exc)
+                if request.on_text is not None:
+                    with contextlib.suppress(Exception):  # a display must not stop the rerun
+                        request.on_text("", restart=True)
+                self._settle([request])
+            return
+        except BaseException as exc:
+            _fail(live, exc)
             return
         for request, result in zip(live, results, strict=True):
             request.future.set_result(result)
+
+
+def _fail(requests: list[GenRequest], exc: BaseException) -> None:
+    for request in requests:
+        request.future.set_exception(exc)
+
+
+def _flag_cancelled(request: GenRequest, waiter: asyncio.Future[GenResult]) -> None:
+    if waiter.cancelled():
+        request.cancelled = True
 
 
 def plan_batches(

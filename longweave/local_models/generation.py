@@ -28,16 +28,23 @@ def eos_ids(model: PreTrainedModel, fallback: int | None) -> list[int]:
 
 
 class _RowCaps:
-    """Stops each row at its own `max_tokens`, so one batch can mix caps without waste."""
+    """Stops each row at its own `max_tokens`, so one batch can mix caps without waste, and a
+    row whose caller cancelled at once (generation ends when every row has stopped)."""
 
-    def __init__(self, prompt_len: int, caps: Sequence[int]) -> None:
+    def __init__(self, prompt_len: int, requests: Sequence[GenRequest]) -> None:
         import torch
 
         self.prompt_len = prompt_len
-        self.caps: torch.Tensor = torch.tensor(list(caps))
+        self.requests = requests
+        self.caps: torch.Tensor = torch.tensor([r.max_tokens for r in requests])
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+        import torch
+
         done = input_ids.shape[1] - self.prompt_len >= self.caps.to(input_ids.device)
+        if any(r.cancelled for r in self.requests):
+            gone = torch.tensor([r.cancelled for r in self.requests], device=input_ids.device)
+            done = done | gone
         return done
 
 
@@ -93,7 +100,7 @@ class RowStreamer:
 
     def _add(self, row: int, token: int) -> None:
         request = self.requests[row]
-        if self.done[row] or token in self.stops:
+        if self.done[row] or token in self.stops or request.cancelled:
             self.done[row] = True
             return
         self.tokens[row].append(token)
@@ -167,7 +174,7 @@ def run_batch(
             attention_mask=attention_mask,
             generation_config=config,
             logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([_RowCaps(width, caps)]),
+            stopping_criteria=StoppingCriteriaList([_RowCaps(width, requests)]),
             streamer=streamer,
             **generate_kwargs(model, start),
         )

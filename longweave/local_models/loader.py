@@ -50,6 +50,12 @@ class BundledModelMissing(MissingDependency):
         )
 
 
+class ModelLoadError(ConfigError):
+    """The model cannot be loaded here: its files are missing or damaged, its architecture is
+    unknown, or the device or dtype asked for is not available. Raised at the first call that
+    needs the model; a server reports it as its own fault (500), not the request's."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model's weights come from: a transformers dir or hub id, or a GGUF file."""
@@ -83,14 +89,58 @@ def bundled_source() -> ModelSource:
     raise BundledModelMissing()
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+"""What a hub id looks like (`name` or `owner/name`); anything else is meant as a path."""
+
+_FOLDER_HINT = ("give a folder with config.json, the weights and the tokenizer files, a .gguf "
+                "file, or a hub id already in the HuggingFace cache")
+
+
 def hf_source(path_or_id: str) -> ModelSource:
-    """A transformers model directory, a hub id (in the local HF cache) or a .gguf file."""
+    """A transformers model directory, a hub id (in the local HF cache) or a .gguf file.
+
+    A path that is not there fails here, by name: passed on as a hub id, it would fail later
+    with the hub's complaint about how repository ids are spelled.
+    """
     path = Path(path_or_id).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ConfigError(f"GGUF file {path_or_id!r} not found", hint="check the path")
+        _check_gguf(path, path_or_id)
         return ModelSource(f"hf:{path_or_id}", str(path.parent), path.name)
-    return ModelSource(f"hf:{path_or_id}", str(path) if path.is_dir() else path_or_id)
+    if path.is_dir():
+        _check_folder(path, path_or_id)
+        return ModelSource(f"hf:{path_or_id}", str(path))
+    if path.exists():
+        raise ConfigError(f"{path_or_id!r} is a file, not a model folder", hint=_FOLDER_HINT)
+    if not _HUB_ID.fullmatch(path_or_id):
+        raise ConfigError(f"model folder {path_or_id!r} not found", hint=_FOLDER_HINT)
+    return ModelSource(f"hf:{path_or_id}", path_or_id)
+
+
+def _check_gguf(path: Path, given: str) -> None:
+    """A GGUF file starts with the magic bytes `GGUF`: checked now (4 bytes), not at the first
+    call, so a wrong file fails where the model string is given."""
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError as exc:
+        raise ConfigError(f"cannot read GGUF file {given!r}: {exc.strerror}",
+                          hint="check the path and its permissions") from None
+    if magic != b"GGUF":
+        raise ConfigError(f"{given!r} is not a GGUF file (it does not start with GGUF)",
+                          hint="check the path, or download the file again")
+
+
+def _check_folder(path: Path, given: str) -> None:
+    """A transformers folder needs config.json (an empty folder or a folder of GGUF files
+    would otherwise fail inside transformers with a question about `model_type`)."""
+    if (path / "config.json").is_file():
+        return
+    ggufs = sorted(path.glob("*.gguf"))
+    hint = f"for the GGUF file in it use hf:{ggufs[0]}" if ggufs else _FOLDER_HINT
+    raise ConfigError(f"{given!r} has no config.json, so it is not a transformers model folder",
+                      hint=hint)
 
 
 def read_window(source: ModelSource) -> int | None:
@@ -110,7 +160,13 @@ def read_window(source: ModelSource) -> int | None:
         if not isinstance(found, str):
             return None
         config = Path(found)
-    return window_from_config(json.loads(config.read_text(encoding="utf-8")))
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise load_failure(source, "configuration", exc) from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config} is not a JSON object", hint=_FOLDER_HINT)
+    return window_from_config(values)
 
 
 def window_from_config(config: dict[str, Any]) -> int | None:
@@ -139,28 +195,60 @@ def quiet_transformers() -> None:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' means CUDA when torch sees a GPU, else CPU."""
+    """'auto' means CUDA when torch sees a GPU, else CPU; any other device must exist here."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
     return device
+
+
+def check_device(device: str) -> None:
+    """Raise ConfigError unless torch can place a model on `device`.
+
+    Checked before loading: torch would fail later with `AssertionError: Torch not compiled
+    with CUDA enabled`, or a bare runtime error for a GPU number past the last one.
+    """
+    import torch
+
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}",
+                          hint="use auto, cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
+    if kind == "cuda" and count == 0:
+        build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build"
+        raise ModelLoadError(f"device {device!r}: torch sees no CUDA GPU here "
+                          f"(torch {torch.__version__}, {build})", hint="use device auto or cpu")
+    if kind == "cuda" and index is not None and index >= count:
+        raise ModelLoadError(f"device {device!r}: torch sees {count} CUDA GPU(s), numbered from 0",
+                          hint=f"use cuda:0 to cuda:{count - 1}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} is not available here", hint="use auto or cpu")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     """'auto': bfloat16 on CUDA when supported (else float16); on CPU see `cpu_default_dtype`."""
     import torch
 
-    if not isinstance(dtype, str):
-        return dtype
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if cuda_bf16() else torch.float16
         return cpu_default_dtype()
-    value = getattr(torch, dtype, None)
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if not isinstance(value, torch.dtype):
-        raise ConfigError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
+        raise ModelLoadError(f"unknown dtype {dtype!r}", hint=_DTYPE_HINT)
+    if str(value).removeprefix("torch.") not in _COMPUTE_DTYPES:
+        # float8 and integer types are storage formats (quantization): transformers cannot
+        # build a model in them, and fails with a message about storage classes.
+        raise ModelLoadError(f"dtype {dtype!r} cannot run a model", hint=_DTYPE_HINT)
     return value
+
+
+_COMPUTE_DTYPES = {"float32", "float16", "bfloat16", "float64"}
+_DTYPE_HINT = "use auto, float32, bfloat16 or float16"
 
 
 def cuda_bf16() -> bool:
@@ -195,17 +283,15 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> PreTrainedTokenizer
     from transformers import AutoTokenizer
 
     if source.gguf_file is None:
-        try:
+        with loading(source, "tokenizer"):
             return AutoTokenizer.from_pretrained(source.path)
-        except OSError as exc:
-            raise not_found(source, exc) from None
 
     def build(tmp: Path) -> None:
         with _tqdm_off():
             tokenizer = AutoTokenizer.from_pretrained(source.path, **_gguf_kwargs(source))
         tokenizer.save_pretrained(tmp)
 
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, loading(source, "tokenizer"):
         return AutoTokenizer.from_pretrained(_unpacked(source, cache_root, "tokenizer", build,
                                                        stack))
 
@@ -223,15 +309,62 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, loading(source, "weights"):
         path = source.path
         if source.gguf_file is not None:
             path = str(_unpacked(source, cache_root, "model", _dequantize(source), stack))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                    "spiece.model", "tiktoken.model")
+
+
+@contextlib.contextmanager
+def loading(source: ModelSource, part: str) -> Iterator[None]:
+    """Whatever loading `part` raises becomes a ConfigError naming the model and the part.
+
+    transformers, safetensors and the GGUF reader fail on a broken, partial or unknown model
+    with errors of their own kinds (ValueError, SafetensorError, ...) and texts that name
+    neither the model string nor the fix; a hub id that is not cached gets `not_found`.
+    """
+    from longweave.errors import LongweaveError
+
+    try:
+        yield
+    except LongweaveError:
+        raise
+    except OSError as exc:
+        if not Path(source.path).is_dir():
             raise not_found(source, exc) from None
-    return model.to(device).eval()
+        raise load_failure(source, part, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - every library failure here means "cannot load"
+        raise load_failure(source, part, exc) from exc
+
+
+def load_failure(source: ModelSource, part: str, exc: BaseException) -> ModelLoadError:
+    """The ConfigError for a model `part` (weights, tokenizer, config) that cannot be read."""
+    folder = Path(source.path)
+    if (part == "tokenizer" and source.gguf_file is None and folder.is_dir()
+            and not any((folder / name).is_file() for name in _TOKENIZER_FILES)):
+        return ModelLoadError(f"{source.name!r} has no tokenizer files (tokenizer.json, "
+                           "tokenizer_config.json)", hint=_REPAIR["tokenizer"])
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        repair = "the model does not fit in memory there: use a smaller model, dtype or device"
+    else:
+        repair = _REPAIR["gguf" if source.gguf_file is not None else part]
+    return ModelLoadError(f"cannot load the {part} of {source.name!r}: {detail}", hint=repair)
+
+
+_REPAIR = {
+    "gguf": "check that the file is a complete GGUF model file (download it again)",
+    "tokenizer": "copy the tokenizer files from the model's original repository",
+    "weights": "the files may be incomplete or corrupt (download them again), or the model of an "
+               "architecture this version of transformers does not know",
+    "configuration": "config.json is damaged: copy it from the model's original repository",
+}
 
 
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
@@ -261,9 +394,12 @@ def _unpacked(source: ModelSource, cache_root: Path, name: str, build: Callable[
     return folder
 
 
-def not_found(source: ModelSource, exc: OSError) -> ConfigError:
-    return ConfigError(
-        f"cannot load model {source.name!r}: {exc}",
+def not_found(source: ModelSource, exc: OSError) -> ModelLoadError:
+    """A hub id that is neither a local folder nor in the HF cache (its first line says which
+    files; the rest is transformers' advice on connecting, moot offline)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return ModelLoadError(
+        f"cannot load model {source.name!r}: {first}",
         hint="give a local model directory, or a hub id already in the HuggingFace cache "
         "(this machine may be offline)",
     )

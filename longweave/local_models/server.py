@@ -217,9 +217,11 @@ def _usage_body(usage: Usage) -> dict[str, Any]:
 
 
 def _error_response(exc: Exception) -> Response:
+    from longweave.local_models.loader import ModelLoadError  # the server's fault, not a request's
+
     if isinstance(exc, MissingDependency):
         return _error(500, str(exc), "server_error", "missing_dependency")
-    if isinstance(exc, (BudgetExceeded, ConfigError)):
+    if isinstance(exc, (BudgetExceeded, ConfigError)) and not isinstance(exc, ModelLoadError):
         code = "context_length_exceeded" if isinstance(exc, BudgetExceeded) else None
         param = getattr(exc, "param", None) or ("messages" if code else None)
         return _error(400, str(exc), "invalid_request_error", code, param)
