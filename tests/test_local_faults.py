@@ -270,6 +270,26 @@ async def test_one_bad_call_among_many_fails_alone(llm: LocalLLM) -> None:
     assert [r.meta["batch_size"] for r in good] == [5] * 5
 
 
+async def test_a_failure_inside_generation_is_a_model_error_with_a_hint(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt past the model's positions fails inside generate() (an IndexError, which the
+    CLI printed as "unexpected error"); out of memory gets its own hint."""
+    import longweave.local_models.generation as generation
+    from longweave.errors import ModelError
+
+    model = LocalLLM.from_pretrained(str(tiny), cache_dir=tmp_path)
+    for raised, hint in ((IndexError("index out of range in self"), "positions"),
+                         (RuntimeError("CUDA out of memory. Tried to allocate"), "out of memory")):
+        def fail(*_: Any, error: Exception = raised, **__: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(generation, "run_batch", fail)
+        with pytest.raises(ModelError, match="generation failed") as failed:
+            await model.complete([user("hello")], max_tokens=4)
+        assert hint in failed.value.hint
+    model.close()
+
+
 async def test_a_prompt_longer_than_the_window(llm: LocalLLM) -> None:
     from longweave.errors import BudgetExceeded
 

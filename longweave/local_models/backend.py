@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longweave.answer import Usage
-from longweave.errors import ConfigError, LongweaveWarning, ParseError
+from longweave.errors import ConfigError, LongweaveError, LongweaveWarning, ModelError, ParseError
 from longweave.events import TokenSink, token_sink
 from longweave.llm import Completion, Message, check_budget
 from longweave.local_models.batcher import Batcher, GenRequest, GenResult
@@ -218,7 +218,13 @@ class LocalLLM:
             request.extra = grammar if grammar.text is not None else None
         else:
             request.on_text = _stream_to(token_sink.get())
-        result: GenResult = await self._batcher.submit_async(request)
+        try:
+            result: GenResult = await self._batcher.submit_async(request)
+        except LongweaveError:
+            raise
+        except Exception as exc:  # generate() itself failed on this request alone
+            raise ModelError(f"{self.name}: generation failed: {type(exc).__name__}: {exc}",
+                             provider="local", hint=_generation_hint(exc)) from exc
         text = self._decode(result.token_ids)
         usage = Usage(
             calls=1,
@@ -322,6 +328,15 @@ class LocalLLM:
     def _decode(self, token_ids: list[int]) -> str:
         """A reply's text, as `complete` returns it and as it streams."""
         return str(self._hf().decode(token_ids, skip_special_tokens=True))
+
+
+def _generation_hint(exc: Exception) -> str:
+    """What to try when generate() raised: out of memory, or a prompt past the model's
+    positions (a `context_window` larger than the model was trained for)."""
+    if "out of memory" in str(exc).lower() or isinstance(exc, MemoryError):
+        return "the model ran out of memory: use a smaller window or cap, or a smaller model"
+    return ("the prompt may run past the positions the model was trained for: lower "
+            "context_window, or rerun with LONGWEAVE_DEBUG=1 to see where it failed")
 
 
 def _check_request(messages: Sequence[Message], max_tokens: int, temperature: float) -> None:
