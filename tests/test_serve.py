@@ -128,6 +128,39 @@ def test_an_error_after_the_first_chunk_breaks_the_stream() -> None:
             list(stream)
 
 
+class _RerunModel(ScriptedModel):
+    """Streams part of a reply, then generates it again from the start (a batch that failed
+    for another request is rerun): with the same text, or (`other`) with different text."""
+
+    def __init__(self, other: bool = False) -> None:
+        super().__init__(name="rerun")
+        self.on("", reply="Lima is the capital.")
+        self.other = other
+
+    async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        sink = token_sink.get()
+        assert sink is not None
+        sink("Lima is")
+        sink("", restart=True)
+        for delta in (["Bogota", " is it."] if self.other else ["Lima", " is", " the capital."]):
+            sink(delta)
+        return await super().complete(messages, **kwargs)
+
+
+@pytest.mark.parametrize("other", [False, True])
+def test_a_reply_generated_again_mid_stream_is_not_sent_twice(other: bool) -> None:
+    with running_server(_RerunModel(other)) as url:
+        stream = client(url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "capital of Peru?"}], max_tokens=16,
+            stream=True)
+        if other:  # what was sent cannot be taken back: the stream breaks instead
+            with pytest.raises(openai.APIError, match="differs from the text already streamed"):
+                list(stream)
+            return
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Lima is the capital."  # it was "Lima isLima is the capital."
+
+
 def test_json_schema_response_format(fake_url: str, scripted: ScriptedModel) -> None:
     reply = client(fake_url).chat.completions.create(
         model="m",
@@ -157,6 +190,27 @@ def test_output_that_misses_the_schema_is_returned_not_a_server_error(fake_url: 
     assert reply.choices[0].message.content == '{"city": "Li'
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage.completion_tokens >= 4 and reply.usage.prompt_tokens > 0
+
+
+def test_a_schema_miss_reports_the_usage_the_backend_counted() -> None:
+    """The local backend attaches the call's usage to its ParseError: those are the tokens it
+    generated (re-encoding the decoded text may count other), and the finish follows them."""
+    from longweave.answer import Usage
+    from longweave.errors import ParseError
+
+    class Counted(ScriptedModel):
+        async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+            error = ParseError("cut", raw='{"city": "Li')
+            error.usage = Usage(calls=1, prompt_tokens=21, completion_tokens=4)  # type: ignore[attr-defined]
+            raise error
+
+    with running_server(Counted(name="counted")) as url:
+        reply = client(url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "as cut JSON"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "capital", "schema": Capital.model_json_schema()}})
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (21, 4)
+    assert reply.choices[0].finish_reason == "length"
 
 
 def test_errors_are_openai_shaped(fake_url: str) -> None:

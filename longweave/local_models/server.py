@@ -26,6 +26,7 @@ from longweave.errors import (
     ConfigError,
     LongweaveError,
     MissingDependency,
+    ModelError,
     ParseError,
 )
 from longweave.events import token_sink
@@ -113,7 +114,7 @@ def build_app(llm: LLM | None = None) -> Starlette:
             # Output that missed the schema (often cut at max_tokens) is still an answer: an
             # OpenAI-compatible server returns it with its finish reason, and the client decides
             # (re-ask, repair, fallback); a 500 would only make it retry the same generation.
-            completion = _unparsed(model, call, exc.raw)
+            completion = _unparsed(model, call, exc)
         except Exception as exc:  # noqa: BLE001 - an HTTP client must get a JSON error body
             return _error_response(exc)
         text = completion.text
@@ -195,8 +196,47 @@ async def _complete_streaming(
     llm: LLM, call: dict[str, Any], send: Callable[[str], None]
 ) -> Completion:
     """`llm.complete` with its text deltas sent as they come (in this task's own context)."""
-    token_sink.set(lambda delta, restart=False: send(delta) if delta else None)
-    return await llm.complete(call["messages"], **call["kwargs"])
+    relay = _Relay(send)
+    token_sink.set(relay)
+    completion = await llm.complete(call["messages"], **call["kwargs"])
+    if relay.diverged:
+        raise ModelError(f"{llm.name}: the reply was generated again after a failed batch and "
+                         "differs from the text already streamed", provider="local",
+                         hint="ask again")
+    return completion
+
+
+class _Relay:
+    """Passes text deltas on to the client. A restart (the backend generated the reply again,
+    after a batch failed) cannot take back what was sent: the new text is held until it goes
+    past the sent text, and only the rest is sent, as long as it repeats the sent text (greedy
+    decoding does); otherwise `diverged` is set and the stream ends with an error."""
+
+    def __init__(self, send: Callable[[str], None]) -> None:
+        self.send, self.sent = send, ""
+        self.again: str | None = None
+        self.diverged = False
+
+    def __call__(self, delta: str, *, restart: bool = False) -> None:
+        if restart:
+            self.again = "" if self.sent else None
+        elif self.diverged or not delta:
+            return
+        elif self.again is None:
+            self.sent += delta
+            self.send(delta)
+        else:
+            self._catch_up(self.again + delta)
+
+    def _catch_up(self, again: str) -> None:
+        known = min(len(again), len(self.sent))
+        if again[:known] != self.sent[:known]:
+            self.diverged = True
+        elif len(again) <= len(self.sent):
+            self.again = again
+        else:
+            rest, self.sent, self.again = again[len(self.sent):], again, None
+            self.send(rest)
 
 
 def _head(llm: LLM, completion: Completion | None = None) -> dict[str, Any]:
@@ -233,17 +273,18 @@ def _error_response(exc: Exception) -> Response:
     return _error(500, f"{type(exc).__name__}: {exc}", "server_error", None)
 
 
-def _unparsed(llm: LLM, call: dict[str, Any], raw: str) -> Completion:
-    """The reply for output that failed its schema: the raw text, counted with the tokenizer."""
-    completion_tokens = llm.count_tokens(raw)
+def _unparsed(llm: LLM, call: dict[str, Any], error: ParseError) -> Completion:
+    """The reply for output that failed its schema: the raw text, with the call's own usage
+    when the backend attached it (the local one does), else counted with the tokenizer (text
+    decoded and encoded again may count other than the tokens generated)."""
+    usage = getattr(error, "usage", None)
+    if not isinstance(usage, Usage):
+        usage = Usage(calls=1, prompt_tokens=llm.count_prompt_tokens(call["messages"]),
+                      completion_tokens=llm.count_tokens(error.raw))
     max_tokens = call["kwargs"].get("max_tokens") or 0
-    return Completion(
-        text=raw,
-        finish_reason="length" if max_tokens and completion_tokens >= max_tokens else "stop",
-        usage=Usage(calls=1, prompt_tokens=llm.count_prompt_tokens(call["messages"]),
-                    completion_tokens=completion_tokens),
-        model=llm.name,
-    )
+    cut = max_tokens and usage.completion_tokens >= max_tokens
+    return Completion(text=error.raw, finish_reason="length" if cut else "stop", usage=usage,
+                      model=llm.name)
 
 
 def _error(status: int, message: str, kind: str, code: str | None,
