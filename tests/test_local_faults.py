@@ -452,3 +452,19 @@ async def test_cancelling_a_call_stops_its_generation(llm: LocalLLM,
     assert after.usage.completion_tokens == 3
     assert full.usage.completion_tokens > 100  # what the cancelled call would have made
     assert produced[0] < 10  # one token past its first text, not the whole reply
+
+
+async def test_close_waits_for_the_queued_requests_before_the_weights_go() -> None:
+    """LocalLLM.close drops the weights after Batcher.close: returning at once, it let the
+    queued batches reload them."""
+    import time
+
+    def runner(batch: list[GenRequest]) -> list[GenResult]:
+        time.sleep(0.2)
+        return [GenResult([1], "stop", len(batch), 0.2) for _ in batch]
+
+    batcher = Batcher(runner, max_batch_size=1, wait_s=0.0)
+    waiters = [asyncio.ensure_future(batcher.submit_async(GenRequest([i], 4))) for i in range(3)]
+    await asyncio.sleep(0.05)  # submitted and queued
+    await asyncio.to_thread(batcher.close)
+    assert all(w.done() for w in waiters)

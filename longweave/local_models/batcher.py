@@ -118,11 +118,14 @@ class Batcher:
         self._queue.put(requests)
 
     def close(self) -> None:
-        """Stop the worker after the requests already queued; it restarts on the next submit."""
+        """Stop the worker after the requests already queued, and wait for it (so the caller
+        may then free what they run on); it restarts on the next submit."""
         with self._lock:
-            if self._worker is not None and self._worker.is_alive():
+            worker, self._worker = self._worker, None
+            if worker is not None and worker.is_alive():
                 self._queue.put(_STOP)
-            self._worker = None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
 
     def _loop(self) -> None:
         while True:
