@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,6 +21,10 @@ from longweave.cli import show as _show
 from longweave.cli import strategies as _strategies
 from longweave.cli.render import labelled
 from longweave.errors import LongweaveError, LongweaveWarning, debugging
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 app = typer.Typer(
     name="longweave",
@@ -44,15 +51,33 @@ def _root(
     """Ask questions of documents far longer than a model's context window."""
 
 
-app.command("ask")(_ask.ask)
-app.command("chat")(_chat.chat)
-app.command("batch")(_batch.batch)
-app.command("compare")(_compare.compare)
-app.command("eval")(_eval.eval_command)
-app.command("index")(_index.index)
-app.command("serve")(_serve.serve)
-app.command("show")(_show.show)
-app.command("strategies")(_strategies.strategies)
+def _paragraphs(doc: str) -> str:
+    """`doc` with each paragraph on one line: typer keeps the line breaks of every paragraph
+    after the first, so a docstring wrapped in the source would show in --help as lines cut
+    short wherever the terminal wraps before the source did."""
+    return "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(doc).split("\n\n"))
+
+
+def _command(name: str, function: Callable[..., None]) -> None:
+    app.command(name, help=_paragraphs(function.__doc__ or ""))(function)
+
+
+_command("ask", _ask.ask)
+_command("chat", _chat.chat)
+_command("batch", _batch.batch)
+_command("compare", _compare.compare)
+_command("eval", _eval.eval_command)
+_command("index", _index.index)
+_command("serve", _serve.serve)
+_command("show", _show.show)
+_command("strategies", _strategies.strategies)
+
+
+def _print_line(console: Console, line: Text) -> None:
+    """One message line (an error, its hint, a warning). Off a terminal it is not wrapped at
+    rich's 80 columns, so that it stays one line that a log keeps and a script can grep; a
+    terminal wraps it at words, as rich does there."""
+    console.print(line, soft_wrap=not console.is_terminal)
 
 
 def _show_warnings() -> None:
@@ -66,7 +91,7 @@ def _show_warnings() -> None:
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: object = None, line: str | None = None) -> None:
         if issubclass(category, LongweaveWarning):
-            Console(stderr=True).print(labelled("warning:", "yellow", str(message)))
+            _print_line(Console(stderr=True), labelled("warning:", "yellow", str(message)))
         else:
             original(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
@@ -84,9 +109,9 @@ def main() -> None:
         app()
     except LongweaveError as exc:
         console = Console(stderr=True)
-        console.print(labelled("error:", "bold red", exc.message))
+        _print_line(console, labelled("error:", "bold red", exc.message))
         if exc.hint:
-            console.print(Text(exc.hint, style="dim"))
+            _print_line(console, Text(exc.hint, style="dim"))
         sys.exit(1)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
@@ -95,6 +120,7 @@ def main() -> None:
         if debugging():
             raise
         console = Console(stderr=True)
-        console.print(labelled("unexpected error:", "bold red", f"{type(exc).__name__}: {exc}"))
+        _print_line(console, labelled("unexpected error:", "bold red",
+                                      f"{type(exc).__name__}: {exc}"))
         console.print("[dim]set LONGWEAVE_DEBUG=1 for the traceback, and please report it[/]")
         sys.exit(1)

@@ -72,6 +72,10 @@ def ask(
     if run and not estimate:
         raise typer.BadParameter("--run goes with --estimate", param_hint="--run")
     check_prices(price_in, price_out)
+    if trace is not None and not (estimate and not run):  # named up front, as batch does
+        from longweave.batch import check_writable
+
+        check_writable(trace, "trace")
     err = Console(stderr=True)
     started = time.perf_counter()
     source = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode
@@ -130,8 +134,8 @@ def print_estimate(
     rows = planned.rows(actual, price_in=price_in, price_out=price_out, throughput=throughput)
     console.print(f"[bold]{escape(title)}[/]", highlight=False)
     table = Table()
-    for n, name in enumerate(rows[0]):
-        table.add_column(name, justify="left" if n == 0 else "right")
+    for n, name in enumerate(rows[0]):  # numbers fold on a narrow terminal, never end in "…"
+        table.add_column(name, justify="left" if n == 0 else "right", overflow="fold")
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)

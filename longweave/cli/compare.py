@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,7 +11,7 @@ from longweave.cli.options import Exclude, Include, Model, NoCache, parse_option
 from longweave.events import Event
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
     from rich.progress import Progress, TaskID
     from rich.table import Table
 
@@ -55,11 +55,16 @@ def compare(
     from rich.console import Console
 
     from longweave.api import load_source
+    from longweave.batch import check_writable
     from longweave.compare import acompare
     from longweave.trace import TraceWriter, combine, trace_sink
 
     err = Console(stderr=True)
     _check_names(strategies)
+    options = parse_options(option)
+    _check_options(strategies, options)
+    if trace is not None:  # before the first strategy runs, not at its first line
+        check_writable(trace, "trace")
     source = load_source(path, include=include, exclude=exclude)
     fields = {"document": source.source or source.name, "question": question, "model": model}
     with _CompareProgress(err) as view, trace_sink(trace, **fields) as sink:
@@ -70,7 +75,7 @@ def compare(
                 sink.write({"type": "row", **row.model_dump(mode="json")})
 
         rows = asyncio.run(acompare(
-            source, question, strategies, model=model, options=parse_options(option),
+            source, question, strategies, model=model, options=options,
             cache=not no_cache, on_event=combine(view, sink), on_row=done,
         ))
     if as_json:
@@ -103,43 +108,104 @@ def _check_names(strategies: str) -> None:
     )
 
 
-def compare_table(rows: list[CompareRow], *, width: int = 80) -> Table:
-    """Answer (truncated), calls, tokens, time and citations per strategy; errors in red."""
-    from rich.markup import escape
-    from rich.table import Column, Table
+def _check_options(strategies: str, options: dict[str, Any]) -> None:
+    """Refuse a misspelt or invalid option up front as well: `name.key` is checked by that
+    strategy alone when it runs, so a typo would cost the other strategies' runs before it
+    showed in its row, without the hint that names the setting meant. A strategy that cannot
+    load (a broken plugin) is left to its row, as `acompare` reports it."""
+    from longweave.agents.base import get_strategy, strategy_class
+    from longweave.compare import resolve_strategies, split_options
 
-    # Names, counts and times never wrap: on a narrow terminal the answer column gives way.
-    table = Table(Column("strategy", no_wrap=True), Column("answer", ratio=1),
-                  Column("calls", no_wrap=True), Column("tokens", no_wrap=True),
-                  Column("time", no_wrap=True), Column("cited", no_wrap=True),
-                  caption="tokens: prompt+completion; cited: citations")
-    for row in rows:
-        if row.ok:
-            text = " ".join((row.text or "").split()) or "(empty)"
-            answer = escape(text if len(text) <= width else text[: width - 1] + "…")
-        else:
-            said = row.error or ""
-            if not said.startswith(f"{row.error_type}:"):  # a bug's message names its type
-                said = f"{row.error_type}: {said}"
-            answer = f"[red]{escape(said)}[/]"
-        calls = f"{row.usage.calls}"
-        if row.usage.cache_hits:
-            calls += f" ({row.usage.cache_hits} cached)"
-        tokens = f"{row.usage.prompt_tokens:,}+{row.usage.completion_tokens:,}"
-        table.add_row(row.strategy, answer, calls, tokens, f"{row.seconds:.1f}s",
-                      str(len(row.citations)))
-    return table
+    for name, own in split_options(options, resolve_strategies(strategies)).items():
+        try:
+            strategy_class(name)
+        except Exception:
+            continue
+        get_strategy(name, **own)
+
+
+def compare_table(rows: list[CompareRow], *, width: int = 80) -> RenderableType:
+    """Answer (truncated), calls, tokens, time and citations per strategy; errors in red.
+
+    Names, counts and times never wrap, so on a terminal too narrow for them and an answer
+    beside them (a 60-column split) the answer column would shrink to nothing: there each
+    strategy's numbers go on a line under its answer instead."""
+    return _CompareTable(rows, width)
+
+
+_ANSWER_ROOM = 20
+"""The fewest columns the answer needs beside the numbers; fewer, and they go under it."""
+
+
+class _CompareTable:
+    """The table `compare_table` describes, laid out for the width it is printed at."""
+
+    def __init__(self, rows: list[CompareRow], width: int) -> None:
+        self.cells = [(row.strategy, _answer(row, width), *_numbers(row)) for row in rows]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        from rich.cells import cell_len
+
+        heads = ("strategy", "calls", "tokens", "time", "cited")
+        rows = [(name, *numbers) for name, _, *numbers in self.cells]
+        widths = [max(map(cell_len, column)) for column in zip(heads, *rows, strict=True)]
+        fixed = sum(widths) + 3 * 6 + 1  # each of 6 columns: a border and a space either side
+        yield self._wide() if fixed + _ANSWER_ROOM <= options.max_width else self._narrow()
+
+    def _wide(self) -> Table:
+        from rich.table import Column, Table
+
+        table = Table(Column("strategy", no_wrap=True), Column("answer", ratio=1),
+                      Column("calls", no_wrap=True), Column("tokens", no_wrap=True),
+                      Column("time", no_wrap=True), Column("cited", no_wrap=True),
+                      caption="tokens: prompt+completion; cited: citations")
+        for cells in self.cells:
+            table.add_row(*cells)
+        return table
+
+    def _narrow(self) -> Table:
+        from rich.table import Column, Table
+
+        table = Table(Column("strategy", no_wrap=True), Column("answer", overflow="fold"),
+                      caption="tokens: prompt+completion")
+        for name, answer, calls, tokens, seconds, cited in self.cells:
+            table.add_row(name, f"{answer}\n[dim]calls {calls} · tokens {tokens} · {seconds} · "
+                                f"cited {cited}[/]")
+        return table
+
+
+def _answer(row: CompareRow, width: int) -> str:
+    """The row's answer cut to `width` characters, or its error in red, as console markup."""
+    from rich.markup import escape
+
+    if row.ok:
+        text = " ".join((row.text or "").split()) or "(empty)"
+        return escape(text if len(text) <= width else text[: width - 1] + "…")
+    said = row.error or ""
+    if not said.startswith(f"{row.error_type}:"):  # a bug's message names its type
+        said = f"{row.error_type}: {said}"
+    return f"[red]{escape(said)}[/]"
+
+
+def _numbers(row: CompareRow) -> tuple[str, str, str, str]:
+    """Calls (and how many came from the cache), tokens, time and citations of a row."""
+    calls = f"{row.usage.calls}"
+    if row.usage.cache_hits:
+        calls += f" ({row.usage.cache_hits} cached)"
+    tokens = f"{row.usage.prompt_tokens:,}+{row.usage.completion_tokens:,}"
+    return calls, tokens, f"{row.seconds:.1f}s", str(len(row.citations))
 
 
 class _CompareProgress:
-    """One spinner line per strategy: what it is doing now, then done or failed."""
+    """One spinner line per strategy: what it is doing now, then done or failed. Nothing off a
+    terminal, where the transient lines would leave only an empty line behind."""
 
     def __init__(self, console: Console) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress: Progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=console, transient=True,
+            console=console, transient=True, disable=not console.is_interactive,
         )
         self.tasks: dict[str, TaskID] = {}
 

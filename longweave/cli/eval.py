@@ -21,6 +21,27 @@ def _depths(text: str | None) -> tuple[float, ...]:
     return values
 
 
+def _check_folder(folder: Path) -> None:
+    """Refuse now an output folder that cannot be made (a file where it or a folder above it
+    should be, a place that cannot be written): an error naming it before any answer, not a
+    crash once the first one is to be saved. Nothing is created here."""
+    import os
+
+    from longweave.errors import DocumentError
+
+    hint = "pass another folder to --out"
+    if folder.exists() and not folder.is_dir():
+        raise DocumentError(folder, "is a file, not a folder", hint=hint)
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise DocumentError(folder, f"cannot be created: {base} is a file, not a folder",
+                            hint=hint)
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise DocumentError(folder, f"cannot be written: {base} is read-only", hint=hint)
+
+
 def eval_command(
     dataset: Annotated[Path, typer.Argument(help="The dataset's file or folder.")],
     format: Annotated[
@@ -36,7 +57,7 @@ def eval_command(
         str | None, typer.Option("--judge", help="Judge model for BEAM (default: --model).")
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="At most N questions per task (and "
+        int | None, typer.Option("--limit", "-n", min=1, help="At most N questions per task (and "
                                  "per length for generated sets).")
     ] = None,
     lengths: Annotated[
@@ -46,7 +67,9 @@ def eval_command(
     depths: Annotated[
         str | None, typer.Option("--depths", help="Needle depths in percent, e.g. 0,50,100.")
     ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Items in flight.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Items in flight.")
+    ] = 4,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default: "
                                   "longweave-eval/<dataset name>); rerun to resume.")
@@ -80,6 +103,11 @@ def eval_command(
     err = Console(stderr=True)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     folder = out or Path("longweave-eval") / (dataset.stem or "dataset")
+    _check_folder(folder)
+    if trace is not None:
+        from longweave.batch import check_writable
+
+        check_writable(trace, "trace")
     view = BatchView(err)
     extra = {"address": ray_address} if executor == "ray" else {}
     runner = get_executor(executor, concurrency=concurrency, **extra)

@@ -20,9 +20,9 @@ def index(
         str, typer.Option("--embedder", help="'bundled', 'st:<model>' or 'openai:<model>'.")
     ] = "bundled",
     chunk_tokens: Annotated[
-        int, typer.Option("--chunk-tokens", help="Chunk size in the model's tokens.")
+        int, typer.Option("--chunk-tokens", min=1, help="Chunk size in the model's tokens.")
     ] = 256,
-    overlap: Annotated[int, typer.Option("--overlap", help="Tokens chunks share.")] = 0,
+    overlap: Annotated[int, typer.Option("--overlap", min=0, help="Tokens chunks share.")] = 0,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Whose tokenizer cuts the chunks (as `ask` will)."),

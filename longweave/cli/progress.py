@@ -25,7 +25,9 @@ class ProgressView:
 
     Between a run's start and its first model call (reading and chunking the document, loading
     a cached artifact: seconds on a large document) it shows what it is preparing, so the
-    terminal is never silent.
+    terminal is never silent. Off a terminal (a pipe, a file, a dumb terminal) it draws nothing:
+    a transient bar leaves nothing there but the empty line rich ends it with, which would
+    land in a log, or in the chat's piped output.
     """
 
     def __init__(self, console: Console) -> None:
@@ -37,6 +39,7 @@ class ProgressView:
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_interactive,
         )
         self.tasks: dict[str, TaskID] = {}
         self.preparing: TaskID | None = None

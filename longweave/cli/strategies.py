@@ -50,9 +50,12 @@ def strategies(
 
 def _overview(names: dict[str, str], builtins: dict[str, str]) -> Any:
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("name", "description", "defaults")
+    # Names and settings are what a user types next: on a narrow terminal they fold onto more
+    # lines rather than end in "…" (rich's default), which would cut them off.
+    table = Table(Column("name", no_wrap=True, overflow="fold"), Column("description"),
+                  Column("defaults", overflow="fold"))
     for n, target in names.items():
         loaded = _load(n)
         if isinstance(loaded, str):
@@ -71,7 +74,7 @@ def _overview(names: dict[str, str], builtins: dict[str, str]) -> Any:
 
 def _details(name: str, target: str, builtin: bool) -> Any:
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
     loaded = _load(name)
     origin = "built-in" if builtin else f"plugin {target}"
@@ -80,7 +83,8 @@ def _details(name: str, target: str, builtin: bool) -> Any:
         table.add_row(f"[red]cannot load: {escape(loaded)}[/]")
         return table
     summary = getattr(loaded, "summary", "") or ""
-    table = Table("setting", "default", "what it does",
+    table = Table(Column("setting", overflow="fold"), Column("default", overflow="fold"),
+                  "what it does",
                   title=f"[bold]{name}[/]: {escape(summary)} [dim]({escape(origin)})[/]",
                   title_justify="left")
     docs = _field_docs(loaded)
