@@ -187,6 +187,22 @@ def test_cli_prints_the_table_and_writes_every_file(cache, tmp_path, monkeypatch
     assert "already answered" in capsys.readouterr().err
 
 
+def test_the_table_keeps_every_number_whole_at_80_columns(cache, tmp_path, monkeypatch,
+                                                          capsys) -> None:
+    """A pipe gets 80 columns: the numbers used to shrink to "0.…" there, score included."""
+    model = scripted()
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    monkeypatch.setenv("COLUMNS", "80")
+    code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "truncate,rag",
+                   "--out", str(tmp_path / "out"), "--no-cache", "--set", "max_new=32")
+    stdout = capsys.readouterr().out
+    assert code == 0 and "…" not in stdout
+    assert all(len(line) <= 80 for line in stdout.splitlines())
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    for row in data["summary"]:
+        assert f"{row['score']:.3f}" in stdout
+
+
 def test_cli_bad_strategy_is_a_clear_error(cache, tmp_path, monkeypatch, capsys) -> None:
     model = scripted()
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)

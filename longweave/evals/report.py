@@ -84,16 +84,26 @@ def results_table(results: EvalResults) -> Table:
     columns = _columns(rows)
     table = Table(title=f"{Path(results.dataset).name} ({results.format}) · model "
                   f"{results.model}", title_justify="left")
-    for name in ("strategy", "task", "length", "n", "score", *columns):
-        table.add_column(METRIC_TITLES.get(name, name), no_wrap=True,
-                         justify="left" if name in ("strategy", "task") else "right")
-    for name in ("failed", "calls/q", "tokens/q", "s/q"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for r in rows:
-        values = [f"{r.metrics[m]:.3f}" if m in r.metrics else "" for m in columns]
-        table.add_row(r.strategy, r.task, _k(r.length), str(r.n), f"[bold]{r.score:.3f}[/]",
-                      *values, f"[red]{r.failed}[/]" if r.failed else "0", f"{r.calls:.1f}",
-                      f"{r.tokens:,.0f}", f"{r.seconds:.1f}")
+    names = ["strategy", "task", "length", "n", "score", *columns,
+             "failed", "calls/q", "tokens/q", "s/q"]
+    cells = [[r.strategy, r.task, _k(r.length), str(r.n), f"{r.score:.3f}",
+              *(f"{r.metrics[m]:.3f}" if m in r.metrics else "" for m in columns),
+              str(r.failed), f"{r.calls:.1f}", f"{r.tokens:,.0f}", f"{r.seconds:.1f}"]
+             for r in rows]
+    for i, name in enumerate(names):
+        title = METRIC_TITLES.get(name, name)
+        if name in ("strategy", "task"):  # words fold; a narrow terminal takes its room here
+            table.add_column(title, overflow="fold")
+            continue
+        # A number is never cut to "0.…": its column keeps the width of its longest cell.
+        widest = max([len(title), *(len(row[i]) for row in cells)])
+        table.add_column(title, justify="right", no_wrap=True, min_width=widest)
+    score, failed = names.index("score"), names.index("failed")
+    for row, r in zip(cells, rows, strict=True):
+        row[score] = f"[bold]{row[score]}[/]"
+        if r.failed:
+            row[failed] = f"[red]{row[failed]}[/]"
+        table.add_row(*row)
     return table
 
 
