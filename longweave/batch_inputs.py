@@ -53,6 +53,10 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     """
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
+    if p.is_dir():
+        raise DocumentError(p, "is a folder, not a questions file",
+                            hint="pass the .jsonl or .csv file of questions (the documents' "
+                            "folder is the first argument)")
     if suffix not in _JSONL and suffix not in _CSV:
         raise DocumentError(
             p, f"unknown questions format {suffix or '(no suffix)'!r}",

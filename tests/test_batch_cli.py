@@ -213,6 +213,11 @@ def test_malformed_questions_files_name_the_file_and_line(
     assert problem in info.value.message and name in info.value.message
 
 
+def test_a_folder_given_as_the_questions_file_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(DocumentError, match="is a folder, not a questions file"):
+        load_questions(tmp_path)  # it said "unknown questions format '(no suffix)'"
+
+
 def test_a_bad_questions_file_stops_before_any_call(model, folder, tmp_path) -> None:
     questions = tmp_path / "q.jsonl"
     questions.write_text("not json\n", encoding="utf-8")

@@ -630,9 +630,11 @@ def test_chat_starts_over_with_a_warning_when_the_saved_session_is_not_utf8(
     with pytest.raises(SystemExit) as exit_info:
         main()
     captured = capsys.readouterr()
-    said = "".join(captured.out.split())  # the path may be wrapped anywhere
+    said = "".join(captured.err.split())  # the path may be wrapped anywhere
     assert exit_info.value.code in (0, None), captured.err
+    # On stderr: stdout is the conversation.
     assert "warning:thesavedsession" in said and saved.name in said
+    assert "warning:" not in captured.out
     assert "startinganewone" in said and "unexpected" not in captured.err
     assert "nothing asked yet" in captured.out and "resumed" not in captured.out
 

@@ -75,7 +75,8 @@ def test_an_error_and_its_hint_are_one_line_each_off_a_terminal(model, monkeypat
     assert run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "-s", "truncat") == 1
     error, hint = capsys.readouterr().err.splitlines()  # not wrapped at rich's 80 columns
     assert error == "error: unknown strategy 'truncat'"
-    assert hint.startswith("choose one of: chain-of-agents") and hint.endswith("truncate")
+    assert hint.startswith("did you mean truncate? choose one of: chain-of-agents")
+    assert hint.endswith("truncate")
 
 
 # -- narrow terminals ---------------------------------------------------------------------------

@@ -34,9 +34,9 @@ def test_unknown_strategy_lists_the_choices() -> None:
     from longweave.errors import ConfigError
 
     try:
-        get_strategy("chain-of-nothing")
+        get_strategy("chain-of-agent")
     except ConfigError as exc:
-        assert "chain-of-agents" in str(exc)
+        assert "did you mean chain-of-agents?" in exc.hint and "long-agent" in exc.hint
     else:
         raise AssertionError("an unknown strategy must raise ConfigError")
 

@@ -236,9 +236,12 @@ def strategy_class(name: str) -> type:
     """The class registered under `name`; unknown names list the choices."""
     names = available()
     if name not in names:
-        raise ConfigError(
-            f"unknown strategy {name!r}", hint=f"choose one of: {', '.join(sorted(names))}"
-        )
+        import difflib
+
+        close = difflib.get_close_matches(str(name), names, n=1)
+        guess = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown strategy {name!r}",
+                          hint=f"{guess}choose one of: {', '.join(sorted(names))}")
     try:
         return _load(names[name])
     except Exception as exc:

@@ -433,8 +433,9 @@ def chat(
                                    cache=not no_cache, include=include, exclude=exclude,
                                    trace=trace, **parse_options(option))
     finally:  # shown even when the session cannot open: they may say why
+        notes = Console(stderr=True)  # stdout is the conversation, as with ask's answers
         for warning in caught:
-            console.print(labelled("warning:", "yellow", str(warning.message)))
+            notes.print(labelled("warning:", "yellow", str(warning.message)))
     if new and session.path.is_file():  # starting over keeps the earlier conversation
         kept = session.path.with_name(f"{session.path.stem}.previous{session.path.suffix}")
         try:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from longweave.answer import plural
 from longweave.cli.options import Exclude, Include
 
 
@@ -51,7 +52,7 @@ def index(
         verb = "[dim]reused[/]" if row.reused else "[green]built[/] "
         what = "corpus " if row.kind == "corpus" else ""
         source = escape(str(row.source))
-        out.print(f"{verb} {what}{source}: {row.chunks} chunks, {row.embedded} embedded")
+        out.print(f"{verb} {what}{source}: {plural(row.chunks, 'chunk')}, {row.embedded} embedded")
 
     tokenizer = resolve_model(model or settings.model).tokenizer
     index_paths(
