@@ -231,6 +231,18 @@ def test_a_remote_scorer_is_refused_at_construction() -> None:
         InfiniRetri(scorer="openai:gpt-4o-mini")
 
 
+def test_a_local_spec_that_resolves_to_an_api_model_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answering model without attention falls back to "local" for scoring; if that does
+    not resolve to a local model, the error says so (it was an AttributeError)."""
+    import longweave.llm
+
+    api_like = ScriptedModel(name="api-like")
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: api_like)
+    with pytest.raises(ConfigError, match="is not a local model"):
+        InfiniRetri().scorer_for(api_like)
+
+
 def test_no_local_model_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     no_bundled_model(monkeypatch)
     with pytest.raises(ConfigError, match="no local model") as info:

@@ -285,18 +285,19 @@ def test_batch_trace_flag_writes_a_line_set_per_record(cli_model, tmp_path: Path
 def test_compare_trace_flag_writes_each_strategys_calls_and_row(cli_model, tmp_path) -> None:
     trace = tmp_path / "trace.jsonl"
     result = CliRunner().invoke(app, ["compare", str(EXAMPLE), "Who was the first keeper?",
-                                      "-S", "truncate,rag,chain-of-agents", "--set",
-                                      "max_new=48", "--set", "rag.k=0", "--trace", str(trace),
+                                      "-S", "truncate,infini-retri,chain-of-agents",
+                                      "--set", "max_new=48", "--trace", str(trace),
                                       "--no-cache"])
     assert result.exit_code == 0, result.output
     records = read_trace(trace)
     starts = of_type(records, "start")
-    assert [s["strategy"] for s in starts] == ["truncate", "chain-of-agents"]
+    assert [s["strategy"] for s in starts] == ["truncate", "infini-retri", "chain-of-agents"]
     assert all(s["question"] == "Who was the first keeper?" for s in starts)
     rows = of_type(records, "row")
+    # InfiniRetri needs a local model's attention: its row fails, the others still run.
     assert [(r["strategy"], r["error_type"]) for r in rows] == [
-        ("truncate", None), ("rag", "ConfigError"), ("chain-of-agents", None)]
-    coa_run = starts[1]["run"]
+        ("truncate", None), ("infini-retri", "ConfigError"), ("chain-of-agents", None)]
+    coa_run = starts[2]["run"]
     coa_calls = [r for r in of_type(records, "call") if r["run"] == coa_run]
     assert len(coa_calls) == len(cli_model.requests) - 1 == rows[2]["usage"]["calls"]
     finish = [r for r in of_type(records, "finish") if r["run"] == coa_run][0]

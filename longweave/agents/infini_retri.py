@@ -265,6 +265,7 @@ def _join(sentences: list[Sentence]) -> str:
 def _local_scorer(spec: str) -> AttentionScorer:
     from longweave.llm import resolve_model
     from longweave.local_models.attention import LocalAttentionScorer
+    from longweave.local_models.backend import LocalLLM
     from longweave.local_models.loader import require_transformers
 
     try:
@@ -273,4 +274,7 @@ def _local_scorer(spec: str) -> AttentionScorer:
     except ConfigError as exc:
         raise ConfigError(f"no local model to read attention with: {exc.message}",
                           hint=_NO_SCORER_HINT) from exc
-    return LocalAttentionScorer(llm)  # type: ignore[arg-type]
+    if not isinstance(llm, LocalLLM):  # an API model has no attention to read
+        raise ConfigError(f"{spec!r} ({llm.name}) is not a local model, whose attention the "
+                          "scorer reads", hint=_NO_SCORER_HINT)
+    return LocalAttentionScorer(llm)
