@@ -7,7 +7,8 @@ stream the conversation turn by turn. Line breaks inside a turn become spaces: o
 keeps the rendering unambiguous (ours).
 
 Readers: a JSONL file or JSON list of `{"speaker", "text", "time"?}` objects (`role`/`content`
-are accepted too), LoCoMo's `locomo10.json` and BEAM's `chats/<tier>_<id>.json`.
+are accepted too), LoCoMo's `locomo10.json`, BEAM's `chats/<tier>_<id>.json`, and a longweave
+chat saved as JSON (`Session.save("x.json")`, `/save x.json`, or its resume file).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +70,21 @@ class Conversation:
         spans: list[dict[str, Any]] = []
         offset = 0
         for i, turn in enumerate(self.turns):
-            text = " ".join(turn.text.split())
-            line = f"{turn.speaker}: {text}"
-            if turn.time:
-                line = f"[{turn.time}] {line}"
+            # The speaker and time too: a line break in either broke one line per turn.
+            speaker, time = _one_line(turn.speaker), _one_line(turn.time or "") or None
+            line = f"{speaker}: {_one_line(turn.text)}"
+            if time:
+                line = f"[{time}] {line}"
             spans.append({"index": i, "start": offset, "end": offset + len(line),
-                          "speaker": turn.speaker, "time": turn.time, "id": turn.id})
+                          "speaker": speaker, "time": time, "id": turn.id})
             lines.append(line)
             offset += len(line) + 1
         meta = {"kind": "conversation", "conversation": self.name, "turns": spans}
         return Document.from_text("\n".join(lines), source=source, meta=meta)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def conversation_turns(document: Document) -> list[TurnSpan] | None:
@@ -127,11 +134,18 @@ def load_conversations(path: str | Path) -> list[Conversation]:
         return _parse(data, p.stem)
     except DocumentError as exc:  # named by the file, not by the conversation inside it
         raise DocumentError(p, exc.problem, hint=exc.hint) from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # A LoCoMo, BEAM or saved-chat layout with a field missing or of the wrong kind: said
+        # as such, not as a traceback.
+        why = f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else str(exc)
+        raise DocumentError(p, f"a conversation in it is malformed ({why})", hint=_FIX) from None
 
 
 def _parse(data: Any, name: str) -> list[Conversation]:
     if isinstance(data, dict) and "chat" in data:
         return [_beam(data)]
+    if isinstance(data, dict) and "document_id" in data and "turns" in data:
+        return [_session(data, name)]
     if isinstance(data, dict) and "conversation" in data:
         data = [data]
     if isinstance(data, list) and data and all(
@@ -152,8 +166,12 @@ def _plain(item: Any, i: int) -> Turn:
         raise DocumentError("conversation", f"turn {i} needs string `speaker` and `text`",
                             hint=_FIX)
     time = item.get("time")
-    return Turn(speaker, text, str(time) if time is not None else None,
-                str(item["id"]) if "id" in item else None)
+    return Turn(speaker, text, str(time) if time is not None else None, _id(item))
+
+
+def _id(item: dict[str, Any]) -> str | None:
+    """A turn's id as text; a null id is none (it read as the id "None")."""
+    return str(item["id"]) if item.get("id") is not None else None
 
 
 def _locomo(sample: dict[str, Any], i: int) -> Conversation:
@@ -161,16 +179,17 @@ def _locomo(sample: dict[str, Any], i: int) -> Conversation:
     conv = sample["conversation"]
     sessions = sorted(
         (int(k.split("_")[1]) for k in conv
-         if k.startswith("session_") and k.count("_") == 1 and isinstance(conv[k], list)),
+         if k.startswith("session_") and k.count("_") == 1 and k.split("_")[1].isdigit()
+         and isinstance(conv[k], list)),
     )
     turns: list[Turn] = []
     for n in sessions:
         when = conv.get(f"session_{n}_date_time")
         for t in conv[f"session_{n}"]:
-            text = t.get("text", "")
+            text = str(t.get("text", ""))
             if t.get("blip_caption"):  # shared images reach text-only readers as their caption
                 text = f"{text} [shares an image: {t['blip_caption']}]"
-            turns.append(Turn(t["speaker"], text, when, t.get("dia_id")))
+            turns.append(Turn(str(t["speaker"]), text, when, t.get("dia_id")))
     return Conversation(tuple(turns), str(sample.get("sample_id", f"locomo-{i}")))
 
 
@@ -185,9 +204,21 @@ def _beam(chat: dict[str, Any]) -> Conversation:
                 content = str(m.get("content", ""))
                 # BEAM tags user turns with "->-> b,t" (its batch,turn index): not conversation.
                 content = content.split("->->")[0].rstrip() if "->->" in content else content
-                turns.append(Turn(str(m.get("role", "?")), content, when,
-                                  str(m["id"]) if "id" in m else None))
+                turns.append(Turn(str(m.get("role", "?")), content, when, _id(m)))
     return Conversation(tuple(turns), str(chat.get("chat_id", "beam")))
+
+
+def _session(record: dict[str, Any], name: str) -> Conversation:
+    """A saved longweave chat: each question as the user's turn and its answer as the
+    assistant's, both dated (UTC) when the answer was complete."""
+    turns: list[Turn] = []
+    for t in record["turns"]:
+        asked = t.get("asked_at")
+        when = (datetime.fromtimestamp(asked, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                if isinstance(asked, int | float) else None)
+        turns.append(Turn("user", t["question"], when))
+        turns.append(Turn("assistant", t["answer"]["text"], when))
+    return Conversation(tuple(turns), name)
 
 
 def _flat(group: Any) -> Iterable[dict[str, Any]]:

@@ -10,24 +10,28 @@ The rewrite call is part of the turn: its usage is added to the turn's `Answer.u
 the first step (`rewrite`) of the answer's trace, so `Session.usage` is what the conversation
 cost. A session is saved after every turn, atomically, to `<cache dir>/sessions/<document
 sha256>.json` (the key does not depend on the strategy or model); `resume=True` continues it.
+Two sessions on the same text (two chats, two processes) share that file: a save keeps the turns
+another session wrote there since this one last read or wrote it, so no finished turn is lost.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from longweave.answer import Answer, Step, Usage
-from longweave.errors import ConfigError, DocumentError, LongweaveWarning
+from longweave.errors import ConfigError, DocumentError, LongweaveWarning, ModelError
 from longweave.events import Event, EventSink, ignore, result_event
 from longweave.llm import Message
 from longweave.memory.scratchpad import Scratchpad
@@ -147,7 +151,7 @@ class ConversationMemory:
         return f"User: {question}\nAssistant: {_clip(answer, answer_chars)}"
 
     def _remember(self, index: int) -> None:
-        question, answer = self._turns[index]
+        question, answer = self._turns.pop(index)  # a fact now: its full text is not needed
         fact = f"{_one_line(question)} -> {_clip(_one_line(answer), ANSWER_CHARS // 3)}"
         self.earlier.add([fact], unit=index)
         while self.earlier.bullets and self.earlier.tokens() > self.earlier.target_tokens:
@@ -259,6 +263,13 @@ class Session:
         self.path = self.settings.cache_dir / "sessions" / f"{document.id}.json"
         """Where the session is saved: keyed by the document's sha256 alone."""
         self.artifacts = ArtifactCache(self.settings.cache_dir / "artifacts")
+        self._stamp: tuple[int, ...] | None = None
+        """The saved file as this session last read or wrote it (`_stamp`)."""
+        self._known = {_key(t) for t in self.history}
+        """Turns this session has read from or written to the file."""
+        self._others: list[Turn] = []
+        """Turns other sessions saved to the file: written back with this session's turns."""
+        self._memory: tuple[ConversationMemory | None, list[Turn]] = (None, [])
         self._llm: LLM | None = None
         self._model: str | LLM = self.settings.model if model is None else model
         self._use_strategy(self.settings.strategy if strategy is None else strategy, options)
@@ -289,16 +300,23 @@ class Session:
 
         settings = settings or Settings()
         document = load_source(source, include=include, exclude=exclude)
-        saved = _load(settings.cache_dir / "sessions" / f"{document.id}.json") if resume else None
+        path = settings.cache_dir / "sessions" / f"{document.id}.json"
+        stamp = _stamp(path)  # before reading: a save in between then shows as a change
+        saved = _load(path, document.id) if resume else None
         history: list[Turn] = []
-        if saved is not None and saved.document_id == document.id:
+        if saved is not None:
             history = saved.turns
             if strategy is None and _valid(saved.strategy, saved.options):
                 strategy, options = saved.strategy, _on_saved(saved.strategy, saved.options,
                                                               options)
             model = model or saved.model
-        return cls(document, strategy=strategy, model=model, cache=cache, persist=persist,
-                   rewrite=rewrite, settings=settings, history=history, trace=trace, **options)
+        session = cls(document, strategy=strategy, model=model, cache=cache, persist=persist,
+                      rewrite=rewrite, settings=settings, history=history, trace=trace,
+                      **options)
+        # Not resuming, the file as it is now is replaced at the first answer (chat's --new
+        # moves it aside first); a change after this is another session's, and is kept.
+        session._stamp = stamp
+        return session
 
     # -- what it uses ------------------------------------------------------------------------
 
@@ -395,11 +413,10 @@ class Session:
         from longweave.runner import arun
 
         llm, strategy = self.llm, self._strategy
-        standalone, rewrite = await self._standalone(question, llm, on_event)
+        standalone, step, rewrite = await self._standalone(question, llm, on_event)
         answer = await arun(strategy, self.document, standalone, llm, on_event=on_event,
                             artifacts=self.artifacts)
-        if rewrite is not None:
-            step = Step(role="rewrite", output=standalone, detail={"question": question})
+        if step is not None:
             answer = answer.model_copy(
                 update={"usage": rewrite + answer.usage, "steps": [step, *answer.steps]}
             )
@@ -425,10 +442,12 @@ class Session:
 
     async def _standalone(
         self, question: str, llm: LLM, on_event: EventSink
-    ) -> tuple[str, Usage | None]:
+    ) -> tuple[str, Step | None, Usage]:
+        """The question to answer, the `rewrite` step (None when no call was made) and the
+        call's usage."""
         if not (self.rewrite and self.history and question.strip()):
-            return question, None
-        memory = ConversationMemory.of(self.history, llm.count_tokens)
+            return question, None, Usage()
+        memory = self._conversation(llm)
         window = min(llm.context_window, REWRITE_WINDOW)
         budget = window - llm.count_prompt_tokens(rewrite_messages("", question))
         budget -= REWRITE_MAX_NEW + _MARGIN
@@ -440,8 +459,10 @@ class Session:
             budget -= over + _MARGIN
             messages = rewrite_messages(memory.render(budget), question)
         if budget <= 0 or not memory.render(budget):
-            return question, None  # no room for any memory: ask the question as typed
+            return question, None, Usage()  # no room for any memory: ask the question as typed
         name = self._strategy.name
+        previous = self.history[-1].standalone or self.history[-1].question
+        detail: dict[str, Any] = {"question": question}
         on_event(Event("call", name, "rewrite", message="rewrite call"))
         started = time.perf_counter()
         request = {"max_tokens": REWRITE_MAX_NEW, "temperature": 0.0, "schema": None}
@@ -451,26 +472,50 @@ class Session:
         except Exception as exc:
             on_event(result_event(name, "rewrite", messages, None, error=exc,
                                   seconds=time.perf_counter() - started, **request))
-            raise
+            if not isinstance(exc, ModelError) or exc.fatal:
+                raise  # a fatal error (a bad key, no server) would fail the answer the same way
+            # A timeout or an unparsable reply costs the follow-up its rewrite, not its answer.
+            standalone = clean_rewrite("", question, previous)
+            warnings.warn(f"the rewrite call failed ({exc.message}); asking {standalone!r}",
+                          LongweaveWarning, 2)
+            detail["error"] = exc.message
+            return standalone, Step(role="rewrite", output=standalone, detail=detail), Usage()
         on_event(result_event(name, "rewrite", messages, reply,
                               seconds=time.perf_counter() - started, **request))
         on_event(Event("progress", name, "rewrite", message="rewrite done",
                        data={"seconds": time.perf_counter() - started,
                              "cache": reply.meta.get("cache")}))
-        previous = self.history[-1].standalone or self.history[-1].question
-        return clean_rewrite(reply.text, question, previous), reply.usage
+        standalone = clean_rewrite(reply.text, question, previous)
+        return standalone, Step(role="rewrite", output=standalone, detail=detail), reply.usage
+
+    def _conversation(self, llm: LLM) -> ConversationMemory:
+        """The rewrite's memory, extended by the turns added since the last call: rebuilding it
+        from every turn made each turn slower as the conversation grew. Rebuilt when the
+        history was changed otherwise, or the model (its token count) was."""
+        memory, seen = self._memory
+        if (memory is None or memory.count != llm.count_tokens or len(seen) > len(self.history)
+                or any(a is not b for a, b in zip(seen, self.history, strict=False))):
+            memory, seen = ConversationMemory(llm.count_tokens), []
+        for i in range(len(seen), len(self.history)):
+            turn = self.history[i]
+            memory.add(i, turn.standalone or turn.question, turn.answer.text)
+        self._memory = (memory, list(self.history))
+        return memory
 
     # -- saving ------------------------------------------------------------------------------
 
     def record(self) -> dict[str, Any]:
         """The session as JSON-ready data (what `save("x.json")` and the resume file hold)."""
+        return self._record(self.history)
+
+    def _record(self, turns: Sequence[Turn]) -> dict[str, Any]:
         return _Record(
             document_id=self.document.id,
             source=self.document.source,
             strategy=self._strategy.name,
             options=self._options,
             model=self._model if isinstance(self._model, str) else None,
-            turns=self.history,
+            turns=list(turns),
         ).model_dump(mode="json")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -502,13 +547,81 @@ class Session:
         if not (self.persist and self.history):
             return
         try:
-            write_atomic(self.path, json.dumps(self.record(), ensure_ascii=False))
+            with _locked(self.path.parent):  # another process's save waits: none is lost
+                self._take_others()
+                turns = list(heapq.merge(self.history, self._others, key=_when))
+                write_atomic(self.path, json.dumps(self._record(turns), ensure_ascii=False))
+                self._stamp = _stamp(self.path)
+                self._known.update(_key(t) for t in turns)
         except OSError as exc:  # the answer stands; only the resume file is missing
             warnings.warn(f"could not save the session to {self.path}: {exc}", LongweaveWarning, 3)
         except (TypeError, ValueError) as exc:  # a strategy setting that JSON cannot hold
             warnings.warn(f"could not save the session to {self.path}: a strategy setting is "
                           f"not JSON ({exc}); open it with persist=False to stop trying",
                           LongweaveWarning, 3)
+
+    def _take_others(self) -> None:
+        """Keep the turns another session (another chat on the same text) saved since this one
+        last read or wrote the file: writing this session's turns alone dropped them."""
+        stamp = _stamp(self.path)
+        if stamp is None or stamp == self._stamp:
+            return
+        found = _read(self.path, self.document.id)
+        if isinstance(found, str):
+            _set_aside(self.path, found, "saving this conversation in its place")
+            return
+        mine = self._known | {_key(t) for t in (*self.history, *self._others)}
+        self._others = sorted([*self._others, *(t for t in found.turns if _key(t) not in mine)],
+                              key=_when)
+
+
+def _key(turn: Turn) -> tuple[float, str, str]:
+    """What tells one saved turn from another, across sessions and processes."""
+    return (turn.asked_at, turn.question, turn.answer.text)
+
+
+def _when(turn: Turn) -> float:
+    return turn.asked_at
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """The file's identity and version (each save is a new file), or None when there is none."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the sessions folder while a save reads and replaces a file, so that two processes
+    saving the same conversation take turns. Best effort: without flock (Windows) or where
+    the file system refuses it, the save goes on unlocked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = _lock(folder)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def _lock(folder: Path) -> int | None:
+    """A handle on `folder` holding its exclusive flock, or None where there is none to take."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks
+        pass
+    return fd
 
 
 def transcript(session: Session) -> str:
@@ -562,6 +675,7 @@ def _valid(strategy: str, options: dict[str, Any]) -> bool:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: never half a file."""
+    text = _encodable(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -573,25 +687,58 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _load(path: Path) -> _Record | None:
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates (a byte that was not UTF-8, read with surrogateescape; half
+    an emoji escaped in a JSON reply) as U+FFFD: UTF-8 cannot hold them, and failing there
+    lost the transcript, and every later turn's save."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _load(path: Path, document_id: str) -> _Record | None:
     """A saved session, or None when there is none or it cannot be read (with a warning)."""
     if not path.exists():
         return None
+    found = _read(path, document_id)
+    if isinstance(found, str):
+        _set_aside(path, found, "starting a new one")
+        return None
+    return found
+
+
+def _read(path: Path, document_id: str) -> _Record | str:
+    """The saved session at `path`, or why it cannot be continued."""
     try:
-        record = _Record.model_validate_json(path.read_text(encoding="utf-8"))
-        if record.version == FORMAT_VERSION:
-            return record
-        problem = f"format {record.version}"
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        version = raw.get("version") if isinstance(raw, dict) else None
+        if isinstance(version, int) and version != FORMAT_VERSION:
+            # Checked first: a newer format's new fields would read as a validation error.
+            return f"format {version}; this longweave reads format {FORMAT_VERSION}"
+        record = _Record.model_validate(raw)
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, not a record
-        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
-    # Kept, not overwritten by the new session's first turn: a newer longweave's file, or one
-    # a crash or an editor damaged, may still matter to its owner.
-    aside = path.with_name(f"{path.stem}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    if record.document_id != document_id:
+        return "it is the conversation about another text"
+    return record
+
+
+def _set_aside(path: Path, problem: str, doing: str) -> None:
+    """Move an unreadable saved session beside its name, with a warning: a newer longweave's
+    file, or one a crash or an editor damaged, may still matter to its owner, so it is kept
+    rather than overwritten by the next save."""
+    stem = f"{path.stem}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = path.with_name(f"{stem}{path.suffix}")
+    for n in range(2, 100):  # a second one within the same second must not replace the first
+        if not aside.exists():
+            break
+        aside = path.with_name(f"{stem}-{n}{path.suffix}")
     try:
         os.replace(path, aside)
         kept = f"; it was moved to {aside.name}"
     except OSError:
         kept = ""
-    warnings.warn(f"the saved session {path} is unreadable ({problem}); starting a new one{kept}",
-                  LongweaveWarning, 3)
-    return None
+    warnings.warn(f"the saved session {path} is unreadable ({problem}); {doing}{kept}",
+                  LongweaveWarning, 4)
