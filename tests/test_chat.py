@@ -587,6 +587,12 @@ def test_chat_command_resumes_the_conversation_and_new_starts_over(
     assert "starting over; the earlier conversation is kept in" in " ".join(out.split())
     (kept,) = (tmp_path / "cache" / "sessions").glob("*.previous.json")
     assert [t["question"] for t in json.loads(kept.read_text())["turns"]] == [FIRST, FOLLOW]
+    # A second --new keeps the conversation it replaces beside the first one's.
+    chat_cli(monkeypatch, capsys, f"{FIRST}\n", "--strategy", "truncate", "--no-cache")
+    chat_cli(monkeypatch, capsys, "/cost\n", "--new", "--strategy", "truncate")
+    second = kept.with_name(kept.name.replace(".previous.json", ".previous-2.json"))
+    assert [t["question"] for t in json.loads(kept.read_text())["turns"]] == [FIRST, FOLLOW]
+    assert [t["question"] for t in json.loads(second.read_text())["turns"]] == [FIRST]
 
 
 def test_options_on_resume_apply_to_the_saved_strategy_or_say_which_it_is(

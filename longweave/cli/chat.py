@@ -258,6 +258,16 @@ class ChatController:
         return Output(quit=True)
 
 
+def _unused(path: Path, tag: str) -> Path:
+    """`<stem>.<tag><suffix>`, or `<stem>.<tag>-2<suffix>` and so on when taken: a second
+    `--new` must not replace the conversation the first one kept."""
+    n, kept = 1, path.with_name(f"{path.stem}.{tag}{path.suffix}")
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
+    return kept
+
+
 def answer_items(answer: Answer) -> list[Printable]:
     from longweave.cli.render import print_answer
 
@@ -437,7 +447,7 @@ def chat(
         for warning in caught:
             notes.print(labelled("warning:", "yellow", str(warning.message)))
     if new and session.path.is_file():  # starting over keeps the earlier conversation
-        kept = session.path.with_name(f"{session.path.stem}.previous{session.path.suffix}")
+        kept = _unused(session.path, "previous")
         try:
             os.replace(session.path, kept)
             console.print(f"[dim]starting over; the earlier conversation is kept in {kept}[/]",
