@@ -281,3 +281,25 @@ def test_a_corrupt_corpus_store_is_rebuilt_from_the_file_indexes(tmp_path: Path)
     assert len(again.store) == len(first.store)
     assert corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32,
                         artifacts=cache).reused
+
+
+def test_the_same_embedder_name_on_another_server_is_another_model(tmp_path: Path) -> None:
+    from longweave.retrieval.embeddings import OpenAIEmbedder
+
+    here, there = (OpenAIEmbedder("embed", url, "sk-test") for url in
+                   ("http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"))
+    assert here.name == there.name and here.fingerprint != there.fingerprint
+
+    class Served(HashEmbedder):
+        def __init__(self, server: str) -> None:
+            super().__init__("openai:embed")
+            self.fingerprint = f"openai:embed|{server}"
+
+    doc, cache = Document.from_text("Lamps and keepers. " * 200), ArtifactCache(tmp_path / "a")
+    vectors = EmbeddingCache(tmp_path / "e.sqlite")
+    first = document_index(doc, embedder=CachedEmbedder(Served("a"), vectors), chunk_tokens=32,
+                           artifacts=cache)
+    other = CachedEmbedder(Served("b"), vectors)
+    again = document_index(doc, embedder=other, chunk_tokens=32, artifacts=cache)
+    assert again.key != first.key and not again.reused
+    assert again.embedded == first.embedded > 0  # none of server a's vectors were served

@@ -248,8 +248,13 @@ def test_a_failed_save_leaves_the_previous_store_intact(
     new = VectorStore(32, embedder="test-embedder")
     new.add(x[:5], recs[:5])
 
-    def crash(index: object, path: str) -> None:
-        Path(path).write_bytes(b"half an ind")
+    real_write = faiss.write_index
+
+    def crash(index: object, sink: object) -> None:  # a path, or a writer of the file
+        if isinstance(sink, str):
+            Path(sink).write_bytes(b"half an ind")
+        else:
+            real_write(faiss.IndexFlatIP(2), sink)  # some bytes, then:
         raise OSError("disk full")
 
     monkeypatch.setattr(faiss, "write_index", crash)

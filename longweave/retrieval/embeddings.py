@@ -2,7 +2,7 @@
 
 Every embedder returns float32 rows of unit length, so inner product is cosine similarity. Wrap one
 in `CachedEmbedder` and a text is embedded once per model, ever: vectors are kept in SQLite by
-(embedder name, sha256 of the text).
+(embedder name, plus the server for an OpenAI-compatible one; sha256 of the text).
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ class Embedder(Protocol):
     def dim(self) -> int: ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def embedder_identity(embedder: Embedder) -> str:
+    """What names an embedder's vectors in cache keys: its `fingerprint` where it has one (the
+    server behind an OpenAI-compatible name), else its name."""
+    return str(getattr(embedder, "fingerprint", None) or embedder.name)
 
 
 def normalize(vectors: Any) -> np.ndarray:
@@ -176,6 +182,12 @@ class OpenAIEmbedder:
         self.max_retries = settings.max_retries
         self._dim = dimensions or _OPENAI_DIMS.get(model)
         self._client: Any = None
+
+    @property
+    def fingerprint(self) -> str:
+        """The name plus the server, when not OpenAI's: local servers often answer to any model
+        name, so the same name on another server is another model, with other vectors."""
+        return f"{self.name}|{self.base_url.rstrip('/')}" if self.base_url else self.name
 
     @property
     def dim(self) -> int:
@@ -368,6 +380,8 @@ class CachedEmbedder:
         self.inner = inner
         self.cache = cache
         self.name = inner.name
+        self.fingerprint = embedder_identity(inner)
+        """Vectors are kept under this, so another server's model of the same name misses."""
         self.embedded = 0
         self.cached = 0
 
@@ -380,7 +394,7 @@ class CachedEmbedder:
         import numpy as np
 
         keys = [text_key(t) for t in texts]
-        found = self.cache.get(self.name, keys)
+        found = self.cache.get(self.fingerprint, keys)
         if len({v.shape[0] for v in found.values()}) > 1:
             found = {}  # mixed lengths under one name: trust none of them
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
@@ -392,7 +406,7 @@ class CachedEmbedder:
                 missing = dict(zip(keys, texts, strict=True))
                 fresh = self.inner.embed(list(missing.values()))
             computed = dict(zip(missing, fresh, strict=True))
-            self.cache.put(self.name, computed)
+            self.cache.put(self.fingerprint, computed)
             found.update(computed)
         self.embedded += len(missing)
         self.cached += len(texts) - len(missing)

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from longweave.chunking import Chunk, Chunker
 from longweave.retrieval.corpus import corpus_parts, member
-from longweave.retrieval.embeddings import CachedEmbedder, Embedder, EmbeddingCache, make_embedder
+from longweave.retrieval.embeddings import (
+    CachedEmbedder,
+    Embedder,
+    EmbeddingCache,
+    embedder_identity,
+    make_embedder,
+)
 from longweave.retrieval.store import Record, VectorStore
 
 if TYPE_CHECKING:
@@ -44,8 +50,9 @@ __all__ = [
     "resolve_embedder",
 ]
 
-INDEX_FORMAT = 1
-"""Bumped when the artifact layout or chunk recipe changes, so old artifacts are never misread."""
+INDEX_FORMAT = 2
+"""Bumped when the artifact layout or chunk recipe changes, so old artifacts are never misread
+(2: `index.json` holds checksums of the vectors file and of the chunk spans)."""
 DEFAULT_CHUNK_TOKENS = 256
 """Retrieval chunk size in tokens of the chunking tokenizer (ours): all-MiniLM-L6-v2 reads at most
 256 word pieces, and a few hundred tokens keeps one passage about one thing."""
@@ -87,7 +94,8 @@ class CorpusIndex:
 def index_key(
     document_id: str, *, embedder: str, tokenizer: str, chunk_tokens: int, overlap: int = 0
 ) -> str:
-    """The artifact key of a document's index under these settings."""
+    """The artifact key of a document's index under these settings (`embedder` is what
+    `embedder_identity` says: the name, plus the server for an OpenAI-compatible one)."""
     digest = _digest(
         {"format": INDEX_FORMAT, "doc": document_id, "embedder": embedder,
          "tokenizer": tokenizer, "chunk_tokens": chunk_tokens, "overlap": overlap}
@@ -113,7 +121,7 @@ def document_index(
     """
     chunker = Chunker(chunk_tokens, overlap, tokenizer)
     key = index_key(
-        document.id, embedder=embedder.name, tokenizer=chunker.tokenizer.name,
+        document.id, embedder=embedder_identity(embedder), tokenizer=chunker.tokenizer.name,
         chunk_tokens=chunk_tokens, overlap=overlap,
     )
     loaded = (artifacts.load(key, lambda d: _load(d, document, embedder), "the retrieval index")
@@ -155,8 +163,8 @@ def corpus_index(
     tok_name = Chunker(chunk_tokens, overlap, tokenizer).tokenizer.name
     key = "corpus-" + _digest(
         {"format": INDEX_FORMAT, "doc": document.id, "sources": [p.source for p in parts],
-         "embedder": embedder.name, "tokenizer": tok_name, "chunk_tokens": chunk_tokens,
-         "overlap": overlap}
+         "embedder": embedder_identity(embedder), "tokenizer": tok_name,
+         "chunk_tokens": chunk_tokens, "overlap": overlap}
     )[:40]
 
     def read(found: Path) -> VectorStore:
@@ -250,10 +258,35 @@ def _assemble(
 
 
 def _write(directory: Path, about: dict[str, Any], vectors: np.ndarray) -> None:
+    """The vectors, then `index.json` with their checksums (`_check_sums` says why)."""
     import numpy as np
 
     np.save(directory / _VECTORS, np.asarray(vectors, dtype=np.float32))
-    (directory / _META).write_text(json.dumps(about), encoding="utf-8")
+    checksums = {"vectors": _file_checksum(directory / _VECTORS),
+                 "chunks": _digest({"chunks": about["chunks"]})}
+    (directory / _META).write_text(json.dumps({**about, "checksums": checksums}),
+                                   encoding="utf-8")
+
+
+def _file_checksum(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _check_sums(directory: Path, about: dict[str, Any]) -> None:
+    """The vectors file and the spans are the ones written, checked before either is used.
+
+    A changed vector or a shifted span still parses and passes every other check, and would
+    answer with the wrong passages; a damaged `.npy` header can make numpy try to allocate
+    terabytes, or raise EOFError, before any shape check runs."""
+    sums = about.get("checksums")
+    if not isinstance(sums, dict) or sums.get("chunks") != _digest({"chunks": about["chunks"]}):
+        raise ValueError("the chunk spans do not match their checksum (corrupted)")
+    if _file_checksum(directory / _VECTORS) != sums.get("vectors"):
+        raise ValueError(f"{_VECTORS} does not match its checksum (truncated or corrupted)")
 
 
 def _load(
@@ -267,6 +300,7 @@ def _load(
         raise ValueError("written for another format or document")
     if about.get("embedder") != embedder.name or about.get("dim") != embedder.dim:
         raise ValueError(f"written with embedder {about.get('embedder')!r}")
+    _check_sums(directory, about)
     vectors = np.load(directory / _VECTORS, allow_pickle=False)
     spans = about["chunks"]
     if vectors.dtype != np.float32 or vectors.shape != (len(spans), embedder.dim):

@@ -8,16 +8,21 @@ than the manifest names) raises `StoreError` rather than answer searches from th
 
 Format 2 added IVF indexes and renamed `hnsw_threshold` to `approximate_threshold`; format 1
 stores still load.
+
+Several processes may save and load one store at once: a load sees the old store or the new one
+(a store replaced while it is read is read again), and of two saves the last one wins.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,17 +44,23 @@ INDEX_FILE = "index.faiss"
 RECORDS_FILE = "records.jsonl"
 _REBUILD = "delete the folder and build the index again"
 RECORD_FIELDS = ["document_id", "chunk_index", "start", "end", "source", "text"]
+READ_TRIES = 5
+"""Reads of a store that another process keeps replacing before a load gives up."""
+SWAP_TRIES = 5
+"""Renames into place a save tries while other processes keep putting stores there."""
+SAVE_GAP_S = 0.5
+"""How long a load waits for a save caught between its two renames before it puts the old
+store back (a save that died there never finishes)."""
 
 
 def write_store(path: Path, index: Any, records: Sequence[Record | None], about: dict) -> None:
     """Write a faiss index, its records and a manifest into a temporary sibling, then rename."""
-    if path.exists() and not (path / MANIFEST).is_file():
-        if not path.is_dir() or any(path.iterdir()):
-            raise StoreError(path, "exists and is not a vector store", hint="save to a new folder")
+    if _in_the_way(path):
+        raise StoreError(path, "exists and is not a vector store", hint="save to a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        _faiss().write_index(index, str(tmp / INDEX_FILE))
+        _write_index(index, tmp / INDEX_FILE)
         with open(tmp / RECORDS_FILE, "w", encoding="utf-8") as f:
             for r in records:
                 row = None if r is None else [getattr(r, name) for name in RECORD_FIELDS]
@@ -71,10 +82,69 @@ def write_store(path: Path, index: Any, records: Sequence[Record | None], about:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _in_the_way(path: Path) -> bool:
+    """Whether `path` holds something a save must not replace: a file, or a folder of files
+    without a manifest. A folder swapped while it is looked at (another process saving: gone
+    for a moment, then another folder) is a store, not something in the way."""
+    before = _identity(path)
+    if before is None:
+        return False
+    try:
+        found = not (path / MANIFEST).is_file() and (not path.is_dir() or any(path.iterdir()))
+    except FileNotFoundError:
+        return False
+    return found and _identity(path) == before
+
+
+def _write_index(index: Any, file: Path) -> None:
+    """Write through a Python file: faiss's own file writer reports a failed write as a
+    RuntimeError, and one that fails as it closes the file (the last buffered bytes, on a full
+    disk) only on stderr, leaving a truncated file that its checksum then vouches for. Here
+    every failure is an OSError, as for the other files, so a failed save leaves the previous
+    store in place and a cache that cannot be written is a warning rather than a crash."""
+    faiss = _faiss()
+    with open(file, "wb") as f:
+        try:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+        except RuntimeError as exc:  # faiss's own complaint, not the file's
+            problem = str(exc).rsplit("failed: ", 1)[-1].strip()
+            raise OSError(errno.EIO, f"faiss could not write the index: {problem}",
+                          str(file)) from None
+
+
 def read_store(
     path: Path, *, expected_embedder: str | None = None, expected_dim: int | None = None
 ) -> tuple[dict[str, Any], Any, list[Record | None]]:
-    """The manifest, faiss index and records saved at `path`, each checked before use."""
+    """The manifest, faiss index and records saved at `path`, each checked before use.
+
+    A save by another process swaps the folder while this one reads it, so the files read can
+    be gone, or newer than the manifest (they then fail their checksums); when the folder
+    changed under a failed read, it is read again."""
+    for attempt in range(1, READ_TRIES + 1):
+        before = _identity(path)
+        try:
+            return _read_once(path, expected_embedder, expected_dim)
+        except (StoreError, OSError) as exc:
+            if attempt < READ_TRIES and _identity(path) != before:
+                continue
+            if isinstance(exc, OSError):  # a file gone mid-read
+                raise _corrupt(path, f"unreadable: {exc}") from None
+            raise
+    raise AssertionError("unreachable")
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which folder is at `path`: a save puts a new one there (a new inode, a new ctime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _read_once(
+    path: Path, expected_embedder: str | None, expected_dim: int | None
+) -> tuple[dict[str, Any], Any, list[Record | None]]:
     manifest = _read_manifest(path)
     _check_expected(path, manifest, expected_embedder, expected_dim)
     for name in (INDEX_FILE, RECORDS_FILE):
@@ -120,20 +190,47 @@ def _check_kind(path: Path, manifest: dict[str, Any], index: Any) -> None:
 
 
 def _swap(tmp: Path, path: Path) -> None:
-    # rename() cannot replace a non-empty folder, so the old one steps aside first; a crash in
-    # between leaves it as `.NAME.old-*`, which `load` puts back.
-    if not path.exists():
-        os.rename(tmp, path)
-    else:
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            os.rename(old, path)
-            raise
+    """Move the new store `tmp` to `path`.
+
+    rename() cannot replace a non-empty folder, so the old one steps aside first; a crash in
+    between leaves it as `.NAME.old-*`, which `load` puts back. Another process can put a store
+    at `path` in between (its own save, or a load putting the old one back): the last save wins,
+    so that one steps aside too and the rename is tried again."""
+    aside: list[Path] = []
+    try:
+        for _ in range(SWAP_TRIES):
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+                try:
+                    os.rename(path, old)
+                    aside.append(old)
+                except FileNotFoundError:
+                    pass  # another save moved it first
+            try:
+                os.rename(tmp, path)
+                break
+            except OSError:
+                if not path.exists():
+                    raise
+        else:
+            raise OSError(errno.EBUSY, "other processes kept saving over it", str(path))
+    except OSError:
+        _put_back(aside, path)
+        raise
+    for old in aside:
         shutil.rmtree(old, ignore_errors=True)
     _fsync(path.parent)
+
+
+def _put_back(aside: list[Path], path: Path) -> None:
+    """After a failed swap, the store that was at `path` last goes back (when none is there)."""
+    if aside and not path.exists():
+        try:
+            os.rename(aside.pop(), path)
+        except OSError:
+            return  # left as `.NAME.old-*` with the others, for `load` to put back
+    for old in aside:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
@@ -197,14 +294,23 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _recover(path: Path) -> bool:
-    """Put back the previous store when a save died between its two renames."""
-    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), reverse=True):
-        if (old / MANIFEST).is_file():
-            try:
-                os.rename(old, path)
-                return True
-            except OSError:
-                return path.exists()
+    """Put back the previous store when a save died between its two renames.
+
+    A save still running is given `SAVE_GAP_S` to finish first: its old store put back under it
+    would be read instead of its new one, and only make it step aside again."""
+    olds = [old for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"),
+                                  reverse=True) if (old / MANIFEST).is_file()]
+    deadline = time.monotonic() + SAVE_GAP_S
+    while olds and time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    for old in olds:
+        try:
+            os.rename(old, path)
+            return True
+        except OSError:
+            return path.exists()
     return False
 
 
