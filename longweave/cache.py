@@ -290,7 +290,8 @@ _SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 T = TypeVar("T")
 
-_UNUSABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, LongweaveError)
+_UNUSABLE = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+             LongweaveError)
 """What reading a damaged artifact raises: its files missing or garbled, or JSON of another shape
 (pydantic's ValidationError and JSON errors are ValueErrors)."""
 

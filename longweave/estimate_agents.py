@@ -219,6 +219,7 @@ async def light(s: Any, ctx: RunContext, t: Tally) -> None:
     from longweave.agents.light_build import artifact_key, split_units
     from longweave.agents.light_fill import reader_budget
     from longweave.errors import ConfigError
+    from longweave.retrieval.embeddings import embedder_identity
 
     q, a = ctx.question, t.a
     if not q.strip():
@@ -240,7 +241,8 @@ async def light(s: Any, ctx: RunContext, t: Tally) -> None:
         return done, pad
 
     compressions, pad = fold(per_unit)
-    if not t.cached(lambda: artifact_key(s, ctx, plan, s.get_embedder(ctx).name)):
+    embedder = embedder_identity(s.get_embedder(ctx))
+    if not t.cached(lambda: artifact_key(s, ctx, plan, embedder)):
         kv = p.kv_schema(s.kv_items)
         facts = p.facts_schema(s.fact_items)
         fixed = (t.prompt(p.kv_messages("", ""), kv) + t.prompt(p.facts_messages("", ""), facts))

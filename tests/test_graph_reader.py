@@ -95,6 +95,24 @@ async def test_build_extracts_once_per_chunk_and_a_cached_rebuild_calls_nothing(
     assert again.usage.calls == answer.usage.calls - len(PARAS)
 
 
+async def test_an_embedder_of_the_same_name_on_another_server_builds_another_graph(
+        tmp_path: Path) -> None:
+    """Node merges follow the embedder's vectors: one name served by two OpenAI-compatible
+    servers is two embedders (their `fingerprint`s differ), so the graph is not shared."""
+
+    class Served(HashEmbedder):
+        def __init__(self, server: str) -> None:
+            super().__init__(dim=64)
+            self.fingerprint = f"{self.name}@{server}"
+
+    doc, cache = Document.from_text("\n\n".join(PARAS)), ArtifactCache(tmp_path)
+    for server in ("http://a/v1", "http://b/v1"):
+        model = scripted()
+        strategy = reader().with_embedder(Served(server))
+        await arun(strategy, doc, "Who lit Lamp?", model, artifacts=cache)
+        assert len(model.calls("extractor")) == len(PARAS)  # built for each server
+
+
 @pytest.mark.parametrize("damage", ["null", "[]", '{"doc_id": "x"}', "{"])
 async def test_a_damaged_cached_graph_is_rebuilt_once_and_cached_again(
     tmp_path: Path, damage: str

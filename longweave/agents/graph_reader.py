@@ -32,7 +32,7 @@ from longweave.graphs.explore import Explorer
 from longweave.graphs.paths import PathState
 from longweave.graphs.store import GRAPH_FORMAT, KeyGraph, normalize_key
 from longweave.llm import model_identity, unquote
-from longweave.retrieval.embeddings import Embedder
+from longweave.retrieval.embeddings import Embedder, embedder_identity
 from longweave.structured import json_instructions, reask_message, whole_items
 
 __all__ = ["Budgets", "GraphReader"]
@@ -178,7 +178,8 @@ class GraphReader(UsesEmbedder):
             "max_facts": self.max_facts, "fact_chars": self.fact_chars,
             "max_keys": self.max_keys, "key_chars": self.key_chars,
             "extract_max_new": self.extract_max_new, "temperature": self.temperature,
-            "embedder": self.get_embedder(ctx).name, "merge_threshold": self.merge_threshold,
+            "embedder": embedder_identity(self.get_embedder(ctx)),
+            "merge_threshold": self.merge_threshold,
             "keep_cut": self.keep_cut,
         }
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

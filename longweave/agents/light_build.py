@@ -20,6 +20,7 @@ from longweave.llm import model_identity
 from longweave.memory.episodic import Episode, EpisodicMemory
 from longweave.memory.scratchpad import Bullet, Piece, Scratchpad, parse_bullet
 from longweave.memory.working import MemoryUnit
+from longweave.retrieval.embeddings import embedder_identity
 from longweave.structured import json_instructions
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ async def build_memory(light: LIGHT, ctx: RunContext, plan: Plan) -> Built:
     units = split_units(ctx, plan.unit_tokens)
     if not units:
         raise LongweaveError(f"{ctx.document.name} has no text to remember")
-    key = artifact_key(light, ctx, plan, embedder.name)
+    key = artifact_key(light, ctx, plan, embedder_identity(embedder))
 
     def read(found: Path) -> Built:
         memory = EpisodicMemory.load(found, embedder)
