@@ -344,3 +344,27 @@ async def test_a_model_that_cannot_be_made_stops_the_batch_at_its_first_item(
     assert "asks the 3 questions left" in stopped.value.hint
     (record,) = ResultLog(out).records()
     assert record.fatal and record.error_type == "ConfigError" and "OPENAI_API_KEY" in record.hint
+
+
+async def test_a_local_model_that_fails_to_load_at_its_first_call_stops_the_batch(
+        tmp_path: Path) -> None:
+    """A local model is made lazily and loads at its first call: that failure is fatal too
+    (each question would load it again, 15-25 s for a GGUF file, and fail the same way)."""
+    from longweave.batch import BatchStopped
+    from longweave.local_models.loader import ModelLoadError
+
+    class Unloadable(ScriptedModel):
+        async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+            self.requests.append(messages)
+            await asyncio.sleep(0.05)  # a load takes a while; the driver reads the record first
+            raise ModelLoadError("cannot load the weights of 'hf:x': damaged", hint="fix it")
+
+    model = Unloadable()
+    docs = [tmp_path / f"d{i}.txt" for i in range(5)]
+    for d in docs:
+        d.write_text("Some text.", encoding="utf-8")
+    items = [BatchItem(document=d, question="What?") for d in docs]
+    with pytest.raises(BatchStopped, match="cannot load the weights"):
+        await arun_batch(items, tmp_path / "out.jsonl", BatchJob("truncate", model, cache=False),
+                         executor=LocalExecutor(concurrency=1))
+    assert len(model.requests) <= 2  # the first, and at most the one started meanwhile

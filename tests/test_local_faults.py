@@ -468,3 +468,15 @@ async def test_close_waits_for_the_queued_requests_before_the_weights_go() -> No
     await asyncio.sleep(0.05)  # submitted and queued
     await asyncio.to_thread(batcher.close)
     assert all(w.done() for w in waiters)
+
+
+def test_a_package_the_tokenizer_needs_is_named_as_missing(tmp_path: Path) -> None:
+    from longweave.local_models.loader import ModelLoadError, ModelSource, loading
+
+    source = ModelSource(name="hf:x", path=str(tmp_path))
+    with pytest.raises(ModelLoadError, match="SentencePiece") as failed:
+        with loading(source, "tokenizer"):
+            raise ImportError("LlamaTokenizer requires the SentencePiece library",
+                              name="sentencepiece")
+    assert failed.value.hint == "install it: pip install sentencepiece"
+    assert failed.value.fatal

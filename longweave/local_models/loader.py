@@ -53,7 +53,10 @@ class BundledModelMissing(MissingDependency):
 class ModelLoadError(ConfigError):
     """The model cannot be loaded here: its files are missing or damaged, its architecture is
     unknown, or the device or dtype asked for is not available. Raised at the first call that
-    needs the model; a server reports it as its own fault (500), not the request's."""
+    needs the model; a server reports it as its own fault (500), not the request's, and a batch
+    stops at it (`fatal`: every question would try the load again and fail the same way)."""
+
+    fatal = True
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,11 @@ def loading(source: ModelSource, part: str) -> Iterator[None]:
         if not Path(source.path).is_dir():
             raise not_found(source, exc) from None
         raise load_failure(source, part, exc) from exc
+    except ImportError as exc:  # a package this model's tokenizer or weights need
+        hint = (f"install it: pip install {exc.name}" if exc.name
+                else "install the package the message names")
+        raise ModelLoadError(f"cannot load the {part} of {source.name!r}: {exc}",
+                             hint=hint) from exc
     except Exception as exc:  # noqa: BLE001 - every library failure here means "cannot load"
         raise load_failure(source, part, exc) from exc
 
