@@ -324,6 +324,26 @@ def test_estimate_with_a_pilot_answers_a_few_then_estimates_the_rest(
     assert result.exit_code == 2 and "go with --estimate" in result.output
 
 
+def test_a_pilot_stopped_by_a_fatal_error_still_prints_the_estimate(
+        model, folder, tmp_path, monkeypatch) -> None:
+    """The pilot meets an error every question would hit (a model that cannot load): the
+    estimate, made without a model, still prints; the rest is not run, even with --run."""
+    from longweave.local_models.loader import ModelLoadError
+
+    async def unloadable(messages, **kwargs):  # type: ignore[no-untyped-def]
+        raise ModelLoadError("cannot load the weights of 'hf:x': damaged", hint="fix it")
+
+    monkeypatch.setattr(model, "complete", unloadable)
+    questions = _questions(tmp_path, [{"question": "What colour is it?"}])
+    result = _batch(folder, "--questions", questions, "--out", tmp_path / "a.jsonl",
+                    "--estimate", "--pilot", "1", "--run")
+    shown = " ".join(result.output.split())
+    assert result.exit_code == 1 and "stopped at an error every remaining question" in str(
+        result.exception)
+    assert "pilot: 0 of 1 questions answered" in shown and "3 questions to answer" in shown
+    assert "calls" in shown  # the estimate table
+
+
 def test_a_failed_pilot_question_is_left_out_of_the_calibration(model, folder, tmp_path) -> None:
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     questions = _questions(tmp_path, [{"question": "What colour is it?"}])

@@ -161,13 +161,17 @@ def batch(
         todo = [i for i in items if job.key(i) not in done]
         trial = _pilot(todo, pilot)
         ok: list[BatchItem] = []
+        stopped: BatchStopped | None = None
         if trial:
             # Each pilot question's estimate is made before the pilot runs, as the rest's is.
             ahead, seen = {}, set()
             for item in trial:
                 ahead[job.key(item)] = plan([item], built=item.document in seen)
                 seen.add(item.document)
-            answer(trial)
+            try:
+                answer(trial)
+            except BatchStopped as exc:  # the estimate still prints; the rest is not run
+                stopped = exc
             done = log.answered()
             ok = [i for i in trial if job.key(i) in done]
             err.print(f"[bold]pilot:[/] {len(ok)} of {len(trial)} questions answered"
@@ -186,12 +190,14 @@ def batch(
             print_estimate(err, before, actual=used)
             if rest:  # nothing left: there is nothing to calibrate
                 planned = planned.calibrated(before, used)
-        if not run_too:
+        if not run_too or stopped is not None:
             print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
                            throughput=throughput)
             err.print(f"[dim]{len(rest)} questions to answer, {len(items) - len(rest)} already "
                       "answered; nothing " + ("else " if trial else "") + "was asked of the "
                       "model[/]", highlight=False)
+            if stopped is not None:  # the pilot met an error every question would hit
+                raise stopped
             return
     summary = answer(items)
     Console().print(views[-1].summary(summary))
