@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -99,6 +100,9 @@ class _Record(BaseModel):
     strategy: str
     options: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
+    conversation: str = ""
+    """Which conversation this is (a random id; "" in files saved before it existed): two
+    chats on one text merge their turns only when they continue the same conversation."""
     turns: list[Turn] = Field(default_factory=list)
 
 
@@ -269,6 +273,9 @@ class Session:
         """Turns this session has read from or written to the file."""
         self._others: list[Turn] = []
         """Turns other sessions saved to the file: written back with this session's turns."""
+        self.conversation = uuid.uuid4().hex
+        """This conversation's id: a new one's is random; `open(resume=True)` continues the
+        saved one's (or "", the first conversation about the text, which every resumer joins)."""
         self._memory: tuple[ConversationMemory | None, list[Turn]] = (None, [])
         self._llm: LLM | None = None
         self._model: str | LLM = self.settings.model if model is None else model
@@ -316,6 +323,8 @@ class Session:
         # Not resuming, the file as it is now is replaced at the first answer (chat's --new
         # moves it aside first); a change after this is another session's, and is kept.
         session._stamp = stamp
+        if resume:  # the text's conversation: the saved one, or the first, "" (any resumer's)
+            session.conversation = saved.conversation if saved is not None else ""
         return session
 
     # -- what it uses ------------------------------------------------------------------------
@@ -515,6 +524,7 @@ class Session:
             strategy=self._strategy.name,
             options=self._options,
             model=self._model if isinstance(self._model, str) else None,
+            conversation=self.conversation,
             turns=list(turns),
         ).model_dump(mode="json")
 
@@ -560,6 +570,15 @@ class Session:
                           f"not JSON ({exc}); open it with persist=False to stop trying",
                           LongweaveWarning, 3)
 
+    def _save_apart(self) -> None:
+        """Another conversation took the file meanwhile (a chat on the same text started over
+        with --new while this one went on): neither replaces the other; this one is saved
+        beside it from now on."""
+        apart = self.path.with_name(f"{self.document.id}.{self.conversation[:12]}.json")
+        warnings.warn(f"another conversation about this text was saved to {self.path} "
+                      f"meanwhile; this one is saved to {apart} from now on", LongweaveWarning, 4)
+        self.path, self._stamp, self._others = apart, _stamp(apart), []
+
     def _take_others(self) -> None:
         """Keep the turns another session (another chat on the same text) saved since this one
         last read or wrote the file: writing this session's turns alone dropped them."""
@@ -570,14 +589,18 @@ class Session:
         if isinstance(found, str):
             _set_aside(self.path, found, "saving this conversation in its place")
             return
+        if found.conversation != self.conversation:
+            self._save_apart()
+            return
         mine = self._known | {_key(t) for t in (*self.history, *self._others)}
         self._others = sorted([*self._others, *(t for t in found.turns if _key(t) not in mine)],
                               key=_when)
 
 
 def _key(turn: Turn) -> tuple[float, str, str]:
-    """What tells one saved turn from another, across sessions and processes."""
-    return (turn.asked_at, turn.question, turn.answer.text)
+    """What tells one saved turn from another, across sessions and processes: its texts as
+    saved (a lone surrogate is written as U+FFFD, so the turn read back must match)."""
+    return (turn.asked_at, _encodable(turn.question), _encodable(turn.answer.text))
 
 
 def _when(turn: Turn) -> float:

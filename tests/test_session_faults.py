@@ -64,6 +64,34 @@ async def test_two_sessions_on_one_text_keep_each_others_turns(tmp_path: Path) -
     assert [t.question for t in resumed.history] == ["A1?", "B1?", "A2?", "B2?"]
 
 
+async def test_a_turn_with_a_lone_surrogate_is_merged_once(tmp_path: Path) -> None:
+    """The file holds such a text as U+FFFD: read back, the turn must still be known as this
+    session's own, not taken for another session's and written twice."""
+    a, b = opened(tmp_path, model()), opened(tmp_path, model())
+    await a.aask("bad byte \udcff here?")
+    await b.aask("B1?")
+    await a.aask("A2?")
+    assert saved_questions(a) == ["bad byte \ufffd here?", "B1?", "A2?"]
+
+
+async def test_a_chat_started_over_meanwhile_is_not_merged_into(tmp_path: Path) -> None:
+    """A continues the text's conversation; B starts over (chat --new moves the file aside,
+    then opens without resuming). Neither conversation takes the other's turns: the one that
+    finds the other's in the file is saved beside it, with a warning."""
+    a = opened(tmp_path)
+    await a.aask("T0?")
+    os.replace(a.path, a.path.with_name(f"{a.path.stem}.previous.json"))  # what --new does
+    b = opened(tmp_path, resume=False)
+    await b.aask("B1?")
+    with pytest.warns(LongweaveWarning, match="another conversation about this text"):
+        await a.aask("A1?")
+    assert saved_questions(b) == ["B1?"]
+    assert saved_questions(a) == ["T0?", "A1?"] and a.path != b.path
+    await b.aask("B2?")
+    assert saved_questions(b) == ["B1?", "B2?"]
+    assert [t.question for t in opened(tmp_path).history] == ["B1?", "B2?"]  # the newest
+
+
 async def test_turns_a_session_dropped_are_not_brought_back(tmp_path: Path) -> None:
     a = opened(tmp_path)
     await a.aask("A1?")
