@@ -224,3 +224,46 @@ def test_the_synchronous_calls_work_inside_a_running_event_loop(tmp_path, monkey
 
     assert asyncio.run(cell()) == ["Under the mat."] * 3 + [1, 1]
     assert ResultLog(tmp_path / "out.jsonl").records()[0].answer == "Under the mat."
+
+
+def test_an_interrupt_inside_a_running_loop_cancels_the_work() -> None:
+    """Ctrl-C (a notebook's "interrupt kernel") while a synchronous call waits on its worker
+    thread used to wait for the whole run and leave it going."""
+    import asyncio
+    import os
+    import signal
+    import threading
+    import time
+
+    from longweave.sync import run_sync
+
+    if sys.platform == "win32":  # no SIGINT to send to oneself there
+        return
+
+    seen: list[str] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+            seen.append("finished")
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def cell() -> None:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        run_sync(work())
+
+    # As a notebook kernel runs its loop: no asyncio.run, whose own SIGINT handler would only
+    # cancel the cell once it returned.
+    loop = asyncio.new_event_loop()
+    started = time.perf_counter()
+    try:
+        loop.run_until_complete(cell())
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt was lost")
+    finally:
+        loop.close()
+    assert seen == ["cancelled"] and time.perf_counter() - started < 10
