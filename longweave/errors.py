@@ -118,6 +118,36 @@ class ModelError(LongweaveError):
         super().__init__(message, hint=hint)
 
 
+_ABOUT_CONTENT = ("moderat", "flagged", "content", "safety", "policy")
+
+
+def stops_every_call(status: int, code: str = "", detail: str = "") -> bool:
+    """Whether an API's HTTP error means no later call can succeed either (a `fatal`
+    ModelError): a rejected key (401), an unknown model or endpoint (404), an exhausted quota,
+    no permission (403) unless the 403 is about this request's content, as some gateways
+    answer a flagged input."""
+    if status in (401, 404) or code == "insufficient_quota":
+        return True
+    lowered = f"{code} {detail}".lower()
+    return status == 403 and not any(word in lowered for word in _ABOUT_CONTENT)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a connection error means nothing answers at the address (refused, no such host,
+    no connection within the timeout), rather than a connection that broke mid-reply.
+
+    Told by the HTTP library's exception names along the cause chain: the openai client's
+    transport may be httpx or a renamed copy of it, whose classes are not httpx's."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ in ("ConnectError", "ConnectTimeout"):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 class ParseError(ModelError):
     """The model's output did not validate against the requested schema, even after a re-ask."""
 

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from longweave.answer import Usage, plural
 from longweave.config import Settings
-from longweave.errors import ConfigError, LongweaveWarning, ModelError, ParseError
+from longweave.errors import (
+    ConfigError,
+    LongweaveWarning,
+    ModelError,
+    ParseError,
+    stops_every_call,
+    unreachable,
+)
 from longweave.events import TokenSink, token_sink
 from longweave.llm import Completion, Message, check_budget
 from longweave.structured import (
@@ -443,7 +450,7 @@ class OpenAILLM:
                     f"{self.model}: cannot connect to {self._where()}: {exc.__cause__ or exc}",
                     provider=PROVIDER,
                     hint="check OPENAI_BASE_URL and that the server is running",
-                    fatal=True,  # once the retries give up: the server is not there
+                    fatal=unreachable(exc),  # once the retries give up: nothing is there
                 )
             ) from None
         except ValueError as exc:  # the body was not JSON (a proxy cut it, or a broken server)
@@ -517,7 +524,7 @@ class OpenAILLM:
             hint = "the server cannot do json_schema output: use structured='instructions'"
         # Every later call would get the same answer: the key, the permission, the model or
         # the quota has to change first.
-        fatal = status in (401, 403, 404) or code == "insufficient_quota"
+        fatal = stops_every_call(status, code, detail)
         return ModelError(message, provider=PROVIDER, status=status, hint=hint, fatal=fatal)
 
     def _usage(self, resp: Any, messages: list[Message], text: str, meta: dict[str, Any]) -> Usage:

@@ -283,3 +283,54 @@ def test_a_batch_stops_at_an_error_every_question_would_hit_and_resumes_once_fix
     server.push(*(completion("Keeper [c1].") for _ in range(6)))
     assert run_cli(monkeypatch, *args) == 0  # the key fixed: the other three are asked
     assert len(server.requests) == 6  # a worker and the manager each
+
+
+def test_which_api_errors_stop_a_batch() -> None:
+    """Fatal: what no later call can get past. Not: one request's trouble (a 403 some gateways
+    give a flagged input, a 400, a 5xx, a connection that broke mid-reply)."""
+    import httpx
+    import openai
+
+    from longweave.errors import stops_every_call, unreachable
+
+    assert stops_every_call(401) and stops_every_call(404) and stops_every_call(403)
+    assert stops_every_call(429, "insufficient_quota")
+    assert not stops_every_call(403, "", "Your input was flagged by moderation")
+    assert not any(stops_every_call(s) for s in (400, 408, 429, 500, 503))
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+
+    def wrapped(cause: Exception) -> openai.APIConnectionError:
+        error = openai.APIConnectionError(request=request)
+        error.__cause__ = cause
+        return error
+
+    assert unreachable(wrapped(httpx.ConnectError("refused", request=request)))
+    assert unreachable(wrapped(httpx.ConnectTimeout("slow", request=request)))
+    assert not unreachable(wrapped(httpx.RemoteProtocolError("cut", request=request)))
+    assert not unreachable(wrapped(httpx.ReadError("reset", request=request)))
+
+
+def test_a_dead_server_stops_a_batch_from_the_embedder_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from longweave.config import Settings
+    from longweave.errors import ModelError
+    from longweave.retrieval.embeddings import OpenAIEmbedder
+
+    monkeypatch.setenv("LONGWEAVE_MAX_RETRIES", "0")
+    embedder = OpenAIEmbedder("text-embedding-3-small", base_url="http://127.0.0.1:1/v1",
+                              api_key="x", settings=Settings())
+    with pytest.raises(ModelError, match="cannot reach") as failed:
+        embedder.embed(["hello"])
+    assert failed.value.fatal
+
+
+async def test_a_chat_model_with_nothing_at_its_address_is_fatal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from longweave.errors import ModelError
+    from longweave.llm import user
+    from longweave.openai_backend import OpenAILLM
+
+    llm = OpenAILLM("m", base_url="http://127.0.0.1:1/v1", api_key="x", max_retries=0)
+    with pytest.raises(ModelError, match="cannot connect") as failed:
+        await llm.complete([user("hi")], max_tokens=4)
+    assert failed.value.fatal

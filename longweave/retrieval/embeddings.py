@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from longweave.config import Settings
-from longweave.errors import ConfigError, LongweaveWarning, MissingDependency, ModelError
+from longweave.errors import (
+    ConfigError,
+    LongweaveWarning,
+    MissingDependency,
+    ModelError,
+    stops_every_call,
+    unreachable,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -231,18 +238,21 @@ class OpenAIEmbedder:
                 **extra,
             )
         except openai.APIStatusError as exc:
+            status, code = int(exc.status_code), str(getattr(exc, "code", "") or "")
             raise ModelError(
-                f"embedding model {self.model}: HTTP {exc.status_code} from {self._where()}: "
+                f"embedding model {self.model}: HTTP {status} from {self._where()}: "
                 f"{exc.message}",
                 provider="openai",
-                status=int(exc.status_code),
+                status=status,
                 hint="check the model name, OPENAI_API_KEY and OPENAI_BASE_URL (ending in /v1)",
+                fatal=stops_every_call(status, code, str(exc.message)),
             ) from None
         except openai.APIConnectionError as exc:
             raise ModelError(
                 f"embedding model {self.model}: cannot reach {self._where()}: {exc}",
                 provider="openai",
                 hint="check OPENAI_BASE_URL and that the server is running",
+                fatal=unreachable(exc),
             ) from None
         data = getattr(resp, "data", None)
         if not isinstance(data, list) or len(data) != len(batch):
