@@ -199,6 +199,8 @@ async def _complete_streaming(
     relay = _Relay(send)
     token_sink.set(relay)
     completion = await llm.complete(call["messages"], **call["kwargs"])
+    if relay.again is not None:  # the new reply ended before it caught up with what was sent
+        relay.diverged = relay.again != relay.sent
     if relay.diverged:
         raise ModelError(f"{llm.name}: the reply was generated again after a failed batch and "
                          "differs from the text already streamed", provider="local",
