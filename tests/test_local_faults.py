@@ -480,3 +480,34 @@ def test_a_package_the_tokenizer_needs_is_named_as_missing(tmp_path: Path) -> No
                               name="sentencepiece")
     assert failed.value.hint == "install it: pip install sentencepiece"
     assert failed.value.fatal
+
+
+def test_a_submit_while_close_waits_neither_overlaps_nor_hangs() -> None:
+    """The submit starts a new worker while the stopped one still runs: they shared one queue
+    (the new one could take the stop, and close waited forever) and ran generate() at once."""
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def runner(batch: list[GenRequest]) -> list[GenResult]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return [GenResult([1], "stop", len(batch), 0.2) for _ in batch]
+
+    batcher = Batcher(runner, max_batch_size=1, wait_s=0.0)
+    first = batcher.submit(GenRequest([1], 4))
+    time.sleep(0.05)  # the first batch is running
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.05)  # close is waiting for the worker
+    second = batcher.submit(GenRequest([2], 4))
+    closer.join(timeout=5)
+    assert not closer.is_alive()
+    assert first.result(timeout=5).token_ids == [1] and second.result(timeout=5).token_ids == [1]
+    assert peak[0] == 1
+    batcher.close()

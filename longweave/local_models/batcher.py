@@ -73,8 +73,11 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_padding = max_padding
         self._queue: queue.Queue[Any] = queue.Queue()
+        """The current worker's queue: each worker has its own (see `close`)."""
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._last: threading.Thread | None = None
+        """The worker `close` stopped, which may still be running the requests queued to it."""
         self._held: dict[asyncio.AbstractEventLoop, list[GenRequest]] = {}
 
     def submit(self, request: GenRequest) -> Future[GenResult]:
@@ -111,25 +114,33 @@ class Batcher:
     def _put(self, requests: list[GenRequest]) -> None:
         with self._lock:
             if self._worker is None or not self._worker.is_alive():
+                self._queue = queue.Queue()
                 self._worker = threading.Thread(
-                    target=self._loop, name="longweave-local-model", daemon=True
+                    target=self._loop, args=(self._queue, self._last),
+                    name="longweave-local-model", daemon=True,
                 )
                 self._worker.start()
-        self._queue.put(requests)
+            self._queue.put(requests)
 
     def close(self) -> None:
         """Stop the worker after the requests already queued, and wait for it (so the caller
-        may then free what they run on); it restarts on the next submit."""
+        may then free what they run on); it restarts on the next submit.
+
+        A submit while this waits starts a new worker on a queue of its own, which first waits
+        for this one: one generate() at a time, and the stop reaches the worker it is for."""
         with self._lock:
             worker, self._worker = self._worker, None
             if worker is not None and worker.is_alive():
                 self._queue.put(_STOP)
+                self._last = worker
         if worker is not None and worker is not threading.current_thread():
             worker.join()
 
-    def _loop(self) -> None:
+    def _loop(self, jobs: queue.Queue[Any], previous: threading.Thread | None) -> None:
+        if previous is not None:
+            previous.join()  # the stopped worker finishes its queue first
         while True:
-            first = self._queue.get()
+            first = jobs.get()
             if first is _STOP:
                 return
             pending = list(first)
@@ -139,15 +150,11 @@ class Batcher:
             while True:
                 try:
                     timeout = deadline - time.monotonic()
-                    item = (
-                        self._queue.get_nowait()
-                        if timeout <= 0
-                        else self._queue.get(timeout=timeout)
-                    )
+                    item = jobs.get_nowait() if timeout <= 0 else jobs.get(timeout=timeout)
                 except queue.Empty:
                     break
                 if item is _STOP:
-                    self._queue.put(item)  # handled after this round's batches
+                    jobs.put(item)  # handled after this round's batches
                     break
                 pending.extend(item)
             for batch in plan_batches(
