@@ -394,6 +394,12 @@ async def test_a_rerun_voids_only_text_that_was_shown() -> None:
     send("Lima")
     await asyncio.sleep(0)  # the deltas travel through the event loop
     assert seen == [("Li", False), ("", True), ("Lima", False)]
+    # A sink that takes the text alone, as the other backends may call one, still gets it.
+    texts: list[str] = []
+    plain = _stream_to(texts.append)  # type: ignore[arg-type]
+    plain("Lima")
+    await asyncio.sleep(0)
+    assert texts == ["Lima"]
 
 
 async def test_configuration_errors_are_not_rerun_per_request() -> None:

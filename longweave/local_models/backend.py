@@ -386,8 +386,12 @@ def _stream_to(sink: TokenSink | None) -> Callable[[str], None] | None:
         if restart and not shown:  # a rerun before any text: nothing to take back
             return
         shown = not restart
+        # `restart=` only when it is one, as the other backends call a sink: one that takes
+        # the text alone still works.
+        call = functools.partial(sink, delta, restart=True) if restart else functools.partial(
+            sink, delta)
         with contextlib.suppress(RuntimeError):  # the loop closed (the answer was cancelled)
-            loop.call_soon_threadsafe(functools.partial(sink, delta, restart=restart))
+            loop.call_soon_threadsafe(call)
 
     return send
 
