@@ -121,12 +121,11 @@ class BatchStopped(ModelError):
     record); `summary` says what it did before. The answers so far are kept, and running the
     same batch again resumes once the cause is fixed."""
 
-    def __init__(self, record: BatchRecord, summary: BatchSummary, path: Path, left: int) -> None:
+    def __init__(self, record: BatchRecord, summary: BatchSummary, path: Path) -> None:
         self.record, self.summary = record, summary
         what = f"stopped at an error every remaining question would hit: {record.error}"
         hint = (f"{record.hint}; then " if record.hint else "fix it, then ") + (
-            f"run the same batch again: it keeps the answers in {path} and asks the "
-            f"{plural(left + 1, 'question')} left")
+            f"run the same command again: it keeps the answers in {path} and asks the rest")
         super().__init__(what, hint=hint, fatal=True)
 
 
@@ -543,8 +542,7 @@ async def _run_batch(
         await _close(stream)
     if stop is not None:
         summary.stopped = stop.error
-        left = len(todo) - summary.answered - summary.failed
-        raise BatchStopped(stop, summary, log.path, left)
+        raise BatchStopped(stop, summary, log.path)
     return summary
 
 

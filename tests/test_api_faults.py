@@ -270,7 +270,7 @@ def test_a_batch_stops_at_an_error_every_question_would_hit_and_resumes_once_fix
     err = " ".join(captured.err.split())
     assert "error: stopped at an error every remaining question would hit: " in err
     assert "HTTP 401" in err and "check OPENAI_API_KEY" in err
-    assert f"it keeps the answers in {out} and asks the 3 questions left" in err
+    assert f"run the same command again: it keeps the answers in {out} and asks the rest" in err
     assert "stopped" in captured.out  # the summary table still prints
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(Path(r["document"]).name, r["fatal"]) for r in records] == [

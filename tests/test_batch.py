@@ -341,7 +341,7 @@ async def test_a_model_that_cannot_be_made_stops_the_batch_at_its_first_item(
     with pytest.raises(BatchStopped, match="no API key") as stopped:
         await arun_batch(items, out, job, executor=LocalExecutor(concurrency=1))
     assert stopped.value.summary.failed == 1 and stopped.value.summary.stopped
-    assert "asks the 3 questions left" in stopped.value.hint
+    assert "it keeps the answers in" in stopped.value.hint
     (record,) = ResultLog(out).records()
     assert record.fatal and record.error_type == "ConfigError" and "OPENAI_API_KEY" in record.hint
 

@@ -271,8 +271,9 @@ def test_progress_shows_what_a_run_prepares_until_its_first_call() -> None:
     from longweave.events import Event
 
     with ProgressView(Console(file=io.StringIO())) as view:
-        view(Event("start", "mem-walker", data={"document": "big.txt"}))
-        assert [t.description for t in view.progress.tasks] == ["mem-walker preparing big.txt"]
+        view(Event("start", "mem-walker", data={"document": "big[/b].txt"}))
+        assert [t.description for t in view.progress.tasks] == [
+            "mem-walker preparing big\\[/b].txt"]  # a name is text, not markup
         assert view.progress.tasks[0].total is None  # open-ended: the bar pulses
         view(Event("call", "mem-walker", "summarizer", 0, 8))
         view(Event("progress", "mem-walker", "summarizer", 0, 8))

@@ -203,6 +203,17 @@ def test_the_table_keeps_every_number_whole_at_80_columns(cache, tmp_path, monke
         assert f"{row['score']:.3f}" in stdout
 
 
+def test_a_misspelt_strategy_is_named_even_with_options(cache, tmp_path, monkeypatch,
+                                                         capsys) -> None:
+    """With --set, the options were split first and the error was about the option."""
+    model = scripted()
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "trunacte",
+                   "--set", "max_new=32", "--out", str(tmp_path / "out"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "unknown strategy 'trunacte'" in err and "did you mean truncate?" in err
+
+
 def test_cli_bad_strategy_is_a_clear_error(cache, tmp_path, monkeypatch, capsys) -> None:
     model = scripted()
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)

@@ -86,8 +86,8 @@ def batch(
     question, answer, citations, usage, error) is appended the moment it is done. Rerunning
     the same command skips what is answered and retries what failed; Ctrl-C stops cleanly.
 
-    Exit status: 0 when every question was answered, 1 when any failed (their errors are in
-    the output), 130 when interrupted.
+    Exit status: 0 when every question was answered, 1 when any failed or an error every
+    question would hit stopped the run (the errors are in the output), 130 when interrupted.
     """
     import asyncio
 

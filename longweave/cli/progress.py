@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -75,7 +76,8 @@ class ProgressView:
         if self.preparing is not None:
             self.progress.remove_task(self.preparing)
         document = event.data.get("document") or "the document"
-        self.preparing = self.progress.add_task(f"{event.strategy} preparing {document}",
+        # A file name is text, not markup: "notes[/b].txt" must not break the bar.
+        self.preparing = self.progress.add_task(f"{event.strategy} preparing {escape(document)}",
                                                 total=None)
 
 

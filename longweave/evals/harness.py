@@ -211,12 +211,15 @@ async def arun_eval(
     call and step of every strategy (`longweave.trace`). With an executor other than the local
     one, jobs carry the model string, so each worker builds its own backend.
     """
+    from longweave.agents.base import strategy_class
     from longweave.api import make_model
     from longweave.evals.datasets import load_dataset
     from longweave.llm import resolve_model
 
     if not strategies:
         raise ConfigError("no strategies to evaluate", hint="pass --strategies a,b")
+    for name in strategies:  # an unknown name is named as such, not as an option no one has
+        strategy_class(name)
     notes: list[str] = []
     per_strategy = split_options(options or {}, strategies, notes=notes)
     llm = resolve_model(model)  # one backend (one set of weights) shared by every strategy
