@@ -23,10 +23,12 @@ from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
-from longweave.llm import unquote
+from longweave.llm import Message, unquote
 from longweave.structured import reask_message
 
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
+_REPLY_CHARS = 400
+"""How much of a judge's unusable reply, and of the complaint, a re-ask shows."""
 
 
 class JudgeChoice(BaseModel):
@@ -227,12 +229,15 @@ class ChainOfAgents(BaseModel):
                                        schema=judge_schema(len(answers)))
                 if reply.parsed is not None:
                     return reply.parsed.index - 1, []
-                complaint = "the reply held no JSON object"
+                complaint, raw = "the reply held no JSON object", reply.text
             except ParseError as exc:
-                complaint = exc.message
+                complaint, raw = exc.message, exc.raw or ""
             except BudgetExceeded:  # the candidates (or the re-ask) leave no room to answer
                 break
-            prompt = [*messages, reask_message(complaint)]
+            # The bad reply and why it failed, so that a re-ask at temperature 0 is not the
+            # same prompt again (clipped: a runaway reply must not crowd out the candidates).
+            prompt = [*messages, Message("assistant", raw[:_REPLY_CHARS]),
+                      reask_message(complaint[:_REPLY_CHARS])]
         return 0, ["judge_failed"]
 
 
