@@ -230,10 +230,14 @@ def test_batch_keeps_answers_around_a_failed_document_and_a_rerun_resumes(
     args = ("batch", str(folder), "-q", str(questions), "-o", str(out), "-m", "openai:test-model",
             "--no-cache", "-c", "2")
     server.push(*[by_document(failure)] * 20)
+    monkeypatch.setenv("COLUMNS", "80")  # a pipe's width
     assert run_cli(monkeypatch, *args) == 1
     err = capsys.readouterr().err
     assert "failed q1 on d2.txt" in err and "rerun the same command to retry them" in err
     records = {Path(r["document"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    # The failure, its whole error and its hint on one line, off a terminal.
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("failed q1 on d2.txt")]
+    assert records["d2.txt"]["error"] in line and (records["d2.txt"]["hint"] or "") in line
     assert records["d1.txt"]["answer"] == records["d3.txt"]["answer"] == "Keeper."
     assert message in records["d2.txt"]["error"] and records["d2.txt"]["answer"] is None
     about_d2 = [r for r in server.requests if "Keeper2" in json.dumps(r.body)]

@@ -120,9 +120,10 @@ class BatchView:
             self.answered += 1
         else:
             self.failed += 1
-            if self.show_failures:
-                self.progress.console.print(f"[red]failed[/] {escape(_failure(rec))}",
-                                            highlight=False)
+            if self.show_failures:  # one line off a terminal, as errors are (a log greps it)
+                console = self.progress.console
+                console.print(f"[red]failed[/] {escape(_failure(rec))}", highlight=False,
+                              soft_wrap=not console.is_terminal)
         if self._task is not None:
             self.progress.update(self._task, advance=1, cost=cost_line(*self._run))
 
