@@ -284,3 +284,23 @@ def test_a_store_swapped_while_a_save_looks_at_it_is_not_in_its_way(tmp_path: Pa
     store_io.write_store(Racing(tmp_path / "store"), s._cpu, s._records,
                          {"dim": 8, "embedder": "e", "count": 4, "index": "flat"})
     assert Racing.raced and VectorStore.load(tmp_path / "store").documents() == ["new"]
+
+
+def test_a_store_that_cannot_be_read_for_permissions_says_so(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Not "corrupt ... build the index again": rebuilding would not help."""
+    from longweave.retrieval.store import StoreError
+
+    path = tmp_path / "store"
+    store_of("d", 3).save(path)
+    real = Path.read_text
+
+    def refuse(self: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.name == store_io.MANIFEST:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(StoreError, match="cannot be read") as failed:
+        VectorStore.load(path)
+    assert "permissions" in failed.value.hint and "build" not in failed.value.hint

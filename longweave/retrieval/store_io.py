@@ -127,6 +127,9 @@ def read_store(
         except (StoreError, OSError) as exc:
             if attempt < READ_TRIES and _identity(path) != before:
                 continue
+            if isinstance(exc, PermissionError):  # not damage: rebuilding would not help
+                raise StoreError(path, f"cannot be read ({exc.strerror or exc})",
+                                 hint="check the folder's permissions") from None
             if isinstance(exc, OSError):  # a file gone mid-read
                 raise _corrupt(path, f"unreadable: {exc}") from None
             raise
@@ -206,6 +209,9 @@ def _swap(tmp: Path, path: Path) -> None:
                     aside.append(old)
                 except FileNotFoundError:
                     pass  # another save moved it first
+                except PermissionError:  # Windows: a reader has a file open; try again
+                    time.sleep(0.05)
+                    continue
             try:
                 os.rename(tmp, path)
                 break
@@ -273,6 +279,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except PermissionError as exc:  # not damage: rebuilding would not help
+        raise StoreError(path, f"cannot be read ({exc.strerror or exc})",
+                         hint="check the folder's permissions") from None
     except (OSError, ValueError) as exc:
         raise _corrupt(path, f"{MANIFEST} is unreadable: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
