@@ -17,21 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from longweave.batch import BatchItem, BatchJob, BatchStopped, ResultLog, arun_batch
+from longweave.batch import BatchJob, BatchStopped, ResultLog, arun_batch
 from longweave.executors.ray import RayExecutor
 from longweave.testing import Request, ScriptedModel
-
-
-def _corpus(tmp_path: Path, n: int) -> list[BatchItem]:
-    items: list[BatchItem] = []
-    for i in range(n):
-        doc = tmp_path / f"doc{i}.txt"
-        doc.write_text(f"Room {i} holds exactly {i * 7} chairs.", encoding="utf-8")
-        items += [
-            BatchItem(document=str(doc), question="How many chairs?", id=f"chairs-{i}"),
-            BatchItem(document=str(doc), question="Which room?", id=f"room-{i}"),
-        ]
-    return items
+from tests.test_ray_executor import _corpus  # the driver's side only: nothing is shipped
 
 
 def _reply(request: Request) -> str:
