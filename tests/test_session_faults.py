@@ -321,3 +321,12 @@ def test_open_fails_on_a_bad_file_as_ask_does(tmp_path: Path, content: bytes | N
     assert str(opening.value) == str(asking.value)
     assert not (tmp_path / "cache" / "sessions").exists() or not os.listdir(
         tmp_path / "cache" / "sessions")
+
+
+def test_a_model_string_of_no_known_form_fails_when_the_session_opens(tmp_path: Path) -> None:
+    """It failed only at the first question, so `longweave chat -m nonsense` opened first."""
+    from longweave.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown model 'nonsense'"):
+        Session.open(TEXT, strategy="truncate", model="nonsense", cache=False,
+                     settings=Settings(cache_dir=tmp_path / "cache"))
