@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from longweave.memory.episodic import Episode, EpisodicMemory
 from longweave.memory.scratchpad import Bullet, Scratchpad, parse_bullet
@@ -49,6 +50,11 @@ def test_episodic_search_returns_nearest_and_round_trips(tmp_path: Path) -> None
     mem.save(tmp_path)
     again = EpisodicMemory.load(tmp_path, WordEmbedder())
     assert again.search("fish market prices", 1)[0][0].unit.index == 1
+    # Swapped vectors still parse: the checksum, not numpy, says they are not these episodes.
+    vectors = np.load(tmp_path / "episode_vectors.npy")
+    np.save(tmp_path / "episode_vectors.npy", vectors[::-1].copy())
+    with pytest.raises(ValueError, match="checksum"):
+        EpisodicMemory.load(tmp_path, WordEmbedder())
 
 
 def test_scratchpad_tags_compression_trigger_and_pieces() -> None:

@@ -87,10 +87,11 @@ class EpisodicMemory:
         vectors = np.concatenate(self._vectors) if self._vectors else np.zeros((0, 1), np.float32)
         by_index = dict(zip(order, vectors, strict=True))
         stacked = np.stack([by_index[r["unit"]["index"]] for r in rows]) if rows else vectors
+        np.save(d / _VECTORS, stacked.astype(np.float32))
         (d / EPISODES_FILE).write_text(
             json.dumps({"embedder": self.embedder.name, "namespace": self.namespace,
-                        "episodes": rows}), encoding="utf-8")
-        np.save(d / _VECTORS, stacked.astype(np.float32))
+                        "vectors_sha256": _digest(d / _VECTORS), "episodes": rows}),
+            encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder) -> EpisodicMemory:
@@ -103,9 +104,25 @@ class EpisodicMemory:
             raise ValueError(f"episodes embedded with {about.get('embedder')!r}")
         episodes = [Episode(MemoryUnit(**r["unit"]), r["indexed"], tuple(r["facts"]))
                     for r in about["episodes"]]
+        # Checked before numpy reads it: a changed file that still parses would give wrong
+        # episodes silently (memories saved before the checksum have none to check).
+        expected = about.get("vectors_sha256")
+        if expected is not None and _digest(d / _VECTORS) != expected:
+            raise ValueError(f"{_VECTORS} does not match its checksum")
         vectors = np.load(d / _VECTORS, allow_pickle=False)
         if episodes and vectors.shape != (len(episodes), embedder.dim):
             raise ValueError(f"vectors of shape {vectors.shape} for {len(episodes)} episodes")
         memory = cls(embedder, about.get("namespace", "memory"))
         memory.add(episodes, vectors if episodes else None)
         return memory
+
+
+def _digest(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
