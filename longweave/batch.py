@@ -9,7 +9,9 @@ output log and the job that turns one item into one record.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 import os
 import stat
@@ -519,7 +521,11 @@ async def _run_batch(
         on_start(len(todo), skipped)
     runner = executor or LocalExecutor(concurrency=concurrency)
     started = time.perf_counter()
-    stream: AsyncIterator[BatchRecord] = runner.run(job, group_by_document(todo))
+    halt = asyncio.Event()
+    stoppable = "stop" in inspect.signature(runner.run).parameters
+    groups = group_by_document(todo)
+    stream: AsyncIterator[BatchRecord] = (runner.run(job, groups, stop=halt) if stoppable
+                                          else runner.run(job, groups))
     stop: BatchRecord | None = None
     try:
         async for record in stream:
@@ -531,9 +537,12 @@ async def _run_batch(
             summary.add(record)
             if on_record is not None:
                 on_record(record)
-            if record.fatal:  # closing the stream below cancels the work in flight
+            if record.fatal and stop is None:
+                # No more work; what is already finished still comes, and is written.
                 stop = record
-                break
+                halt.set()
+                if not stoppable:  # closing the stream below cancels the work in flight
+                    break
     except BaseException:
         summary.interrupted = True
         raise

@@ -325,7 +325,7 @@ async def test_a_failed_item_still_reports_the_calls_it_paid_for(tmp_path: Path)
 
 async def test_a_model_that_cannot_be_made_stops_the_batch_at_its_first_item(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every item would fail the same way: one record says why, and the rest are not tried."""
+    """Every item would fail the same way: the run stops at the first record saying so."""
     from longweave.batch import BatchStopped
 
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LONGWEAVE_OPENAI_API_KEY",
@@ -340,10 +340,13 @@ async def test_a_model_that_cannot_be_made_stops_the_batch_at_its_first_item(
     job = BatchJob("truncate", "openai:gpt-4o-mini", cache=False)
     with pytest.raises(BatchStopped, match="no API key") as stopped:
         await arun_batch(items, out, job, executor=LocalExecutor(concurrency=1))
-    assert stopped.value.summary.failed == 1 and stopped.value.summary.stopped
-    assert "it keeps the answers in" in stopped.value.hint
-    (record,) = ResultLog(out).records()
-    assert record.fatal and record.error_type == "ConfigError" and "OPENAI_API_KEY" in record.hint
+    assert stopped.value.summary.stopped and "it keeps the answers in" in stopped.value.hint
+    # Items that failed before the driver read the first failure are written too (each fails
+    # at once here); none is asked after it.
+    records = ResultLog(out).records()
+    assert stopped.value.summary.failed == len(records) >= 1
+    assert all(r.fatal and r.error_type == "ConfigError" and "OPENAI_API_KEY" in r.hint
+               for r in records)
 
 
 async def test_a_local_model_that_fails_to_load_at_its_first_call_stops_the_batch(
@@ -368,3 +371,58 @@ async def test_a_local_model_that_fails_to_load_at_its_first_call_stops_the_batc
         await arun_batch(items, tmp_path / "out.jsonl", BatchJob("truncate", model, cache=False),
                          executor=LocalExecutor(concurrency=1))
     assert len(model.requests) <= 2  # the first, and at most the one started meanwhile
+
+
+async def test_answers_finished_when_a_batch_stops_are_still_written(tmp_path: Path) -> None:
+    """The run stops at a fatal error, but what other questions had already answered is
+    written (it was dropped with the work in flight, and paid for again on the rerun)."""
+    from longweave.batch import BatchStopped
+    from longweave.errors import ModelError
+
+    class QuotaRunsOut(ScriptedModel):
+        async def complete(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+            if "Room zero" in messages[-1].content:
+                raise ModelError("HTTP 429: insufficient_quota", status=429, fatal=True)
+            # Finished just after the failure, before the driver has read it.
+            await asyncio.sleep(0)
+            return await super().complete(messages, **kwargs)
+
+    model = QuotaRunsOut()
+    model.on("reader", reply="An answer.")
+    names = ["zero", "one", "two"]
+    items = []
+    for name in names:
+        doc = tmp_path / f"{name}.txt"
+        doc.write_text(f"Room {name} holds chairs.", encoding="utf-8")
+        items.append(BatchItem(document=doc, question="What is there?"))
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(BatchStopped):
+        await arun_batch(items, out, BatchJob("truncate", model, cache=False),
+                         executor=LocalExecutor(concurrency=3))
+    records = {Path(r.document).stem: r for r in ResultLog(out).records()}
+    assert records["zero"].fatal
+    assert {n for n, r in records.items() if r.ok} == {"one", "two"}
+
+
+async def test_a_stopped_local_executor_gives_what_is_finished_and_cancels_the_rest() -> None:
+    """The executor side of a stop: after `stop` is set, records already finished still come
+    out (the driver used to close the stream and drop them), and work in flight is cancelled."""
+    done: list[str] = []
+
+    class Slow:
+        async def answer(self, item: BatchItem) -> BatchRecord:
+            await asyncio.sleep(0.3)
+            done.append(item.question)
+            return BatchRecord(key=item.question, document="d", question=item.question,
+                               strategy="s", model="m")
+
+    items = [[BatchItem(document=f"d{i}.txt", question=f"q{i}")] for i in range(9)]
+    stop = asyncio.Event()
+    stream = LocalExecutor(concurrency=3).run(Slow(), items, stop=stop)  # type: ignore[arg-type]
+    first = await stream.__anext__()
+    await asyncio.sleep(0.05)  # the other two of the first three finish meanwhile
+    stop.set()
+    given = [first.key, *[record.key async for record in stream]]
+    assert sorted(given) == sorted(done) and len(given) == 3  # all finished, none after
+    await asyncio.sleep(0.5)
+    assert len(done) == 3  # what was in flight was cancelled

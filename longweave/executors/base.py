@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -16,12 +17,16 @@ class Executor(Protocol):
     """Runs a job over document groups, yielding each item's record as soon as it is done.
 
     A record must come back exactly once per item; the order is free. Cancelling the iteration
-    must stop the work in flight.
+    must stop the work in flight. `stop`, once set (by the driver, at an error every item would
+    hit), means: start nothing more, cancel the work in flight, give the records of work already
+    finished, and end. An executor whose `run` takes no `stop` is simply closed there.
     """
 
     name: str
 
-    def run(self, job: BatchJob, groups: list[list[BatchItem]]) -> AsyncIterator[BatchRecord]: ...
+    def run(
+        self, job: BatchJob, groups: list[list[BatchItem]], *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[BatchRecord]: ...
 
 
 def get_executor(name: str, **options: Any) -> Executor:

@@ -28,7 +28,7 @@ class LocalExecutor:
         self.concurrency = concurrency
 
     async def run(
-        self, job: BatchJob, groups: list[list[BatchItem]]
+        self, job: BatchJob, groups: list[list[BatchItem]], *, stop: asyncio.Event | None = None
     ) -> AsyncIterator[BatchRecord]:
         slots = asyncio.Semaphore(self.concurrency)
         results: asyncio.Queue[BatchRecord] = asyncio.Queue()
@@ -46,6 +46,8 @@ class LocalExecutor:
         tasks = [asyncio.create_task(group(g)) for g in groups if g]
         try:
             for _ in range(expected):
+                if stop is not None and stop.is_set():
+                    break
                 getter = asyncio.ensure_future(results.get())
                 while not getter.done():
                     running = [t for t in tasks if not t.done()]
@@ -55,7 +57,16 @@ class LocalExecutor:
                             getter.cancel()
                             raise task.exception()  # type: ignore[misc]
                 yield getter.result()
+            if stop is not None and stop.is_set():
+                # Work in flight is cancelled; answers it already finished are still given.
+                await _cancel(tasks)
+                while not results.empty():
+                    yield results.get_nowait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel(tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -130,7 +130,7 @@ class RayExecutor:
         )
 
     async def run(
-        self, job: BatchJob, groups: list[list[BatchItem]]
+        self, job: BatchJob, groups: list[list[BatchItem]], *, stop: asyncio.Event | None = None
     ) -> AsyncIterator[BatchRecord]:
         ray = self._ray()
         task = self._task(ray, job)
@@ -140,19 +140,29 @@ class RayExecutor:
         pending.reverse()  # pop() from the end keeps the input order of submission
         running: dict[asyncio.Future[Any], tuple[Any, list[BatchItem]]] = {}
         emitted: set[str] = set()
+
+        def stopping() -> bool:
+            return stop is not None and stop.is_set()
+
         try:
-            while pending or running:
-                while pending and len(running) < limit:
-                    group = pending.pop()
-                    ref = task.remote(job_ref, group, self.concurrency)
-                    running[asyncio.wrap_future(ref.future())] = (ref, group)
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            while (pending and not stopping()) or running:
+                last = stopping()  # what already finished is still given; the rest cancelled
+                if last:
+                    done = {future for future in running if future.done()}
+                else:
+                    while pending and len(running) < limit:
+                        group = pending.pop()
+                        ref = task.remote(job_ref, group, self.concurrency)
+                        running[asyncio.wrap_future(ref.future())] = (ref, group)
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
                     _, group = running.pop(future)
                     for record in _records(job, group, future):
                         if record.key not in emitted:
                             emitted.add(record.key)
                             yield record
+                if last:
+                    break
         finally:
             for future, (ref, _) in running.items():
                 # The cancelled task's error lands in its future later; retrieve it, or asyncio
