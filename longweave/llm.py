@@ -139,6 +139,12 @@ def is_model_string(spec: str) -> bool:
     return spec == "local" or (kind in ("hf", "openai") and bool(rest))
 
 
+def check_model_string(spec: str) -> None:
+    """Refuse a string of none of the model forms with a ConfigError; nothing is loaded."""
+    if not is_model_string(spec):
+        raise ConfigError(f"unknown model {spec!r}", hint=f"use {MODEL_FORMS}")
+
+
 def resolve_model(spec: str | LLM, **options: Any) -> LLM:
     """Turn a model string into a backend; heavy imports happen only here, on demand.
 
@@ -151,17 +157,16 @@ def resolve_model(spec: str | LLM, **options: Any) -> LLM:
             raise ConfigError(f"a model is a model string or a backend, not {type(spec).__name__}",
                               hint=f"use {MODEL_FORMS}, or an object with the LLM methods")
         return spec
+    check_model_string(spec)
     kind, _, rest = spec.partition(":")
     if spec == "local":
         from longweave.local_models import LocalLLM
 
         return LocalLLM.bundled(**options)
-    if kind == "hf" and rest:
+    if kind == "hf":
         from longweave.local_models import LocalLLM
 
         return LocalLLM.from_pretrained(rest, **options)
-    if kind == "openai" and rest:
-        from longweave.openai_backend import OpenAILLM
+    from longweave.openai_backend import OpenAILLM
 
-        return OpenAILLM(rest, **options)
-    raise ConfigError(f"unknown model {spec!r}", hint=f"use {MODEL_FORMS}")
+    return OpenAILLM(rest, **options)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from longweave.answer import Answer, Step, Usage
 from longweave.errors import ConfigError, DocumentError, LongweaveWarning, ModelError
 from longweave.events import Event, EventSink, ignore, result_event
-from longweave.llm import Message
+from longweave.llm import Message, check_model_string
 from longweave.memory.scratchpad import Scratchpad
 from longweave.memory.working import MemoryUnit, WorkingMemory
 
@@ -279,7 +279,8 @@ class Session:
         self._memory: tuple[ConversationMemory | None, list[Turn]] = (None, [])
         self._llm: LLM | None = None
         self._model: str | LLM = self.settings.model if model is None else model
-        _check_model_string(self._model)
+        if isinstance(self._model, str):  # fails at open, as ask does (the model loads lazily)
+            check_model_string(self._model)
         self._use_strategy(self.settings.strategy if strategy is None else strategy, options)
 
     @classmethod
@@ -596,15 +597,6 @@ class Session:
         mine = self._known | {_key(t) for t in (*self.history, *self._others)}
         self._others = sorted([*self._others, *(t for t in found.turns if _key(t) not in mine)],
                               key=_when)
-
-
-def _check_model_string(model: object) -> None:
-    """A model string of no known form fails when the session opens, as `ask` fails at once,
-    not at the first question (the model itself loads lazily: `local` may take seconds)."""
-    from longweave.llm import MODEL_FORMS, is_model_string
-
-    if isinstance(model, str) and not is_model_string(model):
-        raise ConfigError(f"unknown model {model!r}", hint=f"use {MODEL_FORMS}")
 
 
 def _key(turn: Turn) -> tuple[float, str, str]:

@@ -57,9 +57,7 @@ class ProgressView:
             self._prepare(event)
         if event.kind not in ("call", "progress") or not event.role:
             return
-        if self.preparing is not None:
-            self.progress.remove_task(self.preparing)
-            self.preparing = None
+        self._prepared()
         task = self.tasks.get(event.role)
         if task is None:
             task = self.progress.add_task(event.role, total=event.total or 1)
@@ -73,12 +71,18 @@ class ProgressView:
 
     def _prepare(self, event: Event) -> None:
         """An open-ended task for the run that starts, until its first role reports."""
-        if self.preparing is not None:
-            self.progress.remove_task(self.preparing)
+        self._prepared()
         document = event.data.get("document") or "the document"
         # A file name is text, not markup: "notes[/b].txt" must not break the bar.
         self.preparing = self.progress.add_task(f"{event.strategy} preparing {escape(document)}",
                                                 total=None)
+
+
+    def _prepared(self) -> None:
+        """The open-ended task ends: a role reports, or another run starts."""
+        if self.preparing is not None:
+            self.progress.remove_task(self.preparing)
+            self.preparing = None
 
 
 class LiveAnswer:

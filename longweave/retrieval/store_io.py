@@ -127,9 +127,8 @@ def read_store(
         except (StoreError, OSError) as exc:
             if attempt < READ_TRIES and _identity(path) != before:
                 continue
-            if isinstance(exc, PermissionError):  # not damage: rebuilding would not help
-                raise StoreError(path, f"cannot be read ({exc.strerror or exc})",
-                                 hint="check the folder's permissions") from None
+            if isinstance(exc, PermissionError):
+                raise _no_permission(path, exc) from None
             if isinstance(exc, OSError):  # a file gone mid-read
                 raise _corrupt(path, f"unreadable: {exc}") from None
             raise
@@ -268,6 +267,12 @@ def _corrupt(path: Path, problem: str) -> StoreError:
     return StoreError(path, problem, hint=_REBUILD)
 
 
+def _no_permission(path: Path, exc: PermissionError) -> StoreError:
+    """Not damage, so not `_corrupt`: rebuilding would not help."""
+    return StoreError(path, f"cannot be read ({exc.strerror or exc})",
+                      hint="check the folder's permissions")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.exists() and not _recover(path):
         raise StoreError(path, "does not exist", hint="build the index first, or check the path")
@@ -279,9 +284,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except PermissionError as exc:  # not damage: rebuilding would not help
-        raise StoreError(path, f"cannot be read ({exc.strerror or exc})",
-                         hint="check the folder's permissions") from None
+    except PermissionError as exc:
+        raise _no_permission(path, exc) from None
     except (OSError, ValueError) as exc:
         raise _corrupt(path, f"{MANIFEST} is unreadable: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
