@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from longweave.answer import Answer, Citation, Step, Usage
 from longweave.api import aask, ask, load_source
 from longweave.errors import (
+    BackendCapabilityError,
     BudgetExceeded,
     ConfigError,
     DocumentError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Answer",
+    "BackendCapabilityError",
     "BudgetExceeded",
     "Citation",
     "ConfigError",

@@ -81,6 +81,16 @@ class MissingDependency(ConfigError):
         )
 
 
+class BackendCapabilityError(ConfigError):
+    """The model backend cannot do what a strategy needs of it, e.g. InfiniRetri reading the
+    attention of an API model; raised when the strategy is set up, before any call."""
+
+    def __init__(self, message: str, *, capability: str, hint: str) -> None:
+        self.capability = capability
+        """What the strategy needed, e.g. "attention"."""
+        super().__init__(message, hint=hint)
+
+
 class BudgetExceeded(LongweaveError):
     """A prompt plus its generation cap would not fit the model's window."""
 

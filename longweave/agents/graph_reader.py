@@ -92,7 +92,8 @@ class GraphReader(UsesEmbedder):
     n_init: int = Field(5, ge=1)
     """N_init, initial nodes kept, one exploration path each (reference code, citing the paper)."""
     select_max: int = Field(12, ge=1)
-    """Most scored nodes in the selection reply (reference code asks for >= 10; ours: 12)."""
+    """Most scored nodes in the selection reply (ours: 12); the prompt asks for at least 10,
+    or as many as are listed if fewer (reference code), and a reply with fewer is kept."""
     neighbor_limit: int = Field(25, ge=1)
     """Neighbours shown, by co-occurrence count (reference code)."""
     max_steps_per_path: int = Field(10, ge=1)

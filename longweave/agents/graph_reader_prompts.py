@@ -2,6 +2,8 @@
 
 Written in longweave's own words from the slots of §3.3. Changing the extraction prompt or its
 schema must bump `PROMPT_VERSION`: graphs built with the old wording are then rebuilt (§8.6).
+It keys only the cached graph (the build); the query-time prompts (plan, selection, steps,
+answer) are never cached as artifacts, so changing them needs no bump.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from longweave.llm import Message, quoted, system, user
 
 __all__ = [
     "PROMPT_VERSION",
+    "SELECT_AT_LEAST",
     "answer_messages",
     "answer_schema",
     "call_reask_message",
@@ -69,17 +72,29 @@ def plan_messages(question: str) -> list[Message]:
     ]
 
 
+SELECT_AT_LEAST = 10
+"""Starting nodes the selection asks for at least (reference code, citing the paper's prompt);
+fewer when fewer candidates are listed or `max_nodes` is lower. The reply schema still accepts
+from one node up, so a model that finds fewer useful ones is not re-asked."""
+
+
 def selection_messages(question: str, plan: str, candidates: Sequence[str],
                        max_nodes: int) -> list[Message]:
-    """Pick diverse starting nodes among the candidates, each scored 0-100."""
+    """Pick diverse starting nodes among the candidates, each scored 0-100: at least
+    `SELECT_AT_LEAST` (or as many as are listed) and at most `max_nodes`."""
     listed = "\n".join(f"- {c}" for c in candidates)
+    most = max(1, min(max_nodes, len(candidates)))
+    least = min(SELECT_AT_LEAST, most)
+    count = f"{most} different node{'s' if most > 1 else ''}" + (
+        f", and no fewer than {least}," if least > 1 else "")
+    diverse = ", and diverse, so that together they cover its different steps" if most > 1 else ""
     return [
         system(READER),
         user(
             f"Question: {question}\nPlan: {plan}\n\nNodes of the graph that may be relevant:\n"
-            f"{listed}\n\nChoose up to {max_nodes} different nodes to start reading from, the "
-            "most useful for the plan, and score each from 0 (useless) to 100 (essential). "
-            "Copy each node's name exactly as listed."
+            f"{listed}\n\nChoose up to {count} to start reading from: the most useful for the "
+            f"plan{diverse}. Score each from 0 (useless) to 100 (essential). Copy each node's "
+            "name exactly as listed."
         ),
     ]
 

@@ -20,7 +20,12 @@ from longweave.agents.base import RunContext, repeat_then
 from longweave.agents.infini_retri_prompts import SUMMARY_TASK, Template, reader_messages
 from longweave.agents.infini_retri_sentences import Sentence, pack, split_sentences
 from longweave.answer import Citation, Usage
-from longweave.errors import BudgetExceeded, ConfigError, LongweaveError
+from longweave.errors import (
+    BackendCapabilityError,
+    BudgetExceeded,
+    ConfigError,
+    LongweaveError,
+)
 from longweave.events import Event
 from longweave.llm import unquote
 from longweave.local_models.attention import AttentionScorer, question_weights, token_scores
@@ -81,7 +86,8 @@ class InfiniRetri(BaseModel):
     """With no question, the last this-many characters of the document serve as the question
     (reference code)."""
     min_last: float = Field(0.5, ge=0.0, le=1.0)
-    """A last window below this fraction of W_c takes sentences from the one before (reference)."""
+    """A last window below this fraction of W_c takes sentences from the one before (reference
+    code), as far as whole sentences allow."""
     max_new: int = Field(128, ge=1)
     """Generation cap of the answer (reference code)."""
     temperature: float = Field(0.0, ge=0.0)
@@ -101,7 +107,8 @@ class InfiniRetri(BaseModel):
             return value
         if isinstance(value, str) and (value == "local" or value.startswith("hf:")):
             return value
-        raise ConfigError(f"scorer {value!r} cannot read attention", hint=_NO_SCORER_HINT)
+        raise BackendCapabilityError(f"scorer {value!r} cannot read attention",
+                                     capability="attention", hint=_NO_SCORER_HINT)
 
     def model_post_init(self, _: Any) -> None:
         if self.retention == "sticky" and self._cap() is None:
@@ -272,9 +279,10 @@ def _local_scorer(spec: str) -> AttentionScorer:
         require_transformers()
         llm = resolve_model(spec)
     except ConfigError as exc:
-        raise ConfigError(f"no local model to read attention with: {exc.message}",
-                          hint=_NO_SCORER_HINT) from exc
+        raise BackendCapabilityError(f"no local model to read attention with: {exc.message}",
+                                     capability="attention", hint=_NO_SCORER_HINT) from exc
     if not isinstance(llm, LocalLLM):  # an API model has no attention to read
-        raise ConfigError(f"{spec!r} ({llm.name}) is not a local model, whose attention the "
-                          "scorer reads", hint=_NO_SCORER_HINT)
+        raise BackendCapabilityError(f"{spec!r} ({llm.name}) is not a local model, whose "
+                                     "attention the scorer reads", capability="attention",
+                                     hint=_NO_SCORER_HINT)
     return LocalAttentionScorer(llm)

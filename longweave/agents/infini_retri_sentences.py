@@ -104,6 +104,13 @@ def pack(
     """Greedy runs of whole sentences of at most `max_tokens` tokens, no overlap; a short last
     window takes sentences from the one before until it holds `min_last` of the budget.
 
+    This meets `min_last` whenever any tiling of whole sentences can (§7.6 check 3): greedy
+    packing leaves the last two windows together over the budget, so every last window that
+    fits lies within them, and moving their boundary back one sentence at a time passes through
+    each. It cannot when the sentence before a short tail is too long to join it (tail + that
+    sentence > `max_tokens`); the last window then stays as full as whole sentences allow. A
+    text that fits one window is one window, of any size.
+
     Each sentence's `window` field is updated in place in `sentences`."""
     windows: list[list[int]] = []
     size = max_tokens + 1

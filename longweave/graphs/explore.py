@@ -51,18 +51,24 @@ class Explorer:
         return path
 
     async def _step(self, index: int, path: PathState) -> None:
-        r, ctx = self.reader, self.ctx
-        mode, legal = path.mode, tuple(path.legal())
-        ids, names = (), ()
+        r, ctx, mode = self.reader, self.ctx, path.mode
+        ids: tuple[int, ...] = ()
+        names: tuple[str, ...] = ()
+        # What the prompt shows is trimmed to the content budget first; the step then offers
+        # (in the legal actions, the schema's enums and the check) only what it shows (§3.3).
         if mode == "facts":
-            content, ids = await self._facts(path), tuple(path.chunk_choices())
+            content, shown_facts = await self._facts(path)
+            path.offer(ids={f.chunk for f in shown_facts})
+            ids = tuple(path.chunk_choices())
         elif mode == "chunk":
             shown = path.show_chunk()
             start, end = self.graph.spans[shown]
             content = f"[chunk {shown}]\n{ctx.document.text[start:end]}"
         else:
-            names = tuple(path.neighbor_choices())
-            content = self._fit("\n".join(f"- {n}" for n in names))
+            names = tuple(self._fit(path.neighbor_choices()))
+            path.offer(names=names)
+            content = "\n".join(f"- {n}" for n in names)
+        legal = tuple(path.legal())
         recent = path.actions[-r.last_actions:] if r.last_actions else []
         schema: type[Any] | None = None
         if r.call_format == "call_string":
@@ -126,7 +132,8 @@ class Explorer:
         return None, {}, r.retries + 1
 
     def _defaults(self, path: PathState, call: Call) -> Call:
-        """`read_chunk` with no ids reads the node's unread chunks, up to max_chunk_ids (ours).
+        """`read_chunk` with no ids reads the node's unread chunks shown, up to max_chunk_ids
+        (ours).
 
         The grammar cannot tie chunk_ids to the action, and a small model often picks
         read_chunk yet writes `[]`; its intent is plain, and re-asking costs a whole step call.
@@ -135,8 +142,9 @@ class Explorer:
             return Call(call.action, tuple(path.chunk_choices()[: self.reader.max_chunk_ids]))
         return call
 
-    async def _facts(self, path: PathState) -> str:
-        """The node's facts grouped by chunk id, within the content budget (§3.5.6)."""
+    async def _facts(self, path: PathState) -> tuple[str, list[Fact]]:
+        """The node's facts grouped by chunk id, within the content budget (§3.5.6), and the
+        facts shown."""
         facts = self.graph.node_facts(path.node)
         text = _render(facts)
         if self.ctx.llm.count_tokens(text) > self.budgets.content_tokens:
@@ -144,7 +152,7 @@ class Explorer:
             self.flags.append("facts_truncated")
             text = _render(facts)
         path.shown_facts.extend(f.id for f in facts if f.id not in path.shown_facts)
-        return text
+        return text, facts
 
     async def _rank(self, facts: list[Fact]) -> list[Fact]:
         """The facts most similar to question and plan that fit, shown in chunk order."""
@@ -160,13 +168,16 @@ class Explorer:
             kept = trial
         return sorted(kept, key=lambda f: (f.chunk, f.id))
 
-    def _fit(self, text: str) -> str:
-        lines, kept = text.split("\n"), []
-        for line in lines:
-            if self.ctx.llm.count_tokens("\n".join([*kept, line])) > self.budgets.content_tokens:
+    def _fit(self, names: list[str]) -> list[str]:
+        """The leading neighbour names whose list fits the content budget."""
+        lines: list[str] = []
+        for name in names:
+            line = f"- {name}"
+            if self.ctx.llm.count_tokens("\n".join([*lines, line])) > self.budgets.content_tokens:
+                self.flags.append("neighbors_truncated")
                 break
-            kept.append(line)
-        return "\n".join(kept)
+            lines.append(line)
+        return names[: len(lines)]
 
 
 def _render(facts: list[Fact]) -> str:

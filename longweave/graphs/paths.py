@@ -8,10 +8,16 @@ path; `apply` runs a validated call. The chunk queue is FIFO; `read_previous_chu
 A chunk counts as read only when a step shows it (`show_chunk`), not when a call queues it or
 makes it current: a path capped right after `read_chunk` has read nothing of that chunk, and
 citations and the notebook's sources must not claim otherwise.
+
+A step whose facts or neighbours were trimmed to its token budget shows fewer choices than the
+state has; `offer` narrows the step's choices to those shown, so `legal`, `check` and the
+schema built from `chunk_choices`/`neighbor_choices` never offer what the prompt hid (§3.3).
+The narrowing lasts until the next call is applied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,6 +61,8 @@ class PathState:
     shown_facts: list[int] = field(default_factory=list)  # fact ids shown in `facts` states
     steps: int = 0
     ended: str = ""  # why the path ended: "termination", "capped", "invalid", "no_neighbors"
+    offered_ids: frozenset[int] | None = None  # this step's shown chunk ids; None: all
+    offered_names: frozenset[str] | None = None  # this step's shown neighbours; None: all
 
     def __post_init__(self) -> None:
         if not self.visited:
@@ -63,14 +71,26 @@ class PathState:
     # -- what the state shows -----------------------------------------------------------------
 
     def chunk_choices(self) -> list[int]:
-        """In `facts`: the node's chunks not read yet and not queued, in document order."""
+        """In `facts`: the node's chunks not read yet and not queued, in document order (only
+        those `offer`ed, when this step's facts were trimmed)."""
         seen = set(self.read) | set(self.queue)
-        return sorted({f.chunk for f in self.graph.node_facts(self.node)} - seen)
+        ids = sorted({f.chunk for f in self.graph.node_facts(self.node)} - seen)
+        return ids if self.offered_ids is None else [i for i in ids if i in self.offered_ids]
 
     def neighbor_choices(self) -> list[str]:
-        """In `neighbors`: unvisited neighbours by co-occurrence count, at most the limit."""
-        return self.graph.neighbors(self.node, exclude=set(self.visited),
-                                    limit=self.neighbor_limit)
+        """In `neighbors`: unvisited neighbours by co-occurrence count, at most the limit (only
+        those `offer`ed, when this step's list was trimmed)."""
+        names = self.graph.neighbors(self.node, exclude=set(self.visited),
+                                     limit=self.neighbor_limit)
+        if self.offered_names is None:
+            return names
+        return [n for n in names if n in self.offered_names]
+
+    def offer(self, *, ids: Iterable[int] | None = None,
+              names: Iterable[str] | None = None) -> None:
+        """Narrow this step's choices to the chunk ids and neighbour names its prompt shows."""
+        self.offered_ids = None if ids is None else frozenset(ids)
+        self.offered_names = None if names is None else frozenset(names)
 
     def legal(self) -> list[str]:
         """The functions this state offers now."""
@@ -85,7 +105,8 @@ class PathState:
                 and (a != "read_subsequent_chunk" or (cur + 1 < n and cur + 1 not in seen))
             ]
         if self.mode == "neighbors":
-            return list(ACTIONS["neighbors"])
+            return [a for a in ACTIONS["neighbors"]
+                    if a != "read_neighbor_node" or self.neighbor_choices()]
         return []
 
     def show_chunk(self) -> int:
@@ -112,7 +133,7 @@ class PathState:
                 if not 0 <= i < n:
                     return None, f"chunk {i} does not exist (chunks are numbered 0 to {n - 1})"
                 if i not in shown:
-                    return None, (f"chunk {i} is not one of this node's unread chunks; "
+                    return None, (f"chunk {i} is not one of the unread chunks shown; "
                                   f"choose from {shown}")
             return Call(call.action, tuple(dict.fromkeys(call.chunk_ids))), None
         if call.action == "read_neighbor_node":
@@ -122,13 +143,14 @@ class PathState:
                 return None, (f"there is no node named {call.neighbor!r} in the graph; "
                               f"choose one of the listed neighbours: {', '.join(shown)}")
             if key not in shown:
-                return None, (f"{call.neighbor!r} is not an unvisited neighbour of "
-                              f"{self.node!r}; choose one of: {', '.join(shown)}")
+                return None, (f"{call.neighbor!r} is not one of the neighbours listed (unvisited "
+                              f"neighbours of {self.node!r}); choose one of: {', '.join(shown)}")
             return Call(call.action, neighbor=key), None
         return Call(call.action), None
 
     def apply(self, call: Call) -> None:
-        """Run a call that `check` accepted."""
+        """Run a call that `check` accepted; the next step offers its own choices."""
+        self.offer()
         self.actions.append(_describe(call))
         if call.action == "read_chunk":
             self.queue.extend(i for i in call.chunk_ids if i not in self.queue)
