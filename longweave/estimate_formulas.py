@@ -139,25 +139,31 @@ def _sequence(t: Tally, role: str, prompts: list[int], carried: int, cap: int, o
 
 async def chain_of_agents(s: Any, ctx: RunContext, t: Tally) -> None:
     from longweave.agents.chain_of_agents import judge_schema
-    from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
+    from longweave.agents.coa_prompts import (
+        judge_messages,
+        judge_question,
+        manager_messages,
+        worker_messages,
+    )
 
     state = await initial_state(s, ctx)
     chunks, orders, q = state["chunks"], state["orders"], ctx.question
-    n, paths = len(chunks), len(orders)
-    query = s.task == "query" or (s.task == "auto" and bool(q.strip()))
+    n, paths = len(chunks), len(orders)  # P = 1, 2 or 5 (perm5: fewer when n! < 5)
+    mode, cite = s.mode(q), s.cites(q)
     cu_cap = s.cu_cap if s.cu_cap is not None else s.max_new
     cu = fill(cu_cap, t.a.text_fill)
     for order in orders:
-        prompts = [t.prompt(worker_messages(i, n, "", "" if pos == 0 else ".", q, query=query,
-                                            cite=s.cite)) + chunks[i].n_tokens
+        prompts = [t.prompt(worker_messages(i, n, "", "" if pos == 0 else ".", q, mode=mode,
+                                            cite=cite)) + chunks[i].n_tokens
                    for pos, i in enumerate(order)]
         _sequence(t, "worker", prompts, cu, cu_cap, cu, cu_cap)
-    fixed = t.prompt(manager_messages("", q, query=query, cite=s.cite))
+    fixed = t.prompt(manager_messages("", q, mode=mode, cite=cite))
     answer = fill(s.max_new, t.a.answer_fill)
     t.add("manager", Counts.each(paths, fixed + cu, answer), Counts.each(paths, fixed, 1),
           Counts.each(paths, fixed + cu_cap, s.max_new))
     if paths > 1 and s.selector == "judge":
-        judge = t.prompt(judge_messages(q, [filler(answer)] * paths), judge_schema(paths))
+        judge = t.prompt(judge_messages(judge_question(q, mode), [filler(answer)] * paths),
+                         judge_schema(paths))
         t.add("judge", Counts(), high=Counts.each(1, judge, 256), retries=s.retries)
         t.notes.append("a judge call is counted only in the high bound (the paths' answers tie)")
     t.n_chunks = n

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from longweave.agents.chain_of_agents import ChainOfAgents
+from longweave.agents.chain_of_agents import ChainOfAgents, permuted_orders
+from longweave.agents.coa_prompts import CODE_LAST_PART, CODE_TASK
+from longweave.answer import Answer
 from longweave.documents import Document
 from longweave.errors import UnscriptedCall
 from longweave.llm import quoted, unquote
@@ -248,7 +251,8 @@ async def test_without_cite_mode_a_stray_marker_cites_nothing() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"max_new": 0}, {"cu_cap": 0}, {"window": 16}, {"margin": -1},
-                                 {"temperature": -0.5}])
+                                 {"temperature": -0.5}, {"self_temperature": 0},
+                                 {"paths": "perm3"}, {"task": "poem"}])
 def test_settings_out_of_range_are_refused_when_the_strategy_is_made(bad: dict) -> None:
     from longweave.agents.base import get_strategy
     from longweave.errors import ConfigError
@@ -278,6 +282,180 @@ async def test_trace_has_plan_workers_and_manager() -> None:
     assert roles[0] == "plan" and roles[-1] == "manager"
     assert roles.count("worker") == len(model.calls("worker"))
     assert answer.steps[0].detail["chunks"] == len(model.calls("worker"))
+
+
+# -- perm5, self5 (§1.2 paths) --------------------------------------------------------------
+
+
+def worker_paths(answer: Answer, model: ScriptedModel) -> list[list[Request]]:
+    """The worker requests of each path, in the order that path sent them."""
+    steps = [s for s in answer.steps if s.role == "worker"]
+    workers = model.calls("worker")
+    assert len(steps) == len(workers)
+    assert [s.index + 1 for s in steps] == [part_of(r) for r in workers]
+    paths: list[list[Request]] = [[] for _ in range(max(s.detail["path"] for s in steps) + 1)]
+    for step, request in zip(steps, workers, strict=True):
+        paths[step.detail["path"]].append(request)
+    return paths
+
+
+async def perm5_orders(seed: int = 0, n: int = 6) -> list[list[int]]:
+    """The part numbers each path of a perm5 run read, checked against §1.2 on the way."""
+    model, doc = scripted(), sentinel_document(n, words=100)  # one paragraph a chunk
+    coa = ChainOfAgents(max_new=32, margin=16, paths="perm5", seed=seed)
+    answer = await arun(coa, doc, "What is hidden?", model)
+    chunks = answer.steps[0].detail["chunks"]
+    assert chunks >= 4, "enough chunks that 5 of their orders can differ"
+    assert len(model.requests) == answer.usage.calls == 5 * (chunks + 1)
+    paths = worker_paths(answer, model)
+    assert len(paths) == 5
+    for requests in paths:
+        assert sorted(part_of(r) for r in requests) == list(range(1, chunks + 1))
+        # each worker carries the previous worker of its own path, not another path's
+        assert "first reader" in requests[0].text
+        for before, after in zip(requests, requests[1:], strict=False):
+            assert quoted_after(after.text, "Notes from the previous reader:") == cu_reply(before)
+    managers = model.calls("manager")
+    assert len(managers) == 5 and model.requests[-5:] == managers
+    for requests, manager in zip(paths, managers, strict=True):
+        assert quoted_blocks(manager.text)[0] == cu_reply(requests[-1])
+    return [[part_of(r) for r in requests] for requests in paths]
+
+
+async def test_perm5_reads_every_chunk_once_per_path_path_one_in_document_order() -> None:
+    orders = await perm5_orders()
+    assert orders[0] == list(range(1, len(orders[0]) + 1))
+    assert len({tuple(order) for order in orders}) == 5
+
+
+async def test_perm5_orders_repeat_for_a_seed_and_change_with_another() -> None:
+    first, again, other = await perm5_orders(0), await perm5_orders(0), await perm5_orders(1)
+    assert again == first
+    assert other != first and other[0] == first[0]
+
+
+def test_permuted_orders_are_distinct_and_capped_by_the_orders_there_are() -> None:
+    assert permuted_orders(1, 5, 0) == [[0]]
+    assert permuted_orders(2, 5, 0) == [[0, 1], [1, 0]]
+    three = permuted_orders(3, 5, 7)
+    assert len(three) == 5 and len({tuple(o) for o in three}) == 5 and three[0] == [0, 1, 2]
+    many = permuted_orders(40, 5, 3)
+    assert all(sorted(o) == list(range(40)) for o in many) and len({tuple(o) for o in many}) == 5
+
+
+async def test_perm5_with_two_chunks_runs_each_order_once() -> None:
+    model = scripted()
+    coa = ChainOfAgents(max_new=32, margin=16, paths="perm5")
+    answer = await arun(coa, sentinel_document(2, words=100), "q?", model)
+    assert answer.steps[0].detail["chunks"] == 2
+    assert [[part_of(r) for r in path] for path in worker_paths(answer, model)] == [[1, 2], [2, 1]]
+    assert answer.usage.calls == 2 * 3
+
+
+async def test_self5_samples_five_chains_in_document_order_and_votes_the_majority() -> None:
+    model = ScriptedModel(context_window=400)
+    model.on("worker", reply=cu_reply)
+    model.on("manager", reply="Toronto [c1]", times=2)  # paths 1 and 2
+    model.on("manager", reply="Ottawa [c2]")  # paths 3 to 5: the majority
+    coa = ChainOfAgents(max_new=32, margin=16, paths="self5", selector="judge")
+    answer = await arun(coa, sentinel_document(6), "Capital?", model)
+    chunks = answer.steps[0].detail["chunks"]
+    paths = worker_paths(answer, model)
+    assert len(paths) == 5 and chunks >= 3
+    assert all([part_of(r) for r in path] == list(range(1, chunks + 1)) for path in paths)
+    assert len(model.calls("manager")) == 5 and not model.calls("judge")
+    assert len(model.requests) == 5 * (chunks + 1)
+    assert {r.temperature for r in model.requests} == {0.7}
+    assert answer.text == "Ottawa" and [c.chunk_index for c in answer.citations] == [1]
+    assert [s.index for s in answer.steps if s.role == "select"] == [2]
+
+
+async def test_self_temperature_is_the_sampling_temperature_and_single_stays_at_zero() -> None:
+    model = scripted()
+    await arun(COA.model_copy(update={"paths": "self5", "self_temperature": 1.1}),
+               sentinel_document(4), "q?", model)
+    assert {r.temperature for r in model.requests} == {1.1}
+    model = scripted()
+    await arun(COA.model_copy(update={"self_temperature": 1.1}), sentinel_document(4), "q?", model)
+    assert {r.temperature for r in model.requests} == {0.0}
+
+
+async def test_self5_samples_are_never_replayed_from_the_completion_cache(tmp_path: Path) -> None:
+    """The cache replays only temperature-0 calls: self5's five chains, whose prompts are all
+    alike, must each reach the model, on every run."""
+    from longweave.cache import CachedLLM, CompletionCache
+
+    model, doc = scripted(), sentinel_document(6)
+    llm = CachedLLM(model, CompletionCache(tmp_path / "completions.sqlite"))
+    await arun(COA, doc, "q?", llm)
+    single = len(model.requests)
+    await arun(COA, doc, "q?", llm)
+    assert len(model.requests) == single, "the cache replays temperature-0 calls"
+    self5 = COA.model_copy(update={"paths": "self5"})
+    for run in (1, 2):
+        await arun(self5, doc, "q?", llm)
+        assert len(model.requests) == single + run * 5 * single
+
+
+async def test_the_judge_of_five_paths_sees_five_candidates_and_may_pick_the_fifth() -> None:
+    model = ScriptedModel(context_window=700)
+    model.on("worker", reply=cu_reply)
+    for reply in ("Ottawa", "Toronto", "ottawa.", "Toronto", "Montreal"):  # a 2-2-1 tie
+        model.on("manager", reply=reply, times=1)
+    model.on("judge", reply={"reason": "the fifth", "index": 5})
+    coa = ChainOfAgents(max_new=32, margin=16, paths="self5", selector="judge")
+    answer = await arun(coa, sentinel_document(6), "Capital?", model)
+    (judge,) = model.calls("judge")
+    assert "5. Montreal" in judge.text and "6." not in judge.text
+    assert judge.schema.model_json_schema()["properties"]["index"]["maximum"] == 5
+    assert answer.text == "Montreal"
+
+
+# -- code task, cite mode (§1.3, §1.5.6) -------------------------------------------------------
+
+
+async def test_code_task_sends_the_code_prompts_without_cite_tags() -> None:
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=lambda r: f"notes of part {part_of(r)}")
+    model.on("manager", reply="    return table[c1]")
+    coa = ChainOfAgents(max_new=32, margin=16, task="code")
+    answer = await arun(coa, sentinel_document(8), "Finish lookup().", model)
+    workers = model.calls("worker")
+    assert len(workers) >= 3
+    for request in workers:
+        assert "Task: Finish lookup()." in request.text
+        assert "of the source code:" in request.text
+        assert "signatures of the" in request.text and "character for character" in request.text
+        assert "Question:" not in request.text and "[c" not in request.text
+    last = [CODE_LAST_PART.strip() in r.text for r in workers]
+    assert last == [False] * (len(workers) - 1) + [True]
+    (manager,) = model.calls("manager")
+    assert manager.text.endswith("Code:") and "Reply with the code only" in manager.text
+    assert "Task: Finish lookup()." in manager.text and "[c" not in manager.text
+    # a "[c1]" in code is an index, never a citation marker
+    assert answer.text == "return table[c1]" and answer.citations == []
+    assert "uncited" in answer.flags
+
+
+async def test_code_task_without_a_question_completes_the_next_line() -> None:
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=cu_reply)
+    model.on("manager", reply="x = 1")
+    await arun(ChainOfAgents(max_new=32, margin=16, task="code"), sentinel_document(4), "", model)
+    assert all(f"Task: {CODE_TASK}" in r.text for r in model.requests)
+
+
+async def test_cite_mode_asks_workers_for_the_strongest_evidence_first() -> None:
+    async def prompts(question: str, **update: object) -> list[str]:
+        model = scripted()
+        await arun(COA.model_copy(update=update), sentinel_document(4), question, model)
+        return [r.text for r in model.calls("worker")]
+
+    phrase = "the strongest first and the weakest last"
+    assert all(phrase in text for text in await prompts("q?"))
+    assert not any(phrase in text for text in await prompts("q?", cite=False))
+    # a summary keeps the order of the text; only evidence for a question is ranked
+    assert not any(phrase in text for text in await prompts(""))
 
 
 @pytest.mark.real_model

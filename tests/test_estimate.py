@@ -90,6 +90,39 @@ async def test_bidir_with_judge_counts_the_judge_only_in_the_high_bound(tie: boo
     assert_close(est, answer.usage, exact_calls=not tie)
 
 
+@pytest.mark.parametrize("paths", ["perm5", "self5"])
+async def test_five_path_chain_of_agents_counts_five_chains_and_the_judge_when_it_can_run(
+    paths: str,
+) -> None:
+    """P = 5: 5(l + 1) calls as a scripted run makes them; the paths agree, so the judge (and
+    its re-asks) is only in the high bound."""
+    doc, model = document(30), ScriptedModel(context_window=1024)
+    model.on("worker", reply=words(32))
+    model.on("manager", reply="Under the stairs.")
+    options = {"max_new": 128, "paths": paths, "selector": "judge"}
+    answer = await arun(_strategy("chain-of-agents", **options), doc, QUESTION, model)
+    est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=Assumptions(text_fill=0.25), **options)
+    assert est.roles["worker"].calls == roles(model)["worker"] == 5 * est.n_chunks >= 15
+    assert est.roles["manager"].calls == roles(model)["manager"] == 5
+    assert est.calls == answer.usage.calls == 5 * (est.n_chunks + 1)
+    assert est.high.calls == est.calls + 3 and "judge" not in roles(model)
+    assert_close(est, answer.usage, exact_calls=True)
+    assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
+
+
+async def test_code_task_estimate_counts_the_code_prompts() -> None:
+    doc, model = document(30), ScriptedModel(context_window=1024)
+    model.on("worker", reply=words(32))
+    model.on("manager", reply="x = 1")
+    options = {"max_new": 128, "task": "code"}
+    answer = await arun(_strategy("chain-of-agents", **options), doc, "", model)
+    est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), "",
+                          assumptions=Assumptions(text_fill=0.25), **options)
+    assert est.calls == answer.usage.calls == est.n_chunks + 1 >= 4
+    assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
+
+
 async def test_truncate_prompt_is_exact() -> None:
     doc, model = document(40), ScriptedModel(context_window=512)
     model.on("reader", reply="Under the stairs.")

@@ -7,7 +7,9 @@ NeurIPS 2024, arXiv:2406.02818. Algorithm and defaults: STRATEGIES.md §1.
 from __future__ import annotations
 
 import asyncio
+import math
 import operator
+import random
 import re
 from collections import Counter
 from functools import lru_cache
@@ -18,7 +20,13 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from longweave.agents.base import RunContext, repeat_then
-from longweave.agents.coa_prompts import judge_messages, manager_messages, worker_messages
+from longweave.agents.coa_prompts import (
+    Mode,
+    judge_messages,
+    judge_question,
+    manager_messages,
+    worker_messages,
+)
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
@@ -29,6 +37,8 @@ from longweave.structured import reask_message
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
 _REPLY_CHARS = 400
 """How much of a judge's unusable reply, and of the complaint, a re-ask shows."""
+MANY_PATHS = 5
+"""Paths of `perm5` and `self5` (§1.2), the most the judge chooses among (§8.3)."""
 
 
 class JudgeChoice(BaseModel):
@@ -76,16 +86,33 @@ class ChainOfAgents(BaseModel):
     budget B = k - T(I_W) - T(q), allowed only when the model's window has room for both
     (§1.5.2)."""
     temperature: float = Field(0.0, ge=0.0)
-    """Sampling temperature of every call (paper: 0)."""
-    paths: Literal["single", "bidir"] = "single"
-    """`bidir` adds a right-to-left chain and votes between the two answers (reference code)."""
+    """Sampling temperature of every call, except the chains of `self5` (paper: 0)."""
+    paths: Literal["single", "bidir", "perm5", "self5"] = "single"
+    """Chains whose answers are voted on: `single` one left to right; `bidir` adds one right to
+    left (reference code); `perm5` five, the first in document order and four in distinct seeded
+    permutations (fewer when the chunks have fewer orders); `self5` five left to right sampled
+    at `self_temperature` (self-consistency). The paper's own variants are unverified (§1.2)."""
+    seed: int = 0
+    """Seed of `perm5`'s permutations: one seed and chunk count always give the same orders
+    (ours)."""
+    self_temperature: float = Field(0.7, gt=0.0)
+    """Sampling temperature of every worker and manager of `self5` (ours; the paper's value is
+    unverified). Such calls are never served from the completion cache."""
     selector: Literal["vote", "judge"] = "vote"
-    """How multi-path answers are chosen: majority vote, with ties going to path 1 or to a judge."""
-    task: Literal["auto", "query", "summarize"] = "auto"
-    """`auto` picks the non-query (summarize) prompts when the question is empty (paper)."""
+    """How multi-path answers are chosen: majority vote, with ties going to path 1 or to a judge
+    that sees every path's answer."""
+    task: Literal["auto", "query", "summarize", "code"] = "auto"
+    """`auto`: the question prompts, or the non-query (summarize) ones when the question is empty
+    (paper); `query` and `summarize` force one of them. `code`: the document is source code and
+    the question says what code to write (`Implement load_config`, say), by default the next line
+    after the end of the source; workers keep imports, signatures and the code before the
+    completion point verbatim and the manager writes only code (ours; the paper's code prompt is
+    unverified)."""
     cite: bool = True
-    """Workers tag kept statements with [c<i>] so the answer cites chunk spans (ours; the paper
-    has no citations — set False for the faithful prompts)."""
+    """Workers tag kept statements with [c<i>] so the answer cites chunk spans, and for a
+    question put the strongest evidence first, so a CU cut at its cap loses the weakest (ours,
+    §1.5.6; the paper has no citations — set False for the faithful prompts). Ignored by
+    `task="code"`: a `[c1]` in code is code."""
     retries: int = Field(2, ge=0)
     """Re-asks of a judge reply that fails validation, then path 1's answer (ours, §8.4)."""
 
@@ -97,15 +124,26 @@ class ChainOfAgents(BaseModel):
     def _cu_cap(self) -> int:
         return self.cu_cap if self.cu_cap is not None else self.max_new
 
-    def _query_mode(self, question: str) -> bool:
-        return self.task == "query" or (self.task == "auto" and bool(question.strip()))
+    def mode(self, question: str) -> Mode:
+        """The prompts this question runs with."""
+        if self.task == "auto":
+            return "query" if question.strip() else "summarize"
+        return self.task
+
+    def cites(self, question: str) -> bool:
+        """Whether the prompts ask for [c<i>] tags: a `[c1]` in code is code (an index)."""
+        return self.cite and self.mode(question) != "code"
+
+    def _temperature(self) -> float:
+        return self.self_temperature if self.paths == "self5" else self.temperature
 
     def initial_state(self, ctx: RunContext) -> dict[str, Any]:
-        query = self._query_mode(ctx.question)
-        if not query and self.task == "query":
+        mode = self.mode(ctx.question)
+        if mode == "query" and not ctx.question.strip():
             raise ConfigError("task='query' needs a question")
+        # Worker 1 of 1: in code mode the longest prompt (it is also the last part).
         fixed = ctx.llm.count_prompt_tokens(
-            worker_messages(0, 1, "", "", ctx.question, query=query, cite=self.cite)
+            worker_messages(0, 1, "", "", ctx.question, mode=mode, cite=self.cites(ctx.question))
         )
         k, cu_cap = self._k(ctx), self._cu_cap()
         if self.reserve_cu:
@@ -120,8 +158,7 @@ class ChainOfAgents(BaseModel):
                 )
             budget = chunk_budget(k, max_new=0, fixed_tokens=fixed, margin=self.margin)
         chunks = ctx.chunk(budget)
-        forward = list(range(len(chunks)))
-        orders = [forward] if self.paths == "single" else [forward, forward[::-1]]
+        orders = reading_orders(self.paths, len(chunks), self.seed)
         ctx.step(
             "plan",
             f"{plural(len(chunks), 'chunk')} of <= {budget} tokens",
@@ -159,16 +196,14 @@ class ChainOfAgents(BaseModel):
         return {"cus": cus, "position": position + 1, "flags": flags}
 
     async def _worker(self, ctx: RunContext, state: CoAState, path: int, i: int) -> tuple[str, str]:
-        chunks, prev = state["chunks"], state["cus"][path]
-        query = self._query_mode(ctx.question)
-        messages = worker_messages(
-            i, len(chunks), chunks[i].text, prev, ctx.question, query=query, cite=self.cite
-        )
+        chunks, prev, question = state["chunks"], state["cus"][path], ctx.question
+        messages = worker_messages(i, len(chunks), chunks[i].text, prev, question,
+                                   mode=self.mode(question), cite=self.cites(question))
         reply = await ctx.call(
             "worker",
             messages,
             max_tokens=self._cu_cap(),
-            temperature=self.temperature,
+            temperature=self._temperature(),
             index=i,
             total=len(chunks),
         )
@@ -182,18 +217,18 @@ class ChainOfAgents(BaseModel):
 
     async def manage(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """The manager of each path answers from that path's last communication unit only."""
-        ctx = runtime.context
-        query = self._query_mode(ctx.question)
+        ctx, question = runtime.context, runtime.context.question
+        mode, cite = self.mode(question), self.cites(question)
 
         async def one(path: int, cu: str) -> str:
-            messages = manager_messages(cu, ctx.question, query=query, cite=self.cite)
+            messages = manager_messages(cu, question, mode=mode, cite=cite)
             reply = await ctx.call(
                 "manager",
                 messages,
                 max_tokens=self.max_new,
-                temperature=self.temperature,
+                temperature=self._temperature(),
                 index=path,
-                stream=len(state["cus"]) == 1,  # two paths' answers would interleave
+                stream=len(state["cus"]) == 1,  # several paths' answers would interleave
             )
             answer = unquote(reply.text)
             ctx.step("manager", answer, index=path, finish_reason=reply.finish_reason)
@@ -212,7 +247,9 @@ class ChainOfAgents(BaseModel):
                 chosen, flags = await self._judge(ctx, answers)
         if len(answers) > 1:
             ctx.step("select", answers[chosen], index=chosen, candidates=len(answers))
-        if not self.cite:  # the paper's prompts number no chunks: a stray "[c1]" means nothing
+        # The paper's prompts number no chunks, so a stray "[c1]" means nothing (and in code
+        # it is an index).
+        if not self.cites(ctx.question):
             return {"answer": answers[chosen], "citations": [], "flags": [*flags, "uncited"]}
         text, citations = _resolve_markers(answers[chosen], state["chunks"], ctx)
         flags += [] if citations else ["uncited"]
@@ -221,7 +258,8 @@ class ChainOfAgents(BaseModel):
     async def _judge(self, ctx: RunContext, answers: list[str]) -> tuple[int, list[str]]:
         """The judge's pick (0-based), re-asked with the complaint at most `retries` times; a
         judge that never validates leaves path 1's answer, flagged (§1.2 line 11, §8.4)."""
-        messages = judge_messages(ctx.question, answers)
+        question = judge_question(ctx.question, self.mode(ctx.question))
+        messages = judge_messages(question, answers)
         prompt = messages
         for _ in range(self.retries + 1):
             try:
@@ -239,6 +277,33 @@ class ChainOfAgents(BaseModel):
             prompt = [*messages, Message("assistant", raw[:_REPLY_CHARS]),
                       reask_message(complaint[:_REPLY_CHARS])]
         return 0, ["judge_failed"]
+
+
+def reading_orders(paths: str, n: int, seed: int) -> list[list[int]]:
+    """Per path, the chunk indices in the order its workers read them (path 1: document order)."""
+    forward = list(range(n))
+    if paths == "bidir":
+        return [forward, forward[::-1]]
+    if paths == "self5":
+        return [list(forward) for _ in range(MANY_PATHS)]
+    if paths == "perm5":
+        return permuted_orders(n, MANY_PATHS, seed)
+    return [forward]
+
+
+def permuted_orders(n: int, paths: int, seed: int) -> list[list[int]]:
+    """Document order, then seeded shuffles of it, all distinct: `paths` orders, or all n! of
+    them when there are fewer (a repeated order at temperature 0 would only repeat a vote)."""
+    rng = random.Random(seed)
+    orders = [list(range(n))]
+    wanted = min(paths, math.factorial(min(n, paths)))  # n >= 3 has at least 6 orders
+    for _ in range(100 * paths):  # a repeat is drawn again; a cap, never reached in practice
+        if len(orders) >= wanted:
+            break
+        order = rng.sample(range(n), n)
+        if order not in orders:
+            orders.append(order)
+    return orders
 
 
 def _normalize(answer: str) -> str:
