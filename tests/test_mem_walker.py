@@ -28,6 +28,8 @@ SHOWN = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 GOTO_1 = {"reasoning": "the first part", "action": "goto", "child": 1}
 BACK = {"reasoning": "not here", "action": "back"}
 LEAF = "You reached this passage"  # in leaf prompts only (the fallback shows a passage too)
+FALLBACK = "The search is over"  # in fallback prompts only
+GUESS = {"answer": "best guess"}  # a valid LeafAnswer
 # 9 paragraphs of ~62 tokens and 80-token segments: one sentinel per leaf; K=3 gives 9 -> 3 -> 1.
 MW = MemWalker(window=1024, max_children=3, segment_tokens=80, nav_max_new=48, answer_max_new=32,
                reasoning_chars=100, margin=16)
@@ -91,7 +93,7 @@ def scripted(navigator: Any = GOTO_1, reader: Any = None, window: int = 1024) ->
     model.on("navigator", reply=navigator)
     if reader is not None:
         model.on("reader", contains=LEAF, reply=reader)
-    model.on("reader", contains="The search is over", reply="best guess")
+    model.on("reader", contains=FALLBACK, reply=GUESS)
     return model
 
 
@@ -292,7 +294,7 @@ async def test_full_summaries_and_full_memory_fit_the_window() -> None:
     model.on("summarizer", reply=lambda r: " ".join(["long"] * (2 * r.max_tokens)))
     model.on("navigator", reply=GOTO_1)
     model.on("reader", contains=LEAF, reply=BACK)
-    model.on("reader", reply="best guess")
+    model.on("reader", reply=GUESS)
     # wm_share 0.3: the memory holds 4 full summaries, more than a root-to-leaf path's 2
     walker = MW.model_copy(update={"max_leaves_read": 9, "max_nav_steps": 40, "wm_share": 0.3})
     doc = sentinel_document(9)
@@ -375,7 +377,7 @@ async def test_always_back_at_leaves_reads_left_to_right_then_falls_back_once() 
     answer = await arun(MW, doc, "q?", model)  # max_leaves_read = 5
     reads = [r for r in model.calls("reader") if LEAF in r.text]
     assert [passage(r) for r in reads] == [[0], [1], [2], [3], [4]]
-    fallback = [r for r in model.calls("reader") if "The search is over" in r.text]
+    fallback = [r for r in model.calls("reader") if FALLBACK in r.text]
     assert len(fallback) == 1 and model.requests[-1] is fallback[0]
     assert "word4x0" in fallback[0].text  # the last leaf read is in the fallback prompt
     assert answer.text == "best guess" and {"fallback", "capped"} <= set(answer.flags)
@@ -385,13 +387,61 @@ async def test_always_back_at_leaves_reads_left_to_right_then_falls_back_once() 
     assert answer.usage.calls == 13 + 7 + 5 + 1
 
 
-async def test_an_empty_fallback_answer_is_flagged() -> None:
+async def test_the_fallback_sends_the_leaf_answer_schema_and_uses_its_answer() -> None:
     model, doc = scripted(reader=BACK), sentinel_document(4)
-    model.rules[-1].reply = "  "
+    model.rules[-1].reply = {"answer": "  the lamp room "}
+    answer = await arun(MW, doc, "Where is the lamp?", model)
+    (request,) = [r for r in model.calls("reader") if FALLBACK in r.text]
+    assert request.schema is not None and request.schema.__name__ == "LeafAnswer"
+    shape = request.schema.model_json_schema()
+    assert shape["required"] == ["answer"] and list(shape["properties"]) == ["answer"]
+    assert shape["properties"]["answer"] == {"maxLength": 300, "title": "Answer", "type": "string"}
+    assert request.max_tokens == MW.answer_max_new
+    assert '{"answer": "..."}' in request.text and "Options:" not in request.text
+    assert answer.text == "the lamp room"
+    assert {"fallback", "exhausted"} <= set(answer.flags) and "invalid_answer" not in answer.flags
+    (step,) = [s for s in answer.steps if s.role == "fallback"]
+    assert step.detail["attempts"] == 1 and step.detail["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("replies", "kept"),
+    [
+        (["I think it was Mara."] * 3, "I think it was Mara."),  # prose, never JSON
+        (['{"answer": ""}', "no", '{"answer": "Mara Quill, the widow of'],  # the last one cut:
+         "Mara Quill, the widow of"),  # what it wrote before the cut
+        ([{"answer": " "}] * 3, ""),  # empty every time: flagged empty_answer too
+    ],
+)
+async def test_an_invalid_fallback_reply_is_reasked_then_kept_as_written_and_flagged(
+    replies: list[Any], kept: str
+) -> None:
+    model, doc = scripted(reader=BACK), sentinel_document(4)
+    model.rules[-1:] = []
+    for reply in replies:
+        model.on("reader", contains=FALLBACK, reply=reply, times=1)
+    answer = await arun(MW, doc, "Who kept the lamp?", model)
+    asked = [r for r in model.calls("reader") if FALLBACK in r.text]
+    assert len(asked) == 1 + MW.retries and not model.unused_rules()
+    assert all("Your previous reply was not usable" in r.text for r in asked[1:])
+    assert all(r.messages[:-1] == asked[0].messages for r in asked[1:])
+    assert answer.text == kept
+    assert {"fallback", "exhausted", "invalid_answer"} <= set(answer.flags)
+    assert ("empty_answer" in answer.flags) == (not kept)
+    (step,) = [s for s in answer.steps if s.role == "fallback"]
+    assert step.detail["attempts"] == 3 and step.detail["valid"] is False
+    assert answer.usage.calls == 7 + 4 + 6 + 3  # the re-asks are paid for
+
+
+async def test_an_empty_fallback_answer_is_reasked_and_a_good_one_ends_it() -> None:
+    model, doc = scripted(reader=BACK), sentinel_document(4)
+    model.rules[-1:] = []
+    model.on("reader", contains=FALLBACK, reply={"answer": "  "}, times=1)
+    model.on("reader", contains=FALLBACK, reply={"answer": "Mara"}, times=1)
     answer = await arun(MW, doc, "q?", model)
-    assert answer.text == "" and {"fallback", "empty_answer"} <= set(answer.flags)
-    answer = await arun(MW, doc, "q?", scripted(reader=BACK))
-    assert answer.text == "best guess" and "empty_answer" not in answer.flags
+    asked = [r for r in model.calls("reader") if FALLBACK in r.text]
+    assert len(asked) == 2 and '"answer" must not be empty' in asked[1].messages[-1].content
+    assert answer.text == "Mara" and "invalid_answer" not in answer.flags
 
 
 async def test_the_step_cap_stops_the_walk_and_falls_back() -> None:

@@ -26,10 +26,11 @@ from longweave.agents import mem_walker_prompts as prompts
 from longweave.agents.base import RunContext
 from longweave.answer import Citation, plural
 from longweave.budget import chunk_budget
+from longweave.choices import Choices, split_choices
 from longweave.errors import BudgetExceeded, LongweaveWarning, ParseError
 from longweave.llm import Message, model_identity, unquote
 from longweave.memory.summary_tree import TREE_FORMAT, SummaryTree, TreeNode, balanced_groups
-from longweave.structured import json_instructions, reask_message
+from longweave.structured import json_instructions, reask_message, repair_json
 
 __all__ = ["MemWalker", "Plan"]
 
@@ -53,6 +54,7 @@ class Plan:
 
 class WalkState(TypedDict, total=False):
     tree: SummaryTree
+    choices: Choices  # the question's stem and options (none for an ordinary question)
     node: int  # where the walker stands
     stack: list[int]  # ancestors to go back to
     exhausted: list[int]  # nodes that will not be shown or entered again
@@ -93,21 +95,25 @@ class MemWalker(BaseModel):
     nav_max_new: int = Field(320, ge=16)
     """Generation cap of triage and leaf decisions (ours); a reply cut by it counts as invalid."""
     answer_max_new: int = Field(128, ge=8)
-    """Generation cap of the fallback answer (ours)."""
+    """Generation cap of the fallback answer (ours); a reply cut by it counts as invalid."""
     summary_max_new: int | None = Field(256, ge=8)
     """Generation cap of a summary, at most summary_cap; None means summary_cap (ours: ~190
     words keeps summaries compact and the build affordable on CPU)."""
     reasoning_chars: int = Field(600, ge=16)
     """Bound of the `reasoning` field of decisions (§4.3)."""
     answer_chars: int = Field(300, ge=16)
-    """Bound of the `answer` field of a leaf decision (§4.3)."""
+    """Bound of the free-text `answer` of a leaf decision and of the fallback (§4.3)."""
+    choices: Literal["auto", "off"] = "auto"
+    """`auto`: a question with lettered option lines (`A. ...`, `(A) ...`, `A) ...`; see
+    `longweave.choices`) shows them in the leaf and fallback prompts' options slot, and their
+    `answer` must be an option letter (§4.3); `off`: every question is free text (ours)."""
     max_nav_steps: int = Field(20, ge=1)
     """Triage and leaf decisions per question (ours)."""
     max_leaves_read: int = Field(5, ge=1)
     """Leaves read per question (ours)."""
     retries: int = Field(2, ge=0)
-    """Re-prompts with the validator's message after an invalid decision; then it counts as
-    `back` (ours)."""
+    """Re-prompts with the validator's message after an invalid reply; then a decision counts
+    as `back` and the fallback keeps the last reply's text, flagged `invalid_answer` (ours)."""
     temperature: float = Field(0.0, ge=0.0)
     """Sampling temperature of every call (ours)."""
     concurrency: int = Field(8, ge=1)
@@ -135,16 +141,17 @@ class MemWalker(BaseModel):
             raise BudgetExceeded(internal + k * summary_cap, summary_max_new, w,
                                  hint="lower max_children or wm_share")
         leaf = llm.count_prompt_tokens(prompts.leaf_messages(".", ".", "."))
-        leaf += self._schema_tokens(ctx, self._leaf_schema())
+        leaf += self._schema_tokens(ctx, self._leaf_schema(Choices(".")))
         fallback = llm.count_prompt_tokens(prompts.fallback_messages(".", ".", "."))
+        fallback += self._schema_tokens(ctx, self._answer_schema(Choices(".")))
         summarize = llm.count_prompt_tokens(prompts.leaf_summary_messages(".", words))
         carried = wm_cap + q_res
         segment = min(
             self.segment_tokens,
             chunk_budget(w, max_new=nav_out, fixed_tokens=leaf, carried_tokens=carried,
                          margin=self.margin),
-            chunk_budget(w, max_new=self.answer_max_new, fixed_tokens=fallback,
-                         carried_tokens=carried, margin=self.margin),
+            chunk_budget(w, max_new=self.answer_max_new + self._reask_tokens(ctx),
+                         fixed_tokens=fallback, carried_tokens=carried, margin=self.margin),
             chunk_budget(w, max_new=summary_max_new, fixed_tokens=summarize, margin=self.margin),
         )
         return Plan(w, wm_cap, q_res, summary_cap, summary_max_new, segment)
@@ -152,8 +159,29 @@ class MemWalker(BaseModel):
     def _triage_schema(self, children: int) -> type[BaseModel]:
         return prompts.triage_schema(children, self.reasoning_chars)
 
-    def _leaf_schema(self) -> type[BaseModel]:
-        return prompts.leaf_action_schema(self.reasoning_chars, self.answer_chars)
+    def _leaf_schema(self, choices: Choices) -> type[BaseModel]:
+        return prompts.leaf_action_schema(self.reasoning_chars, self.answer_chars,
+                                          choices.letters, choices.multi)
+
+    def _answer_schema(self, choices: Choices) -> type[BaseModel]:
+        return prompts.leaf_answer_schema(self.answer_chars, choices.letters, choices.multi)
+
+    def _question_tokens(self, ctx: RunContext, choices: Choices) -> int:
+        """The question's share of the largest prompt it appears in. With options, the leaf and
+        fallback prompts show them in their own slot, in other words and with another schema:
+        the difference counts as question, as budgets are planned without it."""
+        tokens = ctx.llm.count_tokens(ctx.question)  # triage shows the question as given
+        if not choices.options:
+            return tokens
+        count, free = ctx.llm.count_prompt_tokens, Choices(".")
+        for make, schema in ((prompts.leaf_messages, self._leaf_schema),
+                             (prompts.fallback_messages, self._answer_schema)):
+            shown = count(make(choices.stem, ".", ".", choices.options, choices.multi))
+            planned = count(make(".", ".", "."))  # as plan() counts it, "." the question
+            letters = self._schema_tokens(ctx, schema(choices))
+            extra = max(0, letters - self._schema_tokens(ctx, schema(free)))
+            tokens = max(tokens, shown - planned + 1 + extra)
+        return tokens
 
     @staticmethod
     def _schema_tokens(ctx: RunContext, schema: type[BaseModel]) -> int:
@@ -251,14 +279,15 @@ class MemWalker(BaseModel):
     async def initial_state(self, ctx: RunContext) -> dict[str, Any]:
         plan = self.plan(ctx)
         tree = await self.tree(ctx, plan)
-        q_tokens = ctx.llm.count_tokens(ctx.question)
+        choices = split_choices(ctx.question) if self.choices == "auto" else Choices(ctx.question)
+        q_tokens = self._question_tokens(ctx, choices)
         wm_limit = plan.wm_cap - max(0, q_tokens - plan.question_reserve)
         if wm_limit < 0:
             raise BudgetExceeded(q_tokens, 0, plan.question_reserve + plan.wm_cap,
                                  hint="shorten the question or raise question_share")
-        return {"tree": tree, "node": tree.root, "stack": [], "exhausted": [], "memory": [],
-                "wm_limit": wm_limit, "steps": 0, "leaves": 0, "last_leaf": None, "done": False,
-                "overview": not ctx.question.strip(), "flags": []}
+        return {"tree": tree, "choices": choices, "node": tree.root, "stack": [], "exhausted": [],
+                "memory": [], "wm_limit": wm_limit, "steps": 0, "leaves": 0, "last_leaf": None,
+                "done": False, "overview": not ctx.question.strip(), "flags": []}
 
     def max_steps(self, state: dict[str, Any]) -> int:
         return self.max_nav_steps + 3  # each decision is one node visit, plus the fallback
@@ -300,8 +329,9 @@ class MemWalker(BaseModel):
                 return f'action "goto" needs "child", a number from 1 to {len(shown)}'
             return None
 
-        reply, attempts = await self._decide(ctx, "navigator", messages,
-                                             self._triage_schema(len(shown)), check, state)
+        reply, attempts, _ = await self._decide(ctx, "navigator", messages,
+                                                self._triage_schema(len(shown)), check,
+                                                max_tokens=self.nav_max_new, index=state["steps"])
         update: dict[str, Any] = {"steps": state["steps"] + 1,
                                   "flags": [] if reply else ["invalid_action"]}
         if reply is not None and reply.action == "goto":
@@ -321,15 +351,18 @@ class MemWalker(BaseModel):
         ctx, tree, node = runtime.context, state["tree"], state["node"]
         leaf = tree.node(node)
         segment = ctx.document.text[leaf.start:leaf.end]
-        messages = prompts.leaf_messages(ctx.question, self._memory(ctx, state), segment)
+        choices = state["choices"]
+        messages = prompts.leaf_messages(choices.stem, self._memory(ctx, state), segment,
+                                         choices.options, choices.multi)
 
         def check(reply: Any) -> str | None:
             if reply.action == "answer" and not (reply.answer or "").strip():
                 return 'action "answer" needs a non-empty "answer"'
             return None
 
-        reply, attempts = await self._decide(ctx, "reader", messages, self._leaf_schema(), check,
-                                             state)
+        reply, attempts, _ = await self._decide(ctx, "reader", messages,
+                                                self._leaf_schema(choices), check,
+                                                max_tokens=self.nav_max_new, index=state["steps"])
         update: dict[str, Any] = {"steps": state["steps"] + 1, "leaves": state["leaves"] + 1,
                                   "last_leaf": node, "flags": [] if reply else ["invalid_action"]}
         answered = reply is not None and reply.action == "answer"
@@ -337,7 +370,7 @@ class MemWalker(BaseModel):
                  index=state["steps"], node=node, chunk_index=leaf.chunk_index,
                  action="answer" if answered else "back", attempts=attempts)
         if answered:
-            return update | {"answer": reply.answer.strip(),
+            return update | {"answer": choices.tidy(reply.answer),
                              "citations": [_cite(ctx, leaf)]}
         return update | _retreat(tree, node, state)
 
@@ -364,14 +397,24 @@ class MemWalker(BaseModel):
         else:
             # Nothing was read: answer from the root summary, which rests on every leaf (ours).
             segment, cited = tree.node(tree.root).summary, list(tree.leaves)
-        messages = prompts.fallback_messages(ctx.question, self._memory(ctx, state), segment)
-        reply = await ctx.call("reader", messages, max_tokens=self.answer_max_new,
-                               temperature=self.temperature)
-        text = unquote(reply.text)
+        choices = state["choices"]
+        messages = prompts.fallback_messages(choices.stem, self._memory(ctx, state), segment,
+                                             choices.options, choices.multi)
+
+        def check(reply: Any) -> str | None:
+            return None if reply.answer.strip() else '"answer" must not be empty'
+
+        reply, attempts, raw = await self._decide(ctx, "reader", messages,
+                                                  self._answer_schema(choices), check,
+                                                  max_tokens=self.answer_max_new)
+        # No valid reply: the last one is kept as written, flagged, so a run always answers.
+        text = choices.tidy(reply.answer) if reply else _kept_text(raw)
         why = "exhausted" if state["done"] else "capped"
-        ctx.step("fallback", text, reason=why, last_leaf=state["last_leaf"])
+        ctx.step("fallback", text, reason=why, last_leaf=state["last_leaf"], attempts=attempts,
+                 valid=reply is not None)
         return {"answer": text, "citations": [_cite(ctx, leaf) for leaf in cited],
-                "flags": ["fallback", why] + ([] if last else ["overview"])}
+                "flags": ["fallback", why] + ([] if last else ["overview"])
+                + ([] if reply else ["invalid_answer"])}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -390,16 +433,17 @@ class MemWalker(BaseModel):
         return MEMORY_SEPARATOR.join(kept)
 
     async def _decide(self, ctx: RunContext, role: str, messages: list[Message],
-                      schema: type[BaseModel], check: Callable[[Any], str | None],
-                      state: WalkState) -> tuple[Any, int]:
-        """A validated decision, re-asking with the complaint; (None, attempts) when none came."""
-        prompt = messages
+                      schema: type[BaseModel], check: Callable[[Any], str | None], *,
+                      max_tokens: int, index: int | None = None) -> tuple[Any, int, str]:
+        """A validated reply, re-asking with the complaint: (reply, attempts, its text), or
+        (None, attempts, the last reply's text) when none came."""
+        prompt, raw = messages, ""
         for attempt in range(1, self.retries + 2):
             try:
-                reply = await ctx.call(role, prompt, max_tokens=self.nav_max_new, schema=schema,
-                                       temperature=self.temperature, index=state["steps"],
-                                       total=self.max_nav_steps)
-                parsed = reply.parsed
+                reply = await ctx.call(role, prompt, max_tokens=max_tokens, schema=schema,
+                                       temperature=self.temperature, index=index,
+                                       total=None if index is None else self.max_nav_steps)
+                parsed, raw = reply.parsed, reply.text
                 if reply.finish_reason == "length":
                     problem: str | None = "the reply was cut off at the token limit; be briefer"
                 elif parsed is None:
@@ -407,14 +451,15 @@ class MemWalker(BaseModel):
                 else:
                     problem = check(parsed)
             except ParseError as exc:
-                problem = exc.message
+                problem, raw = exc.message, exc.raw or ""
             except ValidationError as exc:  # a backend that validates without wrapping
-                problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}"
-                                    for e in exc.errors(include_url=False))
+                problem, raw = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}"
+                    for e in exc.errors(include_url=False)), ""
             if problem is None:
-                return parsed, attempt
+                return parsed, attempt, raw
             prompt = [*messages, reask_message(_clip(ctx, problem, COMPLAINT_TOKENS))]
-        return None, self.retries + 1
+        return None, self.retries + 1, raw
 
 
 class _Summarizer:
@@ -465,6 +510,18 @@ def _retreat(tree: SummaryTree, node: int, state: WalkState) -> dict[str, Any]:
             break
         node = stack.pop()
     return {"node": node, "stack": stack, "exhausted": exhausted, "done": True}
+
+
+def _kept_text(raw: str) -> str:
+    """The answer of a reply that never validated: its `answer` field when the reply holds one
+    (repaired when cut at the token limit), else the whole reply."""
+    try:
+        value, _ = repair_json(raw)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("answer"), str):
+        return value["answer"].strip()
+    return unquote(raw)
 
 
 def _cite(ctx: RunContext, leaf: TreeNode) -> Citation:

@@ -2,15 +2,18 @@
 
 The slots follow §4.3 in longweave's own words. Child numbers are 1-based in prompts and in the
 reply schemas; the strategy converts them to list positions exactly once, after validation.
-Changing any wording here must bump `PROMPT_VERSION`: trees built with the old summary prompts
-are then rebuilt instead of reused (§8.6).
+`PROMPT_VERSION` keys the cached tree (§8.6): changing the wording of the two summary prompts
+must bump it, so trees built with the old wording are rebuilt instead of reused. The walk's
+prompts (triage, leaf, fallback) build nothing that is cached; changing them needs no bump.
+A multiple-choice question (`longweave.choices`) fills the leaf and fallback prompts' options
+slot, and their schemas then admit only the option letters as `answer`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
@@ -21,6 +24,7 @@ __all__ = [
     "fallback_messages",
     "internal_summary_messages",
     "leaf_action_schema",
+    "leaf_answer_schema",
     "leaf_messages",
     "leaf_summary_messages",
     "triage_messages",
@@ -86,32 +90,57 @@ def triage_messages(question: str, memory: str, summaries: Sequence[str]) -> lis
     ]
 
 
-def leaf_messages(question: str, memory: str, segment: str) -> list[Message]:
+def _question_block(question: str, options: Sequence[tuple[str, str]]) -> str:
+    """The question slot, and the options slot of a multiple-choice question (§4.3)."""
+    listed = "".join(f"\n{letter}. {text}" for letter, text in options)
+    return f"Question: {question}\n\n" + (f"Options:{listed}\n\n" if options else "")
+
+
+def _example(options: Sequence[tuple[str, str]], multi: bool) -> str:
+    """The value of "answer" in the example reply."""
+    return ("<letters>" if multi else "<letter>") if options else "..."
+
+
+def leaf_messages(question: str, memory: str, segment: str,
+                  options: Sequence[tuple[str, str]] = (), multi: bool = False) -> list[Message]:
     """Answer from the raw segment, or go back when it does not hold the answer."""
-    return [
-        system(READER_SYSTEM),
-        user(
-            f"Question: {question}\n\n{_memory_block(memory)}"
-            f"You reached this passage of the text:\n{quoted(segment)}\n\n"
-            "Think briefly about whether the passage answers the question. If it does, give the "
-            'answer (action "answer", with a short "answer"; for a multiple-choice question, '
-            'the option). If it does not, go back to look elsewhere (action "back"; "answer" is '
-            'then ignored). Reply like {"reasoning": "...", "action": "answer", "answer": "..."}.'
-        ),
-    ]
-
-
-def fallback_messages(question: str, memory: str, segment: str | None) -> list[Message]:
-    """The last call when the walk ends without an answer: the best answer from what was read."""
-    passage = (
-        f"The last passage you read:\n{quoted(segment)}\n\n" if segment else ""
+    what = (
+        '"answer" the letters of all the correct options in a row, like "AC"' if multi
+        else '"answer" the letter of the correct option' if options
+        else 'a short "answer"; for a multiple-choice question, the option'
     )
     return [
         system(READER_SYSTEM),
         user(
-            f"Question: {question}\n\n{_memory_block(memory)}{passage}"
-            "The search is over and no passage clearly answered the question. Give your best "
-            "short answer from what you have read. Write only the answer.\n\nAnswer:"
+            f"{_question_block(question, options)}{_memory_block(memory)}"
+            f"You reached this passage of the text:\n{quoted(segment)}\n\n"
+            "Think briefly about whether the passage answers the question. If it does, give the "
+            f'answer (action "answer", with {what}). If it does not, go back to look elsewhere '
+            '(action "back"; "answer" is then ignored). Reply like {"reasoning": "...", '
+            f'"action": "answer", "answer": "{_example(options, multi)}"}}.'
+        ),
+    ]
+
+
+def fallback_messages(question: str, memory: str, segment: str | None,
+                      options: Sequence[tuple[str, str]] = (), multi: bool = False
+                      ) -> list[Message]:
+    """The last call when the walk ends without an answer: the best answer from what was read."""
+    passage = (
+        f"The last passage you read:\n{quoted(segment)}\n\n" if segment else ""
+    )
+    what = (
+        'the letters of all the options that answer it, in a row like "AC"' if multi
+        else "the letter of the option that best answers it" if options
+        else "your best short answer (for a multiple-choice question, the option)"
+    )
+    return [
+        system(READER_SYSTEM),
+        user(
+            f"{_question_block(question, options)}{_memory_block(memory)}{passage}"
+            "The search is over and no passage clearly answered the question. Give "
+            f"{what}, from what you have read. "
+            f'Reply like {{"answer": "{_example(options, multi)}"}}.'
         ),
     ]
 
@@ -146,7 +175,9 @@ class _TriageBase(_Decision):
 class _LeafBase(_Decision):
     @classmethod
     def _back_detail(cls) -> dict[str, Any]:
-        return {"answer": ""}
+        # Any value the field admits: the first option letter when it is a Literal of them.
+        letters = get_args(cls.model_fields["answer"].annotation)
+        return {"answer": letters[0] if letters else ""}
 
 
 @functools.lru_cache(maxsize=64)
@@ -161,13 +192,32 @@ def triage_schema(children: int, reasoning_chars: int) -> type[BaseModel]:
     )
 
 
+def _answer_field(answer_chars: int, letters: tuple[str, ...], multi: bool) -> tuple[Any, Any]:
+    """`answer`: free text; one of the option letters; or, for a question asking for every
+    correct option, letters in a row ("AC"; empty is left to the strategy's check)."""
+    if not letters:
+        return str, Field(max_length=answer_chars)
+    if multi:
+        span = f"[{letters[0]}-{letters[-1]}]{{0,{len(letters)}}}"
+        return str, Field(max_length=len(letters), pattern=f"^{span}$")
+    return Literal[letters], ...
+
+
 @functools.lru_cache(maxsize=16)
-def leaf_action_schema(reasoning_chars: int, answer_chars: int) -> type[BaseModel]:
-    """LeafAction: answer from the passage, or go back."""
+def leaf_action_schema(reasoning_chars: int, answer_chars: int, letters: tuple[str, ...] = (),
+                       multi: bool = False) -> type[BaseModel]:
+    """LeafAction: answer from the passage, or go back; with `letters`, the answer is one."""
     return create_model(
         "LeafAction",
         __base__=_LeafBase,
         reasoning=(str, Field(max_length=reasoning_chars)),
         action=(Literal["answer", "back"], ...),
-        answer=(str, Field(max_length=answer_chars)),
+        answer=_answer_field(answer_chars, letters, multi),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def leaf_answer_schema(answer_chars: int, letters: tuple[str, ...] = (),
+                       multi: bool = False) -> type[BaseModel]:
+    """LeafAnswer, the fallback's reply: the best answer; with `letters`, one of them."""
+    return create_model("LeafAnswer", answer=_answer_field(answer_chars, letters, multi))
