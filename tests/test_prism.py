@@ -139,7 +139,7 @@ async def test_rejected_revisions_are_logged_and_valid_siblings_apply() -> None:
     assert "not in the schema" in reasons[2]
     reasons = [r["reason"] for r in second.detail["rejected"]]
     assert "not allowed" in reasons[0] and "longer than 300" in reasons[1]
-    assert second.detail["applied"] == ['{"op":"add","path":["evidence",1],"value":"short"}']
+    assert second.detail["applied"] == ['{"path":["evidence",1],"op":"add","value":"short"}']
     final = answer.steps[-1]
     assert json.loads(final.detail["memory"]) == {"evidence": ["kept", "short"],
                                                   "entities": {"Mara": "keeper"}}
@@ -171,6 +171,7 @@ async def test_memory_never_exceeds_mem_cap_and_overflow_is_traced() -> None:
     assert all(s.detail["memory_tokens"] <= 40 for s in traced)
     overflow = [s for s in answer.steps if s.role == "overflow"]
     assert overflow and overflow[0].detail["policy"] == "freeze"
+    assert {s.detail["action"] for s in overflow} == {"reject"}  # nothing rewrites the memory
     assert "mem_cap" in answer.flags
     assert any("mem_cap" in r["reason"] for s in traced for r in s.detail["rejected"])
 

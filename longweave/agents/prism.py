@@ -11,22 +11,31 @@ import hashlib
 import json
 import operator
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from longweave.agents import prism_prompts as prompts
 from longweave.agents.base import RunContext, repeat_then
-from longweave.answer import Citation, plural
+from longweave.answer import Citation, Usage, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
 from longweave.llm import Message, model_identity
 from longweave.memory.structured_memory import (
+    OVER_CAP,
     SchemaSpec,
     StructuredMemory,
     TypeNode,
@@ -35,13 +44,16 @@ from longweave.memory.structured_memory import (
     from_spec,
     load_schema_file,
     render_json,
+    widest,
 )
-from longweave.structured import is_complete_json, reask_message, repair_json, whole_items
+from longweave.structured import reask_message, whole_items
 
 __all__ = ["Prism"]
 
 COMPLAINT_CHARS = 240
 """A validator's complaint is clipped to this many characters in the re-ask (ours)."""
+ITEMS_CEILING = 9999
+"""Most items of a list or dict in a compaction reply, whatever the memory holds (ours)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class PrismState(TypedDict, total=False):
     memory: StructuredMemory
     position: int
     last_prompt: str  # the previous step prompt, to measure the prefix it shares with the next
+    compactions: int  # rewrite calls made so far (overflow `compact`)
     run: Run
     answer: str
     citations: list[Citation]
@@ -107,9 +120,19 @@ class Prism(BaseModel):
     mem_cap: int | None = Field(None, ge=16)
     """Memory cap in tokens; None: W - T(prefix) - chunk - max_new - margin, with the chunk cut
     to half the room when both do not fit (ours, §5.2)."""
-    overflow: Literal["freeze"] = "freeze"
-    """At mem_cap, revisions that would grow the memory are rejected and logged (§5.2 rule 5),
-    so the prompt prefix is never rebuilt. `compact` (a rewrite call) is not implemented (ours)."""
+    overflow: Literal["freeze", "compact"] = "freeze"
+    """At mem_cap, revisions that would grow the memory are rejected and logged (§5.2 rule 5).
+    `freeze` stops there, so the prompt prefix is never rebuilt; `compact` then asks the model to
+    rewrite the memory smaller (one call, breaking the prefix cache once) (ours, §5.2)."""
+    compact_at: float = Field(0.9, gt=0.0, le=1.0)
+    """`compact`: a memory above this fraction of mem_cap after a step, with chunks left to read,
+    is compacted before it overflows; a step with revisions rejected at mem_cap always is (ours)."""
+    compact_target: float = Field(0.5, gt=0.0, lt=1.0)
+    """`compact`: the size asked of the rewrite, as a fraction of mem_cap; it must be below
+    compact_at. The rewrite is kept when it fits mem_cap (ours)."""
+    max_compactions: int = Field(4, ge=1)
+    """`compact`: most rewrites in a run, failed ones included; past it the memory stays frozen
+    (flag `capped`) (ours)."""
     variant: Literal["amendments", "in_place"] = "amendments"
     """Memory shown as a revision log (amendments) or as JSON edited in place (paper; ours:
     amendments, the cheapest in the paper's chunk-size study)."""
@@ -138,6 +161,17 @@ class Prism(BaseModel):
     """Sampling temperature (paper: 0.8 with top-k 40 over 5 samples; ours: 0 for repeatability)."""
     margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""
+    output_weight: float = Field(3.0, ge=0.0)
+    """Price of an output token in uncached prompt tokens, for the cost index; cached prompt
+    tokens count 0 (paper, v1: decode costs about 3x encode; its pricing of cached tokens is
+    unverified, §5.4)."""
+
+    @model_validator(mode="after")
+    def _target_below_trigger(self) -> Prism:
+        if self.compact_target >= self.compact_at:
+            raise ValueError(f"compact_target ({self.compact_target}) must be below compact_at "
+                             f"({self.compact_at}), or every compaction would call for another")
+        return self
 
     # -- schema and budget ---------------------------------------------------------------------
 
@@ -210,7 +244,8 @@ class Prism(BaseModel):
         return schema
 
     def plan(self, ctx: RunContext, prefix: str, schema: TypeNode) -> Plan:
-        """Chunk size and mem_cap from the window (§5.2): every step and the final call fit."""
+        """Chunk size and mem_cap from the window (§5.2): every step, the final call and (with
+        `compact`) the rewrite call fit."""
         llm = ctx.llm
         w = min(self.window, llm.context_window)
         empty = prompts.memory_part("", self.variant)
@@ -220,18 +255,32 @@ class Prism(BaseModel):
         final_fixed = llm.count_prompt_tokens(
             prompts.final_messages(self._task(ctx.question), ctx.question, schema, "", query=True))
         final_room = w - final_fixed - self.answer_max_new - self.margin
+        # `compact` shows the memory (<= mem_cap) and the revisions that did not fit (<= one step
+        # reply) and asks for a memory that fits mem_cap, so the memory gets at most half of
+        # what that call leaves.
+        compact_room = 2 * w  # freeze: no such call
+        if self.overflow == "compact":
+            compact_room = w - self._compact_fixed(ctx, schema) - self.step_max_new - self.margin
         if self.mem_cap is not None:
             chunk = min(self.chunk_tokens, room - self.mem_cap)
             mem_cap = self.mem_cap
         else:
             chunk = min(self.chunk_tokens, room // 2)
-            mem_cap = min(room - chunk, final_room)
-        if chunk < 32 or mem_cap > final_room or mem_cap < 16:
+            mem_cap = min(room - chunk, final_room, compact_room // 2)
+        if chunk < 32 or mem_cap > final_room or mem_cap < 16 or 2 * mem_cap > compact_room:
+            also = " (or use overflow=freeze)" if 2 * mem_cap > compact_room else ""
             raise BudgetExceeded(fixed + mem_cap, self.step_max_new, w,
                                  hint="lower mem_cap, step_max_new or answer_max_new, or use a "
-                                      "model with a larger window")
+                                      f"model with a larger window{also}")
         prefix_tokens = llm.count_tokens(prefix)  # text tokens, as shared_prefix_tokens counts
         return Plan(w, chunk, mem_cap, prefix_tokens)
+
+    def _compact_fixed(self, ctx: RunContext, schema: TypeNode) -> int:
+        """Tokens of a compaction prompt without its memory and revisions, re-ask included."""
+        reply = prompts.memory_reply_schema(schema, self.value_chars, ITEMS_CEILING)
+        messages = prompts.compact_messages(self._task(ctx.question), ctx.question, schema, "",
+                                            [""], 10**9, reply)
+        return ctx.llm.count_prompt_tokens([*messages, reask_message("x" * COMPLAINT_CHARS)])
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -250,7 +299,7 @@ class Prism(BaseModel):
                  prefix_tokens=plan.prefix_tokens, schema=schema.label(), variant=self.variant,
                  ops=list(ops), overflow=self.overflow)
         return {"chunks": chunks, "memory": memory, "position": 0, "last_prompt": "",
-                "run": Run(prefix, batch, plan, schema), "flags": []}
+                "compactions": 0, "run": Run(prefix, batch, plan, schema), "flags": []}
 
     def max_steps(self, state: dict[str, Any]) -> int:
         return len(state["chunks"]) + 3
@@ -271,12 +320,10 @@ class Prism(BaseModel):
         shared = _common_prefix(state["last_prompt"], text)
         batch, attempts, cached, ok = await self._batch(ctx, messages, run.batch, i, len(chunks))
 
-        def fits(trial: StructuredMemory) -> bool:
-            return all(ctx.llm.count_tokens(trial.render(v)) <= run.plan.mem_cap
-                       for v in {self.variant, "in_place"})
-
+        fits = self._fits(ctx, run.plan.mem_cap)
         applied: list[str] = []
         rejected: list[dict[str, str]] = []
+        held: list[Any] = []  # rejected at mem_cap only: a compaction may fold them in
         for revision in batch:
             reason = memory.apply(revision.op, list(revision.path), revision.value, i, fits)
             shown = prompts.render_revision(revision)
@@ -284,12 +331,12 @@ class Prism(BaseModel):
                 applied.append(shown)
             else:
                 rejected.append({"revision": shown, "reason": reason})
+                held += [revision] if reason == OVER_CAP else []
         flags = [] if ok else ["invalid_step"]
-        capped = [r for r in rejected if "mem_cap" in r["reason"]]
-        if capped:
+        if held:
             flags.append("mem_cap")
-            ctx.step("overflow", f"{len(capped)} revisions rejected at mem_cap", index=i,
-                     policy=self.overflow, mem_cap=run.plan.mem_cap)
+            ctx.step("overflow", f"{len(held)} revisions rejected at mem_cap", index=i,
+                     policy=self.overflow, action="reject", mem_cap=run.plan.mem_cap)
         memory_tokens = ctx.llm.count_tokens(memory.render(self.variant))
         ctx.step("stepper", f"{len(applied)} applied, {len(rejected)} rejected", index=i,
                  applied=applied, rejected=rejected, attempts=attempts,
@@ -297,7 +344,77 @@ class Prism(BaseModel):
                  prefix_tokens=run.plan.prefix_tokens,
                  shared_prefix_tokens=ctx.llm.count_tokens(text[:shared]) if shared else 0,
                  cached_tokens=cached, memory_tokens=memory_tokens)
-        return {"memory": memory, "position": i + 1, "last_prompt": text, "flags": flags}
+        done = state["compactions"]
+        if self.overflow == "compact" and (held or i + 1 < len(chunks) and self._size(
+                ctx, memory) > self.compact_at * run.plan.mem_cap):
+            memory, more, done = await self._compact(ctx, state, memory, held, done)
+            flags += more
+        return {"memory": memory, "position": i + 1, "last_prompt": text, "flags": flags,
+                "compactions": done}
+
+    def _size(self, ctx: RunContext, memory: StructuredMemory) -> int:
+        """What mem_cap bounds: the memory as the steps show it, and as the final call does."""
+        return max(ctx.llm.count_tokens(memory.render(v)) for v in {self.variant, "in_place"})
+
+    def _fits(self, ctx: RunContext, mem_cap: int) -> Callable[[StructuredMemory], bool]:
+        return lambda trial: self._size(ctx, trial) <= mem_cap
+
+    async def _compact(self, ctx: RunContext, state: PrismState, memory: StructuredMemory,
+                       held: list[Any], done: int) -> tuple[StructuredMemory, list[str], int]:
+        """Overflow `compact`: one rewrite call (re-asked like a step) for a smaller memory of the
+        same schema, which replaces this one if it is valid and fits mem_cap; otherwise this
+        memory stays, frozen for this step. Returns (memory, flags, compactions made)."""
+        run, i, n = state["run"], state["position"], len(state["chunks"])
+        cap, before = run.plan.mem_cap, self._size(ctx, memory)
+        record = {"index": i, "policy": "compact", "mem_cap": cap, "before_tokens": before}
+        if done >= self.max_compactions:
+            ctx.step("overflow", "no compaction left: the memory stays frozen", action="freeze",
+                     reason=f"max_compactions ({self.max_compactions}) reached",
+                     after_tokens=before, cache_break=False, **record)
+            return memory, ["capped"], done
+        pending = [prompts.render_revision(r) for r in held]
+        while pending and ctx.llm.count_tokens("\n".join(pending)) > self.step_max_new:
+            pending.pop()  # the plan allows one step reply's worth of them
+        shown, target = memory.render("in_place"), int(self.compact_target * cap)
+        items = min(ITEMS_CEILING, widest(memory.data) + len(pending))
+        reply = prompts.memory_reply_schema(run.schema, self.value_chars, max(items, 1))
+        messages = prompts.compact_messages(
+            self._task(ctx.question), ctx.question, run.schema, shown, pending,
+            max(1, len(shown) * target // max(before, 1)), reply)  # the target in characters
+        parsed, attempts, result = await self._rewrite(ctx, messages, reply, cap, i, n)
+        if parsed is not None:
+            data = prompts.memory_from_reply(parsed, run.schema)
+            result = data if isinstance(data, str) else memory.rebuilt(
+                data, [(list(r.path), r.value, i) for r in held[:len(pending)]],
+                self._fits(ctx, cap))
+        record.update(attempts=attempts, compaction=done + 1, pending=len(pending))
+        if isinstance(result, str):
+            ctx.step("overflow", "compaction failed: the memory stays frozen", action="freeze",
+                     reason=result[:300], after_tokens=before, cache_break=False, **record)
+            return memory, ["compact_invalid"], done + 1
+        after = self._size(ctx, result)
+        # The steps after it share only the static prefix with the steps before it.
+        broke = not result.render(self.variant).startswith(memory.render(self.variant))
+        ctx.step("overflow", f"compacted the memory: {before} -> {after} tokens",
+                 action="compact", after_tokens=after, target_tokens=target, cache_break=broke,
+                 **record)
+        return result, ["compacted"], done + 1
+
+    async def _rewrite(self, ctx: RunContext, messages: list[Message], schema: type[BaseModel],
+                       cap: int, i: int, n: int) -> tuple[BaseModel | None, int, str]:
+        """(the parsed rewrite or None, attempts, why it failed); re-asked as a step is."""
+        prompt, problem = messages, ""
+        for attempt in range(1, self.retries + 2):
+            try:
+                reply = await ctx.call("compressor", prompt, max_tokens=cap, schema=schema,
+                                       temperature=self.temperature, index=i, total=n)
+                if reply.finish_reason != "length" and reply.parsed is not None:
+                    return reply.parsed, attempt, ""
+                problem = "the reply was cut off at the token limit; write a shorter memory"
+            except ParseError as exc:
+                problem = exc.message
+            prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]
+        return None, self.retries + 1, f"no usable rewrite: {problem}"
 
     async def _batch(self, ctx: RunContext, messages: list[Message], schema: type[BaseModel],
                      i: int, n: int) -> tuple[list[Any], int, int, bool]:
@@ -341,7 +458,7 @@ class Prism(BaseModel):
                     raise ParseError("the reply was cut at max_tokens", raw=reply.text)
                 answer, used = reply.parsed.answer.strip(), list(reply.parsed.used_paths)
             except ParseError as exc:
-                salvaged = _salvage_final(exc.raw, self.answer_chars)
+                salvaged = prompts.salvage_final(exc.raw, self.answer_chars)
                 if salvaged is not None:  # cut at the cap: keep what it wrote, no second call
                     answer, used = salvaged
                     flags.append("cut_final")
@@ -365,26 +482,23 @@ class Prism(BaseModel):
         citations = [ctx.cite_chunk(chunks[c]) for c in sources]
         ctx.step("manager", answer, used_paths=[render_json(p) for p in used],
                  cited_by=cited_by, memory=memory.render("in_place"),
-                 memory_tokens=ctx.llm.count_tokens(memory.render("in_place")))
+                 memory_tokens=ctx.llm.count_tokens(memory.render("in_place")),
+                 cost=_cost_report(ctx.usage, self.output_weight))  # the whole run's calls
         if not citations:
             flags.append("uncited")
         return {"answer": answer, "citations": citations, "flags": flags}
 
 
-def _salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
-    """The answer text and the whole used paths of a final reply cut at max_tokens (not one
-    that is complete but invalid); None when it holds no answer text (ours)."""
-    if is_complete_json(raw):
-        return None  # it was not cut, it failed its schema
-    try:
-        value, _ = repair_json(raw)  # keeps the cut answer string: partial text beats none
-    except ValueError:
-        return None
-    answer = value.get("answer") if isinstance(value, dict) else None
-    if not isinstance(answer, str) or not answer.strip():
-        return None
-    used = whole_items(raw, prompts.final_schema(answer_chars), "used_paths")
-    return answer.strip()[:answer_chars], [list(path) for path in used]
+def _cost_report(usage: Usage, output_weight: float) -> dict[str, Any]:
+    """§5.4: uncached prompt, cached prompt and output tokens apart; cache hit rate = cached /
+    prompt tokens (None when none were counted); cost index = uncached prompt + weight x output."""
+    uncached = usage.prompt_tokens - usage.cached_tokens
+    return {"uncached_prompt_tokens": uncached, "cached_prompt_tokens": usage.cached_tokens,
+            "output_tokens": usage.completion_tokens,
+            "cache_hit_rate": (usage.cached_tokens / usage.prompt_tokens
+                               if usage.prompt_tokens else None),
+            "cost_index": uncached + output_weight * usage.completion_tokens,
+            "output_weight": output_weight}
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -2,6 +2,7 @@
 
 The step prompt is laid out static prefix (system message: task, question, schema, revision
 format) -> memory -> chunk, so consecutive step prompts share as long a byte prefix as possible.
+The compaction prompt (overflow `compact`) asks for the whole memory again, shorter.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from longweave.memory.structured_memory import (
     TypeNode,
     render_json,
 )
-from longweave.structured import json_instructions
+from longweave.structured import is_complete_json, json_instructions, repair_json, whole_items
 
-PROMPT_VERSION = "prism-3"
+PROMPT_VERSION = "prism-4"
 """Bumped when wording changes; keys the cached generated schemas."""
 
 END_OF_MEMORY = "--- end of memory ---"
@@ -141,10 +142,11 @@ def revision_schema(
             values.append(_value_type(node, chars, items))
     value = Union[tuple(values)] if len(values) > 1 else values[0]  # noqa: UP007
     step = Annotated[str, Field(max_length=KEY_CHARS)] | Annotated[int, Field(ge=0, le=9999)]
+    # Field order is the order a model writes them (§5.3): where, then how, then what.
     revision = create_model(
         "Revision",
-        op=(Literal[ops], ...),  # type: ignore[valid-type]
         path=(list[step], Field(min_length=1, max_length=max(1, schema.depth()))),
+        op=(Literal[ops], ...),  # type: ignore[valid-type]
         value=(value, ...),
     )
     variants = _templates(schema, ops, chars, items)
@@ -186,12 +188,12 @@ def _templates(
                 found.append({
                     "type": "object",
                     "properties": {
-                        "op": {"enum": list(ops)} if len(ops) > 1 else {"const": ops[0]},
                         "path": {"type": "array", "prefixItems": path, "items": step,
                                  "minItems": len(path), "maxItems": len(path)},
+                        "op": {"enum": list(ops)} if len(ops) > 1 else {"const": ops[0]},
                         "value": value,
                     },
-                    "required": ["op", "path", "value"],
+                    "required": ["path", "op", "value"],
                 })
             walk(child, path)
 
@@ -227,7 +229,7 @@ def static_prefix(
     lines += ["Memory schema (the memory is a JSON object with these fields):",
               *("- " + line for line in schema.outline())]
     lines += [
-        'You change the memory only through revisions {"op", "path", "value"}:', _ops_text(ops),
+        'You change the memory only through revisions {"path", "op", "value"}:', _ops_text(ops),
         "A revision that breaks the schema is rejected.",
     ]
     if variant == "amendments":
@@ -282,6 +284,80 @@ def final_messages(
     ]
 
 
+def memory_reply_schema(schema: TypeNode, chars: int, items: int) -> type[BaseModel]:
+    """A compaction reply: the whole memory with S's fields, each optional; a dict is written as
+    a list of {key, value} entries (no free-form maps, §8.4); lists hold at most `items`."""
+
+    def typed(node: TypeNode, name: str) -> Any:
+        if node.kind == "object":
+            fields: dict[str, Any] = {k: (typed(sub, f"{name}_{k}"), None)
+                                      for k, sub in node.fields.items()}
+            return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+        if node.kind == "map":
+            entry = create_model(
+                f"{name}_entry", __config__=ConfigDict(extra="forbid"),
+                key=(Annotated[str, Field(min_length=1, max_length=KEY_CHARS)], ...),
+                value=(typed(node.item, f"{name}_value"), ...),  # type: ignore[arg-type]
+            )
+            return Annotated[list[entry], Field(max_length=items)]  # type: ignore[valid-type]
+        if node.kind == "list":
+            return Annotated[list[typed(node.item, name)], Field(max_length=items)]  # type: ignore[arg-type, misc]
+        return _value_type(node, chars, items)
+
+    return typed(schema, "Memory")  # type: ignore[no-any-return]
+
+
+def memory_from_reply(reply: BaseModel, schema: TypeNode) -> dict[str, Any] | str:
+    """The memory a compaction reply writes (dicts back from their entries), or why it is none."""
+
+    def back(node: TypeNode, value: Any) -> Any:
+        if node.kind == "object":
+            return {k: back(node.fields[k], v) for k, v in value.items()}
+        if node.kind == "list":
+            return [back(node.item, v) for v in value]  # type: ignore[arg-type]
+        if node.kind == "map":
+            keys = [e["key"] for e in value]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:
+                raise ValueError(f"the key(s) {render_json(twice)} repeat in one dict")
+            return {e["key"]: back(node.item, e["value"]) for e in value}  # type: ignore[arg-type]
+        return value
+
+    try:
+        return back(schema, reply.model_dump(exclude_unset=True))  # type: ignore[no-any-return]
+    except ValueError as exc:
+        return f"the rewritten memory: {exc}"
+
+
+def compact_messages(
+    task: str, question: str, schema: TypeNode, memory: str, pending: list[str], chars: int,
+    reply: type[BaseModel],
+) -> list[Message]:
+    """The compaction call (overflow `compact`): the memory as JSON, the revisions of the last
+    piece that did not fit, and the size to rewrite the whole memory within."""
+    head = [f"Task: {task}"]
+    if question.strip():
+        head.append(f"Question: {question.strip()}")
+    head += ["Memory schema:", *("- " + line for line in schema.outline()),
+             f"Memory ({len(memory)} characters):\n{memory}"]
+    if pending:
+        head.append("Revisions from the last piece read that no longer fit in the memory:\n"
+                    + "\n".join(pending))
+    ask = (
+        f"Write the whole memory again in at most {chars} characters of JSON. Merge entries that "
+        "say the same thing, shorten long values and leave out what matters least for the task; "
+        "keep names, numbers and dates exactly as written. Add nothing that the memory"
+        f"{' or those revisions do' if pending else ' does'} not hold."
+    )
+    if any(node.kind == "map" for node in _all_types(schema)):
+        ask += ' Write each dict as a list of {"key", "value"} entries.'
+    return [
+        system("You keep the memory of a reader of a long text under its size limit. The memory "
+               "has grown too large: you rewrite it smaller, keeping what the task needs."),
+        user("\n".join(head) + "\n\n" + ask + "\n\n" + json_instructions(reply)),
+    ]
+
+
 def schema_messages(task: str, example_query: str) -> list[Message]:
     """Schema generation: three specs from other domains, then this task (§5.3)."""
     shots = "\n\n".join(
@@ -294,6 +370,22 @@ def schema_messages(task: str, example_query: str) -> list[Message]:
         user(f"{shots}\n\nTask: {task}\nExample question: {example_query or '(none)'}\n"
              "Schema:"),
     ]
+
+
+def salvage_final(raw: str, answer_chars: int) -> tuple[str, list[list[Any]]] | None:
+    """The answer text and the whole used paths of a final reply cut at max_tokens (not one
+    that is complete but invalid); None when it holds no answer text (ours)."""
+    if is_complete_json(raw):
+        return None  # it was not cut, it failed its schema
+    try:
+        value, _ = repair_json(raw)  # keeps the cut answer string: partial text beats none
+    except ValueError:
+        return None
+    answer = value.get("answer") if isinstance(value, dict) else None
+    if not isinstance(answer, str) or not answer.strip():
+        return None
+    used = whole_items(raw, final_schema(answer_chars), "used_paths")
+    return answer.strip()[:answer_chars], [list(path) for path in used]
 
 
 def render_revision(revision: BaseModel) -> str:

@@ -2,9 +2,10 @@
 
 STRATEGIES.md §5.2. A schema is a tree of `TypeNode`s, built from a pydantic model, a JSON
 schema or a model-written `SchemaSpec` (parsed, never executed). Revisions are
-(op, path, value); `StructuredMemory.apply` either applies one or returns why it was rejected,
+(path, op, value); `StructuredMemory.apply` either applies one or returns why it was rejected,
 and never coerces a value. Rendering is compact JSON in insertion order, so the same memory
 gives the same bytes in every process and a grown memory shares its prefix with the old one.
+`StructuredMemory.rebuilt` replaces a memory by a rewritten one (the `compact` overflow policy).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from longweave.errors import ConfigError
 
 __all__ = [
     "KEY_CHARS",
+    "OVER_CAP",
     "FieldSpec",
     "SchemaSpec",
     "StructuredMemory",
@@ -30,8 +32,10 @@ __all__ = [
     "from_json_schema",
     "from_model",
     "from_spec",
+    "leaves",
     "load_schema_file",
     "render_json",
+    "widest",
 ]
 
 Kind = Literal["str", "int", "float", "bool", "list", "map", "object"]
@@ -40,6 +44,10 @@ SpecType = Literal["str", "int", "float", "bool", "list[str]", "list[int]", "dic
                    "dict[str,int]", "dict[str,list[str]]"]
 KEY_CHARS = 64
 """Longest map key or field name in a path (§5.2 rule 1)."""
+OVER_CAP = "the memory would exceed its cap (mem_cap)"
+"""Why a revision was rejected by the memory-cap check (§5.2 rule 5)."""
+WHOLE_ITEMS = 1 << 30
+"""No per-value item bound when a whole memory is checked: lists grow one revision at a time."""
 
 
 @dataclass(frozen=True)
@@ -232,14 +240,54 @@ class StructuredMemory:
             return f"value at {_show(path)}: {problem}"
         trial = self._copy()
         trial._set(path, value)
-        trial.log.append({"op": op, "path": list(path), "value": value})
+        trial.log.append({"path": list(path), "op": op, "value": value})
         if fits is not None and not fits(trial):
-            return "the memory would exceed its cap (mem_cap); the memory is frozen"
+            return OVER_CAP
         self.data, self.log = trial.data, trial.log
         chunks = self.provenance.setdefault(tuple(path), [])
         if chunk not in chunks:
             chunks.append(chunk)
         return None
+
+    def rebuilt(
+        self,
+        data: dict[str, Any],
+        pending: list[tuple[list[PathItem], Any, int]],
+        fits: Callable[[StructuredMemory], bool] | None = None,
+    ) -> StructuredMemory | str:
+        """A fresh memory holding `data`, or why `data` cannot replace this one (rejected, never
+        coerced). Its log is one `add` per scalar of `data`; empty lists and maps are dropped.
+
+        `pending`: revisions (path, value, chunk) that did not fit, which `data` may fold in.
+        Provenance: a scalar kept word for word (matched by value within its top-level field,
+        so a list item that moved keeps its chunks) keeps the chunks that wrote it; a new or
+        reworded one is credited to every chunk that wrote its top-level field.
+        """
+        problem = check_value(data, self.schema, self.value_chars, WHOLE_ITEMS)
+        if problem:
+            return f"the rewritten memory: {problem}"
+        written = [(p, v, self.sources(list(p))) for p, v in leaves(self.schema, self.data)]
+        for path, value, chunk in pending:
+            found = self._locate(path)
+            if not isinstance(found, str):
+                written += [(p, v, [chunk]) for p, v in leaves(found[2], value, tuple(path))]
+        by_value: dict[tuple[PathItem, str], set[int]] = {}
+        by_field: dict[PathItem, set[int]] = {}
+        for p, v, chunks in written:
+            by_value.setdefault((p[0], render_json(v)), set()).update(chunks)
+            by_field.setdefault(p[0], set()).update(chunks)
+        fresh = StructuredMemory(self.schema, self.value_chars, self.list_items, self.ops)
+        for path, value in leaves(self.schema, data):
+            reason = fresh.apply("add", list(path), value, -1)
+            if reason is not None:
+                return f"the rewritten memory: {reason}"
+            credit = by_value.get((path[0], render_json(value))) or by_field.get(path[0], set())
+            fresh.provenance[path] = sorted(credit)
+            if not credit:  # nothing read wrote it: it cites nothing
+                del fresh.provenance[path]
+        if fits is not None and not fits(fresh):
+            return "the rewritten memory is over its cap (mem_cap)"
+        return fresh
 
     def sources(self, path: list[PathItem]) -> list[int]:
         """Chunks that wrote `path`, anything under it, or a container holding it."""
@@ -312,6 +360,28 @@ class StructuredMemory:
     def _copy(self) -> StructuredMemory:
         return StructuredMemory(self.schema, self.value_chars, self.list_items, self.ops,
                                 json.loads(render_json(self.data)), list(self.log), {})
+
+
+def leaves(
+    node: TypeNode, value: Any, path: tuple[PathItem, ...] = ()
+) -> list[tuple[tuple[PathItem, ...], Any]]:
+    """Every scalar of `value` (of type `node`, already checked) with its path, in order."""
+    if node.kind in ("object", "map"):
+        return [leaf for key, sub in value.items() for leaf in leaves(
+            node.fields[key] if node.kind == "object" else node.item, sub, (*path, key))]  # type: ignore[arg-type]
+    if node.kind == "list":
+        return [leaf for k, sub in enumerate(value)
+                for leaf in leaves(node.item, sub, (*path, k))]  # type: ignore[arg-type]
+    return [(path, value)]
+
+
+def widest(value: Any) -> int:
+    """The most items of any list or dict in `value`."""
+    if isinstance(value, dict):
+        return max([len(value), *(widest(v) for v in value.values())])
+    if isinstance(value, list):
+        return max([len(value), *(widest(v) for v in value)])
+    return 0
 
 
 def _has(container: Any, key: PathItem) -> bool:
