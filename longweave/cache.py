@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -286,6 +285,9 @@ def _replay(
 
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+SWEEP_EVERY_S = 600.0
+"""Least seconds between two sweeps of an artifact cache's folder for the temporary folders of
+killed builds (each lists the folder; ours)."""
 
 
 T = TypeVar("T")
@@ -308,6 +310,7 @@ class ArtifactCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+        self._swept_at = -SWEEP_EVERY_S  # monotonic time of the last sweep of `root`
 
     def find(self, key: str) -> Path | None:
         """The directory for `key` if it has been built, else None."""
@@ -350,22 +353,33 @@ class ArtifactCache:
         return True
 
     def get_or_build(self, key: str, build: Callable[[Path], None]) -> Path:
-        """The directory for `key`, calling `build(tmp_dir)` to fill it first if it is missing."""
+        """The directory for `key`, calling `build(tmp_dir)` to fill it first if it is missing.
+
+        What `build` wrote reaches the disk before the folder is renamed into place, and the
+        temporary folders of killed builds are swept away (`longweave.retrieval.durable`)."""
+        from longweave.retrieval.durable import fsync_path, fsync_tree, sweep_stale, temp_folder
+
         if not _SAFE_KEY.fullmatch(key):
             raise ValueError(f"artifact key {key!r} must be letters, digits, '.', '_' or '-'")
         final = self.root / key
         if final.is_dir():
             return final
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self.root))
+        if time.monotonic() - self._swept_at >= SWEEP_EVERY_S:
+            self._swept_at = time.monotonic()
+            sweep_stale(self.root)
+        tmp = temp_folder(self.root, key)
         try:
             build(tmp)
+            fsync_tree(tmp)
             try:
                 os.rename(tmp, final)
             except OSError:
                 if not final.is_dir():
                     raise
                 # Another process finished first; its copy is as good as ours.
+            else:
+                fsync_path(self.root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

@@ -12,10 +12,16 @@ cost. A session is saved after every turn, atomically, to `<cache dir>/sessions/
 sha256>.json` (the key does not depend on the strategy or model); `resume=True` continues it.
 Two sessions on the same text (two chats, two processes) share that file: a save keeps the turns
 another session wrote there since this one last read or wrote it, so no finished turn is lost.
+Each save also records, under `sessions/paths/`, which conversation the document's file or folder
+has; resuming after the file was edited (a new text, so no saved conversation) names the earlier
+one in a warning instead of starting empty without a word. It is not carried over: its answers
+were about the earlier text.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import heapq
 import json
 import os
@@ -266,6 +272,10 @@ class Session:
         """Where every turn's calls and steps are appended as JSONL (`longweave.trace`), or None."""
         self.path = self.settings.cache_dir / "sessions" / f"{document.id}.json"
         """Where the session is saved: keyed by the document's sha256 alone."""
+        self._origin = _origin(document)
+        """The document's file or folder, resolved (None for text): each save records there
+        which conversation its text has (`_pointer`), so one about its earlier text is named."""
+        self._pointed = False
         self.artifacts = ArtifactCache(self.settings.cache_dir / "artifacts")
         self._stamp: tuple[int, ...] | None = None
         """The saved file as this session last read or wrote it (`_stamp`)."""
@@ -312,6 +322,8 @@ class Session:
         path = settings.cache_dir / "sessions" / f"{document.id}.json"
         stamp = _stamp(path)  # before reading: a save in between then shows as a change
         saved = _load(path, document.id) if resume else None
+        if resume and saved is None:
+            _name_earlier(settings.cache_dir / "sessions", document)
         history: list[Turn] = []
         if saved is not None:
             history = saved.turns
@@ -565,6 +577,7 @@ class Session:
                 write_atomic(self.path, json.dumps(self._record(turns), ensure_ascii=False))
                 self._stamp = _stamp(self.path)
                 self._known.update(_key(t) for t in turns)
+                self._point()
         except OSError as exc:  # the answer stands; only the resume file is missing
             warnings.warn(f"could not save the session to {self.path}: {exc}", LongweaveWarning, 3)
         except (TypeError, ValueError) as exc:  # a strategy setting that JSON cannot hold
@@ -580,6 +593,17 @@ class Session:
         warnings.warn(f"another conversation about this text was saved to {self.path} "
                       f"meanwhile; this one is saved to {apart} from now on", LongweaveWarning, 4)
         self.path, self._stamp, self._others = apart, _stamp(apart), []
+        self._pointed = False
+
+    def _point(self) -> None:
+        """Record that this conversation is the one about the document's file now (best
+        effort: without it, an edit of the file is only not announced)."""
+        if self._origin is None or self._pointed:
+            return
+        with contextlib.suppress(OSError):
+            write_atomic(_pointer(self.path.parent, self._origin), json.dumps(
+                {"path": self._origin, "document_id": self.document.id, "file": self.path.name}))
+            self._pointed = True
 
     def _take_others(self) -> None:
         """Keep the turns another session (another chat on the same text) saved since this one
@@ -597,6 +621,48 @@ class Session:
         mine = self._known | {_key(t) for t in (*self.history, *self._others)}
         self._others = sorted([*self._others, *(t for t in found.turns if _key(t) not in mine)],
                               key=_when)
+
+
+def _origin(document: Document) -> str | None:
+    """The document's file or folder as one name however it was typed, or None (text)."""
+    if not document.source:
+        return None
+    try:
+        found = os.path.realpath(os.path.expanduser(document.source))
+    except (OSError, ValueError):
+        return None
+    return found if os.path.exists(found) else None
+
+
+def _pointer(sessions: Path, origin: str) -> Path:
+    """Where the conversation last saved about the file or folder `origin` is named."""
+    digest = hashlib.sha256(origin.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return sessions / "paths" / f"{digest}.json"
+
+
+def _name_earlier(sessions: Path, document: Document) -> None:
+    """Warn when the conversation last saved about this document's file or folder was about
+    other text (the file was edited since; the session file is keyed by the text). It is not
+    continued, since its answers were about the earlier text, but it is named."""
+    origin = _origin(document)
+    if origin is None:
+        return
+    try:
+        pointer = json.loads(_pointer(sessions, origin).read_text(encoding="utf-8"))
+        earlier, name = str(pointer["document_id"]), Path(str(pointer["file"])).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none recorded (or saved before longweave recorded them)
+    saved = sessions / name
+    found = _read(saved, earlier) if earlier != document.id and saved.is_file() else None
+    if not isinstance(found, _Record) or not found.turns:
+        return
+    n, last = len(found.turns), time.localtime(found.turns[-1].asked_at)
+    warnings.warn(
+        f"{document.source} changed since its last conversation ({n} turn{'s' * (n != 1)}, "
+        f"the last on {time.strftime('%Y-%m-%d %H:%M', last)}), which is kept in {saved}; its "
+        "answers were about the earlier text, so this is a new conversation. To continue that "
+        "one, restore the earlier text of the file and open it again.",
+        LongweaveWarning, 3)
 
 
 def _key(turn: Turn) -> tuple[float, str, str]:

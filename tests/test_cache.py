@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -440,3 +441,80 @@ def test_artifact_load_moves_an_unusable_one_aside_and_save_warns_instead_of_fai
     (tmp_path / "a-file").write_text("in the way")
     with pytest.warns(RuntimeWarning, match="the number is not cached .*next question"):
         assert not blocked.save("k", lambda d: (d / "n.json").write_text("{}"), "the number")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fds through /proc")
+def test_a_build_is_synced_to_disk_before_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without it, a power cut just after the rename could leave the artifact's name holding
+    empty files (ext4 and XFS may write a rename before the data it names)."""
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src: str, dst: str) -> None:
+        events.append(("rename", os.fspath(src), os.fspath(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+
+    def build(into: Path) -> None:
+        (into / "sub").mkdir()
+        (into / "tree.json").write_text("{}")
+        (into / "sub" / "vectors.npy").write_bytes(b"\x93NUMPY")
+
+    final = ArtifactCache(tmp_path.resolve() / "artifacts").get_or_build("doc1-tree", build)
+    (at,) = [i for i, e in enumerate(events) if e[0] == "rename"]
+    tmp = events[at][1]
+    synced = {e[1] for e in events[:at] if e[0] == "fsync"}
+    assert {tmp, f"{tmp}/tree.json", f"{tmp}/sub", f"{tmp}/sub/vectors.npy"} <= synced
+    assert ("fsync", str(final.parent)) in events[at + 1:]  # the rename itself, kept
+
+
+def left_behind(root: Path, name: str, age_s: float) -> Path:
+    """A temporary folder as a killed writer leaves it, last written `age_s` ago."""
+    folder = root / name
+    (folder / "store").mkdir(parents=True)
+    (folder / "store" / "index.faiss").write_bytes(b"half a")
+    when = time.time() - age_s
+    for p in (folder / "store" / "index.faiss", folder / "store", folder):
+        os.utime(p, (when, when))
+    return folder
+
+
+def test_a_build_sweeps_what_killed_writers_left_and_nothing_a_live_one_writes(
+    tmp_path: Path,
+) -> None:
+    from longweave.retrieval import durable
+
+    root = tmp_path / "artifacts"
+    host, old = durable._host(), 2 * durable.STALE_AFTER_S
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        swept = [
+            left_behind(root, ".index-a.x1y2z3w4.tmp", old),  # from before owners were named
+            left_behind(root, f".index-b.{host}-{gone.stdout.strip()}.abcd1234.tmp", old),
+            left_behind(root, ".index-c.x1y2z3w4.1234abcd.stale", 0),  # a sweep that died
+        ]
+        kept = [
+            left_behind(root, f".index-d.{host}-{running.pid}.abcd1234.tmp", old),  # alive
+            left_behind(root, f".index-e.{host}-{os.getpid()}.abcd1234.tmp", old),  # this one
+            left_behind(root, f".index-f.{'0' * 8}-1.abcd1234.tmp", 60),  # another host, busy
+            left_behind(root, ".index-g.x1y2z3w4.tmp", 60),  # written a minute ago
+            left_behind(root, ".index-h.unusable-1234abcd", old),  # set aside by `load`
+        ]
+        ArtifactCache(root).get_or_build("doc1-tree", lambda into: None)
+    finally:
+        running.kill()
+        running.wait()
+    assert not any(p.exists() for p in swept)
+    assert all(p.exists() for p in kept)
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["doc1-tree"]
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -10,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import longweave.retrieval.index as index_module
 from longweave.cache import ArtifactCache
 from longweave.documents import Document, open_document
 from longweave.errors import DocumentError
 from longweave.retrieval.corpus import cite_span, corpus_parts, member, open_corpus
 from longweave.retrieval.embeddings import CachedEmbedder, EmbeddingCache
 from longweave.retrieval.index import corpus_index, document_index, index_key, index_paths
+from longweave.retrieval.store import VectorStore
 from longweave.testing import HashEmbedder, RegexTokenizer
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
@@ -265,20 +268,102 @@ def test_cli_index_prints_what_it_built_and_reused(monkeypatch, tmp_path, capsys
     assert "0 embedded" in out
 
 
-def test_a_corrupt_corpus_store_is_rebuilt_from_the_file_indexes(tmp_path: Path) -> None:
+class Approximate(VectorStore):
+    """A store that is approximate at any size (past 200k vectors, in earnest)."""
+
+    def __init__(self, dim: int, **kw: object) -> None:
+        super().__init__(dim, **{**kw, "index": "hnsw"})
+
+
+@pytest.mark.parametrize("kind", ["flat", "approximate"])
+def test_a_corrupt_corpus_store_is_rebuilt_from_the_file_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    if kind == "approximate":
+        monkeypatch.setattr(index_module, "VectorStore", Approximate)
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("Apples grow in the orchard. " * 30)
     (folder / "b.txt").write_text("Bananas ripen on the ship. " * 30)
     cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
     first = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
-    records = cache.find(first.key) / "store" / "records.jsonl"
-    records.write_text(records.read_text()[:-40])
+    damaged = cache.find(first.key) / ("store/records.jsonl" if kind == "approximate"
+                                       else "corpus.json")
+    damaged.write_text(damaged.read_text()[:-40])
     with pytest.warns(RuntimeWarning, match="unusable"):
         again = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32,
                              artifacts=cache)
     assert not again.reused and again.files_built == 0 and again.embedded == 0
     assert len(again.store) == len(first.store)
+    assert corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32,
+                        artifacts=cache).reused
+
+
+def two_files(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text("Apples grow in the orchard of Penhallow. " * 30)
+    (folder / "b.txt").write_text("Bananas ripen on the ship from Bristol. " * 30)
+    return folder
+
+
+def test_a_folder_named_two_ways_is_one_corpus_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docs` and `/abs/docs` made two keys, so the second built (and stored) it all again."""
+    folder = two_files(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
+    relative = corpus_index(open_corpus("docs"), embedder=fake, chunk_tokens=32, artifacts=cache)
+    for typed in (str(folder), "./docs/"):
+        again = corpus_index(open_corpus(typed), embedder=fake, chunk_tokens=32,
+                             artifacts=cache)
+        assert again.reused and again.key == relative.key
+        # Records name the files as this run opened them (rag labels passages by them).
+        hit = again.store.search(fake.embed(["bananas ship bristol"])[0], 1)[0]
+        assert hit.source == str(Path(typed) / "b.txt")
+    assert len(list((tmp_path / "artifacts").glob("corpus-*"))) == 1
+
+
+def test_a_corpus_keeps_its_vectors_once(tmp_path: Path) -> None:
+    """Each file's index holds its vectors; the corpus stored them all a second time."""
+    folder = two_files(tmp_path / "docs")
+    cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
+    first = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
+    stored = [p for p in cache.find(first.key).rglob("*") if p.is_file()]
+    assert [p.name for p in stored] == ["corpus.json"]
+    vectors = sum((cache.root / f).stat().st_size for f in
+                  [p.relative_to(cache.root) for p in cache.root.glob("index-*/vectors.npy")])
+    assert stored[0].stat().st_size < vectors / 10
+    again = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
+    assert again.reused and again.embedded == 0 and len(again.store) == len(first.store)
+    query = fake.embed(["bananas ship bristol"])[0]
+    assert again.store.search(query, 5) == first.store.search(query, 5)
+
+
+def test_an_approximate_corpus_store_is_kept_and_names_the_files_as_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the flat threshold the trained index is worth keeping (IVF training takes minutes
+    at a million vectors): it is saved, and its records name the files as this run typed them."""
+    monkeypatch.setattr(index_module, "VectorStore", Approximate)
+    folder = two_files(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
+    first = corpus_index(open_corpus("docs"), embedder=fake, chunk_tokens=32, artifacts=cache)
+    assert (cache.find(first.key) / "store" / "index.faiss").is_file()
+    again = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
+    assert again.reused and again.store.kind == "hnsw"
+    hit = again.store.search(fake.embed(["bananas ship bristol"])[0], 1)[0]
+    assert hit.source == str(folder / "b.txt")
+
+
+def test_a_corpus_whose_file_index_is_gone_is_assembled_again(tmp_path: Path) -> None:
+    folder = two_files(tmp_path / "docs")
+    cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
+    first = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
+    shutil.rmtree(next(cache.root.glob("index-*")))  # one file's index, deleted
+    again = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
+    assert not again.reused and again.files_built == 1 and len(again.store) == len(first.store)
     assert corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32,
                         artifacts=cache).reused
 

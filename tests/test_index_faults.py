@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
+import longweave.retrieval.index as index_module
 from longweave.cache import ArtifactCache
 from longweave.documents import Document
 from longweave.retrieval import store_io
@@ -82,6 +83,13 @@ def test_an_artifact_written_by_the_previous_format_is_not_read(tmp_path: Path) 
         assert not build(cache).reused
 
 
+class Approximate(VectorStore):
+    """A store that is approximate at any size, so a corpus keeps it (past 200k vectors)."""
+
+    def __init__(self, dim: int, **kw: object) -> None:
+        super().__init__(dim, **{**kw, "index": "hnsw"})
+
+
 def test_a_corpus_store_that_faiss_cannot_write_is_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,6 +105,7 @@ def test_a_corpus_store_that_faiss_cannot_write_is_a_warning(
                            "(No space left on device)")
 
     monkeypatch.setattr(faiss, "write_index", disk_full)
+    monkeypatch.setattr(index_module, "VectorStore", Approximate)  # a flat one is not written
     cache, fake = ArtifactCache(tmp_path / "artifacts"), HashEmbedder()
     with pytest.warns(RuntimeWarning, match="corpus index is not cached.*No space left"):
         built = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
@@ -105,6 +114,22 @@ def test_a_corpus_store_that_faiss_cannot_write_is_a_warning(
     monkeypatch.setattr(faiss, "write_index", real_write)
     again = corpus_index(open_corpus(folder), embedder=fake, chunk_tokens=32, artifacts=cache)
     assert not again.reused and again.embedded == 0  # the files' indexes were cached
+
+
+def test_a_save_sweeps_what_a_killed_save_of_the_same_store_left(tmp_path: Path) -> None:
+    from longweave.retrieval.durable import STALE_AFTER_S
+
+    when = os.path.getmtime(tmp_path) - 2 * STALE_AFTER_S
+    left = {}
+    for name in (".store.x1y2z3w4.tmp", ".other.x1y2z3w4.tmp"):  # another store's is not ours
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.faiss").write_bytes(b"half a")
+        for p in (tmp_path / name / "index.faiss", tmp_path / name):
+            os.utime(p, (when, when))
+        left[name] = tmp_path / name
+    store_of("a", 5).save(tmp_path / "store")
+    assert not left[".store.x1y2z3w4.tmp"].exists() and left[".other.x1y2z3w4.tmp"].exists()
+    assert len(VectorStore.load(tmp_path / "store")) == 5
 
 
 # -- a vector store saved while it is read, or saved by two processes at once -----------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,56 @@ def test_episodic_search_returns_nearest_and_round_trips(tmp_path: Path) -> None
     np.save(tmp_path / "episode_vectors.npy", vectors[::-1].copy())
     with pytest.raises(ValueError, match="checksum"):
         EpisodicMemory.load(tmp_path, WordEmbedder())
+
+
+def saved_memory(tmp_path: Path) -> Path:
+    mem = EpisodicMemory(WordEmbedder(), "doc")
+    mem.add([Episode(unit(i, str(i)), f"episode {i} about topic{i % 3}") for i in range(6)])
+    mem.save(tmp_path)
+    return tmp_path
+
+
+def test_a_truncated_vectors_file_is_named_as_such(tmp_path: Path) -> None:
+    d = saved_memory(tmp_path)
+    data = (d / "episode_vectors.npy").read_bytes()
+    (d / "episode_vectors.npy").write_bytes(data[:-64])
+    with pytest.raises(ValueError, match="truncated"):
+        EpisodicMemory.load(d, WordEmbedder())
+
+
+def test_a_memory_without_a_checksum_is_rebuilt_as_an_index_would_be(tmp_path: Path) -> None:
+    """Memories saved before the checksum loaded unchecked: a changed file still read as
+    these episodes. Now they are refused, so the artifact cache moves them aside and LIGHT
+    builds the memory again, as it does for a retrieval index of an older format."""
+    from longweave.cache import ArtifactCache
+
+    cache = ArtifactCache(tmp_path / "artifacts")
+    d = cache.get_or_build("light-x", saved_memory)
+    about = json.loads((d / "episodes.json").read_text())
+    about.pop("checksums", None)
+    about.pop("vectors_sha256", None)
+    (d / "episodes.json").write_text(json.dumps(about))
+    with pytest.raises(ValueError, match="no checksum"):
+        EpisodicMemory.load(d, WordEmbedder())
+    with pytest.warns(RuntimeWarning, match="rebuilding the LIGHT memory.*no checksum"):
+        assert cache.load("light-x", lambda f: EpisodicMemory.load(f, WordEmbedder()),
+                          "the LIGHT memory") is None
+    assert cache.find("light-x") is None
+
+
+def test_a_memory_checked_by_its_sha256_alone_still_loads(tmp_path: Path) -> None:
+    """What longweave wrote before the checksum named the file's size too."""
+    import hashlib
+
+    d = saved_memory(tmp_path)
+    about = json.loads((d / "episodes.json").read_text())
+    about.pop("checksums", None)
+    about["vectors_sha256"] = hashlib.sha256((d / "episode_vectors.npy").read_bytes()).hexdigest()
+    (d / "episodes.json").write_text(json.dumps(about))
+    assert len(EpisodicMemory.load(d, WordEmbedder())) == 6
+    np.save(d / "episode_vectors.npy", np.load(d / "episode_vectors.npy")[::-1].copy())
+    with pytest.raises(ValueError, match="checksum"):
+        EpisodicMemory.load(d, WordEmbedder())
 
 
 def test_scratchpad_tags_compression_trigger_and_pieces() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import doctest
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,8 @@ async def test_session_is_saved_after_each_turn_and_resumed(tmp_path: Path) -> N
     saved = json.loads(path.read_text())
     assert [t["question"] for t in saved["turns"]] == [FIRST, FOLLOW]
     assert saved["strategy"] == "truncate" and saved["options"] == {"max_new": 64}
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+    # No temporary files left (`paths/` says which conversation each file's text last had).
+    assert [p.name for p in path.parent.iterdir() if p.is_file()] == [path.name]
 
     model.on("rewrite", contains="Tobias", reply="When did Tobias Quill take over?")
     model.on("reader", contains="When did Tobias", reply="In 1920.")
@@ -379,3 +381,38 @@ async def test_a_strategy_setting_json_cannot_hold_is_saved_as_unset_with_a_warn
     assert answer.text == "Mara Quill, the widow of a pilot."
     saved = json.loads(session.path.read_text(encoding="utf-8"))
     assert saved["options"]["helper"] is None and saved["options"]["max_new"] == 256
+
+
+async def test_an_edited_document_names_its_earlier_conversation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session file is keyed by the text: after an edit, `chat` started empty without a
+    word about the conversation saved for the same file."""
+    from longweave.errors import LongweaveWarning
+
+    doc = tmp_path / "report.md"
+    doc.write_text(EXAMPLE.read_text())
+    model = scripted()
+    settings = Settings(cache_dir=tmp_path / "cache")
+
+    def reopen(source: str | Path) -> Session:
+        return Session.open(source, strategy="truncate", model=model, cache=False,
+                            settings=settings, resume=True)
+
+    first = reopen(doc)
+    await first.aask(FIRST)
+    doc.write_text(EXAMPLE.read_text() + "\nThe lamp was electrified in 1931.\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(LongweaveWarning, match="changed since") as caught:
+        edited = reopen("report.md")  # the same file, named another way
+    (note,) = [str(w.message) for w in caught if "changed since" in str(w.message)]
+    assert str(first.path) in note and "1 turn," in note and "restore the earlier text" in note
+    # Not carried over: its answers were about the earlier text.
+    assert edited.history == [] and edited.path != first.path
+    await edited.aask(FIRST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the file's conversation is this one now
+        assert len(reopen(doc).history) == 1
+        # The earlier text, wherever it is read from, still continues its conversation.
+        assert [t.answer.text for t in reopen(EXAMPLE).history] == [first.history[0].answer.text]
+

@@ -12,9 +12,9 @@ import faiss
 import numpy as np
 import pytest
 
-from longweave.errors import ConfigError, LongweaveError
+from longweave.errors import ConfigError, LongweaveError, LongweaveWarning
 from longweave.retrieval import store as store_mod
-from longweave.retrieval import store_io
+from longweave.retrieval.durable import file_checksum
 from longweave.retrieval.store import Hit, Record, StoreError, VectorStore, gpu_count, use_gpu
 
 
@@ -223,7 +223,7 @@ def test_load_of_an_unreadable_index_fails_even_with_a_matching_manifest(tmp_pat
     path = saved(tmp_path)
     (path / "index.faiss").write_bytes(b"not a faiss index")
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["index.faiss"] = store_io._digest(path / "index.faiss")
+    manifest["files"]["index.faiss"] = file_checksum(path / "index.faiss")
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="unreadable"):
         VectorStore.load(path)
@@ -291,6 +291,25 @@ def test_bad_vectors_are_refused() -> None:
     with pytest.raises(ValueError, match="NaN"):
         s.add(np.array([[np.nan, 0, 0, 1]]), [Record("a", 0, 0, 1)])
     assert s.search(np.ones(4), 3) == [] and len(s) == 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_a_zero_query_answers_in_store_order_with_a_warning(kind: str) -> None:
+    """A query that embeds to nothing (a bag-of-words embedder on "?") is no nearer to one
+    chunk than another: the index answered with arbitrary chunks at score 0."""
+    s, x, recs = make(index=kind)
+    s.delete("doc0")  # masked or removed: skipped either way
+    live = [r for r in recs if r.document_id != "doc0"]
+    with pytest.warns(LongweaveWarning, match="all zeros.*store order"):
+        hits = s.search(np.zeros(32), k=4)
+    assert [h.record for h in hits] == live[:4] and {h.score for h in hits} == {0.0}
+    with pytest.warns(LongweaveWarning, match="all zeros"):
+        filtered = s.search(np.zeros(32), k=3, filter=["doc3", "doc5"])
+    assert [h.record for h in filtered] == [r for r in live if r.document_id in
+                                            ("doc3", "doc5")][:3]
+    with pytest.warns(LongweaveWarning, match="1 of 2 queries"):
+        zero, real = s.search_batch(np.stack([np.zeros(32), x[17]]), k=2)
+    assert [h.record for h in zero] == live[:2] and real[0].record == recs[17]
 
 
 def test_this_machine_chooses_the_cpu() -> None:

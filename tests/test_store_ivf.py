@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from longweave.errors import ConfigError
-from longweave.retrieval import store_io
+from longweave.retrieval.durable import file_checksum
 from longweave.retrieval.faiss_index import ivf_lists
 from longweave.retrieval.store import Record, StoreError, VectorStore
 
@@ -173,8 +173,8 @@ def test_a_load_rejects_an_index_of_another_kind_or_shape(tmp_path: Path) -> Non
     l2.add(x)
     faiss.write_index(l2, str(tmp_path / "l2" / "index.faiss"))
     rewrite(tmp_path / "l2", index="flat", files={
-        "index.faiss": store_io._digest(tmp_path / "l2" / "index.faiss"),
-        "records.jsonl": store_io._digest(tmp_path / "l2" / "records.jsonl"),
+        "index.faiss": file_checksum(tmp_path / "l2" / "index.faiss"),
+        "records.jsonl": file_checksum(tmp_path / "l2" / "records.jsonl"),
     })
     with pytest.raises(StoreError, match="does not search by inner product"):
         VectorStore.load(tmp_path / "l2")

@@ -11,9 +11,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from longweave.memory.working import MemoryUnit
+from longweave.retrieval.durable import checksum_problem, file_checksum
 from longweave.retrieval.store import Record, VectorStore
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ class EpisodicMemory:
         np.save(d / _VECTORS, stacked.astype(np.float32))
         (d / EPISODES_FILE).write_text(
             json.dumps({"embedder": self.embedder.name, "namespace": self.namespace,
-                        "vectors_sha256": _digest(d / _VECTORS), "episodes": rows}),
+                        "checksums": {"vectors": file_checksum(d / _VECTORS)},
+                        "episodes": rows}),
             encoding="utf-8")
 
     @classmethod
@@ -104,11 +106,7 @@ class EpisodicMemory:
             raise ValueError(f"episodes embedded with {about.get('embedder')!r}")
         episodes = [Episode(MemoryUnit(**r["unit"]), r["indexed"], tuple(r["facts"]))
                     for r in about["episodes"]]
-        # Checked before numpy reads it: a changed file that still parses would give wrong
-        # episodes silently (memories saved before the checksum have none to check).
-        expected = about.get("vectors_sha256")
-        if expected is not None and _digest(d / _VECTORS) != expected:
-            raise ValueError(f"{_VECTORS} does not match its checksum")
+        _check_vectors(d / _VECTORS, about)
         vectors = np.load(d / _VECTORS, allow_pickle=False)
         if episodes and vectors.shape != (len(episodes), embedder.dim):
             raise ValueError(f"vectors of shape {vectors.shape} for {len(episodes)} episodes")
@@ -117,12 +115,13 @@ class EpisodicMemory:
         return memory
 
 
-def _digest(path: Path) -> str:
-    """The sha256 of a file's bytes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _check_vectors(file: Path, about: dict[str, Any]) -> None:
+    """The vectors file is the one saved, checked before numpy reads it, as a retrieval index's
+    is: a changed file that still parses gave wrong episodes silently. A memory saved with no
+    checksum is refused, so the artifact cache moves it aside and LIGHT builds it again; one
+    saved with its sha256 alone (`vectors_sha256`, before sizes were recorded) is checked by it."""
+    expected = (about.get("checksums") or {}).get("vectors")
+    if expected is None and isinstance(about.get("vectors_sha256"), str):
+        expected = {"bytes": file.stat().st_size, "sha256": about["vectors_sha256"]}
+    if (problem := checksum_problem(file, expected)) is not None:
+        raise ValueError(f"{_VECTORS} {problem}")

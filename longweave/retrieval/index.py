@@ -4,8 +4,12 @@ A document's index lives in the artifact cache (`longweave.cache.ArtifactCache`)
 of the document's hash, the chunker settings (max tokens, overlap, tokenizer name), the embedding
 model and `INDEX_FORMAT`; later questions, chat turns and batch runs load it instead of chunking
 and embedding again. A corpus (a folder, see `longweave.retrieval.corpus`) indexes each file on
-its own (so a new file costs only its own embeddings) and keeps the combined `VectorStore` as one
-more artifact. An artifact that fails its checks is moved aside with a warning and rebuilt.
+its own (so a new file costs only its own embeddings) and keeps one more artifact, keyed by the
+corpus text (the files' relative names and contents, not where the folder lies or how its path
+was typed), that lists the files' indexes: the combined `VectorStore` is put together from their
+vectors, so they are stored once, except for an approximate store (past 200k vectors), whose
+trained index is kept too. An artifact that fails its checks is moved aside with a warning and
+rebuilt.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longweave.chunking import Chunk, Chunker
-from longweave.retrieval.corpus import corpus_parts, member
+from longweave.retrieval.corpus import CorpusPart, corpus_parts, member
+from longweave.retrieval.durable import checksum_problem, file_checksum
 from longweave.retrieval.embeddings import (
     CachedEmbedder,
     Embedder,
@@ -155,41 +161,110 @@ def corpus_index(
 
     `on_file` is called with each file's index when the combined store has to be (re)built.
     """
-    import numpy as np
-
     parts = corpus_parts(document)
     if parts is None:
         raise ValueError(f"{document.name} is not a corpus (open a folder with open_corpus)")
+    identity = embedder_identity(embedder)
     tok_name = Chunker(chunk_tokens, overlap, tokenizer).tokenizer.name
+    files = [index_key(p.doc_id, embedder=identity, tokenizer=tok_name,
+                       chunk_tokens=chunk_tokens, overlap=overlap) for p in parts]
+    # The corpus text (the files' names relative to the folder, and their contents) says which
+    # corpus this is; where the folder lies, or how its path was typed, does not: records name
+    # the files as this run opened them (`_read_corpus`).
     key = "corpus-" + _digest(
-        {"format": INDEX_FORMAT, "doc": document.id, "sources": [p.source for p in parts],
-         "embedder": embedder_identity(embedder), "tokenizer": tok_name,
-         "chunk_tokens": chunk_tokens, "overlap": overlap}
+        {"format": INDEX_FORMAT, "corpus_format": CORPUS_FORMAT, "doc": document.id,
+         "embedder": identity, "tokenizer": tok_name, "chunk_tokens": chunk_tokens,
+         "overlap": overlap}
     )[:40]
-
-    def read(found: Path) -> VectorStore:
-        return VectorStore.load(found / _STORE, expected_embedder=embedder.name,
-                                expected_dim=embedder.dim)
-
-    cached = artifacts.load(key, read, "the corpus index") if artifacts is not None else None
+    cached = (artifacts.load(key, partial(_read_corpus, document=document, files=files,
+                                          embedder=embedder, artifacts=artifacts),
+                             "the corpus index")
+              if artifacts is not None else None)
     if cached is not None:
         return CorpusIndex(document.id, cached, key, True, 0, len(parts), 0)
-    store = VectorStore(embedder.dim, embedder=embedder.name)
-    embedded = built = 0
+    indexes: list[DocumentIndex] = []
     for part in parts:
         index = document_index(
             member(document, part), embedder=embedder, tokenizer=tokenizer,
             chunk_tokens=chunk_tokens, overlap=overlap, artifacts=artifacts,
         )
-        embedded += index.embedded
-        built += not index.reused
         if on_file is not None:
             on_file(index)
-        if index.chunks:
-            store.add(np.asarray(index.vectors), _records(index.chunks, part.doc_id, part.source))
+        indexes.append(index)
+    store = _combine(embedder, parts,
+                     [([(c.start, c.end) for c in i.chunks], i.vectors) for i in indexes])
     if artifacts is not None:
-        artifacts.save(key, lambda d: store.save(d / _STORE), "the corpus index")
-    return CorpusIndex(document.id, store, key, False, embedded, len(parts), built)
+        about = {"format": CORPUS_FORMAT, "files": [[p.source, k] for p, k in zip(
+            parts, files, strict=True)], "vectors": len(store), "store": store.kind != "flat"}
+        artifacts.save(key, lambda d: _write_corpus(d, about, store), "the corpus index")
+    return CorpusIndex(document.id, store, key, False, sum(i.embedded for i in indexes),
+                       len(parts), sum(not i.reused for i in indexes))
+
+
+CORPUS_FORMAT = 2
+"""Bumped when a corpus artifact's layout changes (2: `corpus.json` names the files' indexes,
+which hold the vectors, and the key no longer holds the file paths; the store itself is kept
+only when it is approximate). A corpus cached by an earlier longweave is not found under its new
+key and is put together once more from its files' indexes, with nothing embedded again."""
+_CORPUS = "corpus.json"
+
+
+def _combine(embedder: Embedder, parts: Sequence[CorpusPart],
+             loaded: Sequence[tuple[Sequence[tuple[int, int]], np.ndarray]]) -> VectorStore:
+    """One store over the files' chunks (their spans), in file order, added at once."""
+    import numpy as np
+
+    store = VectorStore(embedder.dim, embedder=embedder.name)
+    records = [Record(part.doc_id, i, span[0], span[1], part.source)
+               for part, (spans, _) in zip(parts, loaded, strict=True)
+               for i, span in enumerate(spans)]
+    if records:
+        store.add(np.concatenate([v for spans, v in loaded if len(spans)]), records)
+    return store
+
+
+def _write_corpus(directory: Path, about: dict[str, Any], store: VectorStore) -> None:
+    """The list of file indexes, and the store when it is approximate. A flat store is a copy of
+    the files' vectors, put together again from them at each load (75k vectors of 384
+    dimensions: about 0.9 s of CPU, against 0.6 s to read and check the copy, which took
+    126 MB more on disk, and as much again at each edit of any file); an approximate one is
+    trained (minutes at a million vectors)."""
+    if about["store"]:
+        store.save(directory / _STORE)
+    (directory / _CORPUS).write_text(json.dumps(about), encoding="utf-8")
+
+
+def _read_corpus(
+    found: Path, *, document: Document, files: list[str], embedder: Embedder,
+    artifacts: ArtifactCache,
+) -> VectorStore | None:
+    """The corpus store from its artifact: loaded when it was kept, else put together from the
+    files' indexes (None, to build, when one of them is gone or damaged)."""
+    parts = corpus_parts(document) or ()
+    about = json.loads((found / _CORPUS).read_text(encoding="utf-8"))
+    if about.get("format") != CORPUS_FORMAT:
+        raise ValueError("written for another format")
+    saved = about["files"]
+    if [k for _, k in saved] != files:
+        raise ValueError("written for other files")
+    if about["store"]:
+        # Saved with the files named as the run that built it opened them; same corpus text,
+        # same files in the same order, so the i-th saved name is the i-th file now.
+        names = {old: part.source for (old, _), part in zip(saved, parts, strict=True)}
+        return VectorStore.load(
+            found / _STORE, expected_embedder=embedder.name, expected_dim=embedder.dim,
+            relabel=lambda r: replace(r, source=names.get(r.source, r.source)))
+    loaded = []
+    for part, key in zip(parts, files, strict=True):
+        read = partial(_load_spans, document=member(document, part), embedder=embedder)
+        got = artifacts.load(key, read, "the retrieval index")
+        if got is None:
+            return None
+        loaded.append(got)
+    store = _combine(embedder, parts, loaded)
+    if len(store) != about["vectors"]:
+        raise ValueError(f"{len(store)} vectors where {about['vectors']} were saved")
+    return store
 
 
 def embed_counted(embedder: Embedder, texts: Sequence[str],
@@ -262,18 +337,10 @@ def _write(directory: Path, about: dict[str, Any], vectors: np.ndarray) -> None:
     import numpy as np
 
     np.save(directory / _VECTORS, np.asarray(vectors, dtype=np.float32))
-    checksums = {"vectors": _file_checksum(directory / _VECTORS),
+    checksums = {"vectors": file_checksum(directory / _VECTORS),
                  "chunks": _digest({"chunks": about["chunks"]})}
     (directory / _META).write_text(json.dumps({**about, "checksums": checksums}),
                                    encoding="utf-8")
-
-
-def _file_checksum(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def _check_sums(directory: Path, about: dict[str, Any]) -> None:
@@ -285,14 +352,26 @@ def _check_sums(directory: Path, about: dict[str, Any]) -> None:
     sums = about.get("checksums")
     if not isinstance(sums, dict) or sums.get("chunks") != _digest({"chunks": about["chunks"]}):
         raise ValueError("the chunk spans do not match their checksum (corrupted)")
-    if _file_checksum(directory / _VECTORS) != sums.get("vectors"):
-        raise ValueError(f"{_VECTORS} does not match its checksum (truncated or corrupted)")
+    if (problem := checksum_problem(directory / _VECTORS, sums.get("vectors"))) is not None:
+        raise ValueError(f"{_VECTORS} {problem}")
 
 
 def _load(
     directory: Path, document: Document, embedder: Embedder
 ) -> tuple[tuple[Chunk, ...], np.ndarray]:
     """Chunks and vectors from an artifact, each checked against the document and embedder."""
+    spans, vectors = _load_spans(directory, document, embedder)
+    text = document.text
+    chunks = tuple(Chunk(i, text[start:end], start, end, n_tokens)
+                   for i, (start, end, n_tokens) in enumerate(spans))
+    return chunks, vectors
+
+
+def _load_spans(
+    directory: Path, document: Document, embedder: Embedder
+) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+    """The chunk spans `(start, end, tokens)` and vectors of an artifact, checked (a corpus
+    needs no chunk texts: its records are spans)."""
     import numpy as np
 
     about = json.loads((directory / _META).read_text(encoding="utf-8"))
@@ -302,17 +381,16 @@ def _load(
         raise ValueError(f"written with embedder {about.get('embedder')!r}")
     _check_sums(directory, about)
     vectors = np.load(directory / _VECTORS, allow_pickle=False)
-    spans = about["chunks"]
+    spans = [(int(start), int(end), int(n)) for start, end, n in about["chunks"]]
     if vectors.dtype != np.float32 or vectors.shape != (len(spans), embedder.dim):
         raise ValueError(f"vectors of shape {vectors.shape} for {len(spans)} chunks")
     if not np.isfinite(vectors).all():
         raise ValueError("vectors contain NaN or infinity")
-    text, chunks = document.text, []
-    for i, (start, end, n_tokens) in enumerate(spans):
-        if not 0 <= start < end <= len(text):
+    size = len(document.text)
+    for i, (start, end, _) in enumerate(spans):
+        if not 0 <= start < end <= size:
             raise ValueError(f"chunk {i} span {start}-{end} lies outside the document")
-        chunks.append(Chunk(i, text[start:end], int(start), int(end), int(n_tokens)))
-    return tuple(chunks), vectors
+    return spans, vectors
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,16 @@ quarter of it is masked. Flat indexes remove vectors at once.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from longweave.errors import ConfigError, LongweaveError
+from longweave.errors import ConfigError, LongweaveError, LongweaveWarning
 from longweave.retrieval.embeddings import normalize
 from longweave.retrieval.faiss_index import (
     GPU_MAX_SELECT,
@@ -223,14 +225,25 @@ class VectorStore:
                 self._by_doc.setdefault(r.document_id, []).append(i)
 
     def search(self, query: Any, k: int = 5, filter: Filter = None) -> list[Hit]:
-        """The `k` records nearest one query vector, best first, among those `filter` allows."""
+        """The `k` records nearest one query vector, best first, among those `filter` allows
+        (a vector of zeros: see `search_batch`)."""
         q = normalize(query)
         if len(q) != 1:
             raise ValueError(f"search takes one query vector, got {len(q)}: use search_batch")
-        return self.search_batch(q, k, filter)[0]
+        return self._search(q, k, filter, stacklevel=4)[0]
 
     def search_batch(self, queries: Any, k: int = 5, filter: Filter = None) -> list[list[Hit]]:
-        """`search` for each row of `queries` (one index call for all of them)."""
+        """`search` for each row of `queries` (one index call for all of them).
+
+        A query of all zeros (an embedder that found nothing it knows in the text, such as a
+        bag-of-words one on "?") is as near to every vector as to any other: it is answered with
+        the first `k` records in store order (a document's chunks in reading order), at score 0,
+        with a `LongweaveWarning`, rather than with whichever the index happened to visit first.
+        """
+        return self._search(queries, k, filter, stacklevel=4)
+
+    def _search(self, queries: Any, k: int, filter: Filter, stacklevel: int) -> list[list[Hit]]:
+        """`search_batch`; a warning about zero queries points `stacklevel` frames up."""
         q = self._check(queries)
         with self._lock:
             allowed = self._allowed(filter)
@@ -238,6 +251,14 @@ class VectorStore:
             want = min(k, n_allowed)
             if want <= 0:
                 return [[] for _ in q]
+            zero = ~q.any(axis=1)
+            if zero.any():
+                _warn_zero(int(zero.sum()), len(q), stacklevel)
+                first = self._in_order(allowed, want)
+                if zero.all():
+                    return [list(first) for _ in q]
+                found = iter(self._search(q[~zero], k, filter, stacklevel))
+                return [list(first) if z else next(found) for z in zero]
             if allowed is not None and n_allowed <= EXACT_BELOW:
                 return [self._exact(row, allowed, k) for row in q]
             ntotal = len(self._records)
@@ -321,14 +342,19 @@ class VectorStore:
         expected_dim: int | None = None,
         gpu: GpuMode = "auto",
         query_threads: int | None = 1,
+        relabel: Callable[[Record], Record] | None = None,
     ) -> VectorStore:
-        """Read a saved store, raising `StoreError` if it is missing, corrupt or mismatched."""
+        """Read a saved store, raising `StoreError` if it is missing, corrupt or mismatched.
+
+        `relabel` maps each record as read (a corpus names its files as this run opened them)."""
         from longweave.retrieval.store_io import read_store
 
         path = Path(directory).expanduser()
         manifest, index, records = read_store(
             path, expected_embedder=expected_embedder, expected_dim=expected_dim
         )
+        if relabel is not None:
+            records = [None if r is None else relabel(r) for r in records]
         try:
             store = cls(
                 manifest["dim"],
@@ -442,6 +468,12 @@ class VectorStore:
         with omp_threads(self.query_threads if len(q) == 1 else None):
             return self._cpu.search(q, fetch, params=params)
 
+    def _in_order(self, allowed: set[int] | None, k: int) -> list[Hit]:
+        """The first `k` live records that `allowed` admits, in store order, at score 0."""
+        ids = sorted(allowed) if allowed is not None else range(len(self._records))
+        live = (r for i in ids if (r := self._records[i]) is not None)
+        return [Hit(r, 0.0) for r in itertools.islice(live, k)]
+
     def _exact(self, query: np.ndarray, ids: Collection[int], k: int) -> list[Hit]:
         import numpy as np
 
@@ -468,3 +500,10 @@ class VectorStore:
             raise ValueError("vectors contain NaN or infinity")
         return x
 
+
+def _warn_zero(zero: int, queries: int, stacklevel: int) -> None:
+    which = "the query vector is" if queries == 1 else f"{zero} of {queries} queries are"
+    warnings.warn(f"{which} all zeros (the embedder found nothing it knows in the text), so no "
+                  "record is nearer than another: answering with the first ones in store order "
+                  "(reading order), at score 0; rephrase the question with words from the "
+                  "document", LongweaveWarning, stacklevel=stacklevel)

@@ -10,24 +10,32 @@ Format 2 added IVF indexes and renamed `hnsw_threshold` to `approximate_threshol
 stores still load.
 
 Several processes may save and load one store at once: a load sees the old store or the new one
-(a store replaced while it is read is read again), and of two saves the last one wins.
+(a store replaced while it is read is read again), and of two saves the last one wins. A save
+reaches the disk before it is renamed into place, and sweeps away what a killed save of the same
+store left (`longweave.retrieval.durable`).
 """
 
 from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from longweave.retrieval.durable import (
+    checksum_problem,
+    file_checksum,
+    fsync_path,
+    fsync_tree,
+    sweep_stale,
+    temp_folder,
+)
 from longweave.retrieval.faiss_index import KINDS, index_kind
 from longweave.retrieval.faiss_index import faiss_module as _faiss
 from longweave.retrieval.store import Record, StoreError
@@ -58,7 +66,8 @@ def write_store(path: Path, index: Any, records: Sequence[Record | None], about:
     if _in_the_way(path):
         raise StoreError(path, "exists and is not a vector store", hint="save to a new folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale(path.parent, path.name)  # what a killed save of this store left
+    tmp = temp_folder(path.parent, path.name)
     try:
         _write_index(index, tmp / INDEX_FILE)
         with open(tmp / RECORDS_FILE, "w", encoding="utf-8") as f:
@@ -70,13 +79,11 @@ def write_store(path: Path, index: Any, records: Sequence[Record | None], about:
             "version": FORMAT_VERSION,
             **about,
             "record_fields": RECORD_FIELDS,
-            "files": {name: _digest(tmp / name) for name in (INDEX_FILE, RECORDS_FILE)},
+            "files": {name: file_checksum(tmp / name) for name in (INDEX_FILE, RECORDS_FILE)},
         }
         # The manifest is written last: a folder without one is a save that never finished.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        for name in (INDEX_FILE, RECORDS_FILE, MANIFEST):
-            _fsync(tmp / name)
-        _fsync(tmp)
+        fsync_tree(tmp)
         _swap(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -224,7 +231,7 @@ def _swap(tmp: Path, path: Path) -> None:
         raise
     for old in aside:
         shutil.rmtree(old, ignore_errors=True)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def _put_back(aside: list[Path], path: Path) -> None:
@@ -236,31 +243,6 @@ def _put_back(aside: list[Path], path: Path) -> None:
             return  # left as `.NAME.old-*` with the others, for `load` to put back
     for old in aside:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # folders cannot be opened on Windows; NTFS journals renames anyway
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _digest(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _corrupt(path: Path, problem: str) -> StoreError:
@@ -346,16 +328,8 @@ def _check_expected(
 
 
 def _verify(path: Path, name: str, entry: Any) -> None:
-    file = path / name
-    if not isinstance(entry, dict) or not {"bytes", "sha256"} <= entry.keys():
-        raise _corrupt(path, f"{MANIFEST} has no checksum for {name}")
-    if not file.is_file():
-        raise _corrupt(path, f"{name} is missing")
-    size = file.stat().st_size
-    if size != entry["bytes"]:
-        raise _corrupt(path, f"{name} is {size} bytes, not {entry['bytes']} (truncated?)")
-    if _sha256(file) != entry["sha256"]:
-        raise _corrupt(path, f"{name} does not match its checksum (corrupted)")
+    if (problem := checksum_problem(path / name, entry)) is not None:
+        raise _corrupt(path, f"{name} {problem}")
 
 
 def _read_records(file: Path) -> list[Record | None]:
