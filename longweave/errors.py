@@ -133,10 +133,10 @@ _ABOUT_CONTENT = ("moderat", "flagged", "content", "safety", "policy")
 
 def stops_every_call(status: int, code: str = "", detail: str = "") -> bool:
     """Whether an API's HTTP error means no later call can succeed either (a `fatal`
-    ModelError): a rejected key (401), an unknown model or endpoint (404), an exhausted quota,
-    no permission (403) unless the 403 is about this request's content, as some gateways
-    answer a flagged input."""
-    if status in (401, 404) or code == "insufficient_quota":
+    ModelError): a rejected key (401), an unknown model or endpoint (404), an endpoint the
+    server does not implement (501), an exhausted quota, no permission (403) unless the 403 is
+    about this request's content, as some gateways answer a flagged input."""
+    if status in (401, 404, 501) or code == "insufficient_quota":
         return True
     lowered = f"{code} {detail}".lower()
     return status == 403 and not any(word in lowered for word in _ABOUT_CONTENT)

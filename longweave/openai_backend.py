@@ -16,6 +16,7 @@ import contextlib
 import email.utils
 import json
 import random
+import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -79,6 +80,8 @@ NOTICE_WAIT = 10.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 _RETRY_STATUS = {408, 409, 429}
+_NOT_IMPLEMENTED = 501
+"""The one 5xx not retried: the server lacks the endpoint or the feature, and still will."""
 _FILTERED = "the server's content filter stopped the reply"
 _RETRY_HINT = ("the server is failing: retry later, or raise LONGWEAVE_MAX_RETRIES "
                "(max_retries= in Python)")
@@ -455,6 +458,8 @@ class OpenAILLM:
             ) from None
         except ValueError as exc:  # the body was not JSON (a proxy cut it, or a broken server)
             raise _Retryable(self._malformed(f"body is not JSON: {exc}")) from None
+        if isinstance(resp, str) and _is_web_page(resp):  # the client returns such a body as text
+            raise self._web_page(resp)
         problem = _reply_problem(resp)
         if problem is not None:
             raise _Retryable(self._malformed(problem))
@@ -472,7 +477,7 @@ class OpenAILLM:
             )
         except openai.APIStatusError as exc:
             lowered = f"{_error_detail(exc)} {getattr(exc, 'code', '') or ''}".lower()
-            if int(exc.status_code) in (400, 422) and "stream" in lowered:
+            if int(exc.status_code) in (400, 422, _NOT_IMPLEMENTED) and "stream" in lowered:
                 self.streaming_unsupported = True  # remembered: later calls do not stream
                 if meta is not None:
                     meta["stream_fallback"] = "rejected"
@@ -481,6 +486,21 @@ class OpenAILLM:
         if meta is not None:
             meta["streamed"] = True
         return await _collect(stream, sink, self, meta)
+
+    def _web_page(self, page: str) -> ModelError:
+        """A web page where a chat completion should be: a login page of a proxy, or a base URL
+        that names a web app rather than its API. Not retried, and fatal: every later call
+        would get the same page until the URL or the sign-in changes."""
+        title = re.search(r"<title[^>]*>([^<]*)</title>", page, re.I)
+        named = " ".join(title.group(1).split())[:80] if title else ""
+        said = f" ({named!r})" if named else ""
+        return ModelError(
+            f"{self.model}: {self._where()} answered with a web page{said}, not the API's JSON",
+            provider=PROVIDER,
+            hint="check that OPENAI_BASE_URL is the server's API (it usually ends in /v1), and "
+                 "whether a proxy on the way wants you to sign in",
+            fatal=True,
+        )
 
     def _malformed(self, detail: str) -> ModelError:
         return ModelError(
@@ -498,13 +518,15 @@ class OpenAILLM:
         code = str(getattr(exc, "code", "") or "")
         message = f"{self.model}: HTTP {status} from {self._where()}: {detail}"
         lowered = f"{detail} {code}".lower()
-        if (status in _RETRY_STATUS or status >= 500) and code != "insufficient_quota":
+        if ((status in _RETRY_STATUS or status >= 500) and status != _NOT_IMPLEMENTED
+                and code != "insufficient_quota"):
             wait = retry_after_seconds(getattr(exc.response, "headers", None))
             hint = _RATE_HINT if status == 429 else None
             return _Retryable(ModelError(message, provider=PROVIDER, status=status, hint=hint),
                               wait)
         rejects_format = "response_format" in lowered or "json_schema" in lowered
-        if with_schema and status in (400, 422) and rejects_format and self.structured == "auto":
+        if (with_schema and status in (400, 422, _NOT_IMPLEMENTED) and rejects_format
+                and self.structured == "auto"):
             return _FormatRejected(message)
         hint = None
         if status == 401:
@@ -513,6 +535,11 @@ class OpenAILLM:
             hint = "the key is not allowed to use this model or endpoint"
         elif status == 404:
             hint = "check the model name and OPENAI_BASE_URL (it should end in /v1)"
+        elif status == _NOT_IMPLEMENTED:
+            hint = ("the server does not implement this request: check that OPENAI_BASE_URL is "
+                    "an OpenAI-compatible API with /chat/completions"
+                    + (", and use structured='instructions' if it lacks json_schema output"
+                       if with_schema else ""))
         elif code == "insufficient_quota":
             hint = "the account is out of quota: check billing, or use --model local"
         elif "context" in lowered and ("length" in lowered or "window" in lowered):
@@ -572,7 +599,10 @@ async def _collect(
             raise _Retryable(llm._malformed(f"unexpected body {_excerpt(body)}"))
         return ChatCompletion.construct(**body)
     if response is not None and content_type and "event-stream" not in content_type:
-        body = (await response.aread())[:200].decode("utf-8", "replace")
+        page = (await response.aread()).decode("utf-8", "replace")
+        if "html" in content_type or _is_web_page(page):
+            raise llm._web_page(page)
+        body = page[:200]
         raise _Retryable(llm._malformed(f"expected a stream of events, got {content_type!r}: "
                                         f"{body!r}"))
     parts: list[str] = []
@@ -642,6 +672,13 @@ def _reply_problem(resp: Any) -> str | None:
     if message.content is not None and not isinstance(message.content, str | list):
         return f"the reply's content is {type(message.content).__name__}, not text"
     return None
+
+
+def _is_web_page(text: str) -> bool:
+    """Whether a body is an HTML page (a proxy's login page, a web app's index), not JSON."""
+    start = text.lstrip()[:1024].lower()
+    return start.startswith(("<!doctype html", "<html", "<head", "<body")) or (
+        start.startswith("<") and "<html" in start)
 
 
 def _excerpt(resp: Any) -> str:

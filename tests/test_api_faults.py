@@ -89,7 +89,12 @@ NOTES = completion("Notes: Jacob Rowe kept it [c1].")
         pytest.param([server_error(500)] * 2, 2, "LONGWEAVE_MAX_RETRIES", id="500-forever"),
         pytest.param([rate_limited("0")] * 2, 2, "LONGWEAVE_CONCURRENCY", id="429-forever"),
         pytest.param([hang(5), hang(5)], 2, "LONGWEAVE_REQUEST_TIMEOUT", id="hang"),
-        pytest.param([html_page()] * 2, 2, "OPENAI_BASE_URL", id="html-200"),
+        # A web page and a 501 do not change on a retry: one request each, no retry.
+        pytest.param([html_page()], 1, "a proxy on the way wants you to sign in",
+                     id="html-200"),
+        pytest.param([NOTES, html_page()], 2, "OPENAI_BASE_URL", id="html-200-to-stream"),
+        pytest.param([error(501, "Not Implemented")], 1, "does not implement this request",
+                     id="501"),
         pytest.param([malformed()] * 2, 2, "OPENAI_BASE_URL", id="not-json"),
         pytest.param([body({"choices": []})] * 2, 2, "OPENAI_BASE_URL", id="no-choices"),
         # The manager's call streams: a JSON list there crashed with a TypeError.
@@ -107,6 +112,44 @@ def test_ask_failures_end_in_one_clear_error(
     assert err.lstrip().startswith("error: test-model: ") and hint in err, err
     assert "unexpected error" not in err and "Traceback" not in err and ".;" not in err
     assert len(server.requests) == requests  # retried exactly as configured, or not at all
+
+
+async def test_a_web_page_or_a_501_fails_at_once_naming_the_url(server: FaultServer) -> None:
+    """A proxy's login page (HTTP 200) or a server without the endpoint (501) fails at once,
+    naming the base URL. A page is fatal, so a batch stops at it rather than asking every
+    question of the login page."""
+    from longweave.llm import user
+
+    llm = OpenAILLM("m", base_url=server.base_url, api_key="sk-test", max_retries=3)
+    login = (b"<!DOCTYPE html>\n<html><head><title>\n  Proxy: sign in </title></head>"
+             b"<body><form>...</form></body></html>")
+    server.push(lambda request: Reply(200, login, {"Content-Type": "text/html; charset=utf-8"}))
+    with pytest.raises(ModelError) as failed:
+        await llm.complete([user("hi")], max_tokens=4)
+    assert failed.value.fatal and len(server.requests) == 1
+    assert failed.value.message == (f"m: {server.base_url} answered with a web page "
+                                     "('Proxy: sign in'), not the API's JSON")
+    server.push(error(501, "Unsupported method ('POST')"))
+    with pytest.raises(ModelError, match=f"HTTP 501 from {server.base_url}") as failed:
+        await llm.complete([user("hi")], max_tokens=4)
+    assert failed.value.status == 501 and len(server.requests) == 2
+    assert "/chat/completions" in failed.value.hint
+
+
+async def test_a_501_naming_json_schema_falls_back_to_instructions(server: FaultServer) -> None:
+    from pydantic import BaseModel
+
+    from longweave.llm import user
+
+    class City(BaseModel):
+        city: str
+
+    llm = OpenAILLM("m", base_url=server.base_url, api_key="sk-test", max_retries=3)
+    server.push(error(501, "response_format json_schema is not implemented"),
+                completion('{"city": "Lima"}'))
+    done = await llm.complete([user("Where?")], max_tokens=16, schema=City)
+    assert done.parsed == City(city="Lima") and llm.json_schema_unsupported
+    assert "response_format" not in server.requests[1].body
 
 
 def test_ask_names_a_server_that_is_not_running(
@@ -298,6 +341,7 @@ def test_which_api_errors_stop_a_batch() -> None:
     from longweave.errors import stops_every_call, unreachable
 
     assert stops_every_call(401) and stops_every_call(404) and stops_every_call(403)
+    assert stops_every_call(501)  # the server does not implement the endpoint
     assert stops_every_call(429, "insufficient_quota")
     assert not stops_every_call(403, "", "Your input was flagged by moderation")
     assert not any(stops_every_call(s) for s in (400, 408, 429, 500, 503))

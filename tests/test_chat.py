@@ -38,6 +38,7 @@ from longweave.session import Session
 from longweave.testing import HashEmbedder, ScriptedModel
 from tests.faultserver import (
     FaultServer,
+    Reply,
     completion,
     error,
     html_page,
@@ -423,7 +424,7 @@ async def test_a_stream_that_ends_before_the_reply_is_retried_not_kept(
     assert sum(1 for e in log.of_kind("token") if e.data.get("restart")) == 1
 
 
-async def test_an_html_page_or_a_stalled_stream_is_retried(server: FaultServer) -> None:
+async def test_a_stalled_stream_is_retried_and_a_login_page_is_not(server: FaultServer) -> None:
     llm = OpenAILLM("test-model", base_url=server.base_url, api_key="sk-test", timeout=0.5,
                     max_retries=2, context_window=4096)
 
@@ -433,16 +434,22 @@ async def test_an_html_page_or_a_stalled_stream_is_retried(server: FaultServer) 
     llm.sleep = no_wait
     first = b'data: {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", ' \
             b'"choices": [{"index": 0, "delta": {"content": "Li"}, "finish_reason": null}]}\n\n'
-    # A login page, then a stream kept alive with comments but no chunk after "Li".
-    server.push(html_page(), stalled(first), streamed("Lima."))
+    # A stream kept alive with comments but no chunk after "Li", then a whole one.
+    server.push(stalled(first), streamed("Lima."))
     log = EventLog()
     answer = await arun(Truncate(), Document.from_text("Lima is in Peru."), "Capital?", llm,
                         on_event=log)
-    assert answer.text == tokens(log) == "Lima." and len(server.requests) == 3
-    server.push(html_page(), html_page(), html_page())
-    with pytest.raises(ModelError, match="expected a stream of events, got 'text/html'"):
+    assert answer.text == tokens(log) == "Lima." and len(server.requests) == 2
+    server.push(lambda request: Reply(200, b"busy", {"Content-Type": "text/plain"}))
+    server.push(streamed("Lima."))  # another body that is no stream: worth a retry
+    assert (await arun(Truncate(), Document.from_text("Lima is in Peru."), "Capital?", llm,
+                       on_event=EventLog())).text == "Lima."
+    # A proxy's login page is the same page on every retry: it fails at once, for good.
+    server.push(html_page())
+    with pytest.raises(ModelError, match="answered with a web page") as failed:
         await arun(Truncate(), Document.from_text("Lima is in Peru."), "Capital?", llm,
                    on_event=EventLog())
+    assert failed.value.fatal and len(server.requests) == 5
 
 
 async def test_an_error_event_inside_the_stream_is_retried(server: FaultServer) -> None:

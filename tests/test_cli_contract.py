@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,28 @@ def test_an_error_and_its_hint_are_one_line_each_off_a_terminal(model, monkeypat
     assert hint.endswith("truncate")
 
 
+@pytest.mark.parametrize("command", ["ask", "batch"])
+def test_an_estimate_table_goes_to_stdout_and_its_notes_to_stderr(model, monkeypatch, capsys,
+                                                                  tmp_path, command) -> None:
+    """The notes are commentary (the scripted model's reply lengths are generic guesses): in
+    the output, `--estimate > plan.txt` would mix them into the table."""
+    if command == "ask":
+        args = ["ask", str(EXAMPLE), "Who?"]
+    else:
+        questions = tmp_path / "q.jsonl"
+        questions.write_text('{"question": "Who?"}\n', encoding="utf-8")
+        args = ["batch", str(EXAMPLE.parent), "-q", str(questions), "-o", str(tmp_path / "a.jsonl"),
+                "--include", EXAMPLE.name]
+    assert run_cli(monkeypatch, *args, "--estimate", "-s", "truncate",
+                   "--set", "max_new=32") == 0
+    out, err = capsys.readouterr()
+    assert "truncate on scripted" in out and "prompt tokens" in out
+    assert "·" not in out and "generic guesses" not in out
+    notes = [line for line in err.splitlines() if line.startswith("· ")]
+    assert len(notes) == 1 and "generic guesses" in notes[0]  # whole, not wrapped at 80
+    assert "--pilot N` measures them" in notes[0] and model.requests == []
+
+
 # -- narrow terminals ---------------------------------------------------------------------------
 
 
@@ -138,6 +161,26 @@ def test_a_trace_under_a_file_is_refused_by_name(model, monkeypatch, capsys,
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and model.requests == []
     assert f"cannot be created: {EXAMPLE} is a file, not a folder" in err  # not "File exists"
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("a file/graph.html", "is a file, not a folder"),
+    ("folder.html", "is a directory"),
+    ("graph.gif", "unknown output format"),
+    ("graph.png", "matplotlib is not installed"),
+])
+def test_show_refuses_an_output_it_could_not_write_before_building(model, monkeypatch, capsys,
+                                                                   tmp_path, name, said) -> None:
+    """Found only once the page was drawn, a bad --out cost a --build every model call."""
+    model.context_window = 4096  # room for GraphReader's build, which would call the model
+    (tmp_path / "a file").write_text("x", encoding="utf-8")
+    (tmp_path / "folder.html").mkdir()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code = run_cli(monkeypatch, "show", str(EXAMPLE), "--graph", "--build",
+                   "-o", str(tmp_path / name))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and model.requests == [] and said in err, err
+    assert "unexpected" not in err
 
 
 @pytest.mark.parametrize("inside", [False, True])

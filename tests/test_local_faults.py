@@ -249,6 +249,7 @@ def test_a_tokenizer_without_a_chat_template_is_warned(broken: Path) -> None:
     ({"max_tokens": 2.5}, "max_tokens"), ({"max_tokens": 4, "temperature": -1.0}, "temperature"),
     ({"max_tokens": 4, "temperature": math.nan}, "temperature"),
     ({"max_tokens": 4, "temperature": math.inf}, "temperature"),
+    ({"max_tokens": 4, "temperature": 2.5}, "temperature must be a number from 0 .* to 2"),
 ])
 async def test_bad_arguments_are_refused_before_the_model_runs(
         tiny: Path, kwargs: dict[str, Any], named: str) -> None:

@@ -296,7 +296,7 @@ def test_compare_trace_flag_writes_each_strategys_calls_and_row(cli_model, tmp_p
     rows = of_type(records, "row")
     # InfiniRetri needs a local model's attention: its row fails, the others still run.
     assert [(r["strategy"], r["error_type"]) for r in rows] == [
-        ("truncate", None), ("infini-retri", "ConfigError"), ("chain-of-agents", None)]
+        ("truncate", None), ("infini-retri", "BackendCapabilityError"), ("chain-of-agents", None)]
     coa_run = starts[2]["run"]
     coa_calls = [r for r in of_type(records, "call") if r["run"] == coa_run]
     assert len(coa_calls) == len(cli_model.requests) - 1 == rows[2]["usage"]["calls"]

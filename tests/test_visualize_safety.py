@@ -198,8 +198,48 @@ def test_a_path_that_cannot_be_written_is_a_document_error(tmp_path: Path,
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "write_text", refuse)  # root ignores chmod; this does not
-    with pytest.raises(DocumentError, match=r"cannot be written \(Permission denied\)"):
-        render_tree(control_tree(), tmp_path / "tree.html")
+    with pytest.raises(DocumentError, match=r"cannot be written \(Permission denied\) \("):
+        render_tree(control_tree(), tmp_path / "tree.html")  # not naming a temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file", "folder.svg"]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")],
+                         ids=["ctrl-c", "disk-full"])
+def test_a_write_cut_short_leaves_the_old_page_whole(tmp_path: Path, failure: BaseException,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "tree.html"
+    old = render_tree(control_tree(), target, title="old")
+    write_text = Path.write_text
+
+    def half_then_fail(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise failure
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises((KeyboardInterrupt, DocumentError)):
+        render_tree(control_tree(), target, title="new")
+    assert target.read_text(encoding="utf-8") == old  # never half a page
+    assert [p.name for p in tmp_path.iterdir()] == ["tree.html"]  # nor a temporary file left
+
+
+def test_a_page_is_written_as_any_new_file_and_through_a_link(tmp_path: Path) -> None:
+    """The temporary file is not private as mkstemp's are: a page keeps the umask's mode, or
+    the mode of the page it replaces; a link to a page keeps pointing at the new page."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        render_tree(control_tree(), tmp_path / "new.html")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.html").stat().st_mode) == 0o644
+    (tmp_path / "new.html").chmod(0o640)
+    (tmp_path / "link.html").symlink_to(tmp_path / "new.html")
+    render_tree(control_tree(), tmp_path / "link.html", title="again")
+    assert (tmp_path / "link.html").is_symlink()
+    assert "<title>again</title>" in (tmp_path / "new.html").read_text(encoding="utf-8")
+    assert stat.S_IMODE((tmp_path / "new.html").stat().st_mode) == 0o640
 
 
 async def test_cli_and_chat_report_an_unwritable_output(tmp_path: Path, monkeypatch,
@@ -216,8 +256,9 @@ async def test_cli_and_chat_report_an_unwritable_output(tmp_path: Path, monkeypa
         patch.setattr("longweave.api.load_source", lambda *a, **k: Document.from_text("t"))
         patch.setenv("COLUMNS", "300")
         assert run_cli(patch, "show", "doc.md", "--tree", "-o", str(blocked)) == 1
-    err = capsys.readouterr().err
-    assert "cannot be written" in err and "unexpected" not in err
+    err = capsys.readouterr().err  # refused up front, before reading the document
+    assert "cannot be created" in err and "a file, not a folder" in err
+    assert "unexpected" not in err
 
     session = Session.open(Document.from_text(tree_text()), model=tree_model(), cache=False,
                            strategy=MemWalker(**TREE_SET),

@@ -19,6 +19,7 @@ from longweave.cli import index as _index
 from longweave.cli import serve as _serve
 from longweave.cli import show as _show
 from longweave.cli import strategies as _strategies
+from longweave.cli.exits import leave_quietly, reader_left, stops_cleanly
 from longweave.cli.render import labelled
 from longweave.errors import LongweaveError, LongweaveWarning, debugging
 
@@ -59,7 +60,7 @@ def _paragraphs(doc: str) -> str:
 
 
 def _command(name: str, function: Callable[..., None]) -> None:
-    app.command(name, help=_paragraphs(function.__doc__ or ""))(function)
+    app.command(name, help=_paragraphs(function.__doc__ or ""))(stops_cleanly(function))
 
 
 _command("ask", _ask.ask)
@@ -107,13 +108,22 @@ def main() -> None:
     _show_warnings()
     try:
         app()
+    except SystemExit as exc:  # every run of the typer app ends in one
+        if reader_left(exc):
+            leave_quietly()
+        try:  # output still buffered: a reader gone shows here, not as a traceback at exit
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except BrokenPipeError:
+            leave_quietly()
+        raise
     except LongweaveError as exc:
         console = Console(stderr=True)
         _print_line(console, labelled("error:", "bold red", exc.message))
         if exc.hint:
             _print_line(console, Text(exc.hint, style="dim"))
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside any command (typer stops one inside with status 130)
         Console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)
     except Exception as exc:  # a bug or an unexpected library failure: one line, not a wall

@@ -96,14 +96,20 @@ def ask(
             if as_json:
                 typer.echo(planned.model_dump_json(indent=2))
             else:
-                print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
-                               throughput=throughput)
+                print_estimate(Console(), planned, notes=err, price_in=price_in,
+                               price_out=price_out, throughput=throughput)
             return
-    with LiveAnswer(err) as view:  # progress, then the answer's text as it streams
-        answer = run_ask(
-            source, question, strategy=strategy, model=llm, cache=not no_cache,
-            on_event=view, trace=trace, **options,
-        )
+    try:
+        with LiveAnswer(err) as view:  # progress, then the answer's text as it streams
+            answer = run_ask(
+                source, question, strategy=strategy, model=llm, cache=not no_cache,
+                on_event=view, trace=trace, **options,
+            )
+    except KeyboardInterrupt:
+        from longweave.cli.exits import interrupted
+
+        kept = f"the trace so far is in {trace}" if trace is not None and trace.exists() else ""
+        raise interrupted(err, kept) from None
     if as_json:
         typer.echo(answer.model_dump_json(indent=2))
     else:
@@ -118,13 +124,18 @@ def print_estimate(
     console: Console,
     planned: Estimate,
     *,
+    notes: Console | None = None,
     actual: Usage | None = None,
     price_in: float | None = None,
     price_out: float | None = None,
     throughput: float | None = None,
 ) -> None:
-    """The estimate as a table (beside the actual usage when given), then its assumptions."""
+    """The estimate as a table (beside the actual usage when given), then its assumptions on
+    `notes` (default: `console`): commentary goes to stderr where the table is the output."""
     from rich.table import Table
+
+    notes = notes or console
+    whole = not notes.is_terminal  # off a terminal a note stays one line, as messages do
 
     docs = (f"{plural(planned.documents, 'document')}, "
             f"{plural(planned.questions, 'question')}, "
@@ -140,7 +151,7 @@ def print_estimate(
         table.add_row(*row)
     console.print(table)
     if actual is not None and actual.cache_hits:
-        console.print(f"[dim]{actual.cache_hits} of the actual calls came from the completion "
-                      "cache (they cost nothing)[/]")
+        notes.print(f"[dim]{actual.cache_hits} of the actual calls came from the completion "
+                    "cache (they cost nothing)[/]", soft_wrap=whole)
     for note in planned.notes:
-        console.print(f"[dim]· {escape(note)}[/]", highlight=False)
+        notes.print(f"[dim]· {escape(note)}[/]", highlight=False, soft_wrap=whole)

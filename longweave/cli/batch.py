@@ -130,12 +130,10 @@ def batch(
             Console().print(view.summary(stopped.summary))
             raise
         except KeyboardInterrupt:
-            err.print(
-                f"[yellow]interrupted:[/] {view.written} answers written to {out} "
-                f"({view.failed} of them failed); rerun the same command to resume",
-                highlight=False,
-            )
-            raise typer.Exit(130) from None
+            from longweave.cli.exits import interrupted
+
+            raise interrupted(err, f"{view.written} answers written to {out} ({view.failed} "
+                                   "of them failed); rerun the same command to resume") from None
 
     planned = None
     if estimate:
@@ -191,8 +189,8 @@ def batch(
             if rest:  # nothing left: there is nothing to calibrate
                 planned = planned.calibrated(before, used)
         if not run_too or stopped is not None:
-            print_estimate(Console(), planned, price_in=price_in, price_out=price_out,
-                           throughput=throughput)
+            print_estimate(Console(), planned, notes=err, price_in=price_in,
+                           price_out=price_out, throughput=throughput)
             err.print(f"[dim]{len(rest)} questions to answer, {len(items) - len(rest)} already "
                       "answered; nothing " + ("else " if trial else "") + "was asked of the "
                       "model[/]", highlight=False)

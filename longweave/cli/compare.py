@@ -67,23 +67,40 @@ def compare(
         check_writable(trace, "trace")
     source = load_source(path, include=include, exclude=exclude)
     fields = {"document": source.source or source.name, "question": question, "model": model}
-    with _CompareProgress(err) as view, trace_sink(trace, **fields) as sink:
+    finished: list[str] = []
+    try:
+        with _CompareProgress(err) as view, trace_sink(trace, **fields) as sink:
 
-        def done(row: CompareRow) -> None:
-            view.done(row)
-            if isinstance(sink, TraceWriter):  # the row closes each strategy's lines (or fails)
-                sink.write({"type": "row", **row.model_dump(mode="json")})
+            def done(row: CompareRow) -> None:
+                view.done(row)
+                finished.append(row.strategy)
+                if isinstance(sink, TraceWriter):  # the row closes each strategy's lines
+                    sink.write({"type": "row", **row.model_dump(mode="json")})
 
-        rows = asyncio.run(acompare(
-            source, question, strategies, model=model, options=options,
-            cache=not no_cache, on_event=combine(view, sink), on_row=done,
-        ))
+            rows = asyncio.run(acompare(
+                source, question, strategies, model=model, options=options,
+                cache=not no_cache, on_event=combine(view, sink), on_row=done,
+            ))
+    except KeyboardInterrupt:
+        raise _interrupted(err, finished, trace) from None
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
     else:
         Console().print(compare_table(rows, width=width))
     if not any(r.ok for r in rows):
         raise typer.Exit(1)
+
+
+def _interrupted(err: Console, finished: list[str], trace: Path | None) -> typer.Exit:
+    """The line Ctrl-C ends a comparison with: which strategies had finished and where the
+    trace (with their rows) is. Their rows are not printed: on stdout, a part of the table (or
+    of the JSON) would pass for the whole comparison."""
+    from longweave.cli.exits import interrupted
+
+    kept = [f"{', '.join(finished)} had finished" if finished else "no strategy had finished"]
+    if trace is not None and trace.exists():
+        kept.append(f"the trace so far is in {trace}")
+    return interrupted(err, "; ".join(kept))
 
 
 def _check_names(strategies: str) -> None:

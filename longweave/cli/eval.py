@@ -121,9 +121,10 @@ def eval_command(
                 on_record=view.record, trace=trace, executor=runner,
             ))
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted[/]: answers so far are kept in "
-                  f"{escape(str(folder))}/answers; rerun the same command to resume")
-        raise typer.Exit(130) from None
+        from longweave.cli.exits import interrupted
+
+        raise interrupted(err, f"answers so far are kept in {folder / 'answers'}; rerun the "
+                               "same command to resume") from None
     for note in results.notes:
         err.print(f"[dim]note: {escape(note)}[/]", highlight=False)
     Console().print(results_table(results))

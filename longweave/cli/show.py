@@ -61,6 +61,8 @@ def show(
         raise ConfigError(f"the answer in {answer} is a {given.strategy} answer, with no {kind}",
                           hint="pass --graph for graph-reader answers, --tree for mem-walker")
     options = parse_options(option)
+    target = out or Path(f"{path.stem or 'document'}.{kind}.html")
+    _check_out(target)  # before the document is read and --build calls the model
     document = load_source(path, include=include, exclude=exclude)  # a folder: corpus mode
     with ProgressView(err) as view:
         structure = find_structure(document, kind, model=model, build=build, on_event=view,
@@ -72,7 +74,6 @@ def show(
             from longweave.graphs.store import normalize_key
 
             marks = [normalize_key(str(h)) for h in marks]  # as GraphReader names its nodes
-    target = out or Path(f"{path.stem or 'document'}.{kind}.html")
     text = document.text if kind == "tree" else None
     extra = {"max_nodes": max_nodes} if kind == "graph" else {}
     render(structure, target, highlight=given if given is not None else marks or None, text=text,
@@ -80,6 +81,17 @@ def show(
     err.print(f"wrote {escape(str(target))} ({escape(_describe(structure))})")
     if open_it and not open_in_browser(target):
         err.print("no browser to open it in here: open the file yourself", style="dim")
+
+
+def _check_out(target: Path) -> None:
+    """Refuse an output that could not be written (a format unknown or without matplotlib, a
+    folder in the way, no permission), as `ask`, `batch` and `eval` refuse theirs: found only
+    at the end, it would cost a --build its model calls."""
+    from longweave.batch import check_writable
+    from longweave.visualize.page import check_output
+
+    check_output(target)
+    check_writable(target.expanduser(), "drawing")
 
 
 def _read_answer(path: Path) -> Answer:

@@ -341,15 +341,17 @@ def _generation_hint(exc: Exception) -> str:
 
 def _check_request(messages: Sequence[Message], max_tokens: int, temperature: float) -> None:
     """Refuse what `generate()` would fail on with its own words, or in a batch for every caller
-    (a cap of 0 alone), or take silently (a negative temperature): the check an
-    OpenAI-compatible server makes, for calls that reach the model directly."""
+    (a cap of 0 alone), or take silently (a negative temperature, or one past 2 that samples
+    noise): the check an OpenAI-compatible server makes (`longweave serve` bounds temperature
+    to [0, 2] as the OpenAI API does), for calls that reach the model directly."""
     if not messages:
         raise ConfigError("no messages to complete")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise ConfigError(f"max_tokens must be a positive integer, not {max_tokens!r}")
     if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
-            or not math.isfinite(temperature) or temperature < 0):
-        raise ConfigError(f"temperature must be a number from 0 (greedy) up, not {temperature!r}")
+            or not math.isfinite(temperature) or not 0 <= temperature <= 2):
+        raise ConfigError(f"temperature must be a number from 0 (greedy) to 2, not "
+                          f"{temperature!r}")
 
 
 def _window(requested: int | None, source: ModelSource) -> int | None:

@@ -26,7 +26,20 @@ LABEL_CHARS = 80
 """A drawn label's length at most (GraphReader's names stay under it by default): a longer name
 would be drawn across the whole graph. The tooltip, the search and the panel keep it whole."""
 
-SCRIPT = """
+FOLD = r"""
+function fold(s){return s.normalize('NFKC').toUpperCase().toLowerCase().replace(/ß/g,'ss')
+ .replace(/ς/g,'σ').replace(/[\uab70-\uabbf\u13f8-\u13fd]/g,c=>c.toUpperCase())
+ .replace(/[^\p{L}\p{N}]+/gu,' ').trim()}
+"""
+"""The search's folding of a query and of the names, as close to GraphReader's `normalize_key`
+(NFKC, `casefold`, runs of anything but letters and digits to one space) as JavaScript gets.
+`toLowerCase` alone is not `casefold`: upper-casing first expands what folds to several letters
+("ﬀ", "ŉ", "ΐ" as `casefold` spells them), "ß" and "ẞ" become "ss", every sigma "σ" (lower-
+casing makes a final one "ς"), and Cherokee folds to its capitals as in Python. Left apart:
+"ı" folds to "i" here, and stays "ı" in Python; the query and the names are folded alike, so
+they still meet (a query "i" also finds an "ı")."""
+
+SCRIPT = FOLD + """
 const nodes=[...svg.querySelectorAll('.node')];const info=document.getElementById('lw-info');
 const intro=[...info.childNodes];
 function show(i){nodes.forEach(n=>n.classList.toggle('sel',+n.dataset.id===i));
@@ -47,9 +60,9 @@ info.addEventListener('click',e=>{const t=e.target.closest('[data-goto],[data-ba
  if(t.dataset.back){nodes.forEach(n=>n.classList.remove('sel'));info.replaceChildren(...intro)}
  else show(+t.dataset.goto)});
 nodes.forEach(n=>n.addEventListener('click',()=>show(+n.dataset.id)));
-const q=document.getElementById('lw-q');q.addEventListener('input',()=>{
- const v=q.value.trim().toLowerCase();svg.classList.toggle('dim',!!v);
- nodes.forEach(n=>n.classList.toggle('match',!!v&&n.dataset.name.includes(v)))});
+const q=document.getElementById('lw-q');const keys=nodes.map(n=>fold(n.dataset.name));
+q.addEventListener('input',()=>{const v=fold(q.value);svg.classList.toggle('dim',!!v);
+ nodes.forEach((n,i)=>n.classList.toggle('match',!!v&&keys[i].includes(v)))});
 const p=document.getElementById('lw-path');
 if(p)p.addEventListener('click',()=>svg.classList.toggle('pathonly'));
 """

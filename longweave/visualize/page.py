@@ -6,16 +6,20 @@ mailed or attached as one file. The data the script needs travels as inline JSON
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import re
+import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from longweave.errors import ConfigError, DocumentError
+from longweave.errors import ConfigError, DocumentError, MissingDependency
 
-__all__ = ["FORMATS", "esc", "page", "standalone_svg", "write"]
+__all__ = ["FORMATS", "check_output", "esc", "page", "standalone_svg", "write"]
 
 FORMATS = {".html": "html", ".htm": "html", ".svg": "svg", ".png": "image", ".pdf": "image"}
 """Output suffixes and what each writes; PNG and PDF need matplotlib."""
@@ -139,31 +143,75 @@ def _plain_css() -> str:
     return re.sub(r"var\((--[\w-]+)\)", lambda m: values[m.group(1)], CSS[root.end():])
 
 
-def write(path: str | Path, *, html_text: str, svg: str,
-          image: Callable[[Path], None]) -> Path:
-    """Write the view in the format the suffix names; PNG/PDF go through `image(path)`.
-
-    Missing folders are made and an existing file is replaced. A path that cannot be written
-    (a file where a folder should be, a folder in the way, no permission) is a `DocumentError`
-    naming it, which the CLI and chat's `/trace open` report as such, not as a crash.
-    """
-    target = Path(path).expanduser()
+def check_output(path: str | Path) -> str:
+    """What the suffix of `path` writes (`FORMATS`), or the error writing it would end in: an
+    unknown suffix, or PNG/PDF without matplotlib. Cheap: for a check before any model call."""
+    target = Path(path)
     kind = FORMATS.get(target.suffix.lower())
     if kind is None:
         raise ConfigError(f"cannot write {target.name!r}: unknown output format",
                           hint=f"end the file name with one of: {', '.join(FORMATS)}")
+    if kind == "image":
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("matplotlib") is not None
+        except (ImportError, ValueError):  # a broken install, or one blocked in sys.modules
+            found = False
+        if not found:
+            raise MissingDependency("matplotlib", "eval")
+    return kind
+
+
+def write(path: str | Path, *, html_text: str, svg: str,
+          image: Callable[[Path], None]) -> Path:
+    """Write the view in the format the suffix names; PNG/PDF go through `image(path)`.
+
+    Missing folders are made and an existing file is replaced, whole: the view is written to a
+    temporary file beside it, then renamed over it, so an interrupted write never leaves half a
+    page. A path that cannot be written (a file where a folder should be, a folder in the way,
+    no permission) is a `DocumentError` naming it, which the CLI and chat's `/trace open`
+    report as such, not as a crash.
+    """
+    target = Path(path).expanduser()
+    kind = check_output(target)
+    ours = [target]  # the names of the file being written: an error names `target` alone
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if kind == "html":
-            target.write_text(html_text, encoding="utf-8")
+            _replace(target, lambda p: p.write_text(html_text, encoding="utf-8"), ours)
         elif kind == "svg":
-            target.write_text(standalone_svg(svg), encoding="utf-8")
+            _replace(target, lambda p: p.write_text(standalone_svg(svg), encoding="utf-8"), ours)
         else:
-            image(target)
+            _replace(target, image, ours)
     except OSError as exc:
         why = exc.strerror or str(exc)
-        if exc.filename and Path(exc.filename) != target:  # the folder in the way, say
-            why += f": {exc.filename}"
+        if exc.filename and Path(exc.filename) not in ours:
+            why += f": {exc.filename}"  # the folder in the way, say
         raise DocumentError(target, f"cannot be written ({why})",
                             hint="choose another output file") from None
     return target
+
+
+def _replace(target: Path, fill: Callable[[Path], None], ours: list[Path]) -> None:
+    """`fill` a new file in `target`'s folder, then rename it over `target`; the new file is
+    removed when anything fails. Its name keeps the suffix (matplotlib picks the format by it).
+    The paths written are appended to `ours`."""
+    real = Path(os.path.realpath(target))  # through a link: the link keeps naming the view
+    ours.append(real)
+    if real.exists() and not real.is_file():  # a folder (an error) or a device: no rename
+        fill(real)
+        return
+    new = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp{real.suffix}")
+    ours.append(new)
+    # Created as open() would create it (mode 0o666 less the umask), not private as mkstemp's.
+    os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        if real.is_file():
+            shutil.copymode(real, new)  # a page replaced keeps who may read it
+        fill(new)
+        os.replace(new, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            new.unlink()
+        raise
