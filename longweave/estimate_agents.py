@@ -139,6 +139,7 @@ async def graph_reader(s: Any, ctx: RunContext, t: Tally) -> None:
 
 async def mem_walker(s: Any, ctx: RunContext, t: Tally) -> None:
     from longweave.agents import mem_walker_prompts as p
+    from longweave.agents.mem_walker_tree import summary_words
     from longweave.memory.summary_tree import balanced_groups
 
     plan = s.plan(ctx)
@@ -150,7 +151,7 @@ async def mem_walker(s: Any, ctx: RunContext, t: Tally) -> None:
         levels.append([len(g) for g in balanced_groups(width, k)])
         width = len(levels[-1])
     summary = min(plan.summary_cap, fill(plan.summary_max_new, a.text_fill))
-    words = max(8, plan.summary_max_new * 3 // 4)  # as the strategy words its limit
+    words = summary_words(plan.summary_max_new)
     out, cap = fill(plan.summary_max_new, a.text_fill), plan.summary_max_new
     # Not a public hook yet: the key under which the strategy caches its tree.
     if n > 1 and not t.cached(lambda: s._artifact_key(ctx, plan)[0]):
@@ -179,38 +180,56 @@ async def mem_walker(s: Any, ctx: RunContext, t: Tally) -> None:
     depth, decision = len(levels), fill(s.nav_max_new, a.json_fill)
     memory = 0 if s.working_memory == "none" else summary
     segment = round(sum(c.n_tokens for c in chunks) / n)
+    longest = max(c.n_tokens for c in chunks)
     triage_schema = p.triage_schema(k, s.reasoning_chars)
-    leaf_schema = p.leaf_action_schema(s.reasoning_chars, s.answer_chars)
+    # Not public hooks yet: the leaf and fallback prompts and schemas the strategy sends, with
+    # a multiple-choice question's stem in the question slot and its options in their own.
+    choices = s._choices(q)
 
-    def triage(wm: int, children: int) -> int:
+    def triage(wm: int, children: int) -> int:  # triage shows the question as given
         return t.prompt(p.triage_messages(q, filler(min(wm, plan.wm_cap)),
                                           [filler(summary)] * children), triage_schema)
 
-    def leaf(wm: int) -> int:
-        return t.prompt(p.leaf_messages(q, filler(min(wm, plan.wm_cap)), ""),
-                        leaf_schema) + segment
+    def leaf(wm: int, shown: int = segment) -> int:
+        return t.prompt(*s._leaf_request(choices, filler(min(wm, plan.wm_cap)), "")) + shown
 
-    # Straight down: one triage per internal level (root first), then one leaf.
+    def fallback(wm: int, passage: int) -> int:
+        return t.prompt(*s._fallback_request(choices, filler(min(wm, plan.wm_cap)),
+                                             filler(passage)))
+
+    # The point walk: straight down (one triage per internal level, root first), one leaf, then
+    # walk_reverts more decisions. Past max_nav_steps it is cut there, and the fallback answers;
+    # so it does when a one-leaf tree's only leaf goes back.
+    steps = s.max_nav_steps
+    down = min(depth, steps)
+    reads = int(depth < steps)
+    reverts = max(0, min(a.walk_reverts, steps - depth - 1)) if depth else 0
+    cut = depth + 1 + a.walk_reverts > steps or (depth == 0 and a.walk_reverts > 0)
     descent = [triage(d * memory, round(sum(levels[-1 - d]) / len(levels[-1 - d])))
                for d in range(depth)]
-    triages = Counts(calls=depth, prompt_tokens=sum(descent), completion_tokens=depth * decision)
-    triages += Counts.each(a.walk_reverts, (sum(descent) + leaf(depth * memory)) // (depth + 1),
+    triages = Counts(calls=down, prompt_tokens=sum(descent[:down]),
+                     completion_tokens=down * decision)
+    triages += Counts.each(reverts, (sum(descent) + leaf(depth * memory)) // (depth + 1),
                            decision)
-    read = Counts.each(1, leaf(depth * memory), decision)
+    read = Counts.each(reads, leaf(depth * memory), decision)
     # Every decision at its worst: max_nav_steps of them (triage or leaf), then the fallback.
-    worst = Counts.each(s.max_nav_steps, max([leaf(plan.wm_cap), *descent]), s.nav_max_new)
-    fallback = t.prompt(p.fallback_messages(q, filler(plan.wm_cap), "")) + segment
+    worst = Counts.each(steps, max([leaf(plan.wm_cap, longest), *descent]), s.nav_max_new)
     if depth == 0:  # a one-leaf tree: the leaf answers (low), or goes back to the fallback
         t.add("reader", read, Counts.each(1, leaf(0), 1), worst, retries=s.retries)
     else:  # low: the root's triage goes back at once, then the fallback answers
         t.add("navigator", triages, Counts.each(1, descent[0], 1), worst, retries=s.retries)
         t.add("reader", read, Counts(), Counts(), retries=s.retries)
-    # The fallback at least: nothing read, the root's summary as its passage (ours: low).
-    least = t.prompt(p.fallback_messages(q, "", filler(summary)))
-    t.add("reader", Counts(), Counts.each(1, least, 1) if depth else Counts(),
-          Counts.each(1, fallback, s.answer_max_new))
-    t.notes.append(f"MemWalker: a walk of {depth} triage step(s) and one leaf"
-                   + (f", plus {a.walk_reverts} revert(s)" if a.walk_reverts else ""))
+    # The fallback, a structured call like the decisions (re-asks: a share of it in the point
+    # estimate, when the walk is cut; all of them in the high bound). It reads the last leaf,
+    # or the root's summary when no leaf was read (ours: the low bound's).
+    ended = Counts.each(int(cut), fallback(down * memory, segment if reads else summary),
+                        fill(s.answer_max_new, a.json_fill))
+    least = fallback(0, summary)
+    t.add("reader", ended, Counts.each(1, least, 1) if depth else Counts(),
+          Counts.each(1, fallback(plan.wm_cap, longest), s.answer_max_new), retries=s.retries)
+    walk = f"{down} triage step(s)" + (" and one leaf" if reads else "")
+    more = f", plus {reverts} revert(s)" if reverts else ""
+    t.notes.append(f"MemWalker: a walk of {walk}{more}" + (", then the fallback" if cut else ""))
 
 
 async def light(s: Any, ctx: RunContext, t: Tally) -> None:

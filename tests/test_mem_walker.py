@@ -228,8 +228,12 @@ async def test_a_build_whose_every_summary_came_back_blank_is_not_cached(tmp_pat
     doc, cache = sentinel_document(9), ArtifactCache(tmp_path)
     broken = scripted(navigator=towards(4), reader=reader_for(4))
     broken.rules[0].reply = ""  # the summarizer: a blank reply every time
-    with pytest.warns(LongweaveWarning, match="failed for every chunk.*retried on the next"):
+    failure = "failed for every chunk.*retried on the next"
+    with pytest.warns(LongweaveWarning, match=failure) as seen:
         first = await arun(MW, doc, "Where is S4?", broken, artifacts=cache)
+    # it points at the strategy asking for the tree, not at the build's own module
+    (failed,) = [w for w in seen if "failed for every chunk" in str(w.message)]
+    assert Path(failed.filename).name == "mem_walker.py"
     assert len(broken.calls("summarizer")) == 13
     # The walk runs on the parts' openings, which do not name S4: it falls back, as before.
     assert first.text == "best guess" and "fallback" in first.flags

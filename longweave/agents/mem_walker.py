@@ -2,20 +2,15 @@
 
 Chen, Pasunuru, Weston, Celikyilmaz, "Walking Down the Memory Maze: Beyond Context Limit through
 Interactive Reading", 2023, arXiv:2310.05029. Algorithm and defaults: STRATEGIES.md §4.
-The tree is a per-document artifact (`ctx.artifacts`): a second question on the same document
-reuses it and pays only for the walk.
+The tree is a per-document artifact (`ctx.artifacts`, built in `mem_walker_tree`): a second
+question on the same document reuses it and pays only for the walk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import operator
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -24,12 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from longweave.agents import mem_walker_prompts as prompts
 from longweave.agents.base import RunContext
-from longweave.answer import Citation, plural
+from longweave.agents.mem_walker_tree import (
+    Summarizer,
+    artifact_key,
+    clip,
+    load_or_build,
+    summary_words,
+)
+from longweave.answer import Citation
 from longweave.budget import chunk_budget
 from longweave.choices import Choices, split_choices
-from longweave.errors import BudgetExceeded, LongweaveWarning, ParseError
-from longweave.llm import Message, model_identity, unquote
-from longweave.memory.summary_tree import TREE_FORMAT, SummaryTree, TreeNode, balanced_groups
+from longweave.errors import BudgetExceeded, ParseError
+from longweave.llm import Message, unquote
+from longweave.memory.summary_tree import SummaryTree, TreeNode
 from longweave.structured import json_instructions, reask_message, repair_json
 
 __all__ = ["MemWalker", "Plan"]
@@ -135,7 +137,7 @@ class MemWalker(BaseModel):
                             margin=self.margin, min_chunk=16 * k)
         summary_cap = room // k
         summary_max_new = min(self.summary_max_new or summary_cap, summary_cap)
-        words = _words(summary_max_new)
+        words = summary_words(summary_max_new)
         internal = llm.count_prompt_tokens(prompts.internal_summary_messages(["."] * k, words))
         if internal + k * summary_cap + summary_max_new + self.margin > w:
             raise BudgetExceeded(internal + k * summary_cap, summary_max_new, w,
@@ -166,6 +168,22 @@ class MemWalker(BaseModel):
     def _answer_schema(self, choices: Choices) -> type[BaseModel]:
         return prompts.leaf_answer_schema(self.answer_chars, choices.letters, choices.multi)
 
+    def _choices(self, question: str) -> Choices:
+        """The question's stem and options as the leaf and fallback prompts show them."""
+        return split_choices(question) if self.choices == "auto" else Choices(question)
+
+    def _leaf_request(self, choices: Choices, memory: str,
+                      segment: str) -> tuple[list[Message], type[BaseModel]]:
+        """A leaf decision's prompt and reply schema (the estimate renders them too)."""
+        return (prompts.leaf_messages(choices.stem, memory, segment, choices.options,
+                                      choices.multi), self._leaf_schema(choices))
+
+    def _fallback_request(self, choices: Choices, memory: str,
+                          segment: str) -> tuple[list[Message], type[BaseModel]]:
+        """The fallback's prompt and reply schema (the estimate renders them too)."""
+        return (prompts.fallback_messages(choices.stem, memory, segment, choices.options,
+                                          choices.multi), self._answer_schema(choices))
+
     def _question_tokens(self, ctx: RunContext, choices: Choices) -> int:
         """The question's share of the largest prompt it appears in. With options, the leaf and
         fallback prompts show them in their own slot, in other words and with another schema:
@@ -192,94 +210,22 @@ class MemWalker(BaseModel):
     def _reask_tokens(ctx: RunContext) -> int:
         return ctx.llm.count_prompt_tokens([reask_message("")]) + COMPLAINT_TOKENS
 
-    # -- the tree (per document, cached) -------------------------------------------------------
+    # -- the tree (per document, cached: longweave.agents.mem_walker_tree) --------------------
 
     def _artifact_key(self, ctx: RunContext, plan: Plan) -> tuple[str, dict[str, Any]]:
-        settings: dict[str, Any] = {
-            "strategy": self.name, "artifact": "tree", "format": TREE_FORMAT,
-            "prompts": prompts.PROMPT_VERSION, "model": model_identity(ctx.llm),
-            "tokenizer": str(getattr(ctx.llm.tokenizer, "name", "")), "window": plan.window,
-            "max_children": self.max_children, "segment_tokens": plan.segment_tokens,
-            "summary_cap": plan.summary_cap, "summary_max_new": plan.summary_max_new,
-            "temperature": self.temperature,
-        }
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-        return f"mem-walker-tree-{ctx.document.id[:16]}-{digest[:20]}", settings
+        # The cache key, for the estimate and `longweave show` (not a public hook yet).
+        return artifact_key(self, ctx, plan)
 
     async def tree(self, ctx: RunContext, plan: Plan) -> SummaryTree:
         """The document's tree: loaded from `ctx.artifacts` when built before, else built."""
-        key, settings = self._artifact_key(ctx, plan)
-
-        def read(found: Path) -> SummaryTree:
-            tree = SummaryTree.load(found / "tree.json")
-            if tree.doc_id != ctx.document.id or not tree.tiles(len(ctx.document.text)):
-                raise ValueError("the tree does not fit this document")
-            return tree
-
-        cached = ctx.artifacts.load(key, read, "the MemWalker tree") if ctx.artifacts else None
-        if cached is not None:
-            ctx.step("tree", f"reused a tree of {plural(len(cached.nodes), 'node')}", cached=True,
-                     nodes=len(cached.nodes), leaves=len(cached.leaves), depth=cached.depth,
-                     key=key)
-            return cached
-        tree, blank = await self._build(ctx, plan, settings)
-        if blank:
-            # A summary never comes back blank for a text that has one: every summarizer call
-            # failed (a broken model or server). The tree holds only each part's opening in
-            # place of summaries; kept here, it would serve every later question (ours).
-            warnings.warn("the MemWalker tree build failed for every chunk (every summary came "
-                          "back blank); the tree is not cached and will be retried on the next "
-                          "question", LongweaveWarning, 2)
-        elif ctx.artifacts is not None:
-            ctx.artifacts.save(key, lambda d: tree.save(d / "tree.json"), "the MemWalker tree")
-        return tree
-
-    async def _build(self, ctx: RunContext, plan: Plan,
-                     settings: dict[str, Any]) -> tuple[SummaryTree, bool]:
-        """Build(x) of §4.2: leaves summarized concurrently, then each level from the one below.
-        Returns the tree and whether every summary came back blank (none made counts as not)."""
-        chunks = ctx.chunk(plan.segment_tokens)
-        calls_before = ctx.usage.calls
-        summarize = _Summarizer(self, ctx, plan)
-        if len(chunks) == 1:
-            summaries = [""]  # a lone leaf is read directly: its summary would never be shown
-        else:
-            summaries = await summarize.level(
-                [prompts.leaf_summary_messages(c.text, summarize.words) for c in chunks],
-                [c.text for c in chunks], first_id=0)
-        nodes = [
-            TreeNode(id=i, level=0, summary=s, start=c.start, end=c.end, chunk_index=i)
-            for i, (c, s) in enumerate(zip(chunks, summaries, strict=True))
-        ]
-        level = list(range(len(nodes)))
-        while len(level) > 1:  # levels one after another; log_K(n) of them
-            groups = [[level[i] for i in g] for g in balanced_groups(len(level), self.max_children)]
-            parts = [[nodes[c].summary for c in g] for g in groups]
-            summaries = await summarize.level(
-                [prompts.internal_summary_messages(p, summarize.words) for p in parts],
-                ["\n".join(p) for p in parts], first_id=len(nodes))
-            base, height = len(nodes), nodes[level[0]].level + 1
-            nodes += [
-                TreeNode(id=base + j, level=height, summary=s, children=tuple(g),
-                         start=nodes[g[0]].start, end=nodes[g[-1]].end)
-                for j, (g, s) in enumerate(zip(groups, summaries, strict=True))
-            ]
-            level = list(range(base, len(nodes)))
-        tree = SummaryTree(doc_id=ctx.document.id, nodes=tuple(nodes), root=len(nodes) - 1,
-                           settings=settings)
-        ctx.step("tree", f"built a tree of {plural(len(nodes), 'node')}", cached=False,
-                 nodes=len(nodes),
-                 leaves=len(chunks), depth=tree.depth, calls=ctx.usage.calls - calls_before,
-                 segment_tokens=plan.segment_tokens, summary_cap=plan.summary_cap,
-                 blank_summaries=summarize.blank)
-        return tree, summarize.calls > 0 and summarize.blank == summarize.calls
+        return await load_or_build(self, ctx, plan)
 
     # -- per question --------------------------------------------------------------------------
 
     async def initial_state(self, ctx: RunContext) -> dict[str, Any]:
         plan = self.plan(ctx)
         tree = await self.tree(ctx, plan)
-        choices = split_choices(ctx.question) if self.choices == "auto" else Choices(ctx.question)
+        choices = self._choices(ctx.question)
         q_tokens = self._question_tokens(ctx, choices)
         wm_limit = plan.wm_cap - max(0, q_tokens - plan.question_reserve)
         if wm_limit < 0:
@@ -352,16 +298,14 @@ class MemWalker(BaseModel):
         leaf = tree.node(node)
         segment = ctx.document.text[leaf.start:leaf.end]
         choices = state["choices"]
-        messages = prompts.leaf_messages(choices.stem, self._memory(ctx, state), segment,
-                                         choices.options, choices.multi)
+        messages, schema = self._leaf_request(choices, self._memory(ctx, state), segment)
 
         def check(reply: Any) -> str | None:
             if reply.action == "answer" and not (reply.answer or "").strip():
                 return 'action "answer" needs a non-empty "answer"'
             return None
 
-        reply, attempts, _ = await self._decide(ctx, "reader", messages,
-                                                self._leaf_schema(choices), check,
+        reply, attempts, _ = await self._decide(ctx, "reader", messages, schema, check,
                                                 max_tokens=self.nav_max_new, index=state["steps"])
         update: dict[str, Any] = {"steps": state["steps"] + 1, "leaves": state["leaves"] + 1,
                                   "last_leaf": node, "flags": [] if reply else ["invalid_action"]}
@@ -380,11 +324,10 @@ class MemWalker(BaseModel):
         root = tree.node(tree.root)
         text = root.summary
         if root.is_leaf:  # a one-segment document has no summary yet: make it
-            plan = self.plan(ctx)
             segment = ctx.document.text[root.start:root.end]
-            text = await _Summarizer(self, ctx, plan).one(
-                prompts.leaf_summary_messages(segment, _words(plan.summary_max_new)), segment,
-                0, 1, root.id)
+            summarize = Summarizer(self, ctx, self.plan(ctx))
+            text = await summarize.one(prompts.leaf_summary_messages(segment, summarize.words),
+                                       segment, 0, 1, root.id)
         ctx.step("overview", text, node=root.id)
         return {"answer": text, "citations": [_cite(ctx, leaf) for leaf in tree.leaves]}
 
@@ -398,14 +341,12 @@ class MemWalker(BaseModel):
             # Nothing was read: answer from the root summary, which rests on every leaf (ours).
             segment, cited = tree.node(tree.root).summary, list(tree.leaves)
         choices = state["choices"]
-        messages = prompts.fallback_messages(choices.stem, self._memory(ctx, state), segment,
-                                             choices.options, choices.multi)
+        messages, schema = self._fallback_request(choices, self._memory(ctx, state), segment)
 
         def check(reply: Any) -> str | None:
             return None if reply.answer.strip() else '"answer" must not be empty'
 
-        reply, attempts, raw = await self._decide(ctx, "reader", messages,
-                                                  self._answer_schema(choices), check,
+        reply, attempts, raw = await self._decide(ctx, "reader", messages, schema, check,
                                                   max_tokens=self.answer_max_new)
         # No valid reply: the last one is kept as written, flagged, so a run always answers.
         text = choices.tidy(reply.answer) if reply else _kept_text(raw)
@@ -427,7 +368,7 @@ class MemWalker(BaseModel):
             entry = tree.node(node).summary
             if ctx.llm.count_tokens(MEMORY_SEPARATOR.join([entry, *kept])) > limit:
                 if not kept:  # even the newest entry alone is too long: keep its end
-                    kept = [_clip(ctx, entry, limit, tail=True)] if limit > 0 else []
+                    kept = [clip(ctx, entry, limit, tail=True)] if limit > 0 else []
                 break
             kept.insert(0, entry)
         return MEMORY_SEPARATOR.join(kept)
@@ -458,41 +399,8 @@ class MemWalker(BaseModel):
                     for e in exc.errors(include_url=False)), ""
             if problem is None:
                 return parsed, attempt, raw
-            prompt = [*messages, reask_message(_clip(ctx, problem, COMPLAINT_TOKENS))]
+            prompt = [*messages, reask_message(clip(ctx, problem, COMPLAINT_TOKENS))]
         return None, self.retries + 1, raw
-
-
-class _Summarizer:
-    """Summarizer calls for one tree build: a level at a time, its nodes concurrently (bounded)."""
-
-    def __init__(self, walker: MemWalker, ctx: RunContext, plan: Plan) -> None:
-        self.ctx, self.plan, self.temperature = ctx, plan, walker.temperature
-        self.gate = asyncio.Semaphore(walker.concurrency)
-        self.words = _words(plan.summary_max_new)
-        self.calls = self.blank = 0  # summaries made, and those that came back blank
-
-    async def level(self, requests: list[list[Message]], sources: list[str], *,
-                    first_id: int) -> list[str]:
-        """The summaries of one level, in order (gather keeps order whatever finishes first)."""
-        return list(await asyncio.gather(*(
-            self.one(messages, source, j, len(requests), first_id + j)
-            for j, (messages, source) in enumerate(zip(requests, sources, strict=True))
-        )))
-
-    async def one(self, messages: list[Message], source: str, index: int, total: int,
-                  node: int) -> str:
-        async with self.gate:
-            reply = await self.ctx.call(
-                "summarizer", messages, max_tokens=self.plan.summary_max_new,
-                temperature=self.temperature, index=index, total=total,
-            )
-        text = unquote(reply.text)
-        self.calls += 1
-        self.blank += not text
-        # A blank summary would hide its part of the text from every walk: keep its opening.
-        summary = _clip(self.ctx, text or source, self.plan.summary_cap)
-        self.ctx.step("summarizer", summary, index=node, blank=not text)
-        return summary
 
 
 def _retreat(tree: SummaryTree, node: int, state: WalkState) -> dict[str, Any]:
@@ -528,19 +436,3 @@ def _cite(ctx: RunContext, leaf: TreeNode) -> Citation:
     return Citation(doc_id=ctx.document.id, start=leaf.start, end=leaf.end,
                     text=ctx.document.text[leaf.start:leaf.end], chunk_index=leaf.chunk_index,
                     source=ctx.document.source)
-
-
-def _clip(ctx: RunContext, text: str, tokens: int, *, tail: bool = False) -> str:
-    """At most `tokens` tokens of `text` by the model's tokenizer, from the start (or the end)."""
-    starts = ctx.llm.tokenizer.token_starts(text)
-    if len(starts) <= tokens:
-        return text
-    if tail:
-        return text[int(starts[len(starts) - tokens]):].lstrip()
-    return text[: int(starts[tokens])].rstrip()
-
-
-def _words(tokens: int) -> int:
-    # English runs about 0.75 words per token; the word limit only guides the model.
-    return max(8, tokens * 3 // 4)
-
