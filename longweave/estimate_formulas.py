@@ -175,15 +175,16 @@ async def prism(s: Any, ctx: RunContext, t: Tally) -> None:
     state = await initial_state(s, ctx)
     t.preparation_calls()  # memory_schema="generate": one planner call unless cached
     run, chunks, q = state["run"], state["chunks"], ctx.question
-    n, plan = len(chunks), run.plan
+    n, plan = len(chunks), run.plan  # the strategy's own plan: `compact` lowers mem_cap
     growth = fill(s.step_max_new, t.a.json_fill)
+    sizes, rewrites = _prism_memory(s, n, plan.mem_cap, growth)
     point = low = high = Counts()
     for i, chunk in enumerate(chunks):
         def step(memory: int, i: int = i) -> int:
             part = prompts.memory_part(filler(memory), s.variant)
             return t.prompt(prompts.step_messages(run.prefix, part, i, n, ""), run.batch)
 
-        point += Counts.each(1, step(min(plan.mem_cap, i * growth)) + chunk.n_tokens, growth)
+        point += Counts.each(1, step(sizes[i]) + chunk.n_tokens, growth)
         low += Counts.each(1, step(0) + chunk.n_tokens, 1)
         high += Counts.each(1, step(plan.mem_cap if i else 0) + chunk.n_tokens, s.step_max_new)
     t.add("stepper", point, low, high, retries=s.retries, keeps_cut=s.keep_cut)
@@ -191,7 +192,6 @@ async def prism(s: Any, ctx: RunContext, t: Tally) -> None:
     task = s.task.strip() or ("Answer the question about the text." if q.strip()
                               else "Summarize the text.")
     schema = prompts.final_schema(s.answer_chars) if query else None
-    memory = min(plan.mem_cap, n * growth)
 
     def final(tokens: int) -> int:
         return t.prompt(prompts.final_messages(task, q, run.schema, filler(tokens), query=query),
@@ -199,9 +199,67 @@ async def prism(s: Any, ctx: RunContext, t: Tally) -> None:
 
     answer = fill(s.answer_max_new, t.a.json_fill if query else t.a.answer_fill)
     worst = Counts.each(2 if query else 1, final(plan.mem_cap), s.answer_max_new)
-    t.add("manager", Counts.each(1, final(memory), answer), Counts.each(1, final(0), 1), worst)
+    t.add("manager", Counts.each(1, final(sizes[n]), answer), Counts.each(1, final(0), 1), worst)
     t.notes.append("memory grows by one step's reply per chunk, up to mem_cap")
+    if s.overflow == "compact":
+        _prism_rewrites(s, q, t, run.schema, n, plan.mem_cap, rewrites)
     t.n_chunks = n
+
+
+def _prism_memory(s: Any, n: int, cap: int,
+                  growth: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """PRISM's memory before each of n steps and after the last, growing by `growth` per step up
+    to `cap`; under `compact`, the rewrites the strategy's rule (`prism_compact.due`) makes of
+    that growth, each assumed to leave the memory at the size it asks, compact_target x cap.
+    Returns (n + 1 sizes, (memory, revisions over the cap) shown to each rewrite)."""
+    sizes, rewrites, memory = [0], [], 0
+    for i in range(n):
+        grown = memory + growth
+        memory = min(cap, grown)
+        held = grown > cap  # revisions rejected at mem_cap
+        if s.overflow == "compact" and len(rewrites) < s.max_compactions and (
+                held or i + 1 < n and memory > s.compact_at * cap):
+            rewrites.append((memory, min(grown - cap, s.step_max_new) if held else 0))
+            memory = int(s.compact_target * cap)
+        sizes.append(memory)
+    return sizes, rewrites
+
+
+def _prism_rewrites(s: Any, q: str, t: Tally, schema: Any, n: int, cap: int,
+                    rewrites: list[tuple[int, int]]) -> None:
+    """PRISM's `compressor` calls: those of the growth model in the point estimate; in the high
+    bound, one per step up to max_compactions, each re-asked `retries` times, showing the memory
+    at `cap` and one step reply of revisions that did not fit, answered at `cap` tokens."""
+    from longweave.agents.prism_compact import (
+        COMPLAINT_CHARS,
+        ITEMS_CEILING,
+        UNBOUNDED_CHARS,
+        rewrite_request,
+    )
+    from longweave.answer import plural
+    from longweave.structured import reask_message
+
+    def rewrite(memory: int, pending: int, chars: int) -> tuple[list[Message], type[BaseModel]]:
+        # The list bound shown (ITEMS_CEILING) is the most digits the real request can show.
+        return rewrite_request(s, q, schema, filler(memory), [filler(pending)] if pending else [],
+                               chars, ITEMS_CEILING)
+
+    target = int(s.compact_target * cap)
+    point = Counts()
+    for memory, pending in rewrites:  # the size asked, in characters, as the strategy reckons
+        chars = max(1, len(filler(memory)) * target // max(memory, 1))
+        point += Counts.each(1, t.prompt(*rewrite(memory, pending, chars)), max(1, target))
+    calls = min(s.max_compactions, n)
+    messages, reply = rewrite(cap, s.step_max_new, UNBOUNDED_CHARS)
+    first = t.prompt(messages, reply)
+    # A re-ask adds a complaint of at most COMPLAINT_CHARS characters: a token each at most.
+    again = t.prompt([*messages, reask_message(filler(COMPLAINT_CHARS))], reply)
+    t.add("compressor", point, Counts(), Counts.each(calls, first, cap), retries=s.retries)
+    complaints = Counts(prompt_tokens=calls * s.retries * (again - first))
+    t.add("compressor", Counts(), Counts(), complaints)  # the high bound's re-asks only
+    t.notes.append(f"compact: {plural(len(rewrites), 'rewrite')} of the memory assumed, each "
+                   f"leaving it at compact_target x mem_cap; up to {calls * (s.retries + 1)} "
+                   "rewrite calls in the high bound")
 
 
 async def infini_retri(s: Any, ctx: RunContext, t: Tally) -> None:

@@ -9,6 +9,7 @@ the estimate is told that share through `Assumptions`, as a user would for their
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,6 +163,96 @@ async def test_prism_calls_exact_and_prompt_tokens_close() -> None:
     assert_close(est, answer.usage, exact_calls=True)
 
 
+def prism_model(compressor: Any) -> ScriptedModel:
+    """A step adds one long piece of evidence at the next free index of the shown log."""
+    model = ScriptedModel(context_window=4096)
+
+    def step(request: Request) -> dict[str, Any]:
+        i = int(TAG.findall(request.text)[-1])
+        k = request.text.split("--- end of memory ---")[0].count('"path":["evidence",')
+        return {"revisions": [{"op": "add", "path": ["evidence", k],
+                               "value": f"SENTINEL {i}" + " detail" * 20}]}
+
+    model.on("stepper", reply=step)
+    model.on("compressor", reply=compressor)
+    model.on("manager", reply={"answer": "Under the stairs.", "used_paths": []})
+    return model
+
+
+def keep_newest(request: Request) -> dict[str, Any]:
+    """A rewrite keeping only the newest evidence of the memory shown."""
+    shown = re.search(r"Memory \(\d+ characters\):\n(.*)", request.text)
+    assert shown is not None
+    return {"evidence": json.loads(shown.group(1))["evidence"][-1:]}
+
+
+PRISM_OPTIONS = {"chunk_tokens": 128, "window": 4096}
+
+
+def triple(counts: Any) -> tuple[int, int, int]:
+    return counts.calls, counts.prompt_tokens, counts.completion_tokens
+
+
+@pytest.mark.parametrize(("options", "point", "low", "high"), [
+    ({}, (11, 15300, 1694), (11, 6830, 11), (32, 100322, 16384)),
+    ({"mem_cap": 100}, (11, 7830, 1694), (11, 6830, 11), (32, 23240, 16384)),
+])
+async def test_prism_freeze_estimate_is_unchanged_by_compaction_support(
+        options: dict[str, Any], point: tuple[int, ...], low: tuple[int, ...],
+        high: tuple[int, ...]) -> None:
+    # The values the estimate gave before it counted compaction (overflow="freeze" is default).
+    est = await aestimate(document(10), "prism", ScriptedModel(context_window=4096), QUESTION,
+                          **PRISM_OPTIONS, **options)
+    assert (triple(est), triple(est.low), triple(est.high)) == (point, low, high)
+    assert set(est.roles) == {"stepper", "manager"}
+
+
+@pytest.mark.parametrize(("compressor", "rewrites"), [(keep_newest, 2), ("not json", 12)])
+async def test_prism_compact_estimate_bounds_contain_a_run_that_compacts(
+        compressor: Any, rewrites: int) -> None:
+    doc, model = document(10), prism_model(compressor)
+    options = {**PRISM_OPTIONS, "mem_cap": 200}
+    answer = await arun(_strategy("prism", overflow="compact", **options), doc, QUESTION, model)
+    assert len(model.calls("compressor")) == rewrites  # "not json": 4 compactions x 3 attempts
+    est = await aestimate(doc, "prism", ScriptedModel(context_window=4096), QUESTION,
+                          overflow="compact", **options)
+    frozen = await aestimate(doc, "prism", ScriptedModel(context_window=4096), QUESTION,
+                             **options)
+    assert est.n_chunks == len(model.calls("stepper")) == frozen.n_chunks
+    assert est.low.calls <= answer.usage.calls <= est.high.calls
+    assert est.low.prompt_tokens <= answer.usage.prompt_tokens <= est.high.prompt_tokens
+    # The rewrites are in the high bound only: max_compactions x (retries + 1) calls, each
+    # showing the memory at mem_cap and one step reply of revisions, answered at mem_cap.
+    assert est.low == frozen.low
+    extra = [a - b for a, b in zip(triple(est.high), triple(frozen.high), strict=True)]
+    calls = model.calls("compressor")
+    assert extra[0] == 4 * 3 >= len(calls)
+    assert extra[1] >= sum(r.prompt_tokens for r in calls)
+    assert extra[1] // extra[0] >= max(r.prompt_tokens for r in calls)
+    assert extra[2] == 4 * 3 * 200
+    # The point: the rewrites the growth model makes (memory at compact_target x mem_cap after
+    # each), up to max_compactions.
+    assert est.roles["compressor"].calls == 4
+    if compressor is keep_newest:
+        assert_close(est, answer.usage, exact_calls=False)
+
+
+async def test_prism_compact_estimate_plans_as_the_strategy_does() -> None:
+    """`compact` reserves room for the rewrite call: the estimate's mem_cap is the run's."""
+    doc, caps = document(10), {}
+    for overflow in ("freeze", "compact"):
+        model = prism_model(keep_newest)
+        answer = await arun(_strategy("prism", overflow=overflow, **PRISM_OPTIONS), doc,
+                            QUESTION, model)
+        caps[overflow] = answer.steps[0].detail["mem_cap"]
+    assert caps["compact"] < caps["freeze"]
+    derived = await aestimate(doc, "prism", ScriptedModel(context_window=4096), QUESTION,
+                              overflow="compact", **PRISM_OPTIONS)
+    given = await aestimate(doc, "prism", ScriptedModel(context_window=4096), QUESTION,
+                            overflow="compact", mem_cap=caps["compact"], **PRISM_OPTIONS)
+    assert derived == given
+
+
 class Scorer:
     """An attention scorer for tests: word tokens; attention favours the sentinel of paragraph 7."""
 
@@ -252,6 +343,100 @@ async def test_mem_walker_build_exact_walk_within_bounds_and_cached_tree(tmp_pat
                         artifacts=cache)
     assert again.calls == second.usage.calls == len(model.requests)
 
+
+MC_QUESTION = (f"{QUESTION}\n\n (A) Under the stairs. \n (B) In the attic above the lamp room. \n"
+               " (C) Behind the lighthouse. \n (D) Nowhere. \n\n"
+               "Answer with the letter of the correct option.")
+LEAF_PROMPT, FALLBACK_PROMPT = "You reached this passage", "The search is over"
+
+
+def lost_walker_model(fallback: dict[str, Any]) -> ScriptedModel:
+    """Goes down the first child; every leaf goes back, so the walk ends in the fallback."""
+    model = ScriptedModel(context_window=1024)
+    model.on("summarizer", reply=words(40))
+    model.on("navigator", reply={"reasoning": "the first part", "action": "goto", "child": 1})
+    model.on("reader", contains=LEAF_PROMPT, reply={"reasoning": "not here", "action": "back"})
+    model.on("reader", contains=FALLBACK_PROMPT, reply=fallback)
+    return model
+
+
+def prompt_tokens(model: ScriptedModel, role: str) -> int:
+    return sum(r.prompt_tokens for r in model.calls(role))
+
+
+async def test_mem_walker_multiple_choice_estimate_renders_the_options_slot() -> None:
+    """The leaf prompt shows the stem and the options slot, as the run sends it: exact here."""
+    doc, model = document(9), walker_model()
+    model.rules = [r for r in model.rules if r.role != "reader"]
+    model.on("reader", reply={"reasoning": "it is here", "action": "answer", "answer": "B"})
+    answer = await arun(_strategy("mem-walker", **MW_OPTIONS), doc, MC_QUESTION, model)
+    (read,) = model.calls("reader")
+    assert "Options:\nA. Under the stairs." in read.text and answer.text == "B"
+    assumptions = Assumptions(text_fill=40 / model.calls("summarizer")[0].max_tokens)
+    est = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), MC_QUESTION,
+                          assumptions=assumptions, **MW_OPTIONS)
+    assert {r: c.calls for r, c in est.roles.items()} == roles(model)
+    assert est.roles["reader"].prompt_tokens == read.prompt_tokens
+    assert est.roles["navigator"].prompt_tokens == prompt_tokens(model, "navigator")
+    assert_close(est, answer.usage, exact_calls=True)
+    assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
+
+
+@pytest.mark.parametrize("question", [QUESTION, MC_QUESTION], ids=["free", "options"])
+async def test_mem_walker_walk_cut_at_max_nav_steps_counts_the_fallback(question: str) -> None:
+    """Two triages, a leaf and three reverts fill max_nav_steps=6; the walk the estimate is told
+    (walk_reverts=4) passes it, so it is cut there and the fallback answers, as in the run."""
+    doc, model = document(9), lost_walker_model({"answer": "B"})
+    options = MW_OPTIONS | {"max_nav_steps": 6}
+    answer = await arun(_strategy("mem-walker", **options), doc, question, model)
+    assert {"fallback", "capped"} <= set(answer.flags) and answer.text == "B"
+    assert len(model.calls("navigator")) + len(model.calls("reader")) == 6 + 1
+    (asked,) = [r for r in model.calls("reader") if FALLBACK_PROMPT in r.text]
+    assumptions = Assumptions(text_fill=40 / model.calls("summarizer")[0].max_tokens,
+                              walk_reverts=4)
+    est = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), question,
+                          assumptions=assumptions, **options)
+    assert est.calls == answer.usage.calls and "then the fallback" in est.notes[-1]
+    assert_close(est, answer.usage, exact_calls=True)
+    assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
+    # every decision and the fallback at their worst, each re-asked `retries` times
+    assert est.high.calls == est.build.calls + (6 + 1) * (1 + 2)
+    assert est.high.prompt_tokens - est.build.prompt_tokens >= 3 * 7 * asked.prompt_tokens
+
+
+async def test_mem_walker_fallback_is_a_schema_call_reasked_only_in_the_high_bound() -> None:
+    """max_nav_steps=2 ends the walk above the leaves: the fallback reads the root's summary."""
+    from longweave.agents.mem_walker_prompts import leaf_answer_schema
+    from longweave.structured import json_instructions
+
+    doc, options = document(9), MW_OPTIONS | {"max_nav_steps": 2}
+    model = lost_walker_model({"answer": "stairs"})
+    answer = await arun(_strategy("mem-walker", **options), doc, QUESTION, model)
+    assert "overview" in answer.flags
+    assert (len(model.calls("navigator")), len(model.calls("reader"))) == (2, 1)
+    fill = Assumptions(text_fill=40 / model.calls("summarizer")[0].max_tokens)
+    est = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=fill, **options)
+    assert {r: c.calls for r, c in est.roles.items()} == roles(model)
+    assert est.roles["reader"].prompt_tokens == prompt_tokens(model, "reader")
+    assert est.prompt_tokens == answer.usage.prompt_tokens
+    # where the backend writes the schema into the prompt, LeafAnswer's instructions count
+    written = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), QUESTION,
+                              assumptions=fill.model_copy(update={"schema_in_prompt": True}),
+                              **options)
+    schema = leaf_answer_schema(_strategy("mem-walker", **options).answer_chars)
+    assert written.roles["reader"].prompt_tokens - est.roles["reader"].prompt_tokens == (
+        model.count_tokens("\n\n" + json_instructions(schema)))
+    # a fallback that never validates is asked 1 + retries times: only the high bound has them
+    model = lost_walker_model({"answer": " "})
+    answer = await arun(_strategy("mem-walker", **options), doc, QUESTION, model)
+    assert "invalid_answer" in answer.flags and roles(model)["reader"] == 1 + 2
+    assert est.calls == answer.usage.calls - 2
+    assert_close(est, answer.usage, exact_calls=False)
+    # in the point estimate, re-asks follow reask_share, as for every structured call
+    asked = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), QUESTION,
+                            assumptions=fill.model_copy(update={"reask_share": 1.0}), **options)
+    assert asked.roles["reader"].calls == 2 and asked.high == est.high
 
 def reader_model() -> ScriptedModel:
     def extract(request: Request) -> dict[str, Any]:

@@ -27,8 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from longweave.agents import prism_compact as compaction
 from longweave.agents import prism_prompts as prompts
 from longweave.agents.base import RunContext, repeat_then
+from longweave.agents.prism_compact import COMPLAINT_CHARS
 from longweave.answer import Citation, Usage, plural
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
@@ -44,16 +46,10 @@ from longweave.memory.structured_memory import (
     from_spec,
     load_schema_file,
     render_json,
-    widest,
 )
 from longweave.structured import reask_message, whole_items
 
 __all__ = ["Prism"]
-
-COMPLAINT_CHARS = 240
-"""A validator's complaint is clipped to this many characters in the re-ask (ours)."""
-ITEMS_CEILING = 9999
-"""Most items of a list or dict in a compaction reply, whatever the memory holds (ours)."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +256,8 @@ class Prism(BaseModel):
         # what that call leaves.
         compact_room = 2 * w  # freeze: no such call
         if self.overflow == "compact":
-            compact_room = w - self._compact_fixed(ctx, schema) - self.step_max_new - self.margin
+            compact_room = (w - compaction.fixed_tokens(self, ctx, schema) - self.step_max_new
+                            - self.margin)
         if self.mem_cap is not None:
             chunk = min(self.chunk_tokens, room - self.mem_cap)
             mem_cap = self.mem_cap
@@ -274,13 +271,6 @@ class Prism(BaseModel):
                                       f"model with a larger window{also}")
         prefix_tokens = llm.count_tokens(prefix)  # text tokens, as shared_prefix_tokens counts
         return Plan(w, chunk, mem_cap, prefix_tokens)
-
-    def _compact_fixed(self, ctx: RunContext, schema: TypeNode) -> int:
-        """Tokens of a compaction prompt without its memory and revisions, re-ask included."""
-        reply = prompts.memory_reply_schema(schema, self.value_chars, ITEMS_CEILING)
-        messages = prompts.compact_messages(self._task(ctx.question), ctx.question, schema, "",
-                                            [""], 10**9, reply)
-        return ctx.llm.count_prompt_tokens([*messages, reask_message("x" * COMPLAINT_CHARS)])
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -345,9 +335,8 @@ class Prism(BaseModel):
                  shared_prefix_tokens=ctx.llm.count_tokens(text[:shared]) if shared else 0,
                  cached_tokens=cached, memory_tokens=memory_tokens)
         done = state["compactions"]
-        if self.overflow == "compact" and (held or i + 1 < len(chunks) and self._size(
-                ctx, memory) > self.compact_at * run.plan.mem_cap):
-            memory, more, done = await self._compact(ctx, state, memory, held, done)
+        if compaction.due(self, ctx, memory, bool(held), i, len(chunks), run.plan.mem_cap):
+            memory, more, done = await compaction.compact(self, ctx, state, memory, held, done)
             flags += more
         return {"memory": memory, "position": i + 1, "last_prompt": text, "flags": flags,
                 "compactions": done}
@@ -358,63 +347,6 @@ class Prism(BaseModel):
 
     def _fits(self, ctx: RunContext, mem_cap: int) -> Callable[[StructuredMemory], bool]:
         return lambda trial: self._size(ctx, trial) <= mem_cap
-
-    async def _compact(self, ctx: RunContext, state: PrismState, memory: StructuredMemory,
-                       held: list[Any], done: int) -> tuple[StructuredMemory, list[str], int]:
-        """Overflow `compact`: one rewrite call (re-asked like a step) for a smaller memory of the
-        same schema, which replaces this one if it is valid and fits mem_cap; otherwise this
-        memory stays, frozen for this step. Returns (memory, flags, compactions made)."""
-        run, i, n = state["run"], state["position"], len(state["chunks"])
-        cap, before = run.plan.mem_cap, self._size(ctx, memory)
-        record = {"index": i, "policy": "compact", "mem_cap": cap, "before_tokens": before}
-        if done >= self.max_compactions:
-            ctx.step("overflow", "no compaction left: the memory stays frozen", action="freeze",
-                     reason=f"max_compactions ({self.max_compactions}) reached",
-                     after_tokens=before, cache_break=False, **record)
-            return memory, ["capped"], done
-        pending = [prompts.render_revision(r) for r in held]
-        while pending and ctx.llm.count_tokens("\n".join(pending)) > self.step_max_new:
-            pending.pop()  # the plan allows one step reply's worth of them
-        shown, target = memory.render("in_place"), int(self.compact_target * cap)
-        items = min(ITEMS_CEILING, widest(memory.data) + len(pending))
-        reply = prompts.memory_reply_schema(run.schema, self.value_chars, max(items, 1))
-        messages = prompts.compact_messages(
-            self._task(ctx.question), ctx.question, run.schema, shown, pending,
-            max(1, len(shown) * target // max(before, 1)), reply)  # the target in characters
-        parsed, attempts, result = await self._rewrite(ctx, messages, reply, cap, i, n)
-        if parsed is not None:
-            data = prompts.memory_from_reply(parsed, run.schema)
-            result = data if isinstance(data, str) else memory.rebuilt(
-                data, [(list(r.path), r.value, i) for r in held[:len(pending)]],
-                self._fits(ctx, cap))
-        record.update(attempts=attempts, compaction=done + 1, pending=len(pending))
-        if isinstance(result, str):
-            ctx.step("overflow", "compaction failed: the memory stays frozen", action="freeze",
-                     reason=result[:300], after_tokens=before, cache_break=False, **record)
-            return memory, ["compact_invalid"], done + 1
-        after = self._size(ctx, result)
-        # The steps after it share only the static prefix with the steps before it.
-        broke = not result.render(self.variant).startswith(memory.render(self.variant))
-        ctx.step("overflow", f"compacted the memory: {before} -> {after} tokens",
-                 action="compact", after_tokens=after, target_tokens=target, cache_break=broke,
-                 **record)
-        return result, ["compacted"], done + 1
-
-    async def _rewrite(self, ctx: RunContext, messages: list[Message], schema: type[BaseModel],
-                       cap: int, i: int, n: int) -> tuple[BaseModel | None, int, str]:
-        """(the parsed rewrite or None, attempts, why it failed); re-asked as a step is."""
-        prompt, problem = messages, ""
-        for attempt in range(1, self.retries + 2):
-            try:
-                reply = await ctx.call("compressor", prompt, max_tokens=cap, schema=schema,
-                                       temperature=self.temperature, index=i, total=n)
-                if reply.finish_reason != "length" and reply.parsed is not None:
-                    return reply.parsed, attempt, ""
-                problem = "the reply was cut off at the token limit; write a shorter memory"
-            except ParseError as exc:
-                problem = exc.message
-            prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]
-        return None, self.retries + 1, f"no usable rewrite: {problem}"
 
     async def _batch(self, ctx: RunContext, messages: list[Message], schema: type[BaseModel],
                      i: int, n: int) -> tuple[list[Any], int, int, bool]:

@@ -1,0 +1,121 @@
+"""PRISM's overflow policy `compact` (ours, STRATEGIES.md §5.2): one validated rewrite call for a
+smaller memory of the same schema, keeping the provenance of what it keeps word for word.
+
+`Prism.step` asks `due` after each step and then calls `compact`; `Prism.plan` reserves room for
+the call with `fixed_tokens`; the pre-run estimate renders the same call with `rewrite_request`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from longweave.agents import prism_prompts as prompts
+from longweave.errors import ParseError
+from longweave.memory.structured_memory import StructuredMemory, TypeNode, widest
+from longweave.structured import reask_message
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from longweave.agents.base import RunContext
+    from longweave.agents.prism import Prism, PrismState
+    from longweave.llm import Message
+
+__all__ = ["COMPLAINT_CHARS", "ITEMS_CEILING", "UNBOUNDED_CHARS", "compact", "due",
+           "fixed_tokens", "rewrite_request"]
+
+COMPLAINT_CHARS = 240
+"""A validator's complaint is clipped to this many characters in the re-ask (ours)."""
+ITEMS_CEILING = 9999
+"""Most items of a list or dict in a compaction reply, whatever the memory holds (ours)."""
+UNBOUNDED_CHARS = 10**9
+"""A size that no rewrite request asks for: with it, a rendered request is at least as long as
+any real one."""
+
+
+def due(prism: Prism, ctx: RunContext, memory: StructuredMemory, held: bool, i: int, n: int,
+        mem_cap: int) -> bool:
+    """Whether step i (of n) is followed by a rewrite: under `compact`, when one of its revisions
+    was rejected at mem_cap (`held`), or when chunks are left and the memory is above
+    compact_at x mem_cap."""
+    if prism.overflow != "compact":
+        return False
+    return held or i + 1 < n and prism._size(ctx, memory) > prism.compact_at * mem_cap
+
+
+def rewrite_request(prism: Prism, question: str, schema: TypeNode, shown: str,
+                    pending: list[str], chars: int,
+                    items: int) -> tuple[list[Message], type[BaseModel]]:
+    """The rewrite call's messages and reply schema: the memory `shown` as JSON, the revisions
+    that did not fit, a size of `chars` characters, lists of at most `items`."""
+    reply = prompts.memory_reply_schema(schema, prism.value_chars, max(items, 1))
+    messages = prompts.compact_messages(prism._task(question), question, schema, shown, pending,
+                                        chars, reply)
+    return messages, reply
+
+
+def fixed_tokens(prism: Prism, ctx: RunContext, schema: TypeNode) -> int:
+    """Tokens of a rewrite prompt without its memory and revisions, re-ask included."""
+    messages, _ = rewrite_request(prism, ctx.question, schema, "", [""], UNBOUNDED_CHARS,
+                                  ITEMS_CEILING)
+    return ctx.llm.count_prompt_tokens([*messages, reask_message("x" * COMPLAINT_CHARS)])
+
+
+async def compact(prism: Prism, ctx: RunContext, state: PrismState, memory: StructuredMemory,
+                  held: list[Any], done: int) -> tuple[StructuredMemory, list[str], int]:
+    """One rewrite call (re-asked like a step) for a smaller memory of the same schema, which
+    replaces `memory` if it is valid and fits mem_cap; otherwise `memory` stays, frozen for this
+    step. `held`: the step's revisions rejected at mem_cap, shown so the rewrite may fold them
+    in. Returns (memory, flags, compactions made)."""
+    run, i, n = state["run"], state["position"], len(state["chunks"])
+    cap, before = run.plan.mem_cap, prism._size(ctx, memory)
+    record = {"index": i, "policy": "compact", "mem_cap": cap, "before_tokens": before}
+    if done >= prism.max_compactions:
+        ctx.step("overflow", "no compaction left: the memory stays frozen", action="freeze",
+                 reason=f"max_compactions ({prism.max_compactions}) reached",
+                 after_tokens=before, cache_break=False, **record)
+        return memory, ["capped"], done
+    pending = [prompts.render_revision(r) for r in held]
+    while pending and ctx.llm.count_tokens("\n".join(pending)) > prism.step_max_new:
+        pending.pop()  # the plan allows one step reply's worth of them
+    shown, target = memory.render("in_place"), int(prism.compact_target * cap)
+    messages, reply = rewrite_request(
+        prism, ctx.question, run.schema, shown, pending,
+        max(1, len(shown) * target // max(before, 1)),  # the target in characters
+        min(ITEMS_CEILING, widest(memory.data) + len(pending)))
+    parsed, attempts, result = await _rewrite(prism, ctx, messages, reply, cap, i, n)
+    if parsed is not None:
+        data = prompts.memory_from_reply(parsed, run.schema)
+        result = data if isinstance(data, str) else memory.rebuilt(
+            data, [(list(r.path), r.value, i) for r in held[:len(pending)]],
+            prism._fits(ctx, cap))
+    record.update(attempts=attempts, compaction=done + 1, pending=len(pending))
+    if isinstance(result, str):
+        ctx.step("overflow", "compaction failed: the memory stays frozen", action="freeze",
+                 reason=result[:300], after_tokens=before, cache_break=False, **record)
+        return memory, ["compact_invalid"], done + 1
+    after = prism._size(ctx, result)
+    # The steps after it share only the static prefix with the steps before it.
+    broke = not result.render(prism.variant).startswith(memory.render(prism.variant))
+    ctx.step("overflow", f"compacted the memory: {before} -> {after} tokens",
+             action="compact", after_tokens=after, target_tokens=target, cache_break=broke,
+             **record)
+    return result, ["compacted"], done + 1
+
+
+async def _rewrite(prism: Prism, ctx: RunContext, messages: list[Message],
+                   schema: type[BaseModel], cap: int, i: int,
+                   n: int) -> tuple[BaseModel | None, int, str]:
+    """(the parsed rewrite or None, attempts, why it failed); re-asked as a step is."""
+    prompt, problem = messages, ""
+    for attempt in range(1, prism.retries + 2):
+        try:
+            reply = await ctx.call("compressor", prompt, max_tokens=cap, schema=schema,
+                                   temperature=prism.temperature, index=i, total=n)
+            if reply.finish_reason != "length" and reply.parsed is not None:
+                return reply.parsed, attempt, ""
+            problem = "the reply was cut off at the token limit; write a shorter memory"
+        except ParseError as exc:
+            problem = exc.message
+        prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]
+    return None, prism.retries + 1, f"no usable rewrite: {problem}"
