@@ -620,3 +620,18 @@ def test_near_duplicate_names_merge_alike_across_blocks_without_an_n_by_n_matrix
     merged, kept_vectors = build.merge_near_duplicates(graph, vectors, 0.9)
     assert merged.names == reference() and len(merged.names) < n
     assert np.array_equal(kept_vectors, vectors[[names.index(m) for m in merged.names]])
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("  Mara   Quill's ", "mara quill s"),
+    ("Straße", "strasse"),
+    ("Cafe\u0301", "café"),  # a decomposed accent composes
+    ("İstanbul", "istanbul"),  # casefold's i + U+0307 loses its dot
+    ("हिन्दी भाषा", "हिन्दी भाषा"),  # vowel signs and the virama stay in their words
+    ("สวัสดี ครับ", "สวัสดี ครับ"),  # Thai vowel and tone marks likewise
+    ("a_b--c", "a b c"),
+])
+def test_key_normalization_keeps_combining_marks_in_their_words(name: str, key: str) -> None:
+    from longweave.graphs.store import normalize_key
+
+    assert normalize_key(name) == key

@@ -22,20 +22,38 @@ if TYPE_CHECKING:
 
 __all__ = ["GRAPH_FORMAT", "Fact", "KeyGraph", "normalize_key"]
 
-GRAPH_FORMAT = 1
-"""Bumped when the saved layout changes, so old artifacts are rebuilt, never misread."""
+GRAPH_FORMAT = 2
+"""Bumped when the saved layout or the key normalization changes, so old artifacts are rebuilt,
+never misread (2: combining marks kept in keys)."""
 
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+_SPACES = re.compile(r"\s+")
+
+
+def _marks_kept(match: re.Match[str]) -> str:
+    """A run of non-word characters as spaces, except combining marks: a Devanagari vowel sign
+    or virama, a Thai vowel mark, an accent NFKC could not compose, which belong to their word."""
+    run = match.group()
+    if all(unicodedata.category(c)[0] != "M" for c in run):
+        return " "
+    return "".join(c if unicodedata.category(c)[0] == "M" else " " for c in run)
 
 
 def normalize_key(text: str) -> str:
     """Lexical normalization of a key element: NFKC, casefold, punctuation and spaces collapsed.
 
+    Combining marks stay in their word ("हिन्दी" is one word, not "ह न द"); the dot that
+    `casefold` gives a dotted capital I ("İ" to "i" + U+0307) is dropped, so "İstanbul" is
+    "istanbul".
+
     >>> normalize_key("  Mara   Quill's ")
     'mara quill s'
+    >>> normalize_key("İstanbul"), normalize_key("हिन्दी भाषा")
+    ('istanbul', 'हिन्दी भाषा')
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return _PUNCT.sub(" ", folded).strip()
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    folded = folded.replace("i\u0307", "i")
+    return _SPACES.sub(" ", _PUNCT.sub(_marks_kept, folded)).strip()
 
 
 @dataclass(frozen=True)

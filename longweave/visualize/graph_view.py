@@ -29,10 +29,12 @@ would be drawn across the whole graph. The tooltip, the search and the panel kee
 FOLD = r"""
 function fold(s){return s.normalize('NFKC').toUpperCase().toLowerCase().replace(/ß/g,'ss')
  .replace(/ς/g,'σ').replace(/[\uab70-\uabbf\u13f8-\u13fd]/g,c=>c.toUpperCase())
- .replace(/[^\p{L}\p{N}]+/gu,' ').trim()}
+ .normalize('NFKC').replace(/i\u0307/g,'i').replace(/[^\p{L}\p{N}\p{M}]+/gu,' ')
+ .replace(/\s+/g,' ').trim()}
 """
 """The search's folding of a query and of the names, as close to GraphReader's `normalize_key`
-(NFKC, `casefold`, runs of anything but letters and digits to one space) as JavaScript gets.
+(NFKC, `casefold`, NFKC again, the dot of a casefolded "İ" dropped, runs of anything but
+letters, digits and combining marks to one space) as JavaScript gets.
 `toLowerCase` alone is not `casefold`: upper-casing first expands what folds to several letters
 ("ﬀ", "ŉ", "ΐ" as `casefold` spells them), "ß" and "ẞ" become "ss", every sigma "σ" (lower-
 casing makes a final one "ς"), and Cherokee folds to its capitals as in Python. Left apart:
