@@ -251,7 +251,8 @@ async def test_without_cite_mode_a_stray_marker_cites_nothing() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"max_new": 0}, {"cu_cap": 0}, {"window": 16}, {"margin": -1},
-                                 {"temperature": -0.5}, {"self_temperature": 0},
+                                 {"temperature": -0.5}, {"temperature": 2.5},
+                                 {"self_temperature": 0}, {"self_temperature": 3.0},
                                  {"paths": "perm3"}, {"task": "poem"}])
 def test_settings_out_of_range_are_refused_when_the_strategy_is_made(bad: dict) -> None:
     from longweave.agents.base import get_strategy
@@ -409,6 +410,30 @@ async def test_the_judge_of_five_paths_sees_five_candidates_and_may_pick_the_fif
     assert "5. Montreal" in judge.text and "6." not in judge.text
     assert judge.schema.model_json_schema()["properties"]["index"]["maximum"] == 5
     assert answer.text == "Montreal"
+
+
+async def test_a_tie_without_a_judge_goes_to_the_first_tied_path_not_a_lone_answer() -> None:
+    """Path 1's lone answer must not beat two answers that two paths each gave."""
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=cu_reply)
+    for reply in ("Alpha", "Bravo", "Bravo", "Charlie", "Charlie"):  # a 1-2-2 split
+        model.on("manager", reply=reply, times=1)
+    coa = ChainOfAgents(max_new=32, margin=16, paths="self5")
+    answer = await arun(coa, sentinel_document(6), "Which?", model)
+    assert answer.text == "Bravo" and not model.calls("judge")
+    assert [s.index for s in answer.steps if s.role == "select"] == [1]
+
+
+async def test_code_answers_are_voted_on_as_code() -> None:
+    """`a - b`, `a + b` and `a * b` are different code; prose normalization made them one."""
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=lambda r: f"notes of part {part_of(r)}")
+    for reply in ("return a - b", "return a + b", "return a  +  b", "return a * b", "return b"):
+        model.on("manager", reply=reply, times=1)
+    coa = ChainOfAgents(max_new=32, margin=16, paths="self5", task="code")
+    answer = await arun(coa, sentinel_document(6), "Complete the function.", model)
+    assert answer.text == "return a + b"  # paths 2 and 3 agree, whitespace aside
+    assert [s.index for s in answer.steps if s.role == "select"] == [1]
 
 
 # -- code task, cite mode (§1.3, §1.5.6) -------------------------------------------------------

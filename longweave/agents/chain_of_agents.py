@@ -85,7 +85,7 @@ class ChainOfAgents(BaseModel):
     """Reserve room for the incoming and outgoing CU in the chunk budget. False is the paper's
     budget B = k - T(I_W) - T(q), allowed only when the model's window has room for both
     (§1.5.2)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of every call, except the chains of `self5` (paper: 0)."""
     paths: Literal["single", "bidir", "perm5", "self5"] = "single"
     """Chains whose answers are voted on: `single` one left to right; `bidir` adds one right to
@@ -95,7 +95,7 @@ class ChainOfAgents(BaseModel):
     seed: int = 0
     """Seed of `perm5`'s permutations: one seed and chunk count always give the same orders
     (ours)."""
-    self_temperature: float = Field(0.7, gt=0.0)
+    self_temperature: float = Field(0.7, gt=0.0, le=2.0)
     """Sampling temperature of every worker and manager of `self5` (ours; the paper's value is
     unverified). Such calls are never served from the completion cache."""
     selector: Literal["vote", "judge"] = "vote"
@@ -240,11 +240,10 @@ class ChainOfAgents(BaseModel):
     async def select(self, state: CoAState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """Pick the answer (vote across paths), then resolve citation markers to chunk spans."""
         ctx, answers = runtime.context, state["answers"]
-        chosen, flags = _vote(answers), []
-        if chosen is None:
-            chosen = 0
-            if self.selector == "judge":
-                chosen, flags = await self._judge(ctx, answers)
+        chosen, tied = _vote(answers, code=self.mode(ctx.question) == "code")
+        flags: list[str] = []
+        if tied and self.selector == "judge":
+            chosen, flags = await self._judge(ctx, answers)
         if len(answers) > 1:
             ctx.step("select", answers[chosen], index=chosen, candidates=len(answers))
         # The paper's prompts number no chunks, so a stray "[c1]" means nothing (and in code
@@ -306,20 +305,26 @@ def permuted_orders(n: int, paths: int, seed: int) -> list[list[int]]:
     return orders
 
 
-def _normalize(answer: str) -> str:
+def _normalize(answer: str, *, code: bool = False) -> str:
+    """The form answers are compared in: for prose, without case, punctuation, articles and
+    [c<i>] markers; for code, only whitespace runs collapsed (`a - b` is not `a + b`, and
+    `x[c1]` is an index)."""
+    if code:
+        return " ".join(answer.split())
     text = _MARKER.sub("", answer).lower()
     text = re.sub(r"\b(a|an|the)\b", " ", re.sub(r"[^\w\s]", " ", text))
     return " ".join(text.split())
 
 
-def _vote(answers: list[str]) -> int | None:
-    """The index of the majority answer, or None on a tie."""
-    if len(answers) == 1:
-        return 0
-    counts = Counter(_normalize(a) for a in answers).most_common()
-    if len(counts) > 1 and counts[0][1] == counts[1][1]:
-        return None
-    return next(i for i, a in enumerate(answers) if _normalize(a) == counts[0][0])
+def _vote(answers: list[str], *, code: bool = False) -> tuple[int, bool]:
+    """The path whose answer most paths gave, and whether that was a tie. On a tie the pick is
+    the first path among the tied answers (path 1 when its answer is one of them), never an
+    answer fewer paths gave."""
+    keys = [_normalize(a, code=code) for a in answers]
+    counts = Counter(keys)
+    most = max(counts.values())
+    tied = sum(1 for n in counts.values() if n == most) > 1
+    return next(i for i, key in enumerate(keys) if counts[key] == most), tied
 
 
 def _resolve_markers(text: str, chunks: list[Chunk], ctx: RunContext) -> tuple[str, list[Citation]]:

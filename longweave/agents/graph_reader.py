@@ -130,7 +130,7 @@ class GraphReader(UsesEmbedder):
     of the legal choices (ours, §8.4), or the paper's call string such as `read_chunk([3, 7])`
     under labelled Notebook/Rationale/Action lines, parsed by a strict grammar and then
     validated the same way (faithful mode, §3.3)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of every call (ours; the reference code uses 0.3)."""
     concurrency: int = Field(8, ge=1)
     """Extractions, and paths, run at once (ours)."""

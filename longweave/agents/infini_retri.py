@@ -90,7 +90,7 @@ class InfiniRetri(BaseModel):
     code), as far as whole sentences allow."""
     max_new: int = Field(128, ge=1)
     """Generation cap of the answer (reference code)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Answer sampling temperature: greedy (ours; the reference samples at 0.5, see `faithful`)."""
     faithful: bool = False
     """Reproduce the reference: no cache cap and temperature 0.5."""

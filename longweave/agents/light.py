@@ -105,7 +105,7 @@ class LIGHT(UsesEmbedder):
     embedder: str = "bundled"
     """"bundled" (all-MiniLM-L6-v2, offline), "st:<model or path>" or "openai:<model>" (ours;
     reference code: bge-small-en-v1.5)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of every call (reference code: 0)."""
     margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""

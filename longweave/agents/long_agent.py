@@ -92,7 +92,7 @@ class LongAgent(BaseModel):
     """Rounds of leader instruction and member replies R (reference code: 3)."""
     max_new: int = Field(512, ge=1)
     """Generation cap of every call (reference code: 512)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of every call (reference code: 0)."""
     task: str = "Answer a question about a long document."
     """The generic task description members see; never dataset-specific (ours, §2.5.4)."""

@@ -116,7 +116,7 @@ class MemWalker(BaseModel):
     retries: int = Field(2, ge=0)
     """Re-prompts with the validator's message after an invalid reply; then a decision counts
     as `back` and the fallback keeps the last reply's text, flagged `invalid_answer` (ours)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of every call (ours)."""
     concurrency: int = Field(8, ge=1)
     """Summaries of one tree level made at once (ours)."""

@@ -153,7 +153,7 @@ class Prism(BaseModel):
     instead of being re-asked; re-asked only when it holds none (ours)."""
     schema_max_new: int = Field(512, ge=64)
     """Generation cap of schema generation (ours)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature (paper: 0.8 with top-k 40 over 5 samples; ours: 0 for repeatability)."""
     margin: int = Field(64, ge=0)
     """Tokens kept free for chat-template overhead (ours)."""

@@ -81,7 +81,7 @@ class RAG(UsesEmbedder):
     """Tokens kept free for chat-template overhead (ours)."""
     order: Literal["score", "document"] = "score"
     """Passages in the prompt best first, or in document order (ours)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of the answer call (ours)."""
 
 

@@ -49,7 +49,7 @@ class Truncate(BaseModel):
     keep: Literal["head", "middle"] = "head"
     """"head" reads the start, as a plain call does; "middle" cuts the middle out and keeps the
     first and last halves of the budget, as LongBench's evaluation does (reference code)."""
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of the answer call (ours)."""
 
     def _window(self, ctx: RunContext) -> int:
