@@ -99,8 +99,8 @@ class ChainOfAgents(BaseModel):
     """Sampling temperature of every worker and manager of `self5` (ours; the paper's value is
     unverified). Such calls are never served from the completion cache."""
     selector: Literal["vote", "judge"] = "vote"
-    """How multi-path answers are chosen: majority vote, with ties going to path 1 or to a judge
-    that sees every path's answer."""
+    """How multi-path answers are chosen: majority vote, with ties going to a judge that sees
+    every path's answer (`judge`) or to the first path among the tied answers (`vote`)."""
     task: Literal["auto", "query", "summarize", "code"] = "auto"
     """`auto`: the question prompts, or the non-query (summarize) ones when the question is empty
     (paper); `query` and `summarize` force one of them. `code`: the document is source code and
