@@ -383,3 +383,4 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+

@@ -12,6 +12,7 @@ import typer
 
 from longweave.cli import ask as _ask
 from longweave.cli import batch as _batch
+from longweave.cli import cache as _cache
 from longweave.cli import chat as _chat
 from longweave.cli import compare as _compare
 from longweave.cli import eval as _eval
@@ -66,6 +67,7 @@ def _command(name: str, function: Callable[..., None]) -> None:
 _command("ask", _ask.ask)
 _command("chat", _chat.chat)
 _command("batch", _batch.batch)
+_command("cache", _cache.cache)
 _command("compare", _compare.compare)
 _command("eval", _eval.eval_command)
 _command("index", _index.index)

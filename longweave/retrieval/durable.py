@@ -40,6 +40,7 @@ __all__ = [
     "file_checksum",
     "fsync_path",
     "fsync_tree",
+    "is_stale",
     "sweep_stale",
     "temp_folder",
 ]
@@ -118,7 +119,7 @@ def sweep_stale(parent: Path, name: str | None = None, *,
     for entry in entries:
         path = Path(entry.path)
         if entry.name.endswith(".tmp"):
-            if _alive(entry.name) or _newest_change(path) > time.time() - older_than_s:
+            if not is_stale(path, older_than_s):
                 continue
             claimed = path.with_name(f"{entry.name[:-4]}.{uuid.uuid4().hex[:8]}.stale")
             try:
@@ -130,6 +131,12 @@ def sweep_stale(parent: Path, name: str | None = None, *,
         shutil.rmtree(path, ignore_errors=True)
         removed += not path.exists()
     return removed
+
+
+def is_stale(folder: Path, older_than_s: float = STALE_AFTER_S) -> bool:
+    """Whether a temporary folder was left by a writer that is gone: its writer is not known to
+    be running, and nothing in it changed for `older_than_s` seconds."""
+    return not _alive(folder.name) and _newest_change(folder) <= time.time() - older_than_s
 
 
 def _host() -> str:

@@ -1,0 +1,409 @@
+"""`longweave cache`: what the cache folder holds by kind, `--prune` of leftovers only (beside
+running writers), `--clear` by kind that keeps chat sessions unless they are named."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import typer
+
+import longweave
+import longweave.llm
+import longweave.retrieval.index as index_module
+from longweave.cache_contents import CACHE_KINDS, KEPT_KINDS
+from longweave.cli.cache import size_text
+from longweave.retrieval.durable import STALE_AFTER_S, temp_folder
+from longweave.retrieval.embeddings import CachedEmbedder, EmbeddingCache
+from longweave.testing import HashEmbedder, ScriptedModel
+from tests.cli_run import run_cli
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
+ANSWER = "Mara Quill kept the light first."
+HOUR_AGO = time.time() - STALE_AFTER_S - 600
+
+
+@pytest.fixture
+def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+    """A scripted model behind every model string, a hashing embedder behind every embedder
+    spec (cached as the real one is), and a private cache folder that does not exist yet."""
+    scripted = ScriptedModel(context_window=1024)
+    scripted.on("reader", contains="passage of the text", reply={
+        "reasoning": "r", "action": "answer", "answer": "Mara"})  # MemWalker's leaf
+    scripted.on("reader", reply=ANSWER)
+    scripted.on("summarizer", reply="a summary of this part")
+    scripted.on("navigator", reply={"reasoning": "r", "action": "goto", "child": 1})
+    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
+    monkeypatch.setattr(index_module, "resolve_embedder", lambda spec, cache_dir=None:
+                        CachedEmbedder(HashEmbedder(), EmbeddingCache(
+                            Path(cache_dir) / "embeddings.sqlite")))
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    return scripted
+
+
+@dataclass
+class Filled:
+    """A cache folder built by longweave itself, with what each test checks by name."""
+
+    root: Path
+    damaged: Path  # an index moved aside by the artifact cache when it failed its checksum
+    old_index: Path  # an index of format 1, which this longweave never reads
+    old_corpus: Path  # a corpus of format 1 (its store, no corpus.json)
+    old_memory: Path  # a LIGHT memory saved without checksums (refused at load)
+    newer: Path  # an index of a format newer than this longweave: kept
+    dead: Path  # the temporary folder of a writer that died over an hour ago
+    dead_fresh: Path  # ... of a writer that died a moment ago: kept for an hour
+    live: Path  # ... of this process, still running, unchanged for over an hour: kept
+    session: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+def _died_writing(folder: Path, key: str) -> Path:
+    """The temporary folder a writer left when it ended before renaming it into place."""
+    code = ("import pathlib, sys; from longweave.retrieval.durable import temp_folder; "
+            "d = temp_folder(pathlib.Path(sys.argv[1]), sys.argv[2]); "
+            "(d / 'index.json').write_text('{}'); print(d)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), key], check=True,
+                          capture_output=True, text=True)
+    return Path(done.stdout.strip())
+
+
+def _age(folder: Path) -> None:
+    for here, _, files in os.walk(folder):
+        for name in [*files, "."]:
+            os.utime(os.path.join(here, name), (HOUR_AGO, HOUR_AGO))
+
+
+def _copy(source: Path, name: str, format: int) -> Path:
+    target = source.with_name(name)
+    shutil.copytree(source, target)
+    about = json.loads((target / "index.json").read_text(encoding="utf-8"))
+    (target / "index.json").write_text(json.dumps({**about, "format": format}), "utf-8")
+    return target
+
+
+@pytest.fixture
+def filled(model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+           capsys: pytest.CaptureFixture[str]) -> Filled:
+    from longweave.graphs.store import Fact, KeyGraph
+    from longweave.memory.episodic import Episode, EpisodicMemory
+    from longweave.memory.working import MemoryUnit
+    from longweave.session import Session
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "completions.sqlite").write_bytes(b"not a database" * 100)  # set aside at first use
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The harbour light was first kept by Mara Quill. " * 30, "utf-8")
+    (folder / "b.txt").write_text("Tobias Quill kept it after her, for forty years. " * 30, "utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "-s", "truncate",
+                       "--set", "max_new=32") == 0
+        assert run_cli(monkeypatch, "index", str(EXAMPLE), "--chunk-tokens", "64") == 0
+        assert run_cli(monkeypatch, "index", str(folder), "--chunk-tokens", "64") == 0
+        longweave.ask(EXAMPLE, "Who kept the light?", strategy="mem-walker", model=model,
+                      window=1024, max_children=3, segment_tokens=120, nav_max_new=48,
+                      answer_max_new=32, reasoning_chars=100, margin=16)
+        session = Session.open(EXAMPLE, strategy="truncate", model=model, max_new=32)
+        asyncio.run(session.aask("Who was the first keeper?"))
+        # The example's index damaged on disk: the next `index` moves it aside and rebuilds it.
+        (index,) = (p for p in (root / "artifacts").glob("index-*")
+                    if json.loads((p / "index.json").read_text())["source"] == str(EXAMPLE))
+        (index / "vectors.npy").write_bytes(b"\x93NUMPY garbage")
+        assert run_cli(monkeypatch, "index", str(EXAMPLE), "--chunk-tokens", "64") == 0
+    capsys.readouterr()
+    artifacts = root / "artifacts"
+    (damaged,) = artifacts.glob(".index-*.unusable-*")
+    KeyGraph.from_facts("d" * 64, [(0, 40)], [Fact(0, "Mara kept the light.", 0, ("mara",))],
+                        {}).save(_made(artifacts / f"graph-reader-{'d' * 16}-{'1' * 20}"))
+    memory = EpisodicMemory(HashEmbedder(), "doc")
+    memory.add([Episode(MemoryUnit(0, 0, 10, "Mara kept"), "Mara kept the light", ())])
+    memory.save(_made(artifacts / f"light-{'d' * 16}-{'2' * 20}"))
+    old_memory = artifacts / f"light-{'d' * 16}-{'3' * 20}"
+    shutil.copytree(artifacts / f"light-{'d' * 16}-{'2' * 20}", old_memory)
+    about = json.loads((old_memory / "episodes.json").read_text("utf-8"))
+    del about["checksums"]
+    (old_memory / "episodes.json").write_text(json.dumps(about), "utf-8")
+    old_corpus = _made(artifacts / f"corpus-{'4' * 40}" / "store")
+    (old_corpus / "manifest.json").write_text('{"format": "longweave-vector-store"}', "utf-8")
+    dead = _died_writing(artifacts, f"index-{'5' * 16}-{'5' * 24}")
+    _age(dead)
+    live = temp_folder(artifacts, f"index-{'6' * 16}-{'6' * 24}")
+    (live / "index.json").write_text("{}", "utf-8")
+    _age(live)
+    (root / "chat_history").write_text("Who?\n", "utf-8")
+    conversation = session.path
+    del session
+    gc.collect()  # SQLite connections still open fold their journals in as they close
+    return Filled(
+        root, damaged, _copy(index, f"index-{'7' * 16}-{'7' * 24}", 1), old_corpus.parent,
+        old_memory, _copy(index, f"index-{'8' * 16}-{'8' * 24}", 99), dead,
+        _died_writing(artifacts, f"index-{'9' * 16}-{'9' * 24}"), live, conversation)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _bytes(*paths: Path) -> int:
+    """What the files at and under `paths` hold, counted here apart from the command's own sum."""
+    total = 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+        for here, _, files in os.walk(path):
+            total += sum(os.lstat(os.path.join(here, f)).st_size for f in files)
+    return total
+
+
+def _files(root: Path) -> set[Path]:
+    """The files under `root` but SQLite's journals, which come and go with its connections."""
+    return {p for p in root.rglob("*") if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def _rows(file: Path, table: str) -> int:
+    with closing(sqlite3.connect(file)) as conn:  # closed: an open one keeps a -shm and -wal
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _listing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+             *args: str) -> dict:
+    assert run_cli(monkeypatch, "cache", "--json", *args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _kinds(listing: dict) -> dict[str, tuple[int | None, int]]:
+    return {row["kind"]: (row["count"], row["bytes"]) for row in listing["kinds"]}
+
+
+def _artifact_names(root: Path) -> set[str]:
+    return {p.name for p in (root / "artifacts").iterdir()}
+
+
+# -- the listing --------------------------------------------------------------------------------
+
+
+def test_the_listing_counts_and_sizes_each_kind(filled: Filled, monkeypatch, capsys) -> None:
+    root, artifacts = filled.root, filled.artifacts
+    listing = _listing(monkeypatch, capsys)
+    kinds = _kinds(listing)
+
+    def valid(prefix: str) -> list[Path]:
+        return [p for p in artifacts.glob(f"{prefix}*")
+                if p not in (filled.old_index, filled.old_corpus, filled.old_memory)]
+
+    def journal(name: str) -> list[Path]:
+        return [p for p in root.glob(f"{name}*") if ".corrupt" not in p.name]
+
+    indexes = valid("index-")
+    assert len(indexes) == 4  # the example (rebuilt), two files of the folder, the newer one
+    assert filled.newer in indexes
+    assert kinds["indexes"] == (4, _bytes(*indexes))
+    assert kinds["corpora"] == (1, _bytes(*valid("corpus-")))
+    assert kinds["trees"] == (1, _bytes(*valid("mem-walker-tree-")))
+    assert kinds["graphs"] == (1, _bytes(*valid("graph-reader-")))
+    assert kinds["memories"] == (1, _bytes(*valid("light-")))
+    completions = _rows(root / "completions.sqlite", "completions")
+    assert completions >= 3  # the truncate answer, MemWalker's calls, the session's answer
+    assert kinds["completions"] == (completions, _bytes(*journal("completions.sqlite")))
+    embedded = _rows(root / "embeddings.sqlite", "embeddings")
+    assert embedded > 0 and kinds["embeddings"] == (embedded,
+                                                    _bytes(*journal("embeddings.sqlite")))
+    assert kinds["sessions"] == (1, _bytes(root / "sessions"))
+    corrupt = list(root.glob("completions.sqlite.corrupt*"))
+    gone = [filled.damaged, filled.old_index, filled.old_corpus, filled.old_memory, filled.dead]
+    assert kinds["leftovers"] == (6, _bytes(*gone, *corrupt))
+    assert kinds["in progress"] == (2, _bytes(filled.live, filled.dead_fresh))
+    assert kinds["other"] == (1, _bytes(root / "chat_history"))
+    assert listing["total_bytes"] == _bytes(root) == sum(b for _, b in kinds.values())
+    why = {row["path"]: row["why"] for row in listing["leftovers"]}
+    assert why[str(filled.damaged)] == "damaged, set aside"
+    assert why[str(filled.old_index)] == "old format (1)"
+    assert why[str(filled.old_memory)] == "old format (no checksums)"
+    assert why[str(filled.dead)] == "left by a writer that died"
+
+
+def test_the_json_names_every_kind_in_order(filled: Filled, monkeypatch, capsys) -> None:
+    listing = _listing(monkeypatch, capsys)
+    assert set(listing) == {"cache_dir", "exists", "kinds", "total_bytes", "leftovers"}
+    assert listing["cache_dir"] == str(filled.root) and listing["exists"] is True
+    assert [row["kind"] for row in listing["kinds"]] == [*CACHE_KINDS, *KEPT_KINDS]
+    assert all(set(row) == {"kind", "what", "count", "bytes"} for row in listing["kinds"])
+    assert all(set(row) == {"path", "bytes", "why"} for row in listing["leftovers"])
+
+
+def test_the_table_fits_80_columns_and_says_what_prune_frees(filled: Filled, monkeypatch,
+                                                             capsys) -> None:
+    assert run_cli(monkeypatch, "cache") == 0
+    out, err = capsys.readouterr()
+    first, *table = out.splitlines()
+    assert first == f"cache folder: {filled.root}" and err == ""
+    assert max(map(len, table)) <= 80
+    rows = {line.split()[1]: line for line in table if line.startswith("│")}
+    assert "4" in rows["indexes"].split("│")[3] and "…" not in out
+    assert "in" in rows and "other" in rows  # shown because something is there
+    assert table[-1].startswith("--prune removes the 6 leftovers (")
+
+
+def test_kinds_are_not_cut_on_a_narrow_terminal(filled: Filled, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "40")
+    assert run_cli(monkeypatch, "cache") == 0
+    table = capsys.readouterr().out.splitlines()[1:]
+    assert max(map(len, table)) <= 40
+    shown = " ".join(table)
+    assert all(f"│ {kind}" in shown for kind in CACHE_KINDS) and "…" not in shown
+
+
+def test_a_cache_folder_not_made_yet_is_empty(model, monkeypatch, capsys, tmp_path) -> None:
+    root = tmp_path / "cache"
+    assert run_cli(monkeypatch, "cache") == 0
+    out, err = capsys.readouterr()
+    assert out == f"cache folder {root} does not exist yet: the cache is empty\n" and err == ""
+    listing = _listing(monkeypatch, capsys)
+    assert listing["exists"] is False and listing["total_bytes"] == 0
+    assert run_cli(monkeypatch, "cache", "--prune") == 0
+    assert capsys.readouterr().out == "nothing to remove\n"
+    assert run_cli(monkeypatch, "cache", "--clear", "all", "--yes") == 0
+    assert not root.exists()  # looking did not make it
+
+
+def test_a_cache_folder_that_cannot_be_read_is_one_error(model, monkeypatch, capsys,
+                                                         tmp_path) -> None:
+    (tmp_path / "cache").write_text("a file where the folder should be", "utf-8")
+    assert run_cli(monkeypatch, "cache") == 1
+    error, hint = capsys.readouterr().err.splitlines()
+    assert error == f"error: cannot read the cache folder {tmp_path / 'cache'}: Not a directory"
+    assert hint == "check its permissions, or set LONGWEAVE_CACHE_DIR to another folder"
+
+
+# -- prune --------------------------------------------------------------------------------------
+
+
+def test_prune_removes_leftovers_only(filled: Filled, monkeypatch, capsys) -> None:
+    root = filled.root
+    before = _artifact_names(root)
+    session = filled.session.read_bytes()
+    completions = _rows(root / "completions.sqlite", "completions")
+    freed = _bytes(filled.damaged, filled.old_index, filled.old_corpus, filled.old_memory,
+                   filled.dead, *root.glob("completions.sqlite.corrupt*"))
+    removed = _listing(monkeypatch, capsys, "--prune")
+    assert removed["freed_bytes"] == freed
+    assert {Path(r["path"]).name for r in removed["removed"]} == {
+        p.name for p in (filled.damaged, filled.old_index, filled.old_corpus,
+                         filled.old_memory, filled.dead)} | {"completions.sqlite.corrupt"}
+    gone = {filled.damaged.name, filled.old_index.name, filled.old_corpus.name,
+            filled.old_memory.name, filled.dead.name}
+    assert _artifact_names(root) == before - gone  # the live and the fresh temp folders too
+    assert filled.live.is_dir() and filled.dead_fresh.is_dir() and filled.newer.is_dir()
+    assert not list(root.glob("*.corrupt*"))
+    assert filled.session.read_bytes() == session
+    assert _rows(root / "completions.sqlite", "completions") == completions
+    assert (root / "chat_history").is_file()
+    assert _kinds(_listing(monkeypatch, capsys))["leftovers"] == (0, 0)
+
+
+def test_pruned_artifacts_were_the_unreadable_ones(filled: Filled, monkeypatch,
+                                                  capsys) -> None:
+    """What prune keeps still serves: the example's index is reused, not built again."""
+    assert run_cli(monkeypatch, "cache", "--prune") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("freed ") and "old format (1)" in out
+    assert run_cli(monkeypatch, "index", str(EXAMPLE), "--chunk-tokens", "64") == 0
+    assert capsys.readouterr().out.startswith("reused")
+
+
+# -- clear --------------------------------------------------------------------------------------
+
+
+def test_clear_one_kind_leaves_the_others(filled: Filled, monkeypatch, capsys) -> None:
+    before = _kinds(_listing(monkeypatch, capsys))
+    removed = _listing(monkeypatch, capsys, "--clear", "indexes", "--yes")
+    assert {r["kind"] for r in removed["removed"]} == {"indexes"}
+    assert removed["freed_bytes"] == before["indexes"][1]
+    after = _kinds(_listing(monkeypatch, capsys))
+    assert after["indexes"] == (0, 0)
+    for kind in after.keys() - {"indexes"}:  # a SQLite file's size moves with its journal
+        stores = kind in ("completions", "embeddings")
+        assert after[kind][:1 if stores else 2] == before[kind][:1 if stores else 2], kind
+    assert not list(filled.artifacts.glob("*.stale"))  # removed, not only renamed
+
+
+def test_clear_all_keeps_the_sessions(filled: Filled, monkeypatch, capsys) -> None:
+    session = filled.session.read_bytes()
+    assert run_cli(monkeypatch, "cache", "--clear", "all", "--yes") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("freed ")
+    assert err == "chat sessions are kept: --clear sessions removes them\n"
+    kinds = _kinds(_listing(monkeypatch, capsys))
+    assert kinds["sessions"][0] == 1 and filled.session.read_bytes() == session
+    assert all(kinds[k] == (0, kinds[k][1]) for k in ("completions", "embeddings"))
+    emptied = [k for k in CACHE_KINDS if k not in ("sessions", "completions", "embeddings")]
+    assert all(kinds[k] == (0, 0) for k in emptied), kinds
+    assert kinds["in progress"][0] == 2 and kinds["other"][0] == 1  # never ours to take
+    assert _rows(filled.root / "completions.sqlite", "completions") == 0  # emptied in place
+
+
+def test_sessions_go_only_when_named(filled: Filled, monkeypatch, capsys) -> None:
+    assert run_cli(monkeypatch, "cache", "--clear", "all", "--clear", "sessions", "--yes") == 0
+    assert "sessions" in capsys.readouterr().out and not filled.session.exists()
+
+
+def test_clear_off_a_terminal_without_yes_is_refused(filled: Filled, monkeypatch,
+                                                     capsys) -> None:
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+    before = _files(filled.root)
+    assert run_cli(monkeypatch, "cache", "--clear", "indexes") == 1
+    error, hint = capsys.readouterr().err.splitlines()
+    assert error == "error: --clear asks before removing anything, and stdin is not a terminal"
+    assert hint == "add --yes to clear without asking"
+    assert _files(filled.root) == before
+
+
+@pytest.mark.parametrize("agree", [False, True])
+def test_clear_on_a_terminal_asks_first(filled: Filled, monkeypatch, capsys,
+                                        agree: bool) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(typer, "confirm", lambda text, **_: asked.append(text) or agree)
+    size = size_text(_bytes(*filled.artifacts.glob("mem-walker-tree-*")))
+    assert size.endswith(" kB")
+    assert run_cli(monkeypatch, "cache", "--clear", "trees") == (0 if agree else 1)
+    out, err = capsys.readouterr()
+    assert asked == ["remove them?"]
+    assert err.startswith(f"this removes trees ({size}) from {filled.root}\n")
+    assert bool(list(filled.artifacts.glob("mem-walker-tree-*"))) is not agree
+    assert ("nothing removed" in err) is not agree
+
+
+def test_an_unknown_kind_says_which_was_meant(filled: Filled, monkeypatch, capsys) -> None:
+    assert run_cli(monkeypatch, "cache", "--clear", "sesions", "--yes") == 1
+    error, hint = capsys.readouterr().err.splitlines()
+    assert error == "error: unknown cache kind 'sesions'"
+    assert hint.startswith("did you mean sessions? choose one of: completions, embeddings")
+    assert filled.session.exists()
+
+
+def test_prune_and_clear_together_is_a_usage_error(filled: Filled, monkeypatch,
+                                                   capsys) -> None:
+    assert run_cli(monkeypatch, "cache", "--prune", "--clear", "indexes", "--yes") == 2
+    assert "--clear leftovers prunes too" in capsys.readouterr().err
+    assert filled.damaged.exists()
