@@ -198,13 +198,17 @@ async def mem_walker(s: Any, ctx: RunContext, t: Tally) -> None:
                                              filler(passage)))
 
     # The point walk: straight down (one triage per internal level, root first), one leaf, then
-    # walk_reverts more decisions. Past max_nav_steps it is cut there, and the fallback answers;
-    # so it does when a one-leaf tree's only leaf goes back.
+    # walk_reverts more decisions, which alternate a triage back down to a sibling leaf and that
+    # leaf's read (so the walk reads 1 + walk_reverts // 2 leaves, the last one answering).
+    # Past max_nav_steps decisions, or past the read of the max_leaves_read-th leaf (which went
+    # back, as a decision follows it), it is cut there, and the fallback answers; so it does
+    # when a one-leaf tree's only leaf goes back.
     steps = s.max_nav_steps
-    down = min(depth, steps)
-    reads = int(depth < steps)
-    reverts = max(0, min(a.walk_reverts, steps - depth - 1)) if depth else 0
-    cut = depth + 1 + a.walk_reverts > steps or (depth == 0 and a.walk_reverts > 0)
+    walked = min(steps, depth + 1 + 2 * (s.max_leaves_read - 1))  # decisions before the cut
+    down = min(depth, walked)
+    reads = int(depth < walked)
+    reverts = max(0, min(a.walk_reverts, walked - depth - 1)) if depth else 0
+    cut = depth + 1 + a.walk_reverts > walked or (depth == 0 and a.walk_reverts > 0)
     descent = [triage(d * memory, round(sum(levels[-1 - d]) / len(levels[-1 - d])))
                for d in range(depth)]
     triages = Counts(calls=down, prompt_tokens=sum(descent[:down]),

@@ -404,6 +404,27 @@ async def test_mem_walker_walk_cut_at_max_nav_steps_counts_the_fallback(question
     assert est.high.prompt_tokens - est.build.prompt_tokens >= 3 * 7 * asked.prompt_tokens
 
 
+@pytest.mark.parametrize(("leaves", "reverts"), [(1, 2), (2, 3)])
+async def test_mem_walker_walk_cut_at_max_leaves_read_counts_the_fallback(leaves: int,
+                                                                          reverts: int) -> None:
+    """The walk the estimate is told reads one leaf more than max_leaves_read allows (its reverts
+    alternate a triage and a leaf); the run ends in the fallback after the last leaf it may
+    read, and so does the estimate, well within max_nav_steps."""
+    doc, model = document(9), lost_walker_model({"answer": "B"})
+    options = MW_OPTIONS | {"max_leaves_read": leaves}
+    answer = await arun(_strategy("mem-walker", **options), doc, QUESTION, model)
+    assert {"fallback", "capped"} <= set(answer.flags) and answer.text == "B"
+    read = [r for r in model.calls("reader") if LEAF_PROMPT in r.text]
+    assert len(read) == leaves and len(model.calls("navigator")) == 2 + leaves - 1
+    assumptions = Assumptions(text_fill=40 / model.calls("summarizer")[0].max_tokens,
+                              walk_reverts=reverts)
+    est = await aestimate(doc, "mem-walker", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=assumptions, **options)
+    assert est.calls == answer.usage.calls and "then the fallback" in est.notes[-1]
+    assert_close(est, answer.usage, exact_calls=True)
+    assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
+
+
 async def test_mem_walker_fallback_is_a_schema_call_reasked_only_in_the_high_bound() -> None:
     """max_nav_steps=2 ends the walk above the leaves: the fallback reads the root's summary."""
     from longweave.agents.mem_walker_prompts import leaf_answer_schema

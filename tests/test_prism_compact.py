@@ -183,6 +183,83 @@ async def test_a_bad_rewrite_falls_back_to_freeze(reply: Any, calls: int, reason
     assert "compact_invalid" in answer.flags and "compacted" not in answer.flags
 
 
+def shorten_first(request: Request) -> dict[str, Any]:
+    """A rewrite smaller than the memory, but not by enough."""
+    first, *rest = shown_memory(request)["evidence"]
+    return {"evidence": [first.removeprefix("saw "), *rest]}
+
+
+@pytest.mark.parametrize(("rewrite", "at", "reason"), [
+    (shown_memory, 0.9, "not below compact_at x mem_cap (90 tokens)"),  # unchanged, at 90
+    (shorten_first, 0.8, "not below compact_at x mem_cap (80 tokens)"),
+    (shown_memory, 1.0, "gave the memory back unchanged"),  # a rejected revision was due
+], ids=["unchanged", "still-above", "unchanged-below"])
+async def test_a_rewrite_that_makes_no_room_is_a_failed_compaction(
+        rewrite: Any, at: float, reason: str) -> None:
+    """Accepted as `compacted`, it left the next step due again, until no compaction was left."""
+    model = model_with(rewrite)
+    answer = await arun(compact(compact_at=at, compact_target=0.25), sentinel_document(8),
+                        "Where?", model)
+    tried = [e for e in events(answer, "compact", "freeze") if e.detail.get("compaction")]
+    assert tried and not events(answer, "compact")
+    assert all(reason in e.detail["reason"] for e in tried), [e.detail for e in tried]
+    assert all(e.detail["after_tokens"] == e.detail["before_tokens"] for e in tried)
+    assert "compact_invalid" in answer.flags and "compacted" not in answer.flags
+
+
+def test_a_rewrite_must_be_smaller_than_what_it_had_to_hold() -> None:
+    """Below compact_at x mem_cap but larger than the memory: a rejected revision may be due to
+    compact a small memory, and a rewrite that grows it and shows nothing folded made no room."""
+    from types import SimpleNamespace
+
+    from longweave.agents.prism_compact import _room
+    from longweave.memory.structured_memory import StructuredMemory
+
+    def memory_of(*facts: str) -> StructuredMemory:
+        memory = StructuredMemory(from_model(QAMemory))
+        for k, fact in enumerate(facts):
+            assert memory.apply("add", ["evidence", k], fact, k) is None
+        return memory
+
+    prism, ctx = compact(compact_at=0.9), SimpleNamespace(llm=ScriptedModel())
+    memory, longer = memory_of("saw 0", "saw 1"), memory_of("saw 0", "saw 1 and more")
+    assert "no smaller than the memory (" in _room(prism, ctx, memory, longer, [], 1000)
+    shown = [SimpleNamespace(op="add", path=["evidence", 2], value="saw 2 and a lot more")]
+    assert _room(prism, ctx, memory, longer, shown, 1000) is longer  # folded, and smaller
+    assert "no smaller than the memory with the revisions shown" in _room(
+        prism, ctx, memory, memory_of("saw 0", "saw 1", "saw 2 and a lot more, and more"),
+        shown, 1000)
+
+
+@dataclasses.dataclass
+class ProseModel(ScriptedModel):
+    """Its first reply to each of `roles` comes back with no parsed object and no ParseError, as
+    from a backend that found no JSON in the text; the later ones are scripted."""
+
+    roles: tuple[str, ...] = ()
+
+    async def complete(self, messages: Any, **options: Any) -> Completion:
+        reply = await super().complete(messages, **options)
+        if options["role"] in self.roles and len(self.calls(options["role"])) == 1:
+            return dataclasses.replace(reply, text="Here is the memory.", parsed=None)
+        return reply
+
+
+async def test_a_reply_without_json_is_not_told_it_was_cut() -> None:
+    model = ProseModel(context_window=2400, roles=("stepper", "compressor"))
+    model.on("stepper", reply=fact_step)
+    model.on("compressor", reply=keep_last)
+    model.on("manager", reply={"answer": "a", "used_paths": []})
+    answer = await arun(compact(compact_at=0.5, compact_target=0.25), sentinel_document(5), "q?",
+                        model)
+    for role in ("stepper", "compressor"):
+        reask = model.calls(role)[1].messages[-1].content
+        assert reask.startswith("Your previous reply was not usable: the reply held no JSON "
+                                "object."), reask
+        assert "cut off" not in reask
+    assert events(answer, "compact")[0].detail["attempts"] == 2
+
+
 async def test_compactions_are_capped_one_per_step_at_most() -> None:
     model = model_with(keep_last)
     prism = compact(compact_at=0.5, compact_target=0.25, max_compactions=2)
@@ -227,7 +304,8 @@ async def test_revisions_shown_to_the_rewrite_are_bounded_by_one_step_reply() ->
                   for k, v in enumerate(long)), cut]})[:-6]
         return {"revisions": []}
 
-    model = model_with(keep_last, step=step)
+    folded = {"evidence": ["saw 0"], "entities": [{"key": "k0", "value": "a0 to a59"}]}
+    model = model_with(folded, step=step)  # the memory given back unchanged would not count
     answer = await arun(compact(compact_at=1.0), sentinel_document(4), "q?", model)
     (request,) = model.calls("compressor")
     assert long[0] in request.text and long[1] not in request.text  # 2 lines > step_max_new

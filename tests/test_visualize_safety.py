@@ -242,6 +242,85 @@ def test_a_page_is_written_as_any_new_file_and_through_a_link(tmp_path: Path) ->
     assert stat.S_IMODE((tmp_path / "new.html").stat().st_mode) == 0o640
 
 
+def refuse_temporary_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder this process may not add files to, for the temporary file beside a page only:
+    root ignores a folder's mode, and a page may still be written in place there."""
+    import os
+
+    os_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and Path(path).name.startswith(".") and ".tmp" in Path(path).name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+def test_a_page_in_a_folder_closed_to_new_files_is_written_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename needs a new file in the folder; a plain write of the page does not."""
+    target = tmp_path / "tree.html"
+    render_tree(control_tree(), target, title="old")
+    inode = target.stat().st_ino
+    refuse_temporary_files(monkeypatch)
+    render_tree(control_tree(), target, title="new")
+    assert "<title>new</title>" in target.read_text(encoding="utf-8")
+    assert target.stat().st_ino == inode and [p.name for p in tmp_path.iterdir()] == ["tree.html"]
+
+
+def test_show_writes_a_page_its_check_let_through(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`show` checked that the page could be written, built, then failed renaming over it."""
+    target = tmp_path / "page.html"
+    target.write_text("old", encoding="utf-8")
+    refuse_temporary_files(monkeypatch)
+    monkeypatch.setattr("longweave.visualize.find_structure", lambda *a, **k: control_tree())
+    monkeypatch.setattr("longweave.api.load_source", lambda *a, **k: Document.from_text("t"))
+    assert run_cli(monkeypatch, "show", "doc.md", "--tree", "-o", str(target)) == 0, (
+        capsys.readouterr().err)
+    assert "<html" in target.read_text(encoding="utf-8")
+
+
+def test_a_page_keeps_its_hard_links(tmp_path: Path) -> None:
+    import os
+
+    target, other = tmp_path / "tree.html", tmp_path / "also.html"
+    render_tree(control_tree(), target, title="old")
+    os.link(target, other)
+    render_tree(control_tree(), target, title="new")
+    assert "<title>new</title>" in other.read_text(encoding="utf-8")
+    assert target.stat().st_ino == other.stat().st_ino
+
+
+@pytest.mark.skipif(getattr(__import__("os"), "geteuid", lambda: 1)() != 0,
+                    reason="giving a file to another owner needs root")
+def test_a_page_of_another_owner_keeps_its_owner(tmp_path: Path) -> None:
+    import os
+
+    target = tmp_path / "tree.html"
+    render_tree(control_tree(), target, title="old")
+    os.chown(target, 65534, 65534)  # nobody's
+    render_tree(control_tree(), target, title="new")
+    assert "<title>new</title>" in target.read_text(encoding="utf-8")
+    assert (target.stat().st_uid, target.stat().st_gid) == (65534, 65534)
+
+
+@pytest.mark.skipif(getattr(__import__("os"), "geteuid", lambda: 0)() == 0,
+                    reason="root may write a read-only file")
+def test_a_read_only_page_is_refused_as_the_check_refuses_it(tmp_path: Path) -> None:
+    """A rename would replace it: the folder allows that, but `show` refused it up front."""
+    from longweave.batch import check_writable
+
+    target = tmp_path / "tree.html"
+    render_tree(control_tree(), target, title="old")
+    target.chmod(0o444)
+    with pytest.raises(DocumentError, match=r"cannot be written \(Permission denied\)"):
+        check_writable(target, "drawing")
+    with pytest.raises(DocumentError, match=r"tree.html: cannot be written \(Permission denied\)"):
+        render_tree(control_tree(), target, title="new")
+    assert "<title>old</title>" in target.read_text(encoding="utf-8")
+
+
 async def test_cli_and_chat_report_an_unwritable_output(tmp_path: Path, monkeypatch,
                                                         capsys) -> None:
     """Once an OSError, which the CLI called an unexpected error and asked to be reported."""

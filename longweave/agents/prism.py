@@ -361,7 +361,8 @@ class Prism(BaseModel):
                 if reply.finish_reason != "length" and reply.parsed is not None:
                     return list(reply.parsed.revisions), attempt, cached, True
                 raw = reply.text if reply.finish_reason == "length" else ""
-                problem = "the reply was cut off at the token limit; propose fewer revisions"
+                problem = ("the reply was cut off at the token limit; propose fewer revisions"
+                           if reply.finish_reason == "length" else "the reply held no JSON object")
             except ParseError as exc:
                 raw, problem = exc.raw or "", exc.message
             whole = whole_items(raw, schema, "revisions") if self.keep_cut else []

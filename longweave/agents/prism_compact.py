@@ -64,9 +64,9 @@ def fixed_tokens(prism: Prism, ctx: RunContext, schema: TypeNode) -> int:
 async def compact(prism: Prism, ctx: RunContext, state: PrismState, memory: StructuredMemory,
                   held: list[Any], done: int) -> tuple[StructuredMemory, list[str], int]:
     """One rewrite call (re-asked like a step) for a smaller memory of the same schema, which
-    replaces `memory` if it is valid and fits mem_cap; otherwise `memory` stays, frozen for this
-    step. `held`: the step's revisions rejected at mem_cap, shown so the rewrite may fold them
-    in. Returns (memory, flags, compactions made)."""
+    replaces `memory` if it is valid, fits mem_cap and makes room (`_room`); otherwise `memory`
+    stays, frozen for this step. `held`: the step's revisions rejected at mem_cap, shown so the
+    rewrite may fold them in. Returns (memory, flags, compactions made)."""
     run, i, n = state["run"], state["position"], len(state["chunks"])
     cap, before = run.plan.mem_cap, prism._size(ctx, memory)
     record = {"index": i, "policy": "compact", "mem_cap": cap, "before_tokens": before}
@@ -89,6 +89,8 @@ async def compact(prism: Prism, ctx: RunContext, state: PrismState, memory: Stru
         result = data if isinstance(data, str) else memory.rebuilt(
             data, [(list(r.path), r.value, i) for r in held[:len(pending)]],
             prism._fits(ctx, cap))
+        if not isinstance(result, str):
+            result = _room(prism, ctx, memory, result, held[:len(pending)], cap)
     record.update(attempts=attempts, compaction=done + 1, pending=len(pending))
     if isinstance(result, str):
         ctx.step("overflow", "compaction failed: the memory stays frozen", action="freeze",
@@ -103,6 +105,29 @@ async def compact(prism: Prism, ctx: RunContext, state: PrismState, memory: Stru
     return result, ["compacted"], done + 1
 
 
+def _room(prism: Prism, ctx: RunContext, memory: StructuredMemory, result: StructuredMemory,
+          shown: list[Any], cap: int) -> StructuredMemory | str:
+    """`result`, if it makes room; else why not. A rewrite makes room when it is below
+    compact_at x mem_cap (at or above it, the next step would be due again and spend another
+    compaction) and smaller than what it had to hold: `memory` with the revisions `shown` to the
+    rewrite applied (`memory` itself when none were). Given back unchanged, it makes none, even
+    when it is smaller than that: it only dropped the revisions shown."""
+    after, limit = prism._size(ctx, result), prism.compact_at * cap
+    if after >= limit:
+        return (f"the rewritten memory ({after} tokens) is not below compact_at x mem_cap "
+                f"({limit:g} tokens): the next step would compact again")
+    if result.render("in_place") == memory.render("in_place"):
+        return "the rewrite gave the memory back unchanged"
+    grown = memory._copy()
+    for revision in shown:  # applied as the step would have, with no cap
+        grown.apply(revision.op, list(revision.path), revision.value, 0)
+    needed = prism._size(ctx, grown)
+    if after >= needed:
+        what = "the memory" + (" with the revisions shown" if shown else "")
+        return f"the rewritten memory ({after} tokens) is no smaller than {what} ({needed} tokens)"
+    return result
+
+
 async def _rewrite(prism: Prism, ctx: RunContext, messages: list[Message],
                    schema: type[BaseModel], cap: int, i: int,
                    n: int) -> tuple[BaseModel | None, int, str]:
@@ -114,7 +139,8 @@ async def _rewrite(prism: Prism, ctx: RunContext, messages: list[Message],
                                    temperature=prism.temperature, index=i, total=n)
             if reply.finish_reason != "length" and reply.parsed is not None:
                 return reply.parsed, attempt, ""
-            problem = "the reply was cut off at the token limit; write a shorter memory"
+            problem = ("the reply was cut off at the token limit; write a shorter memory"
+                       if reply.finish_reason == "length" else "the reply held no JSON object")
         except ParseError as exc:
             problem = exc.message
         prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]

@@ -86,7 +86,8 @@ def show(
 def _check_out(target: Path) -> None:
     """Refuse an output that could not be written (a format unknown or without matplotlib, a
     folder in the way, no permission), as `ask`, `batch` and `eval` refuse theirs: found only
-    at the end, it would cost a --build its model calls."""
+    at the end, it would cost a --build its model calls. `page.write` writes wherever this
+    passes: an existing page in place when no new file can be made beside it."""
     from longweave.batch import check_writable
     from longweave.visualize.page import check_output
 

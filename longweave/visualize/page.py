@@ -169,7 +169,9 @@ def write(path: str | Path, *, html_text: str, svg: str,
 
     Missing folders are made and an existing file is replaced, whole: the view is written to a
     temporary file beside it, then renamed over it, so an interrupted write never leaves half a
-    page. A path that cannot be written (a file where a folder should be, a folder in the way,
+    page. Where a rename would not do what a plain write does, the file is written in place
+    instead (see `_replace`): a path is written exactly where `batch.check_writable` says it can
+    be. A path that cannot be written (a file where a folder should be, a folder in the way,
     no permission) is a `DocumentError` naming it, which the CLI and chat's `/trace open`
     report as such, not as a crash.
     """
@@ -196,18 +198,36 @@ def write(path: str | Path, *, html_text: str, svg: str,
 def _replace(target: Path, fill: Callable[[Path], None], ours: list[Path]) -> None:
     """`fill` a new file in `target`'s folder, then rename it over `target`; the new file is
     removed when anything fails. Its name keeps the suffix (matplotlib picks the format by it).
-    The paths written are appended to `ours`."""
+
+    `target` is written in place, as a plain write would, when the rename would fail or undo
+    what a plain write keeps: no new file can be made in the folder (no write permission on
+    it, a name too long once made temporary), or the file has other hard links (they would keep
+    the old page) or another owner or group (the new file would be ours). A file this process
+    may not write to is refused, though the folder would allow a rename over it: as
+    `check_writable` refuses it before any model call. The paths written are appended to `ours`.
+    """
     real = Path(os.path.realpath(target))  # through a link: the link keeps naming the view
     ours.append(real)
-    if real.exists() and not real.is_file():  # a folder (an error) or a device: no rename
+    if real.exists():
+        if not real.is_file():  # a folder (an error) or a device: no rename
+            fill(real)
+            return
+        with real.open("ab"):  # PermissionError, naming `real`, for a read-only page
+            pass
+    new = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp{real.suffix}")
+    try:
+        # Created as open() would create it (mode 0o666 less the umask), not private as mkstemp's.
+        os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError:  # a plain write needs no right on the folder: an error now names `real`
         fill(real)
         return
-    new = real.with_name(f".{real.name}.{secrets.token_hex(4)}.tmp{real.suffix}")
     ours.append(new)
-    # Created as open() would create it (mode 0o666 less the umask), not private as mkstemp's.
-    os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         if real.is_file():
+            if _lost_by_a_rename(real, new):
+                new.unlink()
+                fill(real)
+                return
             shutil.copymode(real, new)  # a page replaced keeps who may read it
         fill(new)
         os.replace(new, real)
@@ -215,3 +235,10 @@ def _replace(target: Path, fill: Callable[[Path], None], ours: list[Path]) -> No
         with contextlib.suppress(OSError):
             new.unlink()
         raise
+
+
+def _lost_by_a_rename(real: Path, new: Path) -> bool:
+    """Whether renaming `new` over `real` would lose what writing `real` in place keeps: its
+    other hard links, its owner or its group (`new` has those a new file in the folder gets)."""
+    old, made = real.stat(), new.stat()
+    return old.st_nlink > 1 or (old.st_uid, old.st_gid) != (made.st_uid, made.st_gid)
