@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,17 @@ def test_without_ray_the_batch_command_names_the_extra_to_install(tmp_path: Path
     assert "pip install 'longweave[ray]'" in result.stderr
     assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_local_ray_run_prints_only_longweaves_own_lines(tmp_path: Path) -> None:
+    """Ray's start-up log lines ("INFO worker.py ... Started a local Ray instance", its token
+    notice) must not land in the command's output; the run's own error still does."""
+    result, _ = _batch_command(tmp_path, env={"LONGWEAVE_MAX_RETRIES": "0"})
+    assert result.returncode == 1, result.stderr  # nothing answers at the model's address
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    noise = [line for line in result.stderr.splitlines()  # "<time>\tINFO worker.py:2038 -- ..."
+             if re.search(r"\b(INFO|WARNING)\s+\S+\.py:\d+ --", line) or "(raylet)" in line]
+    assert noise == [], noise
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-such-address"])

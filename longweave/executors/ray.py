@@ -14,6 +14,7 @@ records.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -107,7 +108,10 @@ class RayExecutor:
         ray = _import_ray()
         if not ray.is_initialized():
             _check_reachable(self.address)
-            options = {"include_dashboard": False, "log_to_driver": False, **self.init_options}
+            # Ray's own start-up lines ("Started a local Ray instance", its token notice) would
+            # land in the middle of longweave's output; its errors still show.
+            options = {"include_dashboard": False, "log_to_driver": False,
+                       "logging_level": logging.ERROR, **self.init_options}
             try:
                 ray.init(address=self.address, **options)
             except Exception as exc:
