@@ -263,15 +263,19 @@ def step_messages(prefix: str, memory: str, i: int, total: int, chunk: str) -> l
     return [system(prefix), user(memory + chunk_part(i, total, chunk))]
 
 
+def _memory_head(task: str, question: str, schema: TypeNode, memory: str) -> list[str]:
+    """The lines the final and compaction calls open with: task, question, schema, memory."""
+    head = [f"Task: {task}"]
+    if question.strip():
+        head.append(f"Question: {question.strip()}")
+    return [*head, "Memory schema:", *("- " + line for line in schema.outline()), memory]
+
+
 def final_messages(
     task: str, question: str, schema: TypeNode, memory: str, *, query: bool
 ) -> list[Message]:
     """The final call: the memory and the question, no chunk text."""
-    head = [f"Task: {task}"]
-    if question.strip():
-        head.append(f"Question: {question.strip()}")
-    head += ["Memory schema:", *("- " + line for line in schema.outline()),
-             f"Memory:\n{memory}"]
+    head = _memory_head(task, question, schema, f"Memory:\n{memory}")
     if query:
         ask = ("Answer the question from the memory alone, briefly. In used_paths list the "
                'memory paths you relied on, like ["evidence", 0].')
@@ -335,11 +339,7 @@ def compact_messages(
 ) -> list[Message]:
     """The compaction call (overflow `compact`): the memory as JSON, the revisions of the last
     piece that did not fit, and the size to rewrite the whole memory within."""
-    head = [f"Task: {task}"]
-    if question.strip():
-        head.append(f"Question: {question.strip()}")
-    head += ["Memory schema:", *("- " + line for line in schema.outline()),
-             f"Memory ({len(memory)} characters):\n{memory}"]
+    head = _memory_head(task, question, schema, f"Memory ({len(memory)} characters):\n{memory}")
     if pending:
         head.append("Revisions from the last piece read that no longer fit in the memory:\n"
                     + "\n".join(pending))
