@@ -737,10 +737,29 @@ def _error_detail(exc: Any) -> str:
         if isinstance(inner, dict):
             for key in ("message", "detail"):  # OpenAI's shape, then FastAPI-style servers
                 if inner.get(key):
-                    return str(inner[key])
+                    return _readable(str(inner[key]))
         if isinstance(inner, str):
-            return inner
-    return str(getattr(exc, "message", "") or exc)
+            return _readable(inner)
+    if isinstance(body, str) and body.strip():  # a body that is not JSON: an error page, say
+        return _readable(body)
+    return _readable(str(getattr(exc, "message", "") or exc))
+
+
+_DETAIL_CHARS = 300
+"""The most of a server's error text an error message quotes."""
+_HTML = re.compile(r"<(?:!doctype|html|head|body)\b", re.I)
+
+
+def _readable(detail: str) -> str:
+    """A server's error text fit for a one-line message: an HTML error page (a gateway's 502,
+    a proxy's 403) is named by its title rather than quoted whole, and long text is clipped."""
+    page = _HTML.search(detail)
+    if page:
+        title = re.search(r"<title[^>]*>([^<]*)</title>", detail, re.I)
+        named = " ".join(title.group(1).split()) if title else ""
+        detail = detail[:page.start()] + "an HTML page" + (f" titled {named!r}" if named else "")
+    detail = " ".join(detail.split())
+    return detail if len(detail) <= _DETAIL_CHARS else detail[:_DETAIL_CHARS - 1] + "…"
 
 
 def _schema_name(schema: type[BaseModel]) -> str:

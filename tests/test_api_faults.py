@@ -136,6 +136,24 @@ async def test_a_web_page_or_a_501_fails_at_once_naming_the_url(server: FaultSer
     assert "/chat/completions" in failed.value.hint
 
 
+async def test_an_html_error_page_is_named_by_its_title_not_quoted_whole(
+        server: FaultServer) -> None:
+    """A gateway's 502 page (retried, then the error) and a proxy's 403 page: the message names
+    the page by its title in one short line instead of carrying kilobytes of markup."""
+    from longweave.llm import user
+
+    page = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>"
+            + b"body{margin:0}" * 400 + b"</style></head><body><h1>Bad Gateway</h1></body></html>")
+    llm = OpenAILLM("m", base_url=server.base_url, api_key="sk-test", max_retries=1)
+    for status in (502, 403):
+        server.push(*[lambda request, s=status: Reply(s, page, {"Content-Type": "text/html"})] * 2)
+        with pytest.raises(ModelError) as failed:
+            await llm.complete([user("hi")], max_tokens=4)
+        message = failed.value.message
+        assert f"HTTP {status}" in message and "an HTML page titled '502 Bad Gateway'" in message
+        assert "<" not in message and "margin" not in message and len(message) < 400, message
+
+
 async def test_a_501_naming_json_schema_falls_back_to_instructions(server: FaultServer) -> None:
     from pydantic import BaseModel
 
