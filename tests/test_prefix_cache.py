@@ -261,11 +261,19 @@ async def test_prism_reuses_its_stable_prefix_with_the_same_answer(llm: LocalLLM
     llm.prefix_cache = PrefixCache(size=0)
     off = await arun(prism, doc, question, llm)
     assert on.text == off.text and on.citations == off.citations
-    def trace(answer: Any) -> list[Any]:
-        return [(s.role, s.output, {k: v for k, v in s.detail.items() if k != "cached_tokens"})
+    def trace(answer: Any) -> list[Any]:  # what the cache may change: its own counts
+        return [(s.role, s.output,
+                 {k: v for k, v in s.detail.items() if k not in ("cached_tokens", "cost")})
                 for s in answer.steps]
 
     assert trace(on) == trace(off)
+    # The final step's cost report (§5.4) sees the reuse: the same tokens, some of them cached.
+    cost_on, cost_off = (a.steps[-1].detail["cost"] for a in (on, off))
+    assert cost_off["cached_prompt_tokens"] == 0 == cost_off["cache_hit_rate"]
+    assert 0 < cost_on["cache_hit_rate"] < 1
+    assert (cost_on["uncached_prompt_tokens"] + cost_on["cached_prompt_tokens"]
+            == cost_off["uncached_prompt_tokens"])
+    assert cost_on["cost_index"] < cost_off["cost_index"]
     assert on.usage.prompt_tokens == off.usage.prompt_tokens
     assert off.usage.cached_tokens == 0 < on.usage.cached_tokens < on.usage.prompt_tokens
     first, *later = [s.detail for s in on.steps if s.role == "stepper"]

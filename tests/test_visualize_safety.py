@@ -305,15 +305,25 @@ def test_a_page_of_another_owner_keeps_its_owner(tmp_path: Path) -> None:
     assert (target.stat().st_uid, target.stat().st_gid) == (65534, 65534)
 
 
-@pytest.mark.skipif(getattr(__import__("os"), "geteuid", lambda: 0)() == 0,
-                    reason="root may write a read-only file")
-def test_a_read_only_page_is_refused_as_the_check_refuses_it(tmp_path: Path) -> None:
+def test_a_read_only_page_is_refused_as_the_check_refuses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rename would replace it: the folder allows that, but `show` refused it up front."""
+    import os
+
     from longweave.batch import check_writable
 
     target = tmp_path / "tree.html"
     render_tree(control_tree(), target, title="old")
     target.chmod(0o444)
+    if getattr(os, "geteuid", lambda: 1)() == 0:  # root may write it anyway: refuse as for others
+        opened = Path.open
+
+        def refusing(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if Path(os.path.realpath(self)) == target.resolve() and mode[0] in "aw":
+                raise PermissionError(13, "Permission denied", str(self))
+            return opened(self, mode, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refusing)
     with pytest.raises(DocumentError, match=r"cannot be written \(Permission denied\)"):
         check_writable(target, "drawing")
     with pytest.raises(DocumentError, match=r"tree.html: cannot be written \(Permission denied\)"):
