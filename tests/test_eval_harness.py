@@ -236,3 +236,30 @@ async def test_trace_records_every_strategys_calls(cache, tmp_path) -> None:
     outputs = {c["output"] for c in calls}
     assert "Mara Quill" in outputs and "In 1923." in outputs
     assert len({line["key"] for line in lines if "key" in line}) == 8  # every item attributable
+
+
+def test_the_table_keeps_names_whole_off_a_terminal(monkeypatch) -> None:
+    """Piped into a log, the table was laid out in rich's 80 columns, where the numbers took
+    the room and "mem-walker" and "leval/quality" folded one letter per line."""
+    import io
+
+    from rich.console import Console
+
+    from longweave.cli.render import print_table
+    from longweave.evals.harness import CaseResult, EvalResults
+    from longweave.evals.report import results_table
+
+    cases = [CaseResult(strategy="mem-walker", case=f"c{i}", task="leval/quality", length=8192,
+                        tokens=8000, metric="option", score=i % 2, scores={"option": i % 2},
+                        calls=5, prompt_tokens=5290, seconds=34.4) for i in range(6)]
+    results = EvalResults(dataset="quality.jsonl", format="leval", model="local",
+                          strategies=["mem-walker"], cases=6, results=cases)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    piped = io.StringIO()
+    print_table(Console(file=piped), results_table(results))
+    row = next(line for line in piped.getvalue().splitlines() if "mem-walker" in line)
+    assert "leval/quality" in row and "0.500" in row and "5,290" in row
+    monkeypatch.setenv("COLUMNS", "80")  # a width asked for is kept
+    narrow = io.StringIO()
+    print_table(Console(file=narrow), results_table(results))
+    assert all(len(line) <= 80 for line in narrow.getvalue().splitlines())

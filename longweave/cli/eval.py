@@ -95,6 +95,7 @@ def eval_command(
     from rich.console import Console
 
     from longweave.cli.batch_view import BatchView
+    from longweave.cli.render import print_table
     from longweave.evals.datasets import parse_lengths
     from longweave.evals.harness import arun_eval
     from longweave.evals.report import results_table, write_reports
@@ -127,7 +128,7 @@ def eval_command(
                                "same command to resume") from None
     for note in results.notes:
         err.print(f"[dim]note: {escape(note)}[/]", highlight=False)
-    Console().print(results_table(results))
+    print_table(Console(), results_table(results))
     written = write_reports(results, folder)
     json_path, csv_path = escape(str(written["json"])), escape(str(written["csv"]))
     err.print(f"[dim]wrote {json_path} and {csv_path}[/]", highlight=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 from rich.text import Text
 
 from longweave.answer import Answer, Citation, plural
@@ -29,6 +30,22 @@ def open_in_browser(page: Path) -> bool:
         return bool(webbrowser.open(page.resolve().as_uri()))
     except webbrowser.Error:
         return False
+
+
+def print_table(console: Console, table: Table) -> None:
+    """A table at its natural width off a terminal (a log file, a pipe), where rich's default
+    80 columns would fold its names a letter per line; as wide as the terminal (or COLUMNS)
+    otherwise."""
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+    width = console.width
+    console.width = max(width, natural)  # print's own width= is capped at the console's
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def labelled(label: str, style: str, message: str) -> Text:
