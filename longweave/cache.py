@@ -139,6 +139,10 @@ class CompletionCache:
             self._conn = None  # inherited across fork: never reuse a parent's connection
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.name == "completions.sqlite":  # in longweave's cache folder: tagged
+                from longweave.cache_contents import mark_cache_folder
+
+                mark_cache_folder(self.path.parent)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False)
             self._inode = self.path.stat().st_ino
             try:
@@ -329,14 +333,20 @@ class ArtifactCache:
         try:
             return read(found)
         except _UNUSABLE as exc:
+            if isinstance(exc, FileNotFoundError) and not found.is_dir():
+                return None  # removed meanwhile (`longweave cache --clear`): a plain miss
             aside = found.with_name(f".{found.name}.unusable-{uuid.uuid4().hex[:8]}")
             problem = (str(exc).splitlines() or [type(exc).__name__])[0]
-            warnings.warn(f"rebuilding {what}: {found} is unusable ({problem}); moved to "
-                          f"{aside.name}", LongweaveWarning, stacklevel=3)
             try:
                 os.rename(found, aside)
-            except OSError:
-                pass  # another process moved or rebuilt it first
+            except FileNotFoundError:
+                moved = ""  # another process moved or removed it first
+            except OSError as failed:
+                moved = f"; it could not be moved aside ({failed.strerror or failed})"
+            else:
+                moved = f"; moved to {aside.name}"
+            warnings.warn(f"rebuilding {what}: {found} is unusable ({problem}){moved}",
+                          LongweaveWarning, stacklevel=3)
             return None
 
     def save(self, key: str, write: Callable[[Path], None], what: str) -> bool:

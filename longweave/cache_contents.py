@@ -6,6 +6,12 @@ pages drawn by chat, and the saved chat conversations. `cache_contents` lists th
 `prune_cache` removes only leftovers (damaged artifacts set aside, temporary folders of writers
 that died, artifacts of a format the code can no longer read), and `clear_cache` removes whole
 kinds. Conversations are never a leftover, and "all" leaves them.
+
+Only what has the exact shape of what longweave writes is longweave's (an artifact key, a model
+unpacked from GGUF, a page chat drew): anything else is "other", listed and never removed, and a
+link is never followed. Since the folder may be one the user shares with other programs, nothing
+is removed from the home folder (or above it), nor from a folder holding others' files unless
+its `CACHEDIR.TAG` says it is a cache; `mark_cache_folder` writes that tag.
 """
 
 from __future__ import annotations
@@ -15,21 +21,27 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
+import time
 import uuid
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from longweave.errors import LongweaveError, LongweaveWarning
+from longweave.cache import _SAFE_KEY
+from longweave.errors import ConfigError, LongweaveError
 
 __all__ = [
     "CACHE_KINDS",
+    "CACHE_TAG",
     "KEPT_KINDS",
     "CacheItem",
+    "Removal",
     "cache_contents",
     "cache_kinds",
+    "check_removable",
     "clear_cache",
+    "mark_cache_folder",
     "prune_cache",
 ]
 
@@ -53,17 +65,47 @@ CACHE_KINDS: dict[str, str] = {
 cache: "all" (`cache_kinds`) leaves them."""
 KEPT_KINDS: dict[str, str] = {
     "in progress": "builds under way (kept)",
-    "other": "not longweave's cache (kept)",
+    "own files": "chat's input history, CACHEDIR.TAG (kept)",
+    "other": "not longweave's (kept)",
 }
 """What `cache_contents` also finds and nothing here removes: the temporary folders of running
-writers, and files it does not know (chat's input history, say)."""
+writers, longweave's files that are not a cache, and what longweave did not write."""
+CACHE_TAG = "CACHEDIR.TAG"
+"""The file that marks a cache folder (https://bford.info/cachedir/): backup tools skip the
+folder, and `check_removable` lets longweave remove its own things from it."""
+_TAG_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+_TAG_TEXT = (_TAG_SIGNATURE + b"\n# This file is a cache directory tag created by longweave.\n"
+             b"# For information about cache directory tags see https://bford.info/cachedir/\n")
 
 _STORES = {"completions.sqlite": ("completions", "completions"),
            "embeddings.sqlite": ("embeddings", "embeddings")}
 """The SQLite caches: file name -> (kind, table)."""
-_PREFIXES = (("index-", "indexes"), ("corpus-", "corpora"), ("graph-reader-", "graphs"),
-             ("mem-walker-tree-", "trees"), ("light-", "memories"), ("prism-schema-", "schemas"))
-"""Artifact keys by the strategy that makes them (`index_key`, `artifact_key`s)."""
+_BUILT_IN = tuple((re.compile(shape), kind) for shape, kind in (
+    (r"index-[0-9a-f]{16}-[0-9a-f]{24}", "indexes"),  # retrieval.index.index_key
+    (r"corpus-[0-9a-f]{40}", "corpora"),  # retrieval.index.corpus_index
+    (r"graph-reader-[0-9a-f]{16}-[0-9a-f]{20}", "graphs"),  # GraphReader._artifact_key
+    (r"mem-walker-tree-[0-9a-f]{16}-[0-9a-f]{20}", "trees"),  # mem_walker_tree.artifact_key
+    (r"light-[0-9a-f]{16}-[0-9a-f]{20}", "memories"),  # light_build.artifact_key
+    (r"prism-schema-[0-9a-f]{24}", "schemas"),  # PRISM._generate
+))
+"""The keys of the built-in strategies' artifacts, whole; any other key is a plugin's
+("artifacts"), whatever it starts with."""
+_TEMP = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[A-Za-z0-9_]+\.tmp")
+"""`durable.temp_folder`'s `.KEY.OWNER.XXXXXXXX.tmp` (without OWNER before owners were named)."""
+_CLAIMED = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{8}\.stale")
+"""A folder claimed for removal by `durable.sweep_stale` or `_discard`."""
+_SET_ASIDE = re.compile(rf"\.{_SAFE_KEY.pattern}\.unusable-[0-9a-f]{{8}}")
+"""An artifact `ArtifactCache.load` moved aside."""
+_UNPACKED = re.compile(r"[A-Za-z0-9._-]{1,80}-[0-9a-f]{12}")
+"""`models/<ModelSource.cache_key>`: a GGUF file's slug and digest; it holds `model` and
+`tokenizer` (`local_models.loader._unpacked`)."""
+_VIEW = re.compile(r"[0-9a-f]{16}-turn\d+\.html")
+"""`views/<document id>-turn<N>.html`, chat's `/trace open`."""
+_VIEW_TEMP = re.compile(r"\.[0-9a-f]{16}-turn\d+\.html\.[0-9a-f]{8}\.tmp\.html")
+"""A page being written (`visualize.page._replace`)."""
+_ROOT_CLAIMED = re.compile(r"\.(?:sessions|views)\.[0-9a-f]{8}\.stale")
+"""The sessions (or views) folder claimed for removal by `_discard`: nothing else longweave
+writes at the root starts with a dot."""
 _FORMAT_HEAD = re.compile(rb'\{\s*"format"\s*:\s*(\d+)\s*[,}]')
 
 
@@ -78,17 +120,29 @@ class CacheItem:
     """Bytes of its files."""
     count: int | None = 1
     """Entries it holds: a SQLite cache's rows (None when it cannot be read), the sessions'
-    conversations, the pages of views; else 1."""
+    conversations; else 1."""
     why: str = ""
     """Why a leftover can go."""
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What `prune_cache` or `clear_cache` did."""
+
+    removed: tuple[CacheItem, ...]
+    """What went (a SQLite cache: emptied, with the bytes it freed)."""
+    not_removed: tuple[tuple[CacheItem, str], ...] = ()
+    """What could not be removed, each with why (no permission, in use)."""
+
+
+class _NotRemoved(Exception):
+    """Why an item could not be removed."""
 
 
 def cache_kinds(names: Sequence[str]) -> list[str]:
     """The kinds `names` say ("all": every one but sessions, which go only when named); an
     unknown name raises ConfigError with the closest."""
     import difflib
-
-    from longweave.errors import ConfigError
 
     choices = [*CACHE_KINDS, "all"]
     unknown = [n for n in names if n not in choices]
@@ -108,27 +162,27 @@ def cache_contents(root: str | Path) -> list[CacheItem]:
     listed. Leftovers are what nothing will read again: artifacts and SQLite files set aside as
     damaged, temporary folders of dead writers (`longweave.retrieval.durable`), and artifacts of
     a format older than this longweave reads (`_outdated`)."""
+    from longweave.retrieval.durable import STALE_AFTER_S, is_stale
+
     root = Path(root).expanduser()
     items: list[CacheItem] = []
-    for name in _names(root):
-        path = root / name
-        if name.removesuffix("-wal").removesuffix("-shm").removesuffix(".corrupt") in _STORES:
-            continue  # below, each with its -wal and -shm
-        if name == "artifacts" and path.is_dir():
-            items += _artifacts(path, None)
-        elif name == "models" and path.is_dir():
-            for source in _names(path):
-                if (path / source).is_dir() and not source.startswith("."):
-                    items += _artifacts(path / source, "models")
-                else:
-                    items.append(_aside(path / source))
-        elif name in ("sessions", "views") and path.is_dir():
-            inside = _names(path)
-            count = sum(not n.startswith(".") and (name == "views" or n.endswith(".json"))
-                        and (path / n).is_file() for n in inside)
-            items.append(CacheItem(name, (path,), _size(path), count))
-        else:
-            items.append(_aside(path))
+    for kind, path in _entries(root):
+        size, why = _size(path), ""
+        if kind == "temp":
+            kind, why = ("leftovers", "left by a writer that died") if is_stale(path) \
+                else ("in progress", "")
+        elif kind == "view temp":
+            old = _mtime(path) <= time.time() - STALE_AFTER_S
+            kind, why = ("leftovers", "left by a writer that died") if old else ("in progress", "")
+        elif kind.startswith("leftovers:"):
+            kind, why = kind.split(":", 1)
+        elif kind in CACHE_KINDS and kind != "sessions":
+            why = _outdated(kind, path)
+            kind = "leftovers" if why else kind
+        count = 1
+        if kind == "sessions":
+            count = sum(n.endswith(".json") and _is(path / n, stat.S_ISREG) for n in _names(path))
+        items.append(CacheItem(kind, (path,), size, count, why))
     for file, (kind, table) in _STORES.items():
         rows = _rows(root / file, table)  # first: closing may fold its journal into the file
         if live := _with_journal(root / file):
@@ -139,19 +193,114 @@ def cache_contents(root: str | Path) -> list[CacheItem]:
     return items
 
 
-def prune_cache(root: str | Path) -> list[CacheItem]:
-    """Remove the leftovers of the cache folder `root`; returns what went. Safe beside running
-    longweave processes: nothing reads a leftover, and a temporary folder goes only by the rule
-    of `sweep_stale`, which never takes a running writer's."""
-    return _remove([i for i in cache_contents(root) if i.kind == "leftovers"])
+def check_removable(root: str | Path, items: Sequence[CacheItem]) -> None:
+    """Raise ConfigError when nothing should be removed from the folder `root` (which holds
+    `items`): it is the home folder or above it, or it holds what longweave did not write and no
+    `CACHEDIR.TAG` says it is a cache (a shared folder, set as the cache folder by mistake)."""
+    root = Path(root).expanduser()
+    hint = "set LONGWEAVE_CACHE_DIR to a folder of longweave's own (by default ~/.cache/longweave)"
+    if _home_or_above(root):
+        raise ConfigError(f"{root} is the home folder or holds it: longweave removes nothing "
+                          "there", hint=hint)
+    others = [i.paths[0] for i in items if i.kind == "other"]
+    if others and not _tagged(root):
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise ConfigError(
+            f"{root} has no {CACHE_TAG} and holds what longweave did not write "
+            f"({others[0].relative_to(root)}{more}): longweave removes nothing there",
+            hint=f"{hint}, or move the others out of this one")
 
 
-def clear_cache(root: str | Path, kinds: Sequence[str]) -> list[CacheItem]:
+def mark_cache_folder(root: str | Path) -> bool:
+    """Write the `CACHEDIR.TAG` of the cache folder `root` if it has none and holds only what
+    longweave writes (never in the home folder or above it); whether it has one now. Best
+    effort: a folder that does not exist or cannot be written stays as it is."""
+    root = Path(root).expanduser()
+    try:
+        if _tagged(root):
+            return True
+        if _home_or_above(root) or any(kind == "other" for kind, _ in _entries(root)):
+            return False
+        fd = os.open(root / CACHE_TAG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as tag:
+            tag.write(_TAG_TEXT)
+    except FileExistsError:
+        return _tagged(root)  # written by another process meanwhile
+    except (OSError, LongweaveError):
+        return False
+    return True
+
+
+def prune_cache(root: str | Path) -> Removal:
+    """Remove the leftovers of the cache folder `root`. Safe beside running longweave processes:
+    nothing reads a leftover, a temporary folder goes only by the rule of `sweep_stale`, which
+    never takes a running writer's, and an artifact rebuilt meanwhile is kept. Raises
+    ConfigError where `check_removable` refuses the folder."""
+    items = cache_contents(root)
+    check_removable(root, items)
+    return _remove([i for i in items if i.kind == "leftovers"])
+
+
+def clear_cache(root: str | Path, kinds: Sequence[str]) -> Removal:
     """Remove every item of `kinds` (names of `CACHE_KINDS`, or "all": see `cache_kinds`) from
-    the cache folder `root`; returns what went (a SQLite cache is emptied in place, so that
-    processes using it go on). What cannot be removed is a warning."""
+    the cache folder `root` (a SQLite cache is emptied in place, so that processes using it go
+    on). Raises ConfigError where `check_removable` refuses the folder."""
     wanted = cache_kinds(kinds)
-    return _remove([i for i in cache_contents(root) if i.kind in wanted])
+    items = cache_contents(root)
+    check_removable(root, items)
+    return _remove([i for i in items if i.kind in wanted])
+
+
+def _entries(root: Path) -> Iterator[tuple[str, Path]]:
+    """What is in the cache folder, by name and file type alone (no link followed): a kind of
+    `CACHE_KINDS` (an artifact's before its format is read), "leftovers:WHY", "temp" or "view
+    temp" (by age), "own files" or "other". The SQLite caches are left to the caller."""
+    for name in _names(root):
+        path = root / name
+        if name.removesuffix("-wal").removesuffix("-shm").removesuffix(".corrupt") in _STORES:
+            continue  # the caller's, each with its -wal and -shm
+        if not _is(path, stat.S_ISDIR):
+            yield ("own files" if name in ("chat_history", CACHE_TAG)
+                   and _is(path, stat.S_ISREG) else "other"), path
+        elif name == "artifacts":
+            yield from _artifacts(path, None)
+        elif name == "models":
+            for source in _names(path):
+                if _UNPACKED.fullmatch(source) and _is(path / source, stat.S_ISDIR):
+                    yield from _artifacts(path / source, "models")
+                else:
+                    yield "other", path / source
+        elif name == "views":
+            for page in _names(path):
+                file = _is(path / page, stat.S_ISREG)
+                yield ("views" if file and _VIEW.fullmatch(page) else "view temp"
+                       if file and _VIEW_TEMP.fullmatch(page) else "other"), path / page
+        elif name == "sessions":
+            yield "sessions", path
+        else:
+            yield ("leftovers:claimed for removal" if _ROOT_CLAIMED.fullmatch(name)
+                   else "other"), path
+
+
+def _artifacts(folder: Path, kind: str | None) -> Iterator[tuple[str, Path]]:
+    """The entries of an `ArtifactCache` folder: artifacts of `kind` (`models`: the unpacked
+    model and tokenizer) or by their keys, and the folders its writers leave."""
+    for name in _names(folder):
+        path = folder / name
+        if not _is(path, stat.S_ISDIR):
+            yield "other", path
+        elif _SET_ASIDE.fullmatch(name):
+            yield "leftovers:damaged, set aside", path
+        elif _CLAIMED.fullmatch(name):
+            yield "leftovers:claimed for removal", path
+        elif _TEMP.fullmatch(name):
+            yield "temp", path
+        elif kind is not None:
+            yield kind if name in ("model", "tokenizer") else "other", path
+        elif _SAFE_KEY.fullmatch(name):
+            yield next((k for shape, k in _BUILT_IN if shape.fullmatch(name)), "artifacts"), path
+        else:
+            yield "other", path
 
 
 def _names(folder: Path) -> list[str]:
@@ -167,37 +316,40 @@ def _names(folder: Path) -> list[str]:
         ) from None
 
 
-def _artifacts(folder: Path, kind: str | None) -> list[CacheItem]:
-    """The artifacts of an `ArtifactCache` folder, of `kind` or by their keys' prefixes."""
-    items = []
-    for name in _names(folder):
-        path = folder / name
-        if name.startswith(".") or not path.is_dir():
-            items.append(_aside(path))
-            continue
-        found = kind or next((k for p, k in _PREFIXES if name.startswith(p)), "artifacts")
-        outdated = _outdated(found, path)
-        items.append(CacheItem("leftovers" if outdated else found, (path,), _size(path),
-                               why=outdated))
-    return items
+def _is(path: Path, file_type: Callable[[int], bool]) -> bool:
+    """Whether `path` itself (a link not followed) is of `file_type` (`stat.S_ISDIR`...)."""
+    try:
+        return file_type(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
-def _aside(path: Path) -> CacheItem:
-    """What a name that is not an artifact or store is: a folder set aside or left by a writer,
-    or something else."""
-    from longweave.retrieval.durable import is_stale
+def _mtime(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return time.time()
 
-    name, size = path.name, _size(path)
-    if name.startswith(".") and path.is_dir() and not path.is_symlink():
-        if ".unusable-" in name:
-            return CacheItem("leftovers", (path,), size, why="damaged, set aside")
-        if name.endswith(".stale"):
-            return CacheItem("leftovers", (path,), size, why="claimed for removal")
-        if name.endswith(".tmp"):  # the rule of `sweep_stale`, which removes it
-            if not is_stale(path):
-                return CacheItem("in progress", (path,), size)
-            return CacheItem("leftovers", (path,), size, why="left by a writer that died")
-    return CacheItem("other", (path,), size)
+
+def _home_or_above(root: Path) -> bool:
+    """Whether `root` is the user's home folder or one that holds it."""
+    try:
+        home, where = Path.home().resolve(), root.resolve()
+    except (RuntimeError, KeyError, OSError):  # no home known
+        return False
+    return where == home or where in home.parents
+
+
+def _tagged(root: Path) -> bool:
+    """Whether `root` has a `CACHEDIR.TAG` (a file, not a link, that starts as the format says)."""
+    tag = root / CACHE_TAG
+    if not _is(tag, stat.S_ISREG):
+        return False
+    try:
+        with open(tag, "rb") as f:
+            return f.read(len(_TAG_SIGNATURE)) == _TAG_SIGNATURE
+    except OSError:
+        return False
 
 
 def _outdated(kind: str, folder: Path) -> str:
@@ -277,59 +429,109 @@ def _size(path: Path) -> int:
     return total
 
 
-def _remove(items: Sequence[CacheItem]) -> list[CacheItem]:
-    """Remove `items`; those gone (a SQLite cache: with the bytes it freed)."""
-    from longweave.retrieval.durable import sweep_stale
-
+def _remove(items: Sequence[CacheItem]) -> Removal:
+    """Remove `items`: what went, and what could not, with why. One that is no longer to be
+    removed (a temporary folder written to again, an artifact rebuilt meanwhile) is neither."""
     gone: list[CacheItem] = []
-    swept: set[Path] = set()
+    failed: list[tuple[CacheItem, str]] = []
     for item in items:
-        first = item.paths[0]
-        if item.kind in ("completions", "embeddings"):
-            emptied = _empty(item)
-            if emptied is not None:
-                gone.append(emptied)
-            continue
-        if first.name.endswith((".tmp", ".stale")) and item.kind == "leftovers":
-            if first.parent not in swept:  # its rule again, at the moment of removal
-                swept.add(first.parent)
-                sweep_stale(first.parent)
-            removed = not first.exists()
+        try:
+            done = _take(item)
+        except _NotRemoved as exc:
+            failed.append((item, str(exc)))
         else:
-            removed = _discard(item.paths)
-        if removed:
-            gone.append(item)
-    return gone
+            if done is not None:
+                gone.append(done)
+    return Removal(tuple(gone), tuple(failed))
 
 
-def _discard(paths: Sequence[Path]) -> bool:
+def _take(item: CacheItem) -> CacheItem | None:
+    """Remove one item; itself (a SQLite cache: with the bytes it freed) or None when it is kept
+    after all. Raises _NotRemoved."""
+    from longweave.retrieval.durable import is_stale
+
+    first = item.paths[0]
+    if item.kind in ("completions", "embeddings"):
+        return _empty(item)
+    if item.kind == "leftovers" and _TEMP.fullmatch(first.name):
+        if not is_stale(first):  # the rule of `sweep_stale`, again at the moment of removal
+            return None
+        claimed = first.with_name(f"{first.name[:-4]}.{uuid.uuid4().hex[:8]}.stale")
+        try:
+            os.rename(first, claimed)
+        except FileNotFoundError:
+            return None  # renamed into place, or claimed by a sweep, meanwhile
+        except OSError as exc:
+            raise _NotRemoved(exc.strerror or str(exc)) from None
+        _rmtree(claimed)
+        return item
+    if item.kind == "leftovers" and (_CLAIMED.fullmatch(first.name)
+                                     or _ROOT_CLAIMED.fullmatch(first.name)):
+        _rmtree(first)  # claimed already: removing it twice at once is harmless
+        return item
+    if item.kind == "leftovers" and item.why.startswith("old format"):
+        kind = next((k for shape, k in _BUILT_IN if shape.fullmatch(first.name)), "")
+        return item if _discard(item.paths, lambda p: bool(_outdated(kind, p))) else None
+    _discard(item.paths)
+    return item
+
+
+def _discard(paths: Sequence[Path], still: Callable[[Path], bool] | None = None) -> bool:
     """Remove files and folders, a folder renamed away first (`.NAME.XXXXXXXX.stale`, which a
-    sweep finishes if this is killed), so that no reader sees half of one."""
+    prune finishes if this is killed), so that no reader sees half of one; a link is unlinked,
+    never followed. A folder that, once claimed, is `still` not to go (an artifact of an old
+    format rebuilt meanwhile) is put back where its key is still free, and False returned.
+    Raises _NotRemoved."""
     for path in paths:
         try:
-            if path.is_dir() and not path.is_symlink():
-                claimed = path.with_name(f".{path.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.stale")
-                os.rename(path, claimed)
-                shutil.rmtree(claimed, ignore_errors=True)
-                if claimed.exists():
-                    raise OSError(f"could not remove everything in {claimed}")
-            else:
+            if not _is(path, stat.S_ISDIR):
                 path.unlink()
+                continue
+            claimed = path.with_name(f".{path.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.stale")
+            os.rename(path, claimed)
         except FileNotFoundError:
             continue  # removed by another process meanwhile
         except OSError as exc:
-            warnings.warn(f"{path} is not removed: {exc.strerror or exc}", LongweaveWarning, 4)
+            raise _NotRemoved(exc.strerror or str(exc)) from None
+        if not _is(claimed, stat.S_ISDIR) or (still is not None and not still(claimed)):
+            # A link put in its place, or an artifact rebuilt, since it was listed.
+            try:
+                if not os.path.lexists(path):
+                    os.rename(claimed, path)
+                    return False
+            except OSError:
+                pass
+            if not _is(claimed, stat.S_ISDIR):
+                raise _NotRemoved("it is a link now")
+            _rmtree(claimed)  # a copy of what its key holds again: nothing can read it
             return False
+        _rmtree(claimed)
     return True
 
 
-def _empty(item: CacheItem) -> CacheItem | None:
+def _rmtree(folder: Path) -> None:
+    """Remove a claimed folder and everything in it (links inside unlinked, not followed), or
+    raise _NotRemoved with the first reason it cannot be."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if os.path.lexists(folder):
+        try:
+            shutil.rmtree(folder)  # again, for the reason
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _NotRemoved(exc.strerror or str(exc)) from None
+        if os.path.lexists(folder):
+            raise _NotRemoved(f"could not remove everything in {folder}")
+
+
+def _empty(item: CacheItem) -> CacheItem:
     """Delete a SQLite cache's rows and give back their space, through SQLite, so that processes
     using it see an empty cache rather than a file gone under them; a file that is not a
-    database is removed. The item with the rows and bytes it freed, or None (with a warning)."""
+    database is removed. The item with the rows and bytes it freed. Raises _NotRemoved."""
     file = item.paths[0]
     if file.name not in _STORES:  # a -wal or -shm without its database
-        return item if _discard(item.paths) else None
+        _discard(item.paths)
+        return item
     try:
         conn = sqlite3.connect(file, timeout=30)
         try:
@@ -341,10 +543,8 @@ def _empty(item: CacheItem) -> CacheItem | None:
             conn.close()
     except sqlite3.OperationalError as exc:
         if "no such table" not in str(exc):
-            warnings.warn(f"{file} is not cleared: {exc}; try again when other longweave runs "
-                          "have finished", LongweaveWarning, 4)
-            return None
+            raise _NotRemoved(f"{exc}; try again when other longweave runs have finished"
+                              ) from None
     except sqlite3.DatabaseError:  # not a database: nothing can be using it
-        if not _discard(item.paths):
-            return None
+        _discard(item.paths)
     return replace(item, size=max(0, item.size - sum(map(_size, item.paths))))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -441,6 +443,39 @@ def test_artifact_load_moves_an_unusable_one_aside_and_save_warns_instead_of_fai
     (tmp_path / "a-file").write_text("in the way")
     with pytest.warns(RuntimeWarning, match="the number is not cached .*next question"):
         assert not blocked.save("k", lambda d: (d / "n.json").write_text("{}"), "the number")
+
+
+def test_an_artifact_removed_while_it_is_read_is_a_quiet_miss(tmp_path: Path) -> None:
+    """`longweave cache --clear` took it meanwhile: nothing is damaged, nothing set aside."""
+    cache = ArtifactCache(tmp_path / "artifacts")
+    cache.save("k", lambda d: (d / "n.json").write_text('{"n": 7}'), "the number")
+
+    def read(d: Path) -> int:
+        shutil.rmtree(d)  # removed by another process after it was found
+        return int((d / "n.json").read_text())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.load("k", read, "the number") is None
+    assert list(cache.root.iterdir()) == []
+
+
+def test_an_unusable_artifact_is_said_moved_only_when_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ArtifactCache(tmp_path / "artifacts")
+    cache.save("k", lambda d: (d / "n.json").write_text("garbage"), "the number")
+
+    def refused(src: str, dst: str) -> None:
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(os, "rename", refused)
+    with pytest.warns(RuntimeWarning) as said:
+        assert cache.load("k", lambda d: int((d / "n.json").read_text()), "the number") is None
+    (message,) = [str(w.message) for w in said]
+    assert "moved to" not in message
+    assert message.endswith("; it could not be moved aside (Permission denied)")
+    assert [p.name for p in cache.root.iterdir()] == ["k"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names fds through /proc")

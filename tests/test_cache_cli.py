@@ -233,7 +233,8 @@ def test_the_listing_counts_and_sizes_each_kind(filled: Filled, monkeypatch, cap
     gone = [filled.damaged, filled.old_index, filled.old_corpus, filled.old_memory, filled.dead]
     assert kinds["leftovers"] == (6, _bytes(*gone, *corrupt))
     assert kinds["in progress"] == (2, _bytes(filled.live, filled.dead_fresh))
-    assert kinds["other"] == (1, _bytes(root / "chat_history"))
+    assert kinds["own files"] == (2, _bytes(root / "chat_history", root / "CACHEDIR.TAG"))
+    assert "other" not in kinds or kinds["other"] == (0, 0)
     assert listing["total_bytes"] == _bytes(root) == sum(b for _, b in kinds.values())
     why = {row["path"]: row["why"] for row in listing["leftovers"]}
     assert why[str(filled.damaged)] == "damaged, set aside"
@@ -260,7 +261,8 @@ def test_the_table_fits_80_columns_and_says_what_prune_frees(filled: Filled, mon
     assert max(map(len, table)) <= 80
     rows = {line.split()[1]: line for line in table if line.startswith("│")}
     assert "4" in rows["indexes"].split("│")[3] and "…" not in out
-    assert "in" in rows and "other" in rows  # shown because something is there
+    assert "in" in rows and "own" in rows  # shown because something is there
+    assert "other" not in rows  # not shown: nothing is there
     assert table[-1].startswith("--prune removes the 6 leftovers (")
 
 
@@ -358,7 +360,7 @@ def test_clear_all_keeps_the_sessions(filled: Filled, monkeypatch, capsys) -> No
     assert all(kinds[k] == (0, kinds[k][1]) for k in ("completions", "embeddings"))
     emptied = [k for k in CACHE_KINDS if k not in ("sessions", "completions", "embeddings")]
     assert all(kinds[k] == (0, 0) for k in emptied), kinds
-    assert kinds["in progress"][0] == 2 and kinds["other"][0] == 1  # never ours to take
+    assert kinds["in progress"][0] == 2 and kinds["own files"][0] == 2  # never ours to take
     assert _rows(filled.root / "completions.sqlite", "completions") == 0  # emptied in place
 
 
@@ -394,11 +396,12 @@ def test_clear_on_a_terminal_asks_first(filled: Filled, monkeypatch, capsys,
     assert ("nothing removed" in err) is not agree
 
 
-def test_an_unknown_kind_says_which_was_meant(filled: Filled, monkeypatch, capsys) -> None:
-    assert run_cli(monkeypatch, "cache", "--clear", "sesions", "--yes") == 1
-    error, hint = capsys.readouterr().err.splitlines()
-    assert error == "error: unknown cache kind 'sesions'"
-    assert hint.startswith("did you mean sessions? choose one of: completions, embeddings")
+def test_an_unknown_kind_is_a_usage_error_that_says_which_was_meant(filled: Filled, monkeypatch,
+                                                                     capsys) -> None:
+    assert run_cli(monkeypatch, "cache", "--clear", "sesions", "--yes") == 2  # as typer's own
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "Invalid value for '--clear': unknown cache kind 'sesions'; did you mean sessions? " \
+        "choose one of: completions, embeddings" in err
     assert filled.session.exists()
 
 
@@ -407,3 +410,249 @@ def test_prune_and_clear_together_is_a_usage_error(filled: Filled, monkeypatch,
     assert run_cli(monkeypatch, "cache", "--prune", "--clear", "indexes", "--yes") == 2
     assert "--clear leftovers prunes too" in capsys.readouterr().err
     assert filled.damaged.exists()
+
+
+# -- a folder shared with others: only longweave's own shapes go ------------------------------
+
+INDEX, TREE = f"index-{'a' * 16}-{'b' * 24}", f"mem-walker-tree-{'c' * 16}-{'d' * 20}"
+UNPACKED = f"smollm2-135m-instruct-q8_0.gguf-{'e' * 12}"  # `ModelSource.cache_key` of a GGUF
+
+
+@pytest.fixture
+def cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty cache folder, LONGWEAVE_CACHE_DIR."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(root))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    return root
+
+
+def _write(path: Path, text: str = "x" * 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, "utf-8")
+    return path
+
+
+def _tag(root: Path) -> None:
+    _write(root / "CACHEDIR.TAG", "Signature: 8a477f597d28d172789f06886806bc55\n")
+
+
+def _ours(root: Path) -> list[Path]:
+    """A cache folder as longweave leaves it: an index, a tree, an unpacked model, a page."""
+    return [_write(root / "artifacts" / INDEX / "index.json",
+                   json.dumps({"format": index_module.INDEX_FORMAT})),
+            _write(root / "artifacts" / TREE / "tree.json"),
+            _write(root / "models" / UNPACKED / "model" / "model.safetensors"),
+            _write(root / "views" / f"{'f' * 16}-turn1.html")]
+
+
+def _others(root: Path) -> list[Path]:
+    """What other programs keep in a folder they share with longweave (a home, a project)."""
+    dead = _write(root / ".build.tmp" / "f")
+    _age(dead.parent)
+    return [
+        _write(root / "models" / "llama-3-8b" / "original" / "consolidated.00.pth"),
+        _write(root / "models" / "README.txt"),
+        _write(root / "models" / UNPACKED / "notes.txt"),  # beside longweave's own
+        _write(root / "views" / "dashboard.html"),
+        _write(root / "Documents" / "thesis.tex"),
+        dead, _write(root / ".backup.unusable-2023" / "g"),
+        _write(root / ".old.stale" / "h"),
+        _write(root / "artifacts" / "notes.txt"),  # a file, not an artifact folder
+        _write(root / "artifacts" / ".build.tmp" / "f"),
+    ]
+
+
+def test_longweave_tags_its_cache_folder_at_its_first_run(model, monkeypatch, capsys,
+                                                          tmp_path) -> None:
+    assert run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "-s", "truncate",
+                   "--set", "max_new=32") == 0
+    tag = (tmp_path / "cache" / "CACHEDIR.TAG").read_text("utf-8")
+    assert tag.startswith("Signature: 8a477f597d28d172789f06886806bc55\n# ")
+    assert "longweave" in tag.splitlines()[1]
+
+
+def test_a_cache_folder_made_before_tags_is_tagged_by_the_listing(cache_dir, monkeypatch,
+                                                                  capsys) -> None:
+    _ours(cache_dir)
+    assert run_cli(monkeypatch, "cache") == 0
+    assert (cache_dir / "CACHEDIR.TAG").is_file()
+
+
+def test_a_shared_folder_is_listed_but_never_tagged_pruned_or_cleared(cache_dir, monkeypatch,
+                                                                     capsys) -> None:
+    ours, others = _ours(cache_dir), _others(cache_dir)
+    before = _files(cache_dir)
+    kinds = _kinds(_listing(monkeypatch, capsys))  # listing always works
+    assert kinds["other"][0] == 10 and kinds["leftovers"] == (0, 0)
+    assert kinds["indexes"][0] == 1 and kinds["views"][0] == 1 and kinds["models"][0] == 1
+    assert not (cache_dir / "CACHEDIR.TAG").exists()  # not longweave's alone
+    for args in (["--prune"], ["--clear", "all", "--yes"]):
+        assert run_cli(monkeypatch, "cache", *args) == 1
+        error, hint = capsys.readouterr().err.splitlines()
+        assert error == (f"error: {cache_dir} has no CACHEDIR.TAG and holds what longweave did "
+                         "not write (.backup.unusable-2023 and 9 more): longweave removes "
+                         "nothing there")
+        assert hint.startswith("set LONGWEAVE_CACHE_DIR to a folder of longweave's own")
+    assert _files(cache_dir) == before and all(p.exists() for p in [*ours, *others])
+
+
+def test_in_a_tagged_folder_only_longweaves_own_shapes_go(cache_dir, monkeypatch,
+                                                          capsys) -> None:
+    _tag(cache_dir)
+    ours, others = _ours(cache_dir), _others(cache_dir)
+    assert run_cli(monkeypatch, "cache", "--prune") == 0
+    assert run_cli(monkeypatch, "cache", "--clear", "all", "--yes") == 0
+    assert not any(p.exists() for p in ours)
+    assert all(p.exists() for p in others)
+
+
+@pytest.mark.parametrize("above", [False, True])
+def test_the_home_folder_is_never_pruned_nor_cleared(cache_dir, monkeypatch, capsys,
+                                                     above: bool) -> None:
+    home = cache_dir / "home"
+    monkeypatch.setenv("HOME", str(home))
+    root = cache_dir if above else home
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(root))
+    ours = _ours(root)
+    _write(root / "artifacts" / f".{INDEX}.unusable-1234abcd" / "index.json")
+    if not above:
+        assert run_cli(monkeypatch, "cache") == 0
+        assert not (home / "CACHEDIR.TAG").exists()  # backups must not skip a home
+    _tag(root)
+    for args in (["--prune"], ["--clear", "indexes", "--yes"]):
+        assert run_cli(monkeypatch, "cache", *args) == 1
+        error = capsys.readouterr().err.splitlines()[0]
+        assert error == (f"error: {root} is the home folder or holds it: longweave removes "
+                         "nothing there")
+    assert all(p.exists() for p in ours)
+    assert (root / "artifacts" / f".{INDEX}.unusable-1234abcd").exists()
+
+
+def test_links_are_never_followed(cache_dir, monkeypatch, capsys, tmp_path) -> None:
+    outside = tmp_path / "outside"
+    kept = [_write(outside / name / "weights" / "w.bin") for name in ("models", "model", "art")]
+    kept.append(_write(outside / "page.html"))
+    _tag(cache_dir)
+    (cache_dir / "models").mkdir()
+    (cache_dir / "models" / UNPACKED).symlink_to(outside / "models", target_is_directory=True)
+    other = cache_dir / "models" / f"other-{'1' * 12}"
+    other.mkdir()
+    (other / "model").symlink_to(outside / "model", target_is_directory=True)
+    (cache_dir / "artifacts").mkdir()
+    (cache_dir / "artifacts" / INDEX).symlink_to(outside / "art", target_is_directory=True)
+    (cache_dir / "views").mkdir()
+    (cache_dir / "views" / f"{'f' * 16}-turn1.html").symlink_to(outside / "page.html")
+    listing = _kinds(_listing(monkeypatch, capsys))
+    assert listing["models"] == (0, 0) and listing["indexes"] == (0, 0)
+    assert run_cli(monkeypatch, "cache", "--clear", "models", "--clear", "views",
+                   "--clear", "indexes", "--yes") == 0
+    assert all(p.read_text("utf-8") == "x" * 100 for p in kept)
+
+
+def test_a_plugins_artifacts_are_never_taken_for_a_built_in_ones(cache_dir, monkeypatch,
+                                                                 capsys) -> None:
+    """Keys that only start as a built-in's are a plugin's, in its own current format."""
+    from longweave.cache import ArtifactCache
+
+    artifacts = ArtifactCache(cache_dir / "artifacts")
+    artifacts.get_or_build("index-summaries-doc1", lambda d: _write(
+        d / "index.json", '{"format": 1, "summaries": []}'))
+    artifacts.get_or_build("light-rerank-doc1", lambda d: _write(d / "episodes.json", "[]"))
+    artifacts.get_or_build("graph-reader-plus-doc1", lambda d: _write(
+        d / "graph.json", '{"format": 1}'))
+    artifacts.get_or_build(f"index-{'a' * 15}-{'b' * 24}", lambda d: _write(
+        d / "index.json", '{"format": 1}'))  # an index of a document id not longweave's
+    kinds = _kinds(_listing(monkeypatch, capsys))
+    assert kinds["artifacts"][0] == 4 and kinds["leftovers"] == (0, 0)
+    assert _listing(monkeypatch, capsys, "--prune")["removed"] == []
+    assert len(_artifact_names(cache_dir)) == 4
+
+
+# -- what could not be removed ------------------------------------------------------------------
+
+
+def test_what_cannot_be_removed_is_an_error(cache_dir, monkeypatch, capsys) -> None:
+    ours = _ours(cache_dir)
+
+    def refused(src, dst, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(os, "rename", refused)
+    assert run_cli(monkeypatch, "cache", "--clear", "indexes", "--clear", "trees",
+                   "--yes") == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # not "nothing to remove": the error says what is left
+    error, hint = err.splitlines()
+    assert error == f"error: 2 not removed: artifacts/{INDEX}: Permission denied"
+    assert hint == "check the permissions of the cache folder, then run it again"
+    assert run_cli(monkeypatch, "cache", "--json", "--clear", "all", "--yes") == 1
+    result = json.loads(capsys.readouterr().out)
+    assert [Path(r["path"]).name for r in result["not_removed"]] == [INDEX, TREE, "model"]
+    assert {r["why"] for r in result["not_removed"]} == {"Permission denied"}
+    assert [Path(r["path"]).name for r in result["removed"]] == [ours[3].name]  # a file
+
+
+@pytest.mark.parametrize("refuse", ["rename", "rmtree"])
+def test_a_dead_writers_folder_that_cannot_be_removed_is_an_error(cache_dir, monkeypatch,
+                                                                  capsys, refuse: str) -> None:
+    dead = _died_writing(_made(cache_dir / "artifacts"), INDEX)
+    _age(dead)
+    real_rmtree = shutil.rmtree
+
+    def refused(path, *args, ignore_errors=False, **kwargs):
+        if refuse == "rename" or not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os if refuse == "rename" else shutil, refuse, refused)
+    assert run_cli(monkeypatch, "cache", "--prune") == 1
+    error = capsys.readouterr().err.splitlines()[0]
+    assert error.startswith("error: 1 not removed: artifacts/.") and "Permission denied" in error
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    if refuse == "rmtree":
+        (claimed,) = (cache_dir / "artifacts").glob(".*.stale")  # a prune finishes it
+        assert _kinds(_listing(monkeypatch, capsys))["leftovers"][0] == 1
+        assert run_cli(monkeypatch, "cache", "--prune") == 0 and not claimed.exists()
+
+
+# -- removal beside running longweave processes -------------------------------------------------
+
+
+def test_prune_keeps_an_old_memory_rebuilt_since_it_was_listed(tmp_path, monkeypatch) -> None:
+    """A LIGHT run refuses an old-format memory, moves it aside and saves the rebuilt one under
+    its key between prune's listing and its removal: the rebuilt one stays."""
+    import longweave.cache_contents as contents
+    from longweave.cache import ArtifactCache
+    from longweave.memory.episodic import Episode, EpisodicMemory
+    from longweave.memory.working import MemoryUnit
+
+    root = tmp_path / "cache"
+    artifacts = ArtifactCache(root / "artifacts")
+    key = f"light-{'d' * 16}-{'2' * 20}"
+
+    def memory(folder: Path) -> None:
+        made = EpisodicMemory(HashEmbedder(), "doc")
+        made.add([Episode(MemoryUnit(0, 0, 10, "Mara kept"), "Mara kept the light", ())])
+        made.save(folder)
+
+    final = artifacts.get_or_build(key, memory)
+    about = json.loads((final / "episodes.json").read_text("utf-8"))
+    del about["checksums"]
+    (final / "episodes.json").write_text(json.dumps(about), "utf-8")
+    listed = contents.cache_contents
+
+    def a_light_run_finishes_meanwhile(at: Path) -> list:
+        items = listed(at)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert artifacts.load(key, lambda d: EpisodicMemory.load(d, HashEmbedder()),
+                                  "the memory") is None  # refused, moved aside
+        artifacts.get_or_build(key, memory)
+        return items
+
+    monkeypatch.setattr(contents, "cache_contents", a_light_run_finishes_meanwhile)
+    removal = contents.prune_cache(root)
+    assert removal.removed == () and removal.not_removed == ()
+    assert EpisodicMemory.load(root / "artifacts" / key, HashEmbedder()) is not None
+    assert not list((root / "artifacts").glob("*.stale"))

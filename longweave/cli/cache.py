@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from longweave.cache_contents import CacheItem
+    from longweave.cache_contents import CacheItem, Removal
 
 
 def cache(
@@ -34,11 +34,22 @@ def cache(
 
     Kinds: completions, embeddings, indexes, corpora, graphs, trees, memories (LIGHT), schemas
     (PRISM), artifacts (other strategies'), models (unpacked from GGUF), views, sessions (saved
-    chats) and leftovers. The folder is LONGWEAVE_CACHE_DIR (by default ~/.cache/longweave)."""
+    chats) and leftovers. The folder is LONGWEAVE_CACHE_DIR (by default
+    $XDG_CACHE_HOME/longweave, or ~/.cache/longweave when XDG_CACHE_HOME is not set). What
+    longweave did not write is listed, never removed; --prune and --clear refuse the home
+    folder, and a folder holding others' files without longweave's CACHEDIR.TAG."""
     from rich.console import Console
 
-    from longweave.cache_contents import cache_contents, cache_kinds, clear_cache, prune_cache
+    from longweave.cache_contents import (
+        cache_contents,
+        cache_kinds,
+        check_removable,
+        clear_cache,
+        mark_cache_folder,
+        prune_cache,
+    )
     from longweave.config import Settings
+    from longweave.errors import ConfigError
 
     root = Settings().cache_dir.expanduser()
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -46,20 +57,31 @@ def cache(
         raise typer.BadParameter("--clear leftovers prunes too; give one of them",
                                  param_hint="'--prune'")
     if clear:
-        kinds = cache_kinds(clear)
+        try:
+            kinds = cache_kinds(clear)
+        except ConfigError as exc:
+            raise typer.BadParameter(f"{exc.message}; {exc.hint}", param_hint="'--clear'"
+                                     ) from None
+    mark_cache_folder(root)  # a folder of longweave's only, made before tags were written
+    if clear:
         if not yes:
             _ask_first()
         held = cache_contents(root)
+        check_removable(root, held)
         chosen = [i for i in held if i.kind in kinds]
         if chosen and not yes and not _confirmed(err, chosen, root):
             raise typer.Exit(1)
-        _removed(out, root, clear_cache(root, kinds), as_json, each=False)
+        removal = clear_cache(root, kinds)
+        _removed(out, root, removal, as_json, each=False)
         if "sessions" not in kinds and any(i.kind == "sessions" for i in held) \
                 and "all" in clear and not as_json:
             err.print("[dim]chat sessions are kept: --clear sessions removes them[/]")
+        _not_removed(root, removal)
         return
     if prune:
-        _removed(out, root, prune_cache(root), as_json, each=True)
+        removal = prune_cache(root)
+        _removed(out, root, removal, as_json, each=True)
+        _not_removed(root, removal)
         return
     _listing(out, root, cache_contents(root), as_json)
 
@@ -130,29 +152,49 @@ def _count(items: list[CacheItem]) -> int | None:
     return None if None in counts else sum(c for c in counts if c is not None)
 
 
-def _removed(out: Console, root: Path, items: list[CacheItem], as_json: bool, *,
+def _removed(out: Console, root: Path, removal: Removal, as_json: bool, *,
              each: bool) -> None:
     """What went: `each` item on its line (a prune's leftovers, with why), else a line a kind."""
+    items = removal.removed
     freed = sum(i.size for i in items)
     if as_json:
         typer.echo(json.dumps({
             "removed": [{"kind": i.kind, "path": str(i.paths[0]), "count": i.count,
                          "bytes": i.size, "why": i.why} for i in items],
             "freed_bytes": freed,
+            "not_removed": [{"kind": i.kind, "path": str(i.paths[0]), "why": why}
+                            for i, why in removal.not_removed],
         }))
         return
     if each:
         for item in items:
-            where = item.paths[0].relative_to(root) if item.paths[0].is_relative_to(root) \
-                else item.paths[0]
-            out.print(f"removed {escape(str(where))} ({item.why}, {size_text(item.size)})",
-                      soft_wrap=True)
+            out.print(f"removed {escape(_where(item, root))} ({item.why}, "
+                      f"{size_text(item.size)})", soft_wrap=True)
     else:
         for kind in dict.fromkeys(i.kind for i in items):
             found = [i for i in items if i.kind == kind]
             out.print(f"{kind}: {_count_text(found)} removed, "
                       f"{size_text(sum(i.size for i in found))}")
-    out.print(f"freed {size_text(freed)}" if items else "nothing to remove")
+    if items:
+        out.print(f"freed {size_text(freed)}")
+    elif not removal.not_removed:
+        out.print("nothing to remove")
+
+
+def _not_removed(root: Path, removal: Removal) -> None:
+    """What could not be removed is an error (exit 1) that gives the first reason."""
+    from longweave.errors import LongweaveError
+
+    if removal.not_removed:
+        item, why = removal.not_removed[0]
+        raise LongweaveError(
+            f"{len(removal.not_removed):,} not removed: {_where(item, root)}: {why}",
+            hint="check the permissions of the cache folder, then run it again")
+
+
+def _where(item: CacheItem, root: Path) -> str:
+    path = item.paths[0]
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 def _ask_first() -> None:
