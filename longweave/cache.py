@@ -288,7 +288,8 @@ def _replay(
     )
 
 
-_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+"""What an artifact key may be: a name safe as one folder on every platform."""
 SWEEP_EVERY_S = 600.0
 """Least seconds between two sweeps of an artifact cache's folder for the temporary folders of
 killed builds (each lists the folder; ours)."""
@@ -319,7 +320,7 @@ class ArtifactCache:
     def find(self, key: str) -> Path | None:
         """The directory for `key` if it has been built, else None."""
         final = self.root / key
-        return final if _SAFE_KEY.fullmatch(key) and final.is_dir() else None
+        return final if SAFE_KEY.fullmatch(key) and final.is_dir() else None
 
     def load(self, key: str, read: Callable[[Path], T], what: str) -> T | None:
         """`read(directory)` of the artifact built under `key`; None when there is none.
@@ -369,7 +370,7 @@ class ArtifactCache:
         temporary folders of killed builds are swept away (`longweave.retrieval.durable`)."""
         from longweave.retrieval.durable import fsync_path, fsync_tree, sweep_stale, temp_folder
 
-        if not _SAFE_KEY.fullmatch(key):
+        if not SAFE_KEY.fullmatch(key):
             raise ValueError(f"artifact key {key!r} must be letters, digits, '.', '_' or '-'")
         final = self.root / key
         if final.is_dir():

@@ -1,11 +1,9 @@
-"""What a cache folder holds, and removing parts of it: the `longweave cache` command's library.
+"""What a cache folder holds, by kind: the listing half of the `longweave cache` command's library.
 
 The folder (`LONGWEAVE_CACHE_DIR`) holds the completion and embedding caches (SQLite), the
 per-document artifacts of `cache.ArtifactCache` named by key, local models unpacked from GGUF,
-pages drawn by chat, and the saved chat conversations. `cache_contents` lists them by kind,
-`prune_cache` removes only leftovers (damaged artifacts set aside, temporary folders of writers
-that died, artifacts of a format the code can no longer read), and `clear_cache` removes whole
-kinds. Conversations are never a leftover, and "all" leaves them.
+pages drawn by chat, and the saved chat conversations. `cache_contents` lists them by kind;
+`longweave.cache_removal` removes leftovers (`prune_cache`) or whole kinds (`clear_cache`).
 
 Only what has the exact shape of what longweave writes is longweave's (an artifact key, a model
 unpacked from GGUF, a page chat drew): anything else is "other", listed and never removed, and a
@@ -19,30 +17,34 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sqlite3
 import stat
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from longweave.cache import _SAFE_KEY
+from longweave.cache import SAFE_KEY
 from longweave.errors import ConfigError, LongweaveError
 
 __all__ = [
+    "BUILT_IN_SHAPES",
     "CACHE_KINDS",
     "CACHE_TAG",
+    "CLAIMED_SHAPE",
     "KEPT_KINDS",
+    "ROOT_CLAIMED_SHAPE",
+    "SQLITE_CACHES",
+    "TEMP_SHAPE",
     "CacheItem",
-    "Removal",
     "cache_contents",
     "cache_kinds",
-    "check_removable",
-    "clear_cache",
+    "has_cache_tag",
+    "is_file_type",
+    "is_home_or_above",
     "mark_cache_folder",
-    "prune_cache",
+    "size_of",
+    "why_outdated",
 ]
 
 
@@ -61,26 +63,26 @@ CACHE_KINDS: dict[str, str] = {
     "sessions": "saved chat conversations",
     "leftovers": "damaged, stale or old-format",
 }
-"""What a cache folder holds, by the name `clear_cache` takes. Sessions are conversations, not a
-cache: "all" (`cache_kinds`) leaves them."""
+"""What a cache folder holds, by the name `cache_removal.clear_cache` takes. Sessions are
+conversations, not a cache: "all" (`cache_kinds`) leaves them."""
 KEPT_KINDS: dict[str, str] = {
     "in progress": "builds under way (kept)",
     "own files": "chat's input history, CACHEDIR.TAG (kept)",
     "other": "not longweave's (kept)",
 }
-"""What `cache_contents` also finds and nothing here removes: the temporary folders of running
-writers, longweave's files that are not a cache, and what longweave did not write."""
+"""What `cache_contents` also finds and `cache_removal` never removes: the temporary folders of
+running writers, longweave's files that are not a cache, and what longweave did not write."""
 CACHE_TAG = "CACHEDIR.TAG"
 """The file that marks a cache folder (https://bford.info/cachedir/): backup tools skip the
-folder, and `check_removable` lets longweave remove its own things from it."""
+folder, and `cache_removal.check_removable` lets longweave remove its own things from it."""
 _TAG_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 _TAG_TEXT = (_TAG_SIGNATURE + b"\n# This file is a cache directory tag created by longweave.\n"
              b"# For information about cache directory tags see https://bford.info/cachedir/\n")
 
-_STORES = {"completions.sqlite": ("completions", "completions"),
-           "embeddings.sqlite": ("embeddings", "embeddings")}
+SQLITE_CACHES = {"completions.sqlite": ("completions", "completions"),
+                 "embeddings.sqlite": ("embeddings", "embeddings")}
 """The SQLite caches: file name -> (kind, table)."""
-_BUILT_IN = tuple((re.compile(shape), kind) for shape, kind in (
+BUILT_IN_SHAPES = tuple((re.compile(shape), kind) for shape, kind in (
     (r"index-[0-9a-f]{16}-[0-9a-f]{24}", "indexes"),  # retrieval.index.index_key
     (r"corpus-[0-9a-f]{40}", "corpora"),  # retrieval.index.corpus_index
     (r"graph-reader-[0-9a-f]{16}-[0-9a-f]{20}", "graphs"),  # GraphReader._artifact_key
@@ -90,11 +92,11 @@ _BUILT_IN = tuple((re.compile(shape), kind) for shape, kind in (
 ))
 """The keys of the built-in strategies' artifacts, whole; any other key is a plugin's
 ("artifacts"), whatever it starts with."""
-_TEMP = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[A-Za-z0-9_]+\.tmp")
+TEMP_SHAPE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[A-Za-z0-9_]+\.tmp")
 """`durable.temp_folder`'s `.KEY.OWNER.XXXXXXXX.tmp` (without OWNER before owners were named)."""
-_CLAIMED = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{8}\.stale")
-"""A folder claimed for removal by `durable.sweep_stale` or `_discard`."""
-_SET_ASIDE = re.compile(rf"\.{_SAFE_KEY.pattern}\.unusable-[0-9a-f]{{8}}")
+CLAIMED_SHAPE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{8}\.stale")
+"""A folder claimed for removal by `durable.sweep_stale` or by `cache_removal`."""
+_SET_ASIDE = re.compile(rf"\.{SAFE_KEY.pattern}\.unusable-[0-9a-f]{{8}}")
 """An artifact `ArtifactCache.load` moved aside."""
 _UNPACKED = re.compile(r"[A-Za-z0-9._-]{1,80}-[0-9a-f]{12}")
 """`models/<ModelSource.cache_key>`: a GGUF file's slug and digest; it holds `model` and
@@ -103,8 +105,8 @@ _VIEW = re.compile(r"[0-9a-f]{16}-turn\d+\.html")
 """`views/<document id>-turn<N>.html`, chat's `/trace open`."""
 _VIEW_TEMP = re.compile(r"\.[0-9a-f]{16}-turn\d+\.html\.[0-9a-f]{8}\.tmp\.html")
 """A page being written (`visualize.page._replace`)."""
-_ROOT_CLAIMED = re.compile(r"\.(?:sessions|views)\.[0-9a-f]{8}\.stale")
-"""The sessions (or views) folder claimed for removal by `_discard`: nothing else longweave
+ROOT_CLAIMED_SHAPE = re.compile(r"\.(?:sessions|views)\.[0-9a-f]{8}\.stale")
+"""The sessions (or views) folder claimed for removal by `cache_removal`: nothing else longweave
 writes at the root starts with a dot."""
 _FORMAT_HEAD = re.compile(rb'\{\s*"format"\s*:\s*(\d+)\s*[,}]')
 
@@ -123,20 +125,6 @@ class CacheItem:
     conversations; else 1."""
     why: str = ""
     """Why a leftover can go."""
-
-
-@dataclass(frozen=True)
-class Removal:
-    """What `prune_cache` or `clear_cache` did."""
-
-    removed: tuple[CacheItem, ...]
-    """What went (a SQLite cache: emptied, with the bytes it freed)."""
-    not_removed: tuple[tuple[CacheItem, str], ...] = ()
-    """What could not be removed, each with why (no permission, in use)."""
-
-
-class _NotRemoved(Exception):
-    """Why an item could not be removed."""
 
 
 def cache_kinds(names: Sequence[str]) -> list[str]:
@@ -161,13 +149,13 @@ def cache_contents(root: str | Path) -> list[CacheItem]:
     Raises LongweaveError when the folder (or one of longweave's folders in it) cannot be
     listed. Leftovers are what nothing will read again: artifacts and SQLite files set aside as
     damaged, temporary folders of dead writers (`longweave.retrieval.durable`), and artifacts of
-    a format older than this longweave reads (`_outdated`)."""
+    a format older than this longweave reads (`why_outdated`)."""
     from longweave.retrieval.durable import STALE_AFTER_S, is_stale
 
     root = Path(root).expanduser()
     items: list[CacheItem] = []
     for kind, path in _entries(root):
-        size, why = _size(path), ""
+        size, why = size_of(path), ""
         if kind == "temp":
             kind, why = ("leftovers", "left by a writer that died") if is_stale(path) \
                 else ("in progress", "")
@@ -177,38 +165,21 @@ def cache_contents(root: str | Path) -> list[CacheItem]:
         elif kind.startswith("leftovers:"):
             kind, why = kind.split(":", 1)
         elif kind in CACHE_KINDS and kind != "sessions":
-            why = _outdated(kind, path)
+            why = why_outdated(kind, path)
             kind = "leftovers" if why else kind
         count = 1
         if kind == "sessions":
-            count = sum(n.endswith(".json") and _is(path / n, stat.S_ISREG) for n in _names(path))
+            count = sum(n.endswith(".json") and is_file_type(path / n, stat.S_ISREG)
+                        for n in _names(path))
         items.append(CacheItem(kind, (path,), size, count, why))
-    for file, (kind, table) in _STORES.items():
+    for file, (kind, table) in SQLITE_CACHES.items():
         rows = _rows(root / file, table)  # first: closing may fold its journal into the file
         if live := _with_journal(root / file):
-            items.append(CacheItem(kind, live, sum(map(_size, live)), rows))
+            items.append(CacheItem(kind, live, sum(map(size_of, live)), rows))
         if damaged := _with_journal(root / f"{file}.corrupt"):
-            items.append(CacheItem("leftovers", damaged, sum(map(_size, damaged)),
+            items.append(CacheItem("leftovers", damaged, sum(map(size_of, damaged)),
                                    why="damaged, set aside"))
     return items
-
-
-def check_removable(root: str | Path, items: Sequence[CacheItem]) -> None:
-    """Raise ConfigError when nothing should be removed from the folder `root` (which holds
-    `items`): it is the home folder or above it, or it holds what longweave did not write and no
-    `CACHEDIR.TAG` says it is a cache (a shared folder, set as the cache folder by mistake)."""
-    root = Path(root).expanduser()
-    hint = "set LONGWEAVE_CACHE_DIR to a folder of longweave's own (by default ~/.cache/longweave)"
-    if _home_or_above(root):
-        raise ConfigError(f"{root} is the home folder or holds it: longweave removes nothing "
-                          "there", hint=hint)
-    others = [i.paths[0] for i in items if i.kind == "other"]
-    if others and not _tagged(root):
-        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        raise ConfigError(
-            f"{root} has no {CACHE_TAG} and holds what longweave did not write "
-            f"({others[0].relative_to(root)}{more}): longweave removes nothing there",
-            hint=f"{hint}, or move the others out of this one")
 
 
 def mark_cache_folder(root: str | Path) -> bool:
@@ -217,38 +188,18 @@ def mark_cache_folder(root: str | Path) -> bool:
     effort: a folder that does not exist or cannot be written stays as it is."""
     root = Path(root).expanduser()
     try:
-        if _tagged(root):
+        if has_cache_tag(root):
             return True
-        if _home_or_above(root) or any(kind == "other" for kind, _ in _entries(root)):
+        if is_home_or_above(root) or any(kind == "other" for kind, _ in _entries(root)):
             return False
         fd = os.open(root / CACHE_TAG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as tag:
             tag.write(_TAG_TEXT)
     except FileExistsError:
-        return _tagged(root)  # written by another process meanwhile
+        return has_cache_tag(root)  # written by another process meanwhile
     except (OSError, LongweaveError):
         return False
     return True
-
-
-def prune_cache(root: str | Path) -> Removal:
-    """Remove the leftovers of the cache folder `root`. Safe beside running longweave processes:
-    nothing reads a leftover, a temporary folder goes only by the rule of `sweep_stale`, which
-    never takes a running writer's, and an artifact rebuilt meanwhile is kept. Raises
-    ConfigError where `check_removable` refuses the folder."""
-    items = cache_contents(root)
-    check_removable(root, items)
-    return _remove([i for i in items if i.kind == "leftovers"])
-
-
-def clear_cache(root: str | Path, kinds: Sequence[str]) -> Removal:
-    """Remove every item of `kinds` (names of `CACHE_KINDS`, or "all": see `cache_kinds`) from
-    the cache folder `root` (a SQLite cache is emptied in place, so that processes using it go
-    on). Raises ConfigError where `check_removable` refuses the folder."""
-    wanted = cache_kinds(kinds)
-    items = cache_contents(root)
-    check_removable(root, items)
-    return _remove([i for i in items if i.kind in wanted])
 
 
 def _entries(root: Path) -> Iterator[tuple[str, Path]]:
@@ -257,28 +208,28 @@ def _entries(root: Path) -> Iterator[tuple[str, Path]]:
     temp" (by age), "own files" or "other". The SQLite caches are left to the caller."""
     for name in _names(root):
         path = root / name
-        if name.removesuffix("-wal").removesuffix("-shm").removesuffix(".corrupt") in _STORES:
+        if name.removesuffix("-wal").removesuffix("-shm").removesuffix(".corrupt") in SQLITE_CACHES:
             continue  # the caller's, each with its -wal and -shm
-        if not _is(path, stat.S_ISDIR):
+        if not is_file_type(path, stat.S_ISDIR):
             yield ("own files" if name in ("chat_history", CACHE_TAG)
-                   and _is(path, stat.S_ISREG) else "other"), path
+                   and is_file_type(path, stat.S_ISREG) else "other"), path
         elif name == "artifacts":
             yield from _artifacts(path, None)
         elif name == "models":
             for source in _names(path):
-                if _UNPACKED.fullmatch(source) and _is(path / source, stat.S_ISDIR):
+                if _UNPACKED.fullmatch(source) and is_file_type(path / source, stat.S_ISDIR):
                     yield from _artifacts(path / source, "models")
                 else:
                     yield "other", path / source
         elif name == "views":
             for page in _names(path):
-                file = _is(path / page, stat.S_ISREG)
+                file = is_file_type(path / page, stat.S_ISREG)
                 yield ("views" if file and _VIEW.fullmatch(page) else "view temp"
                        if file and _VIEW_TEMP.fullmatch(page) else "other"), path / page
         elif name == "sessions":
             yield "sessions", path
         else:
-            yield ("leftovers:claimed for removal" if _ROOT_CLAIMED.fullmatch(name)
+            yield ("leftovers:claimed for removal" if ROOT_CLAIMED_SHAPE.fullmatch(name)
                    else "other"), path
 
 
@@ -287,18 +238,19 @@ def _artifacts(folder: Path, kind: str | None) -> Iterator[tuple[str, Path]]:
     model and tokenizer) or by their keys, and the folders its writers leave."""
     for name in _names(folder):
         path = folder / name
-        if not _is(path, stat.S_ISDIR):
+        if not is_file_type(path, stat.S_ISDIR):
             yield "other", path
         elif _SET_ASIDE.fullmatch(name):
             yield "leftovers:damaged, set aside", path
-        elif _CLAIMED.fullmatch(name):
+        elif CLAIMED_SHAPE.fullmatch(name):
             yield "leftovers:claimed for removal", path
-        elif _TEMP.fullmatch(name):
+        elif TEMP_SHAPE.fullmatch(name):
             yield "temp", path
         elif kind is not None:
             yield kind if name in ("model", "tokenizer") else "other", path
-        elif _SAFE_KEY.fullmatch(name):
-            yield next((k for shape, k in _BUILT_IN if shape.fullmatch(name)), "artifacts"), path
+        elif SAFE_KEY.fullmatch(name):
+            yield next((k for shape, k in BUILT_IN_SHAPES if shape.fullmatch(name)),
+                       "artifacts"), path
         else:
             yield "other", path
 
@@ -316,7 +268,7 @@ def _names(folder: Path) -> list[str]:
         ) from None
 
 
-def _is(path: Path, file_type: Callable[[int], bool]) -> bool:
+def is_file_type(path: Path, file_type: Callable[[int], bool]) -> bool:
     """Whether `path` itself (a link not followed) is of `file_type` (`stat.S_ISDIR`...)."""
     try:
         return file_type(os.lstat(path).st_mode)
@@ -331,7 +283,7 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
-def _home_or_above(root: Path) -> bool:
+def is_home_or_above(root: Path) -> bool:
     """Whether `root` is the user's home folder or one that holds it."""
     try:
         home, where = Path.home().resolve(), root.resolve()
@@ -340,10 +292,10 @@ def _home_or_above(root: Path) -> bool:
     return where == home or where in home.parents
 
 
-def _tagged(root: Path) -> bool:
+def has_cache_tag(root: Path) -> bool:
     """Whether `root` has a `CACHEDIR.TAG` (a file, not a link, that starts as the format says)."""
     tag = root / CACHE_TAG
-    if not _is(tag, stat.S_ISREG):
+    if not is_file_type(tag, stat.S_ISREG):
         return False
     try:
         with open(tag, "rb") as f:
@@ -352,7 +304,7 @@ def _tagged(root: Path) -> bool:
         return False
 
 
-def _outdated(kind: str, folder: Path) -> str:
+def why_outdated(kind: str, folder: Path) -> str:
     """Why the artifact in `folder` is of a format this longweave never reads, or "" when it is
     not, or cannot be told (unreadable, newer, unknown): such an artifact is kept."""
     try:
@@ -412,7 +364,7 @@ def _rows(file: Path, table: str) -> int | None:
         return None
 
 
-def _size(path: Path) -> int:
+def size_of(path: Path) -> int:
     """Bytes of the file, or of the files under the folder (links not followed)."""
     try:
         if not path.is_dir() or path.is_symlink():
@@ -428,123 +380,3 @@ def _size(path: Path) -> int:
                 pass  # removed meanwhile
     return total
 
-
-def _remove(items: Sequence[CacheItem]) -> Removal:
-    """Remove `items`: what went, and what could not, with why. One that is no longer to be
-    removed (a temporary folder written to again, an artifact rebuilt meanwhile) is neither."""
-    gone: list[CacheItem] = []
-    failed: list[tuple[CacheItem, str]] = []
-    for item in items:
-        try:
-            done = _take(item)
-        except _NotRemoved as exc:
-            failed.append((item, str(exc)))
-        else:
-            if done is not None:
-                gone.append(done)
-    return Removal(tuple(gone), tuple(failed))
-
-
-def _take(item: CacheItem) -> CacheItem | None:
-    """Remove one item; itself (a SQLite cache: with the bytes it freed) or None when it is kept
-    after all. Raises _NotRemoved."""
-    from longweave.retrieval.durable import is_stale
-
-    first = item.paths[0]
-    if item.kind in ("completions", "embeddings"):
-        return _empty(item)
-    if item.kind == "leftovers" and _TEMP.fullmatch(first.name):
-        if not is_stale(first):  # the rule of `sweep_stale`, again at the moment of removal
-            return None
-        claimed = first.with_name(f"{first.name[:-4]}.{uuid.uuid4().hex[:8]}.stale")
-        try:
-            os.rename(first, claimed)
-        except FileNotFoundError:
-            return None  # renamed into place, or claimed by a sweep, meanwhile
-        except OSError as exc:
-            raise _NotRemoved(exc.strerror or str(exc)) from None
-        _rmtree(claimed)
-        return item
-    if item.kind == "leftovers" and (_CLAIMED.fullmatch(first.name)
-                                     or _ROOT_CLAIMED.fullmatch(first.name)):
-        _rmtree(first)  # claimed already: removing it twice at once is harmless
-        return item
-    if item.kind == "leftovers" and item.why.startswith("old format"):
-        kind = next((k for shape, k in _BUILT_IN if shape.fullmatch(first.name)), "")
-        return item if _discard(item.paths, lambda p: bool(_outdated(kind, p))) else None
-    _discard(item.paths)
-    return item
-
-
-def _discard(paths: Sequence[Path], still: Callable[[Path], bool] | None = None) -> bool:
-    """Remove files and folders, a folder renamed away first (`.NAME.XXXXXXXX.stale`, which a
-    prune finishes if this is killed), so that no reader sees half of one; a link is unlinked,
-    never followed. A folder that, once claimed, is `still` not to go (an artifact of an old
-    format rebuilt meanwhile) is put back where its key is still free, and False returned.
-    Raises _NotRemoved."""
-    for path in paths:
-        try:
-            if not _is(path, stat.S_ISDIR):
-                path.unlink()
-                continue
-            claimed = path.with_name(f".{path.name.lstrip('.')}.{uuid.uuid4().hex[:8]}.stale")
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            continue  # removed by another process meanwhile
-        except OSError as exc:
-            raise _NotRemoved(exc.strerror or str(exc)) from None
-        if not _is(claimed, stat.S_ISDIR) or (still is not None and not still(claimed)):
-            # A link put in its place, or an artifact rebuilt, since it was listed.
-            try:
-                if not os.path.lexists(path):
-                    os.rename(claimed, path)
-                    return False
-            except OSError:
-                pass
-            if not _is(claimed, stat.S_ISDIR):
-                raise _NotRemoved("it is a link now")
-            _rmtree(claimed)  # a copy of what its key holds again: nothing can read it
-            return False
-        _rmtree(claimed)
-    return True
-
-
-def _rmtree(folder: Path) -> None:
-    """Remove a claimed folder and everything in it (links inside unlinked, not followed), or
-    raise _NotRemoved with the first reason it cannot be."""
-    shutil.rmtree(folder, ignore_errors=True)
-    if os.path.lexists(folder):
-        try:
-            shutil.rmtree(folder)  # again, for the reason
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise _NotRemoved(exc.strerror or str(exc)) from None
-        if os.path.lexists(folder):
-            raise _NotRemoved(f"could not remove everything in {folder}")
-
-
-def _empty(item: CacheItem) -> CacheItem:
-    """Delete a SQLite cache's rows and give back their space, through SQLite, so that processes
-    using it see an empty cache rather than a file gone under them; a file that is not a
-    database is removed. The item with the rows and bytes it freed. Raises _NotRemoved."""
-    file = item.paths[0]
-    if file.name not in _STORES:  # a -wal or -shm without its database
-        _discard(item.paths)
-        return item
-    try:
-        conn = sqlite3.connect(file, timeout=30)
-        try:
-            conn.execute(f"DELETE FROM {_STORES[file.name][1]}")
-            conn.commit()
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
-            raise _NotRemoved(f"{exc}; try again when other longweave runs have finished"
-                              ) from None
-    except sqlite3.DatabaseError:  # not a database: nothing can be using it
-        _discard(item.paths)
-    return replace(item, size=max(0, item.size - sum(map(_size, item.paths))))

@@ -622,7 +622,7 @@ def test_a_dead_writers_folder_that_cannot_be_removed_is_an_error(cache_dir, mon
 def test_prune_keeps_an_old_memory_rebuilt_since_it_was_listed(tmp_path, monkeypatch) -> None:
     """A LIGHT run refuses an old-format memory, moves it aside and saves the rebuilt one under
     its key between prune's listing and its removal: the rebuilt one stays."""
-    import longweave.cache_contents as contents
+    import longweave.cache_removal as removal
     from longweave.cache import ArtifactCache
     from longweave.memory.episodic import Episode, EpisodicMemory
     from longweave.memory.working import MemoryUnit
@@ -640,7 +640,7 @@ def test_prune_keeps_an_old_memory_rebuilt_since_it_was_listed(tmp_path, monkeyp
     about = json.loads((final / "episodes.json").read_text("utf-8"))
     del about["checksums"]
     (final / "episodes.json").write_text(json.dumps(about), "utf-8")
-    listed = contents.cache_contents
+    listed = removal.cache_contents
 
     def a_light_run_finishes_meanwhile(at: Path) -> list:
         items = listed(at)
@@ -651,8 +651,8 @@ def test_prune_keeps_an_old_memory_rebuilt_since_it_was_listed(tmp_path, monkeyp
         artifacts.get_or_build(key, memory)
         return items
 
-    monkeypatch.setattr(contents, "cache_contents", a_light_run_finishes_meanwhile)
-    removal = contents.prune_cache(root)
-    assert removal.removed == () and removal.not_removed == ()
+    monkeypatch.setattr(removal, "cache_contents", a_light_run_finishes_meanwhile)
+    result = removal.prune_cache(root)
+    assert result.removed == () and result.not_removed == ()
     assert EpisodicMemory.load(root / "artifacts" / key, HashEmbedder()) is not None
     assert not list((root / "artifacts").glob("*.stale"))

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from longweave.cache_contents import CacheItem, Removal
+    from longweave.cache_contents import CacheItem
+    from longweave.cache_removal import Removal
 
 
 def cache(
@@ -40,14 +41,8 @@ def cache(
     folder, and a folder holding others' files without longweave's CACHEDIR.TAG."""
     from rich.console import Console
 
-    from longweave.cache_contents import (
-        cache_contents,
-        cache_kinds,
-        check_removable,
-        clear_cache,
-        mark_cache_folder,
-        prune_cache,
-    )
+    from longweave.cache_contents import cache_contents, cache_kinds, mark_cache_folder
+    from longweave.cache_removal import check_removable, clear_cache, prune_cache
     from longweave.config import Settings
     from longweave.errors import ConfigError
 
