@@ -635,3 +635,20 @@ def test_key_normalization_keeps_combining_marks_in_their_words(name: str, key: 
     from longweave.graphs.store import normalize_key
 
     assert normalize_key(name) == key
+
+
+def test_a_facts_step_without_read_chunk_does_not_ask_to_read_chunks() -> None:
+    """When every chunk of the node's facts is read or queued, read_chunk is not offered, and
+    the prompt must not tell the model to use it."""
+    from longweave.agents.graph_reader_prompts import step_messages
+
+    def text(legal: list[str]) -> str:
+        messages = step_messages("facts", "Who?", "Find who.", [], "", "[chunk 0] Mara kept it.",
+                                 legal)
+        return messages[-1].content
+
+    offered = text(["read_chunk", "stop_and_read_neighbor"])
+    assert "read its chunks (read_chunk" in offered
+    spent = text(["stop_and_read_neighbor"])
+    assert "read_chunk" not in spent and "read or queued already" in spent
+    assert spent.endswith("Available now: stop_and_read_neighbor.")

@@ -110,9 +110,12 @@ def step_messages(mode: str, question: str, plan: str, actions: Sequence[str], n
     """One exploration step in `mode` (facts, chunk or neighbors) showing `content`."""
     guide = {
         "facts": ("Facts of the node you are at, grouped by the chunk they come from:\n"
-                  f"{content}\n\nUpdate the notebook with what helps answer the question. If a "
-                  "fact is even slightly relevant, read its chunks (read_chunk with their ids); "
-                  "otherwise move on to the neighbouring nodes (stop_and_read_neighbor)."),
+                  f"{content}\n\nUpdate the notebook with what helps answer the question. "
+                  + ("If a fact is even slightly relevant, read its chunks (read_chunk with "
+                     "their ids); otherwise move on to the neighbouring nodes "
+                     "(stop_and_read_neighbor)." if "read_chunk" in legal else
+                     "Their chunks are read or queued already: move on to the neighbouring "
+                     "nodes (stop_and_read_neighbor).")),
         "chunk": (f"A chunk of the text:\n{quoted(content)}\n\nUpdate the notebook "
                   "with what helps answer the question. Then read the next queued chunk "
                   "(search_more), the chunk before or after this one (read_previous_chunk, "
