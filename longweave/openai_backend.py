@@ -457,6 +457,9 @@ class OpenAILLM:
                 )
             ) from None
         except ValueError as exc:  # the body was not JSON (a proxy cut it, or a broken server)
+            body = getattr(exc, "doc", None)  # a JSONDecodeError keeps the text it read
+            if isinstance(body, str) and _is_web_page(body):  # a page labelled as JSON
+                raise self._web_page(body) from None
             raise _Retryable(self._malformed(f"body is not JSON: {exc}")) from None
         if isinstance(resp, str) and _is_web_page(resp):  # the client returns such a body as text
             raise self._web_page(resp)

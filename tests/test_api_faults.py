@@ -136,6 +136,20 @@ async def test_a_web_page_or_a_501_fails_at_once_naming_the_url(server: FaultSer
     assert "/chat/completions" in failed.value.hint
 
 
+async def test_a_web_page_labelled_as_json_fails_at_once_as_a_page(server: FaultServer) -> None:
+    """Some proxies label their sign-in page application/json: it was retried as a body that
+    is not JSON, and the error did not say it was a page."""
+    from longweave.llm import user
+
+    page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>...</body></html>"
+    server.push(lambda request: Reply(200, page, {"Content-Type": "application/json"}))
+    llm = OpenAILLM("m", base_url=server.base_url, api_key="sk-test", max_retries=3)
+    with pytest.raises(ModelError) as failed:
+        await llm.complete([user("hi")], max_tokens=4)
+    assert failed.value.fatal and len(server.requests) == 1
+    assert "answered with a web page ('Sign in')" in failed.value.message
+
+
 async def test_an_html_error_page_is_named_by_its_title_not_quoted_whole(
         server: FaultServer) -> None:
     """A gateway's 502 page (retried, then the error) and a proxy's 403 page: the message names
