@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+_PUNCTUATION = re.compile(r"[^\w\s]+")
+
+
+def unpunctuated(text: str, pattern: re.Pattern[str] = _PUNCTUATION) -> str:
+    """`text` with each run of `pattern` (by default, anything but word characters and spaces)
+    turned into a space, except the combining marks in it: a Devanagari vowel sign or virama, a
+    Thai vowel mark, which belong to their word ("हिन्दी" stays one word, not "ह न द").
+
+    >>> unpunctuated("Mara's (lamp)."), unpunctuated("हिन्दी!")
+    ('Mara s  lamp  ', 'हिन्दी ')
+    """
+
+    def spaced(match: re.Match[str]) -> str:
+        run = match.group()
+        return "".join(c if unicodedata.category(c)[0] == "M" else " " for c in run) or " "
+
+    return pattern.sub(spaced, text)
 
 
 def plural(count: int, noun: str, many: str | None = None) -> str:

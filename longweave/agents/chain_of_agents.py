@@ -27,7 +27,7 @@ from longweave.agents.coa_prompts import (
     manager_messages,
     worker_messages,
 )
-from longweave.answer import Citation, plural
+from longweave.answer import Citation, plural, unpunctuated
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
@@ -312,7 +312,7 @@ def _normalize(answer: str, *, code: bool = False) -> str:
     if code:
         return " ".join(answer.split())
     text = _MARKER.sub("", answer).lower()
-    text = re.sub(r"\b(a|an|the)\b", " ", re.sub(r"[^\w\s]", " ", text))
+    text = re.sub(r"\b(a|an|the)\b", " ", unpunctuated(text))
     return " ".join(text.split())
 
 

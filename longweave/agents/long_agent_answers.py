@@ -10,7 +10,7 @@ from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 
 from longweave.agents.long_agent_prompts import MemberReply, Shown
-from longweave.answer import Citation
+from longweave.answer import Citation, unpunctuated
 
 if TYPE_CHECKING:
     from longweave.agents.base import RunContext
@@ -31,8 +31,9 @@ class Cluster:
 
 
 def normalize(answer: str) -> str:
-    """SQuAD-style normalization: lower case, no punctuation, no articles, single spaces."""
-    text = re.sub(r"[^\w\s]", " ", answer.lower())
+    """SQuAD-style normalization: lower case, no punctuation (combining marks kept), no
+    articles, single spaces."""
+    text = unpunctuated(answer.lower())  # combining marks stay in their words
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 

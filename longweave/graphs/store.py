@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from longweave.answer import unpunctuated
+
 if TYPE_CHECKING:
     from longweave.retrieval.store import VectorStore
 
@@ -28,15 +30,6 @@ never misread (2: combining marks kept in keys)."""
 
 _PUNCT = re.compile(r"[\W_]+", re.UNICODE)
 _SPACES = re.compile(r"\s+")
-
-
-def _marks_kept(match: re.Match[str]) -> str:
-    """A run of non-word characters as spaces, except combining marks: a Devanagari vowel sign
-    or virama, a Thai vowel mark, an accent NFKC could not compose, which belong to their word."""
-    run = match.group()
-    if all(unicodedata.category(c)[0] != "M" for c in run):
-        return " "
-    return "".join(c if unicodedata.category(c)[0] == "M" else " " for c in run)
 
 
 def normalize_key(text: str) -> str:
@@ -53,7 +46,7 @@ def normalize_key(text: str) -> str:
     """
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     folded = folded.replace("i\u0307", "i")
-    return _SPACES.sub(" ", _PUNCT.sub(_marks_kept, folded)).strip()
+    return _SPACES.sub(" ", unpunctuated(folded, _PUNCT)).strip()
 
 
 @dataclass(frozen=True)
