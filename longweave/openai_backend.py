@@ -494,8 +494,7 @@ class OpenAILLM:
         """A web page where a chat completion should be: a login page of a proxy, or a base URL
         that names a web app rather than its API. Not retried, and fatal: every later call
         would get the same page until the URL or the sign-in changes."""
-        title = re.search(r"<title[^>]*>([^<]*)</title>", page, re.I)
-        named = " ".join(title.group(1).split())[:80] if title else ""
+        named = _page_title(page)[:80]
         said = f" ({named!r})" if named else ""
         return ModelError(
             f"{self.model}: {self._where()} answered with a web page{said}, not the API's JSON",
@@ -521,8 +520,8 @@ class OpenAILLM:
         code = str(getattr(exc, "code", "") or "")
         message = f"{self.model}: HTTP {status} from {self._where()}: {detail}"
         lowered = f"{detail} {code}".lower()
-        if ((status in _RETRY_STATUS or status >= 500) and status != _NOT_IMPLEMENTED
-                and code != "insufficient_quota"):
+        if (status in _RETRY_STATUS or status >= 500) and not stops_every_call(status, code,
+                                                                                detail):
             wait = retry_after_seconds(getattr(exc.response, "headers", None))
             hint = _RATE_HINT if status == 429 else None
             return _Retryable(ModelError(message, provider=PROVIDER, status=status, hint=hint),
@@ -758,11 +757,16 @@ def _readable(detail: str) -> str:
     a proxy's 403) is named by its title rather than quoted whole, and long text is clipped."""
     page = _HTML.search(detail)
     if page:
-        title = re.search(r"<title[^>]*>([^<]*)</title>", detail, re.I)
-        named = " ".join(title.group(1).split()) if title else ""
+        named = _page_title(detail)
         detail = detail[:page.start()] + "an HTML page" + (f" titled {named!r}" if named else "")
     detail = " ".join(detail.split())
     return detail if len(detail) <= _DETAIL_CHARS else detail[:_DETAIL_CHARS - 1] + "…"
+
+
+def _page_title(page: str) -> str:
+    """An HTML page's <title>, its whitespace collapsed; "" without one."""
+    title = re.search(r"<title[^>]*>([^<]*)</title>", page, re.I)
+    return " ".join(title.group(1).split()) if title else ""
 
 
 def _schema_name(schema: type[BaseModel]) -> str:

@@ -6,7 +6,6 @@ import inspect
 import sys
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,13 +19,15 @@ from longweave.cli import index as _index
 from longweave.cli import serve as _serve
 from longweave.cli import show as _show
 from longweave.cli import strategies as _strategies
-from longweave.cli.exits import leave_quietly, reader_left, stops_cleanly
-from longweave.cli.render import labelled
+from longweave.cli.exits import (
+    INTERRUPTED,
+    interrupted,
+    leave_quietly,
+    reader_left,
+    stops_cleanly,
+)
+from longweave.cli.render import labelled, print_line
 from longweave.errors import LongweaveError, LongweaveWarning, debugging
-
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.text import Text
 
 app = typer.Typer(
     name="longweave",
@@ -76,13 +77,6 @@ _command("show", _show.show)
 _command("strategies", _strategies.strategies)
 
 
-def _print_line(console: Console, line: Text) -> None:
-    """One message line (an error, its hint, a warning). Off a terminal it is not wrapped at
-    rich's 80 columns, so that it stays one line that a log keeps and a script can grep; a
-    terminal wraps it at words, as rich does there."""
-    console.print(line, soft_wrap=not console.is_terminal)
-
-
 def _show_warnings() -> None:
     """longweave's own warnings print as one `warning:` line; others keep Python's format."""
     from rich.console import Console
@@ -94,7 +88,7 @@ def _show_warnings() -> None:
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: object = None, line: str | None = None) -> None:
         if issubclass(category, LongweaveWarning):
-            _print_line(Console(stderr=True), labelled("warning:", "yellow", str(message)))
+            print_line(Console(stderr=True), labelled("warning:", "yellow", str(message)))
         else:
             original(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
 
@@ -121,18 +115,18 @@ def main() -> None:
         raise
     except LongweaveError as exc:
         console = Console(stderr=True)
-        _print_line(console, labelled("error:", "bold red", exc.message))
+        print_line(console, labelled("error:", "bold red", exc.message))
         if exc.hint:
-            _print_line(console, Text(exc.hint, style="dim"))
+            print_line(console, Text(exc.hint, style="dim"))
         sys.exit(1)
     except KeyboardInterrupt:  # outside any command (typer stops one inside with status 130)
-        Console(stderr=True).print("[yellow]interrupted[/]")
-        sys.exit(130)
+        interrupted(Console(stderr=True))
+        sys.exit(INTERRUPTED)
     except Exception as exc:  # a bug or an unexpected library failure: one line, not a wall
         if debugging():
             raise
         console = Console(stderr=True)
-        _print_line(console, labelled("unexpected error:", "bold red",
+        print_line(console, labelled("unexpected error:", "bold red",
                                       f"{type(exc).__name__}: {exc}"))
         console.print("[dim]set LONGWEAVE_DEBUG=1 for the traceback, and please report it[/]")
         sys.exit(1)

@@ -24,6 +24,7 @@ from longweave.cli.options import (
     check_prices,
     parse_options,
 )
+from longweave.cli.render import print_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -135,7 +136,6 @@ def print_estimate(
     from rich.table import Table
 
     notes = notes or console
-    whole = not notes.is_terminal  # off a terminal a note stays one line, as messages do
 
     docs = (f"{plural(planned.documents, 'document')}, "
             f"{plural(planned.questions, 'question')}, "
@@ -151,7 +151,7 @@ def print_estimate(
         table.add_row(*row)
     console.print(table)
     if actual is not None and actual.cache_hits:
-        notes.print(f"[dim]{actual.cache_hits} of the actual calls came from the completion "
-                    "cache (they cost nothing)[/]", soft_wrap=whole)
+        print_line(notes, f"[dim]{actual.cache_hits} of the actual calls came from the "
+                   "completion cache (they cost nothing)[/]")
     for note in planned.notes:
-        notes.print(f"[dim]· {escape(note)}[/]", highlight=False, soft_wrap=whole)
+        print_line(notes, f"[dim]· {escape(note)}[/]", highlight=False)

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from longweave.answer import Usage, plural
 from longweave.batch import BatchRecord, BatchSummary
+from longweave.cli.render import print_line
 
 __all__ = ["BatchView", "cost_line"]
 
@@ -122,8 +123,7 @@ class BatchView:
             self.failed += 1
             if self.show_failures:  # one line off a terminal, as errors are (a log greps it)
                 console = self.progress.console
-                console.print(f"[red]failed[/] {escape(_failure(rec))}", highlight=False,
-                              soft_wrap=not console.is_terminal)
+                print_line(console, f"[red]failed[/] {escape(_failure(rec))}", highlight=False)
         if self._task is not None:
             self.progress.update(self._task, advance=1, cost=cost_line(*self._run))
 

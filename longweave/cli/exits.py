@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import typer
 
+from longweave.cli.render import print_line
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -37,7 +39,7 @@ def interrupted(console: Console, kept: str = "") -> typer.Exit:
     line = Text("interrupted" + (":" if kept else ""), style="yellow")
     if kept:
         line.append(f" {kept}")
-    console.print(line, soft_wrap=not console.is_terminal)  # one line a log keeps whole
+    print_line(console, line)
     return typer.Exit(INTERRUPTED)
 
 

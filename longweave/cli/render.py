@@ -48,6 +48,13 @@ def print_table(console: Console, table: Table) -> None:
         console.width = width
 
 
+def print_line(console: Console, line: object, **options: object) -> None:
+    """One message line (an error, its hint, a warning, a note). Off a terminal it is not
+    wrapped at rich's 80 columns, so that it stays one line that a log keeps and a script can
+    grep; a terminal wraps it at words, as rich does there."""
+    console.print(line, soft_wrap=not console.is_terminal, **options)  # type: ignore[arg-type]
+
+
 def labelled(label: str, style: str, message: str) -> Text:
     """`label message` with the label styled and the message shown as it is: brackets in a
     message (`[c1]`, a validator's `[type=missing]`) are text, not console markup."""
