@@ -27,6 +27,17 @@ def unpunctuated(text: str, pattern: re.Pattern[str] = _PUNCTUATION) -> str:
     return pattern.sub(spaced, text)
 
 
+def vote_key(answer: str) -> str:
+    """The form answers are compared in when strategies vote or cluster them (SQuAD-style):
+    lower case, no punctuation (combining marks kept), no articles, single spaces.
+
+    >>> vote_key("The Eiffel Tower.")
+    'eiffel tower'
+    """
+    text = unpunctuated(answer.lower())
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """`1 chunk`, `3 chunks`, `1,204 calls` (`many` for an irregular plural)."""
     return f"{count:,} {noun if count == 1 else many or noun + 's'}"

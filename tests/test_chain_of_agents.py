@@ -510,7 +510,7 @@ def test_the_vote_keeps_combining_marks_in_their_words() -> None:
     """Punctuation removal turned every Devanagari vowel sign into a space, so "हिन्दी" and
     "हिन्द" were one answer ("ह न द")."""
     from longweave.agents.chain_of_agents import _normalize, _vote
-    from longweave.agents.long_agent_answers import normalize
+    from longweave.answer import vote_key as normalize
 
     assert _normalize("हिन्दी!") == "हिन्दी" != _normalize("हिन्द")
     assert normalize("The हिन्दी.") == "हिन्दी" != normalize("हिन्द")

@@ -14,7 +14,7 @@ import pytest
 
 from longweave.agents.base import RunContext
 from longweave.agents.long_agent import LongAgent
-from longweave.agents.long_agent_answers import cluster_replies, copied_span, locate, normalize
+from longweave.agents.long_agent_answers import cluster_replies, copied_span, locate
 from longweave.agents.long_agent_prompts import (
     PLACEHOLDER,
     FinalAnswer,
@@ -23,6 +23,7 @@ from longweave.agents.long_agent_prompts import (
     MemberReply,
     render_reply,
 )
+from longweave.answer import vote_key as normalize
 from longweave.documents import Document, open_document
 from longweave.errors import BudgetExceeded, ParseError
 from longweave.events import EventLog

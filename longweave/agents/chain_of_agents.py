@@ -27,7 +27,7 @@ from longweave.agents.coa_prompts import (
     manager_messages,
     worker_messages,
 )
-from longweave.answer import Citation, plural, unpunctuated
+from longweave.answer import Citation, plural, vote_key
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
@@ -311,9 +311,7 @@ def _normalize(answer: str, *, code: bool = False) -> str:
     `x[c1]` is an index)."""
     if code:
         return " ".join(answer.split())
-    text = _MARKER.sub("", answer).lower()
-    text = re.sub(r"\b(a|an|the)\b", " ", unpunctuated(text))
-    return " ".join(text.split())
+    return vote_key(_MARKER.sub("", answer))
 
 
 def _vote(answers: list[str], *, code: bool = False) -> tuple[int, bool]:

@@ -10,7 +10,7 @@ from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 
 from longweave.agents.long_agent_prompts import MemberReply, Shown
-from longweave.answer import Citation, unpunctuated
+from longweave.answer import Citation, vote_key
 
 if TYPE_CHECKING:
     from longweave.agents.base import RunContext
@@ -30,13 +30,6 @@ class Cluster:
         return Shown(self.answer[:chars], self.members)
 
 
-def normalize(answer: str) -> str:
-    """SQuAD-style normalization: lower case, no punctuation (combining marks kept), no
-    articles, single spaces."""
-    text = unpunctuated(answer.lower())  # combining marks stay in their words
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
 def same(a: str, b: str, threshold: float) -> bool:
     """Whether two normalized answers agree."""
     return a == b or SequenceMatcher(None, a, b).ratio() >= threshold
@@ -54,7 +47,7 @@ def cluster_replies(
     members whose answer was counted as found because it copies their part (`quoted_answers`)."""
     clusters: list[Cluster] = []
     for j, reply in enumerate(replies):
-        key = normalize(reply.answer)
+        key = vote_key(reply.answer)
         if not reply.found or not key:
             continue
         for n, cluster in enumerate(clusters):
@@ -73,7 +66,7 @@ def resolve_conflict(
     a: Cluster, b: Cluster, reply: MemberReply, threshold: float
 ) -> tuple[list[Cluster], str]:
     """What is left of clusters a and b after a merger re-answered over their chunks."""
-    key = normalize(reply.answer)
+    key = vote_key(reply.answer)
     quotes = tuple(reply.evidence)
     if not reply.found or not key:
         # Ours: the joint reading supports neither answer. A side whose answer copies its own
@@ -94,7 +87,7 @@ def supporting_cluster(answer: str, clusters: Sequence[Cluster]) -> Cluster | No
     """The surviving cluster that backs the answer (§2.2 line 20): with several (later rounds,
     leftover conflicts), one the answer contains or that contains it, else the most similar;
     ties go to the newest round's largest. None only when no member found anything."""
-    key = normalize(answer)
+    key = vote_key(answer)
     best, best_score = None, -1.0
     for cluster in clusters:
         contained = bool(key) and (
