@@ -42,6 +42,7 @@ __all__ = [
     "SessionRecord",
     "Turn",
     "file_stamp",
+    "free_name",
     "load_saved",
     "name_earlier",
     "options_on_saved",
@@ -351,17 +352,23 @@ def _read(path: Path, document_id: str) -> SessionRecord | str:
     return record
 
 
+def free_name(path: Path, tag: str, *, most: int | None = None) -> Path:
+    """`<stem>.<tag><suffix>` beside `path`, or `<stem>.<tag>-2<suffix>` and so on when taken
+    (up to `-<most>`, which is then reused), for a file kept aside."""
+    kept, n = path.with_name(f"{path.stem}.{tag}{path.suffix}"), 1
+    while kept.exists() and (most is None or n < most):
+        n += 1
+        kept = path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
+    return kept
+
+
 def _set_aside(path: Path, problem: str, doing: str, *, stacklevel: int) -> None:
     """Move an unreadable saved session beside its name, with a warning: a newer longweave's
     file, or one a crash or an editor damaged, may still matter to its owner, so it is kept
     rather than overwritten by the next save. `stacklevel` names the frame that opened or
     saved the session (the caller's depth differs)."""
-    stem = f"{path.stem}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-    aside = path.with_name(f"{stem}{path.suffix}")
-    for n in range(2, 100):  # a second one within the same second must not replace the first
-        if not aside.exists():
-            break
-        aside = path.with_name(f"{stem}-{n}{path.suffix}")
+    # A second one within the same second must not replace the first.
+    aside = free_name(path, f"unreadable-{time.strftime('%Y%m%d-%H%M%S')}", most=99)
     try:
         os.replace(path, aside)
         kept = f"; it was moved to {aside.name}"

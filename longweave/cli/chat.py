@@ -258,16 +258,6 @@ class ChatController:
         return Output(quit=True)
 
 
-def _unused(path: Path, tag: str) -> Path:
-    """`<stem>.<tag><suffix>`, or `<stem>.<tag>-2<suffix>` and so on when taken: a second
-    `--new` must not replace the conversation the first one kept."""
-    n, kept = 1, path.with_name(f"{path.stem}.{tag}{path.suffix}")
-    while kept.exists():
-        n += 1
-        kept = path.with_name(f"{path.stem}.{tag}-{n}{path.suffix}")
-    return kept
-
-
 def answer_items(answer: Answer) -> list[Printable]:
     from longweave.cli.render import print_answer
 
@@ -430,6 +420,7 @@ def chat(
 ) -> None:
     """Talk with the document at PATH: questions, follow-ups, and /help for the commands."""
     from longweave.session import Session
+    from longweave.session_store import free_name
 
     console = Console()
     if trace is not None:  # before the first question, not at it
@@ -447,7 +438,7 @@ def chat(
         for warning in caught:
             notes.print(labelled("warning:", "yellow", str(warning.message)))
     if new and session.path.is_file():  # starting over keeps the earlier conversation
-        kept = _unused(session.path, "previous")
+        kept = free_name(session.path, "previous")  # a second --new keeps the first's
         try:
             os.replace(session.path, kept)
             console.print(f"[dim]starting over; the earlier conversation is kept in {kept}[/]",
