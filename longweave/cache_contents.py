@@ -37,6 +37,7 @@ __all__ = [
     "SQLITE_CACHES",
     "TEMP_SHAPE",
     "CacheItem",
+    "built_in_kind",
     "cache_contents",
     "cache_kinds",
     "has_cache_tag",
@@ -92,6 +93,13 @@ BUILT_IN_SHAPES = tuple((re.compile(shape), kind) for shape, kind in (
 ))
 """The keys of the built-in strategies' artifacts, whole; any other key is a plugin's
 ("artifacts"), whatever it starts with."""
+
+
+def built_in_kind(key: str) -> str:
+    """The kind of a built-in strategy's artifact key (`BUILT_IN_SHAPES`); "" for any other."""
+    return next((kind for shape, kind in BUILT_IN_SHAPES if shape.fullmatch(key)), "")
+
+
 TEMP_SHAPE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[A-Za-z0-9_]+\.tmp")
 """`durable.temp_folder`'s `.KEY.OWNER.XXXXXXXX.tmp` (without OWNER before owners were named)."""
 CLAIMED_SHAPE = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{8}\.stale")
@@ -249,8 +257,7 @@ def _artifacts(folder: Path, kind: str | None) -> Iterator[tuple[str, Path]]:
         elif kind is not None:
             yield kind if name in ("model", "tokenizer") else "other", path
         elif SAFE_KEY.fullmatch(name):
-            yield next((k for shape, k in BUILT_IN_SHAPES if shape.fullmatch(name)),
-                       "artifacts"), path
+            yield built_in_kind(name) or "artifacts", path
         else:
             yield "other", path
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from longweave.cache_contents import (
-    BUILT_IN_SHAPES,
     CACHE_TAG,
     CLAIMED_SHAPE,
     ROOT_CLAIMED_SHAPE,
     SQLITE_CACHES,
     TEMP_SHAPE,
     CacheItem,
+    built_in_kind,
     cache_contents,
     cache_kinds,
     has_cache_tag,
@@ -118,7 +118,7 @@ def _remove(items: Sequence[CacheItem]) -> Removal:
 def _take(item: CacheItem) -> CacheItem | None:
     """Remove one item; itself (a SQLite cache: with the bytes it freed) or None when it is kept
     after all. Raises _NotRemoved."""
-    from longweave.retrieval.durable import is_stale
+    from longweave.retrieval.durable import claim_name, is_stale
 
     first = item.paths[0]
     if item.kind in ("completions", "embeddings"):
@@ -126,7 +126,7 @@ def _take(item: CacheItem) -> CacheItem | None:
     if item.kind == "leftovers" and TEMP_SHAPE.fullmatch(first.name):
         if not is_stale(first):  # the rule of `sweep_stale`, again at the moment of removal
             return None
-        claimed = first.with_name(f"{first.name[:-4]}.{uuid.uuid4().hex[:8]}.stale")
+        claimed = claim_name(first)
         try:
             os.rename(first, claimed)
         except FileNotFoundError:
@@ -140,7 +140,7 @@ def _take(item: CacheItem) -> CacheItem | None:
         _rmtree(first)  # claimed already: removing it twice at once is harmless
         return item
     if item.kind == "leftovers" and item.why.startswith("old format"):
-        kind = next((k for shape, k in BUILT_IN_SHAPES if shape.fullmatch(first.name)), "")
+        kind = built_in_kind(first.name)
         return item if _discard(item.paths, lambda p: bool(why_outdated(kind, p))) else None
     _discard(item.paths)
     return item

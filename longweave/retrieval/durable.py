@@ -37,6 +37,7 @@ from typing import Any
 __all__ = [
     "STALE_AFTER_S",
     "checksum_problem",
+    "claim_name",
     "file_checksum",
     "fsync_path",
     "fsync_tree",
@@ -121,7 +122,7 @@ def sweep_stale(parent: Path, name: str | None = None, *,
         if entry.name.endswith(".tmp"):
             if not is_stale(path, older_than_s):
                 continue
-            claimed = path.with_name(f"{entry.name[:-4]}.{uuid.uuid4().hex[:8]}.stale")
+            claimed = claim_name(path)
             try:
                 os.rename(path, claimed)
             except OSError:
@@ -131,6 +132,12 @@ def sweep_stale(parent: Path, name: str | None = None, *,
         shutil.rmtree(path, ignore_errors=True)
         removed += not path.exists()
     return removed
+
+
+def claim_name(folder: Path) -> Path:
+    """The name a stale `.KEY.OWNER.XXXXXXXX.tmp` folder is renamed to before it is removed,
+    `.KEY.OWNER.XXXXXXXX.YYYYYYYY.stale`, so that a second sweep does not remove it twice."""
+    return folder.with_name(f"{folder.name[:-4]}.{uuid.uuid4().hex[:8]}.stale")
 
 
 def is_stale(folder: Path, older_than_s: float = STALE_AFTER_S) -> bool:
