@@ -43,6 +43,7 @@ __all__ = [
     "ResultLog",
     "arun_batch",
     "check_writable",
+    "folder_to_create_in",
     "group_by_document",
     "run_batch",
 ]
@@ -248,6 +249,18 @@ def document_stamp(source: str) -> str | None:
     return f"{info.st_size}:{info.st_mtime_ns}" if stat.S_ISREG(info.st_mode) else None
 
 
+def folder_to_create_in(folder: Path, target: Path, hint: str) -> Path:
+    """The nearest folder that exists at or above `folder`, where creating `target` begins; a
+    `DocumentError` naming `target` when a file stands there instead."""
+    base = folder
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if base.exists() and not base.is_dir():
+        raise DocumentError(target, f"cannot be created: {base} is a file, not a folder",
+                            hint=hint)
+    return base
+
+
 def check_writable(path: str | os.PathLike[str], what: str = "output") -> None:
     """Fail with a `DocumentError` unless `path` names a file this process can append to, or
     create (with its missing folders): checked before any model call, so that answers are not
@@ -274,11 +287,7 @@ def check_writable(path: str | os.PathLike[str], what: str = "output") -> None:
         return
     if os.path.lexists(p):
         raise DocumentError(p, "is a broken symbolic link", hint=hint)
-    base = p.parent
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if base.exists() and not base.is_dir():
-        raise DocumentError(p, f"cannot be created: {base} is a file, not a folder", hint=hint)
+    base = folder_to_create_in(p.parent, p, hint)
     try:
         if base == p.parent:  # the file itself, created and removed
             os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

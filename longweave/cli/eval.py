@@ -27,17 +27,13 @@ def _check_folder(folder: Path) -> None:
     crash once the first one is to be saved. Nothing is created here."""
     import os
 
+    from longweave.batch import folder_to_create_in
     from longweave.errors import DocumentError
 
     hint = "pass another folder to --out"
     if folder.exists() and not folder.is_dir():
         raise DocumentError(folder, "is a file, not a folder", hint=hint)
-    base = folder
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise DocumentError(folder, f"cannot be created: {base} is a file, not a folder",
-                            hint=hint)
+    base = folder_to_create_in(folder, folder, hint)
     if not os.access(base, os.W_OK | os.X_OK):
         raise DocumentError(folder, f"cannot be written: {base} is read-only", hint=hint)
 
