@@ -212,13 +212,16 @@ def _prism_memory(s: Any, n: int, cap: int,
     to `cap`; under `compact`, the rewrites the strategy's rule (`prism_compact.due`) makes of
     that growth, each assumed to leave the memory at the size it asks, compact_target x cap.
     Returns (n + 1 sizes, (memory, revisions over the cap) shown to each rewrite)."""
+    from functools import partial
+
+    from longweave.agents.prism_compact import due
+
     sizes, rewrites, memory = [0], [], 0
     for i in range(n):
         grown = memory + growth
         memory = min(cap, grown)
         held = grown > cap  # revisions rejected at mem_cap
-        if s.overflow == "compact" and len(rewrites) < s.max_compactions and (
-                held or i + 1 < n and memory > s.compact_at * cap):
+        if len(rewrites) < s.max_compactions and due(s, held, i, n, partial(int, memory), cap):
             rewrites.append((memory, min(grown - cap, s.step_max_new) if held else 0))
             memory = int(s.compact_target * cap)
         sizes.append(memory)

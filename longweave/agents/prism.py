@@ -335,7 +335,8 @@ class Prism(BaseModel):
                  shared_prefix_tokens=ctx.llm.count_tokens(text[:shared]) if shared else 0,
                  cached_tokens=cached, memory_tokens=memory_tokens)
         done = state["compactions"]
-        if compaction.due(self, ctx, memory, bool(held), i, len(chunks), run.plan.mem_cap):
+        if compaction.due(self, bool(held), i, len(chunks), lambda: self._size(ctx, memory),
+                          run.plan.mem_cap):
             memory, more, done = await compaction.compact(self, ctx, state, memory, held, done)
             flags += more
         return {"memory": memory, "position": i + 1, "last_prompt": text, "flags": flags,

@@ -15,6 +15,8 @@ from longweave.memory.structured_memory import StructuredMemory, TypeNode, wides
 from longweave.structured import reask_message
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pydantic import BaseModel
 
     from longweave.agents.base import RunContext
@@ -33,14 +35,13 @@ UNBOUNDED_CHARS = 10**9
 any real one."""
 
 
-def due(prism: Prism, ctx: RunContext, memory: StructuredMemory, held: bool, i: int, n: int,
-        mem_cap: int) -> bool:
+def due(prism: Prism, held: bool, i: int, n: int, size: Callable[[], int], mem_cap: int) -> bool:
     """Whether step i (of n) is followed by a rewrite: under `compact`, when one of its revisions
-    was rejected at mem_cap (`held`), or when chunks are left and the memory is above
-    compact_at x mem_cap."""
+    was rejected at mem_cap (`held`), or when chunks are left and the memory's `size` (counted
+    only then) is above compact_at x mem_cap. The pre-run estimate applies the same rule."""
     if prism.overflow != "compact":
         return False
-    return held or i + 1 < n and prism._size(ctx, memory) > prism.compact_at * mem_cap
+    return held or i + 1 < n and size() > prism.compact_at * mem_cap
 
 
 def rewrite_request(prism: Prism, question: str, schema: TypeNode, shown: str,
