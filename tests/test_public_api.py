@@ -228,7 +228,8 @@ def test_the_synchronous_calls_work_inside_a_running_event_loop(tmp_path, monkey
     assert ResultLog(tmp_path / "out.jsonl").records()[0].answer == "Under the mat."
 
 
-def test_an_interrupt_inside_a_running_loop_cancels_the_work() -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGINT to send to oneself on Windows")
+def test_an_interrupt_inside_a_running_loop_cancels_the_work(ctrl_c: None) -> None:
     """Ctrl-C (a notebook's "interrupt kernel") while a synchronous call waits on its worker
     thread used to wait for the whole run and leave it going."""
     import asyncio
@@ -238,9 +239,6 @@ def test_an_interrupt_inside_a_running_loop_cancels_the_work() -> None:
     import time
 
     from longweave.sync import run_sync
-
-    if sys.platform == "win32":  # a platform guard, as elsewhere: it never skips on Linux
-        pytest.skip("no SIGINT to send to oneself on Windows")
 
     seen: list[str] = []
 
