@@ -26,6 +26,7 @@ from longweave.llm import Message
 from longweave.runner import arun
 from longweave.testing import HashEmbedder, Request, ScriptedModel, quoted_after
 from tests.cli_run import run_cli
+from tests.test_prism_compact import keep_last as keep_newest
 
 QUESTION = "Where did the keeper hide the spare lamp?"
 TAG = re.compile(r"SENTINEL-(\d+)")
@@ -177,13 +178,6 @@ def prism_model(compressor: Any) -> ScriptedModel:
     model.on("compressor", reply=compressor)
     model.on("manager", reply={"answer": "Under the stairs.", "used_paths": []})
     return model
-
-
-def keep_newest(request: Request) -> dict[str, Any]:
-    """A rewrite keeping only the newest evidence of the memory shown."""
-    shown = re.search(r"Memory \(\d+ characters\):\n(.*)", request.text)
-    assert shown is not None
-    return {"evidence": json.loads(shown.group(1))["evidence"][-1:]}
 
 
 PRISM_OPTIONS = {"chunk_tokens": 128, "window": 4096}
@@ -698,7 +692,6 @@ def _fill(model: ScriptedModel, role: str, cap: int) -> float:
 
 
 def _reply_text(model: ScriptedModel, request: Request) -> str:
-    import json
 
     rule = next(r for r in model.rules if r.role == request.role)
     value = rule.reply(request) if callable(rule.reply) else rule.reply
@@ -754,7 +747,6 @@ def test_cli_estimate_prints_the_table_without_calling_the_model(
 def test_cli_estimate_json_and_run_compares_with_the_actual_usage(
     cli_model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
 ) -> None:
-    import json
 
     monkeypatch.setenv("COLUMNS", "200")
     path = _doc_file(tmp_path)

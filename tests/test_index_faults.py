@@ -23,6 +23,7 @@ from longweave.retrieval.corpus import open_corpus
 from longweave.retrieval.index import DocumentIndex, corpus_index, document_index
 from longweave.retrieval.store import Record, VectorStore
 from longweave.testing import HashEmbedder
+from tests.test_index import Approximate
 
 DOC = Document.from_text("".join(f"Sentence {i} is about topic{i % 7}. " for i in range(200)))
 
@@ -81,13 +82,6 @@ def test_an_artifact_written_by_the_previous_format_is_not_read(tmp_path: Path) 
     (d / "index.json").write_text(json.dumps({**about, "format": 1}))
     with pytest.warns(RuntimeWarning, match="another format"):
         assert not build(cache).reused
-
-
-class Approximate(VectorStore):
-    """A store that is approximate at any size, so a corpus keeps it (past 200k vectors)."""
-
-    def __init__(self, dim: int, **kw: object) -> None:
-        super().__init__(dim, **{**kw, "index": "hnsw"})
 
 
 def test_a_corpus_store_that_faiss_cannot_write_is_a_warning(
