@@ -17,6 +17,7 @@ from longweave.testing import Request, ScriptedModel
 from tests.cli_run import run_cli
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
+GENERIC = Path(__file__).parent / "fixtures" / "eval" / "generic" / "questions.jsonl"
 ANSWER = "Mara Quill kept the light first."
 
 
@@ -72,11 +73,17 @@ def test_ctrl_c_in_any_other_command_is_one_line(model, monkeypatch, capsys) -> 
     assert capsys.readouterr() == ("", "interrupted\n")
 
 
-def test_batch_and_eval_say_it_as_ask_does() -> None:
-    """One helper words every command's line (batch's own test checks it end to end)."""
-    for command in ("batch", "eval"):
-        source = (Path(__file__).parents[1] / "longweave" / "cli" / f"{command}.py").read_text()
-        assert "raise interrupted(err, " in source and "Exit(130)" not in source
+def test_ctrl_c_in_eval_says_where_the_answers_are_kept(model, monkeypatch, capsys, tmp_path,
+                                                        ctrl_c) -> None:
+    """Batch's own test checks its line end to end; eval words it through the same helper."""
+    model.on("reader", reply=ctrl_c_here)
+    out = tmp_path / "out"
+    code = run_cli(monkeypatch, "eval", str(GENERIC), "-s", "truncate", "-o", str(out),
+                   "--no-cache", "--set", "max_new=32")
+    stdout, err = capsys.readouterr()
+    assert code == 130 and stdout == ""
+    assert err.endswith(f"interrupted: answers so far are kept in {out / 'answers'}; rerun the "
+                        "same command to resume\n"), err
 
 
 # -- a reader that leaves -----------------------------------------------------------------------
