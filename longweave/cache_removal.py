@@ -89,13 +89,17 @@ def prune_cache(root: str | Path) -> Removal:
     return _remove([i for i in items if i.kind == "leftovers"])
 
 
-def clear_cache(root: str | Path, kinds: Sequence[str]) -> Removal:
+def clear_cache(root: str | Path, kinds: Sequence[str],
+                items: Sequence[CacheItem] | None = None) -> Removal:
     """Remove every item of `kinds` (names of `CACHE_KINDS`, or "all": see `cache_kinds`) from
     the cache folder `root` (a SQLite cache is emptied in place, so that processes using it go
-    on). Raises ConfigError where `check_removable` refuses the folder."""
+    on). `items`: the folder as `cache_contents` just listed it and `check_removable` passed
+    it; None to list and check it here. Raises ConfigError where `check_removable` refuses
+    the folder."""
     wanted = cache_kinds(kinds)
-    items = cache_contents(root)
-    check_removable(root, items)
+    if items is None:
+        items = cache_contents(root)
+        check_removable(root, items)
     return _remove([i for i in items if i.kind in wanted])
 
 

@@ -66,7 +66,8 @@ def cache(
         chosen = [i for i in held if i.kind in kinds]
         if chosen and not yes and not _confirmed(err, chosen, root):
             raise typer.Exit(1)
-        removal = clear_cache(root, kinds)
+        # Listed and checked just now, unless a question was asked since: then again.
+        removal = clear_cache(root, kinds, held if yes else None)
         _removed(out, root, removal, as_json, each=False)
         if "sessions" not in kinds and any(i.kind == "sessions" for i in held) \
                 and "all" in clear and not as_json:
