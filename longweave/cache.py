@@ -293,6 +293,9 @@ SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 SWEEP_EVERY_S = 600.0
 """Least seconds between two sweeps of an artifact cache's folder for the temporary folders of
 killed builds (each lists the folder; ours)."""
+_SWEPT_AT: dict[Path, float] = {}
+"""Per folder, the monotonic time this process last swept it: kept across `ArtifactCache`s,
+since a batch or a Session makes one per question."""
 
 
 T = TypeVar("T")
@@ -315,7 +318,6 @@ class ArtifactCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
-        self._swept_at = -SWEEP_EVERY_S  # monotonic time of the last sweep of `root`
 
     def find(self, key: str) -> Path | None:
         """The directory for `key` if it has been built, else None."""
@@ -376,8 +378,8 @@ class ArtifactCache:
         if final.is_dir():
             return final
         self.root.mkdir(parents=True, exist_ok=True)
-        if time.monotonic() - self._swept_at >= SWEEP_EVERY_S:
-            self._swept_at = time.monotonic()
+        if time.monotonic() - _SWEPT_AT.get(self.root, -SWEEP_EVERY_S) >= SWEEP_EVERY_S:
+            _SWEPT_AT[self.root] = time.monotonic()
             sweep_stale(self.root)
         tmp = temp_folder(self.root, key)
         try:
