@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longweave.cache import SAFE_KEY
-from longweave.errors import ConfigError, LongweaveError
+from longweave.errors import ConfigError, LongweaveError, choose_from
 
 __all__ = [
     "BUILT_IN_SHAPES",
@@ -138,15 +138,11 @@ class CacheItem:
 def cache_kinds(names: Sequence[str]) -> list[str]:
     """The kinds `names` say ("all": every one but sessions, which go only when named); an
     unknown name raises ConfigError with the closest."""
-    import difflib
-
     choices = [*CACHE_KINDS, "all"]
     unknown = [n for n in names if n not in choices]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], choices, n=1)
-        guess = f"did you mean {close[0]}? " if close else ""
         raise ConfigError(f"unknown cache kind {unknown[0]!r}",
-                          hint=f"{guess}choose one of: {', '.join(choices)}")
+                          hint=choose_from(unknown[0], choices))
     everything = "all" in names
     return [k for k in CACHE_KINDS if k in names or everything and k != "sessions"]
 

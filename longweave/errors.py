@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 
@@ -129,6 +129,16 @@ class ModelError(LongweaveError):
 
 
 _ABOUT_CONTENT = ("moderat", "flagged", "content", "safety", "policy")
+
+
+def choose_from(name: str, choices: Sequence[str]) -> str:
+    """The hint for an unknown `name`: the closest of `choices` if one is close, then them all
+    in the order given."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    guess = f"did you mean {close[0]}? " if close else ""
+    return f"{guess}choose one of: {', '.join(choices)}"
 
 
 def stops_every_call(status: int, code: str = "", detail: str = "") -> bool:

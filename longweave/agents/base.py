@@ -16,6 +16,7 @@ from longweave.errors import (
     LongweaveWarning,
     ModelError,
     ParseError,
+    choose_from,
     invalid_fields,
 )
 from longweave.events import Event, EventSink, TokenSink, ignore, result_event, token_sink
@@ -236,12 +237,7 @@ def strategy_class(name: str) -> type:
     """The class registered under `name`; unknown names list the choices."""
     names = available()
     if name not in names:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), names, n=1)
-        guess = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(f"unknown strategy {name!r}",
-                          hint=f"{guess}choose one of: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown strategy {name!r}", hint=choose_from(str(name), sorted(names)))
     try:
         return _load(names[name])
     except Exception as exc:
