@@ -3,7 +3,8 @@
 Questions reach strategies as one string. The eval harness writes options as lines under the
 question: `A. text` for its own JSONL format (and Coursera, verbatim from L-Eval), ` (A) text `
 for L-Eval's QuALITY and TPO; other datasets use `A) text`. A strategy that can restrict an
-answer to the option letters (MemWalker's leaf schema, §4.3) asks `split_choices` for them.
+answer to the option letters (MemWalker's leaf schema, §4.3) asks `split_choices` for them, and
+the eval loaders label their cases with them, so the letters scored are the letters allowed.
 
 >>> c = split_choices("Who kept the lamp?\\n\\nA. Mara\\nB. Tobias\\n\\nAnswer with the letter.")
 >>> c.stem, c.letters, c.options[1]

@@ -98,6 +98,18 @@ def test_parse_choices_multi_select() -> None:
     assert option_accuracy("Answer: C, A, B", ["A", "B", "C"], LETTERS, multi=True) == 1.0
 
 
+def test_letters_past_d_are_read_as_the_options_parser_allows_them() -> None:
+    # `split_choices` reads options A-Z, so an L-Eval case may be labelled past D
+    ten = list("ABCDEFGHIJ")
+    assert parse_choice("E", ten) == "E" and parse_choice("The answer is (J).", ten) == "J"
+    assert option_accuracy("Answer: B, E", ["B", "E"], ten[:5], multi=True) == 1.0
+    # "I" as a pronoun is not option I, as "A" as an article is not option A
+    assert parse_choice("I think it must be G.", ten) == "G"
+    assert parse_choice("I'd say H", ten) == "H"
+    assert parse_choice("I", ten) == "I" and parse_choice("I is right", ten) == "I"
+    assert parse_choice("I think it must be G.", LETTERS) is None  # G is no option here
+
+
 def test_word_and_number_labels() -> None:
     assert parse_choice("True, according to the story.", ["True", "False"]) == "True"
     assert parse_choice("false: the planet has no atmosphere", ["True", "False"]) == "False"

@@ -3,6 +3,7 @@ harness writes, and MemWalker's options slot and letter-only answers (STRATEGIES
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from longweave.agents.base import RunContext
 from longweave.agents.mem_walker import COMPLAINT_TOKENS, MemWalker
 from longweave.choices import Choices, split_choices
 from longweave.evals.datasets import load_dataset
+from longweave.evals.metrics import option_accuracy
 from longweave.llm import user
 from longweave.runner import arun
 from longweave.structured import json_instructions, reask_message
@@ -165,6 +167,22 @@ async def test_a_letter_outside_the_options_is_reasked() -> None:
     assert "'A', 'B', 'C' or 'D'" in reads[1].messages[-1].content
     assert answer.text == "B" and "invalid_action" not in answer.flags
     assert [s.detail["attempts"] for s in answer.steps if s.role == "reader"] == [3]
+
+
+async def test_the_letters_admitted_are_the_letters_the_eval_case_scores(tmp_path: Path) -> None:
+    # a fifth option: L-Eval's loader once labelled A-D only, so an answer "E" scored nothing
+    question = "Which one?\nA. ten\nB. twenty\nC. thirty\nD. forty\nE. fifty"
+    row = {"input": "x", "instructions": [question], "outputs": ["E"], "evaluation": "exam"}
+    (tmp_path / "tpo.jsonl").write_text(json.dumps(row) + "\n")
+    (case,) = load_dataset(tmp_path / "tpo.jsonl", workdir=tmp_path / "docs",
+                           count_tokens=RegexTokenizer().count).cases
+    model = scripted(reader=mc_reader(0, "E"))
+    answer = await arun(MW, sentinel_document(9), case.question, model)
+    (read,) = [r for r in model.calls("reader") if LEAF in r.text]
+    assert answer_field(read)["enum"] == case.labels == ["A", "B", "C", "D", "E"]
+    assert "E. fifty\n\n" in read.text
+    assert answer.text == "E"
+    assert option_accuracy(answer.text, case.answers, case.labels, case.options) == 1.0
 
 
 async def test_an_ordinary_question_has_no_options_slot_and_a_free_answer() -> None:

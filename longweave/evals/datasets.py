@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from longweave.choices import split_choices
 from longweave.errors import ConfigError, DocumentError
 
 __all__ = [
@@ -362,9 +363,12 @@ def _generic_case(file: Path, n: int, row: dict[str, Any], task: str,
         labels = [chr(ord("A") + i) for i in range(len(options))]
     metric = row.get("metric") or ("option" if options else "f1")
     if options:
-        listed = "\n".join(f"{x}. {o}" for x, o in zip(labels, options, strict=True))
+        # one line an option (a line break would end the list), as `split_choices` reads them
+        listed = "\n".join(f"{x}. {' '.join(str(o).split())}"
+                           for x, o in zip(labels, options, strict=True))
         multi = len(answers) > 1
         question = f"{question}\n\n{listed}\n\n{MULTI_HINT if multi else OPTION_HINT}"
+        _check_letters(file, where, question, labels)
     try:
         return EvalCase(
             id=str(row.get("id", f"{task}-{n}")), task=task, document=doc, question=question,
@@ -374,3 +378,15 @@ def _generic_case(file: Path, n: int, row: dict[str, Any], task: str,
         )
     except ValidationError as exc:
         raise DocumentError(file, f"{where}: {exc.errors()[0]['msg']}", hint=_GENERIC) from None
+
+
+def _check_letters(file: Path, where: str, question: str, labels: list[str]) -> None:
+    """Option letters a strategy reads from the question (MemWalker answers with them only)
+    must be the labels scored; a question whose options it reads as none is answered freely."""
+    read = list(split_choices(question).letters)
+    if read and read != labels:
+        raise DocumentError(
+            file, f"{where}: its options read as {', '.join(read)} but are labelled "
+                  f"{', '.join(labels)}",
+            hint="options are non-empty texts, at most 26; keyed options are keyed A, B, C, "
+                 "... in order, or with labels that are not letters")

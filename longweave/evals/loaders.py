@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from longweave.choices import split_choices
 from longweave.errors import ConfigError, DocumentError
 from longweave.evals.datasets import (
     MULTI_HINT,
@@ -32,7 +33,6 @@ __all__ = ["LOADERS"]
 SHORT_HINT = "Answer in a few words."
 LOCOMO_HINT = 'Answer in a few words; if the conversation does not say, answer "not mentioned".'
 
-_LETTER_OPTION = re.compile(r"^\s*\(?([A-D])[\).]\s*(.+?)\s*$", re.MULTILINE)
 _NUMBER_OPTION = re.compile(r"^\s*([1-9])\.\s*(.+?)\s*$", re.MULTILINE)
 _EXAM_TASKS = {"quality", "coursera", "tpo"}
 
@@ -77,13 +77,15 @@ def load_leval(path: Path, opts: LoadOptions, out: Dataset) -> None:
 def _leval_case(name: str, evaluation: str, question: str, gold: str,
                 case: dict[str, Any]) -> EvalCase:
     if name in _EXAM_TASKS:
-        labels, options = _options(question, _LETTER_OPTION)
-        answers = re.findall(r"[A-D]", gold.split(")")[0] if gold.startswith("(") else gold)
         multi = name == "coursera"  # any Coursera question may have several correct answers
-        hint = MULTI_HINT if multi else OPTION_HINT
-        return EvalCase(question=f"{question.rstrip()}\n\n{hint}", answers=answers,
-                        metric="option", labels=labels or list("ABCD"), options=options,
-                        multi=multi, **case)
+        asked = f"{question.rstrip()}\n\n{MULTI_HINT if multi else OPTION_HINT}"
+        # The options as a strategy reads them (MemWalker answers with these letters only), so
+        # the letters scored are the letters a strategy may answer with.
+        choices = split_choices(asked)
+        head = gold.split(")")[0] if gold.startswith("(") else gold  # "(B) text", or "ACD"
+        return EvalCase(question=asked, answers=re.findall(r"[A-Z]", head), metric="option",
+                        labels=list(choices.letters) or list("ABCD"),  # none read: L-Eval's four
+                        options=[text for _, text in choices.options], multi=multi, **case)
     if name == "sci_fi":  # "True [fact: False]": the first part answers from the document
         answer = gold.split("[")[0].strip()
         return EvalCase(question=f"{question.rstrip()}\n\nAnswer True or False.",

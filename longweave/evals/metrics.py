@@ -123,10 +123,12 @@ def _explicit(text: str, labels: Sequence[str], multi: bool) -> list[str]:
 
 
 def _bare(text: str, labels: Sequence[str]) -> list[str]:
-    """Standalone letter labels, skipping "A" used as an article ("A good reason is...")."""
+    """Standalone letter labels, skipping "A" used as an article ("A good reason is...") and,
+    in a list long enough to have an option I, "I" as a pronoun ("I think...")."""
     found = []
     for m in re.finditer(rf"(?<![\w'’])({_label_pattern(labels)})(?![\w'’])", text):
-        if m.group(1) == "A" and re.match(r"\s+(?!(?:and|or|is|was)\b)[a-z]", text[m.end():]):
+        word = re.match(r"\s+(?!(?:and|or|is|was)\b)[a-z]", text[m.end():])
+        if m.group(1) in ("A", "I") and word:
             continue
         found.append(m.group(1))
     return found
