@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -34,18 +35,60 @@ def open_in_browser(page: Path) -> bool:
 
 def print_table(console: Console, table: Table) -> None:
     """A table at its natural width off a terminal (a log file, a pipe), where rich's default
-    80 columns would fold its names a letter per line; as wide as the terminal (or COLUMNS)
-    otherwise."""
-    if console.is_terminal or os.environ.get("COLUMNS"):
-        console.print(table)
-        return
+    80 columns would fold its names a letter per line. On a terminal (or with COLUMNS), the
+    table where its natural width fits, its rows stacked (`print_stacked`) where not: rich
+    meets a narrower width by shrinking its widest wrapping column first, which splits a word
+    there even where another column could wrap at a space, and past that it breaks
+    "mem-walker" into letters, drops it altogether, or cuts the numbers on the right."""
     natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        if natural <= console.width:
+            console.print(table)
+        else:
+            print_stacked(console, table)
+        return
     width = console.width
     console.width = max(width, natural)  # print's own width= is capped at the console's
     try:
         console.print(table)
     finally:
         console.width = width
+
+
+def print_stacked(console: Console, table: Table) -> None:
+    """A table's rows one block each, for a terminal narrower than the table: a bold heading
+    that joins the row's names (its leading left-aligned text columns) with " · ", then one
+    `label  value` line per other column, so no name breaks and no number is cut. Empty cells
+    are left out: a metric that does not apply to the row."""
+    columns = [list(column.cells) for column in table.columns]
+    names = 0
+    while (names < len(columns) and table.columns[names].justify == "left"
+           and all(isinstance(cell, str | Text) for cell in columns[names])):
+        names += 1
+    if table.title:
+        console.print(table.title, style="table.title", highlight=False)
+    for row in range(table.row_count):
+        heading = [_text(console, cells[row]) for cells in columns[:names]]
+        console.print()
+        if names:
+            console.print(Text(" · ").join(h for h in heading if h), style="bold")
+        values = Table.grid(padding=(0, 2))
+        values.add_column(style="dim", no_wrap=True)
+        values.add_column()
+        for column, cells in zip(table.columns[names:], columns[names:], strict=True):
+            cell = cells[row]
+            if isinstance(cell, str | Text):  # numbers stay aligned as in their column
+                cell = _text(console, cell).copy()
+                cell.justify = column.justify
+            if cell:
+                values.add_row(column.header, cell)
+        console.print(Padding(values, (0, 0, 0, 2), expand=False))
+    if table.caption:
+        console.print(table.caption, style="table.caption", highlight=False)
+
+
+def _text(console: Console, cell: str | Text) -> Text:
+    return cell if isinstance(cell, Text) else console.render_str(cell, highlight=False)
 
 
 def print_line(console: Console, line: object, **options: object) -> None:

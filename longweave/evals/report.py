@@ -92,7 +92,7 @@ def results_table(results: EvalResults) -> Table:
              for r in rows]
     for i, name in enumerate(names):
         title = METRIC_TITLES.get(name, name)
-        if name in ("strategy", "task"):  # words fold; a narrow terminal takes its room here
+        if name in ("strategy", "task"):  # names; they head each row stacked on a narrow terminal
             table.add_column(title, overflow="fold")
             continue
         # A number is never cut to "0.…": its column keeps the width of its longest cell.
