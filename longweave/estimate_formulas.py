@@ -138,17 +138,23 @@ def _sequence(t: Tally, role: str, prompts: list[int], carried: int, cap: int, o
 
 
 async def chain_of_agents(s: Any, ctx: RunContext, t: Tally) -> None:
-    from longweave.agents.chain_of_agents import judge_schema
+    from longweave.agents.chain_of_agents import judge_schema, requested_paths
     from longweave.agents.coa_prompts import (
         judge_messages,
         judge_question,
         manager_messages,
         worker_messages,
     )
+    from longweave.answer import plural
 
     state = await initial_state(s, ctx)
     chunks, orders, q = state["chunks"], state["orders"], ctx.question
-    n, paths = len(chunks), len(orders)  # P = 1, 2 or 5 (perm5: fewer when n! < 5)
+    # P = 1, 2 or 5, less the repeated orders the strategy drops (bidir over one chunk, perm5
+    # when n! < 5): the orders are the strategy's own, so the count is the run's.
+    n, paths = len(chunks), len(orders)
+    if paths < requested_paths(s.paths):
+        t.notes.append(f"{s.paths} over {plural(n, 'chunk')}: "
+                       f"{plural(paths, 'distinct reading order')}, so {plural(paths, 'path')}")
     mode, cite = s.mode(q), s.cites(q)
     cu_cap = s.cu_cap if s.cu_cap is not None else s.max_new
     cu = fill(cu_cap, t.a.text_fill)

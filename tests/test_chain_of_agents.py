@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from longweave.agents.chain_of_agents import ChainOfAgents, permuted_orders
+from longweave.agents.chain_of_agents import ChainOfAgents, permuted_orders, unfence
 from longweave.agents.coa_prompts import CODE_LAST_PART, CODE_TASK
 from longweave.answer import Answer
 from longweave.documents import Document
@@ -351,6 +351,47 @@ async def test_perm5_with_two_chunks_runs_each_order_once() -> None:
     assert answer.steps[0].detail["chunks"] == 2
     assert [[part_of(r) for r in path] for path in worker_paths(answer, model)] == [[1, 2], [2, 1]]
     assert answer.usage.calls == 2 * 3
+    assert answer.steps[0].detail["deduplicated"] == 3
+    assert answer.steps[0].output.endswith("; 3 repeated reading orders dropped")
+
+
+def test_few_chunks_give_every_order_once_whatever_the_seed() -> None:
+    """1 or 2 chunks have only 1 or 2 orders: all of them, never a repeat, never a hunt."""
+    for seed in range(20):
+        assert permuted_orders(1, 5, seed) == [[0]]
+        assert permuted_orders(2, 5, seed) == [[0, 1], [1, 0]]
+    assert permuted_orders(0, 5, 0) == [[]]
+
+
+@pytest.mark.parametrize(("paths", "kept"), [("single", 1), ("bidir", 1), ("perm5", 1),
+                                             ("self5", 5)])
+async def test_one_chunk_runs_one_path_unless_sampling(paths: str, kept: int) -> None:
+    """Left to right and right to left over one chunk are one order: bidir and perm5 read it
+    once; self5's samples at temperature > 0 differ, so its five chains all run."""
+    model = scripted()
+    model.rules[-1:] = []
+    model.on("manager", contains="CU1 saw", reply="Ottawa [c1]")
+    coa = ChainOfAgents(max_new=32, margin=16, paths=paths)
+    answer = await arun(coa, sentinel_document(1), "Capital?", model)
+    plan = answer.steps[0]
+    assert plan.detail["chunks"] == 1
+    assert plan.detail["paths"] == kept
+    assert plan.detail["deduplicated"] == {"single": 1, "bidir": 2}.get(paths, 5) - kept
+    assert ("dropped" in plan.output) == (plan.detail["deduplicated"] > 0)
+    assert [r.role for r in model.requests] == ["worker"] * kept + ["manager"] * kept
+    assert all("Part 1 of 1" in r.text for r in model.calls("worker"))
+    assert [s.role for s in answer.steps].count("select") == (kept > 1)
+    assert answer.text == "Ottawa" and [c.chunk_index for c in answer.citations] == [0]
+
+
+async def test_bidir_over_several_chunks_drops_nothing() -> None:
+    model = scripted()
+    answer = await arun(ChainOfAgents(max_new=32, margin=16, paths="bidir"),
+                        sentinel_document(4), "q?", model)
+    plan = answer.steps[0]
+    assert plan.detail["paths"] == 2 and plan.detail["deduplicated"] == 0
+    assert "dropped" not in plan.output
+    assert len(model.requests) == 2 * (plan.detail["chunks"] + 1)
 
 
 async def test_self5_samples_five_chains_in_document_order_and_votes_the_majority() -> None:
@@ -460,6 +501,62 @@ async def test_code_task_sends_the_code_prompts_without_cite_tags() -> None:
     # a "[c1]" in code is an index, never a citation marker
     assert answer.text == "return table[c1]" and answer.citations == []
     assert "uncited" in answer.flags
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    ("```python\n    return a + b\n```", "    return a + b"),
+    ("```\ndef f(x):\n    return x\n```", "def f(x):\n    return x"),
+    ("```py\n\n    if x:\n        y = 1\n\n```", "\n    if x:\n        y = 1\n"),
+    ('```python\ns = """\n```"""\n```', None),  # a fence line inside: not one block
+    ("```python\na = 1\n```\n\n```python\nb = 2\n```", None),  # two blocks
+    ("Here it is:\n```python\nx = 1\n```", None),  # text around the block
+    ("```python\nx = 1\n```\nThat sets x.", None),
+    ("```python\nx = 1", None),  # never closed
+    ("```x = 1```", None),  # inline, not a fenced block
+    ("x = 1", None),
+])
+def test_unfence_takes_only_a_reply_that_is_one_fenced_block(reply: str, code: str | None) -> None:
+    assert unfence(reply) == code
+
+
+async def test_a_fenced_code_answer_is_the_code_alone() -> None:
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=lambda r: f"notes of part {part_of(r)}")
+    model.on("manager", reply='"""\n```python\n    total = a + b\n    return total\n```  \n"""')
+    coa = ChainOfAgents(max_new=32, margin=16, task="code")
+    answer = await arun(coa, sentinel_document(4), "Finish add().", model)
+    assert answer.text == "    total = a + b\n    return total"  # indentation kept
+    (manager,) = [s for s in answer.steps if s.role == "manager"]
+    assert manager.output == answer.text and manager.detail["unfenced"] is True
+    assert len(model.calls("manager")) == 1
+
+
+async def test_a_fenced_answer_outside_code_mode_is_left_alone() -> None:
+    fenced = "```\nOttawa\n```"
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=cu_reply)
+    model.on("manager", reply=fenced)
+    answer = await arun(ChainOfAgents(max_new=32, margin=16, cite=False), sentinel_document(4),
+                        "Capital?", model)
+    assert answer.text == fenced
+    assert "unfenced" not in [s for s in answer.steps if s.role == "manager"][0].detail
+
+
+async def test_fenced_and_bare_code_vote_together() -> None:
+    """Two fenced and one bare `return a + b` outvote two `return b`: fenced, they were three
+    different answers and `return b` won."""
+    model = ScriptedModel(context_window=500)
+    model.on("worker", reply=lambda r: f"notes of part {part_of(r)}")
+    replies = ("return b", "```python\nreturn a + b\n```", "return a  +  b",
+               "```\nreturn a + b\n```", "return b")
+    for reply in replies:
+        model.on("manager", reply=reply, times=1)
+    coa = ChainOfAgents(max_new=32, margin=16, paths="self5", task="code", selector="judge")
+    answer = await arun(coa, sentinel_document(6), "Complete the function.", model)
+    assert answer.text == "return a + b" and not model.calls("judge")
+    assert [s.index for s in answer.steps if s.role == "select"] == [1]
+    unfenced = [s.index for s in answer.steps if s.role == "manager" and s.detail.get("unfenced")]
+    assert sorted(unfenced) == [1, 3]
 
 
 async def test_code_task_without_a_question_completes_the_next_line() -> None:

@@ -113,6 +113,30 @@ async def test_five_path_chain_of_agents_counts_five_chains_and_the_judge_when_i
     assert abs(est.prompt_tokens / answer.usage.prompt_tokens - 1) < 0.05
 
 
+@pytest.mark.parametrize(("paths", "n", "kept"), [("bidir", 1, 1), ("perm5", 1, 1),
+                                                  ("perm5", 2, 2), ("self5", 1, 5)])
+async def test_chain_of_agents_estimate_drops_the_repeated_orders_the_run_drops(
+    paths: str, n: int, kept: int,
+) -> None:
+    """bidir over one chunk and perm5 over fewer chunks than orders run each order once (self5
+    samples, so it keeps its five); the estimate counts the paths that run, and a judge only
+    when there are several."""
+    doc, model = document(n, words=400), ScriptedModel(context_window=1024)
+    model.on("worker", reply=words(32))
+    model.on("manager", reply="Under the stairs.")
+    options = {"max_new": 128, "paths": paths, "selector": "judge"}
+    answer = await arun(_strategy("chain-of-agents", **options), doc, QUESTION, model)
+    est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), QUESTION,
+                          assumptions=Assumptions(text_fill=0.25), **options)
+    assert est.n_chunks == answer.steps[0].detail["chunks"] == n
+    assert answer.steps[0].detail["paths"] == kept
+    assert est.roles["manager"].calls == roles(model)["manager"] == kept
+    assert est.calls == answer.usage.calls == kept * (n + 1)
+    assert est.high.calls == est.calls + (3 if kept > 1 else 0)
+    assert any("distinct reading order" in note for note in est.notes) == (paths != "self5")
+    assert_close(est, answer.usage, exact_calls=True)
+
+
 async def test_code_task_estimate_counts_the_code_prompts() -> None:
     doc, model = document(30), ScriptedModel(context_window=1024)
     model.on("worker", reply=words(32))

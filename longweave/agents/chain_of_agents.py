@@ -7,6 +7,7 @@ NeurIPS 2024, arXiv:2406.02818. Algorithm and defaults: STRATEGIES.md §1.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import operator
 import random
@@ -35,6 +36,8 @@ from longweave.llm import Message, unquote
 from longweave.structured import reask_message
 
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
+_FENCED = re.compile(r"\A\s*(`{3,})[^`\n]*\n(.*?)\n?[ \t]*\1`*\s*\Z", re.DOTALL)
+"""A reply that is one Markdown code block: its fence, then what it holds."""
 _REPLY_CHARS = 400
 """How much of a judge's unusable reply, and of the complaint, a re-ask shows."""
 MANY_PATHS = 5
@@ -89,9 +92,12 @@ class ChainOfAgents(BaseModel):
     """Sampling temperature of every call, except the chains of `self5` (paper: 0)."""
     paths: Literal["single", "bidir", "perm5", "self5"] = "single"
     """Chains whose answers are voted on: `single` one left to right; `bidir` adds one right to
-    left (reference code); `perm5` five, the first in document order and four in distinct seeded
-    permutations (fewer when the chunks have fewer orders); `self5` five left to right sampled
-    at `self_temperature` (self-consistency). The paper's own variants are unverified (§1.2)."""
+    left (reference code), unless there is one chunk; `perm5` five, the first in document order
+    and four in distinct seeded permutations (all n! orders when n chunks have fewer); `self5`
+    five left to right sampled at `self_temperature` (self-consistency). A repeated order at
+    temperature 0 would repeat a call and a vote, so only `self5` repeats one; the plan step
+    counts the paths dropped as `deduplicated`. The paper's own variants are unverified
+    (§1.2)."""
     seed: int = 0
     """Seed of `perm5`'s permutations: one seed and chunk count always give the same orders
     (ours)."""
@@ -159,12 +165,15 @@ class ChainOfAgents(BaseModel):
             budget = chunk_budget(k, max_new=0, fixed_tokens=fixed, margin=self.margin)
         chunks = ctx.chunk(budget)
         orders = reading_orders(self.paths, len(chunks), self.seed)
+        dropped = requested_paths(self.paths) - len(orders)
+        same = f"; {plural(dropped, 'repeated reading order')} dropped" if dropped else ""
         ctx.step(
             "plan",
-            f"{plural(len(chunks), 'chunk')} of <= {budget} tokens",
+            f"{plural(len(chunks), 'chunk')} of <= {budget} tokens{same}",
             chunks=len(chunks),
             budget=budget,
             paths=len(orders),
+            deduplicated=dropped,
         )
         return {
             "chunks": chunks,
@@ -231,8 +240,11 @@ class ChainOfAgents(BaseModel):
                 stream=len(state["cus"]) == 1,  # several paths' answers would interleave
             )
             answer = unquote(reply.text)
-            ctx.step("manager", answer, index=path, finish_reason=reply.finish_reason)
-            return answer
+            code = unfence(answer) if mode == "code" else None
+            ctx.step("manager", answer if code is None else code, index=path,
+                     finish_reason=reply.finish_reason,
+                     **({} if code is None else {"unfenced": True}))
+            return answer if code is None else code
 
         answers = await asyncio.gather(*(one(p, cu) for p, cu in enumerate(state["cus"])))
         return {"answers": list(answers)}
@@ -278,11 +290,18 @@ class ChainOfAgents(BaseModel):
         return 0, ["judge_failed"]
 
 
+def requested_paths(paths: str) -> int:
+    """How many paths a `paths` setting asks for, before identical orders are dropped."""
+    return {"single": 1, "bidir": 2}.get(paths, MANY_PATHS)
+
+
 def reading_orders(paths: str, n: int, seed: int) -> list[list[int]]:
-    """Per path, the chunk indices in the order its workers read them (path 1: document order)."""
+    """Per path, the chunk indices in the order its workers read them (path 1: document order).
+    Only `self5` repeats an order: its samples differ, where a repeat at temperature 0 would
+    only repeat a vote (one chunk read backwards is the same chunk read forwards)."""
     forward = list(range(n))
     if paths == "bidir":
-        return [forward, forward[::-1]]
+        return [forward, forward[::-1]] if n > 1 else [forward]
     if paths == "self5":
         return [list(forward) for _ in range(MANY_PATHS)]
     if paths == "perm5":
@@ -293,16 +312,30 @@ def reading_orders(paths: str, n: int, seed: int) -> list[list[int]]:
 def permuted_orders(n: int, paths: int, seed: int) -> list[list[int]]:
     """Document order, then seeded shuffles of it, all distinct: `paths` orders, or all n! of
     them when there are fewer (a repeated order at temperature 0 would only repeat a vote)."""
+    if n < paths and math.factorial(n) <= paths:  # every order, document order first
+        return [list(order) for order in itertools.permutations(range(n))]
     rng = random.Random(seed)
     orders = [list(range(n))]
-    wanted = min(paths, math.factorial(min(n, paths)))  # n >= 3 has at least 6 orders
     for _ in range(100 * paths):  # a repeat is drawn again; a cap, never reached in practice
-        if len(orders) >= wanted:
+        if len(orders) >= paths:
             break
         order = rng.sample(range(n), n)
         if order not in orders:
             orders.append(order)
     return orders
+
+
+def unfence(answer: str) -> str | None:
+    """The code inside a reply that is one Markdown code block (```python ... ```), verbatim,
+    indentation included; None for any other reply, which is kept as it is. The manager is
+    asked for bare code, but models fence it anyway."""
+    match = _FENCED.fullmatch(answer)
+    if match is None:
+        return None
+    fence, code = match.groups()
+    if re.search(rf"^[ \t]*{fence}", code, re.MULTILINE):  # a second block, or text between
+        return None
+    return code
 
 
 def _normalize(answer: str, *, code: bool = False) -> str:

