@@ -58,14 +58,17 @@ def quoted(text: str) -> str:
     return f"{fence}\n{text}\n{fence}"
 
 
-def unquote(reply: str) -> str:
-    """A reply without the quote lines a small model copies around it from the prompt."""
-    lines = reply.strip().splitlines()
-    while lines and _QUOTE_LINE.fullmatch(lines[0]):
+def unquote(reply: str, *, indent: bool = False) -> str:
+    """A reply without the quote lines a small model copies around it from the prompt.
+    `indent`: keep the first line's indentation (code: a completed line inside a function body
+    is indented); only blank lines and trailing spaces around the reply go."""
+    lines = reply.splitlines()
+    while lines and (not lines[0].strip() or _QUOTE_LINE.fullmatch(lines[0])):
         lines.pop(0)
-    while lines and _QUOTE_LINE.fullmatch(lines[-1]):
+    while lines and (not lines[-1].strip() or _QUOTE_LINE.fullmatch(lines[-1])):
         lines.pop()
-    return "\n".join(lines).strip()
+    text = "\n".join(lines)
+    return text.rstrip() if indent else text.strip()
 
 
 def unquote_so_far(streamed: str) -> str:

@@ -121,6 +121,10 @@ def test_unquote_drops_only_the_outer_quote_lines() -> None:
     assert unquote(' """\n"""\nkept\n"""\ninside\n """ \n') == 'kept\n"""\ninside'
     assert unquote('say """this"""') == 'say """this"""'
     assert unquote('"""') == ""
+    # code keeps the first line's indentation: a completed line inside a function body
+    assert unquote('\n  \n"""\n    return x\n  y\n"""\n', indent=True) == "    return x\n  y"
+    assert unquote('\n    return x  \n', indent=True) == "    return x"
+    assert unquote('\n    return x  \n') == "return x"
 
 
 async def test_full_length_cus_never_overflow_the_window() -> None:
@@ -498,8 +502,8 @@ async def test_code_task_sends_the_code_prompts_without_cite_tags() -> None:
     (manager,) = model.calls("manager")
     assert manager.text.endswith("Code:") and "Reply with the code only" in manager.text
     assert "Task: Finish lookup()." in manager.text and "[c" not in manager.text
-    # a "[c1]" in code is an index, never a citation marker
-    assert answer.text == "return table[c1]" and answer.citations == []
+    # the completed line keeps its indentation; a "[c1]" in code is an index, not a citation
+    assert answer.text == "    return table[c1]" and answer.citations == []
     assert "uncited" in answer.flags
 
 

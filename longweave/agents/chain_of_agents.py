@@ -239,7 +239,7 @@ class ChainOfAgents(BaseModel):
                 index=path,
                 stream=len(state["cus"]) == 1,  # several paths' answers would interleave
             )
-            answer = unquote(reply.text)
+            answer = unquote(reply.text, indent=mode == "code")
             code = unfence(answer) if mode == "code" else None
             ctx.step("manager", answer if code is None else code, index=path,
                      finish_reason=reply.finish_reason,
