@@ -8,15 +8,49 @@ the user's own cache.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
 
 import pytest
+
+import longweave.llm
+from longweave.testing import ScriptedModel
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["LONGWEAVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("longweave-cache"))
+
+
+@pytest.fixture
+def scripted_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., ScriptedModel]:
+    """Serves a scripted model to the command line, which resolves its model from a string.
+
+    Every model string resolves to the model served, and the cache lives in the test's own
+    folder (`tmp_path / "cache"`), so no test is answered from another's cache. `columns` is the
+    terminal width output is laid out for: a number sets COLUMNS, "unset" removes it (laid out as
+    for a pipe, 80 columns), None leaves the environment's.
+    """
+
+    def serve(
+        model: ScriptedModel | None = None,
+        *,
+        context_window: int = 8192,
+        columns: int | Literal["unset"] | None = None,
+    ) -> ScriptedModel:
+        """`model`, or a new one of `context_window` tokens with no replies yet, served."""
+        served = model if model is not None else ScriptedModel(context_window=context_window)
+        monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: served)
+        monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+        if columns == "unset":
+            monkeypatch.delenv("COLUMNS", raising=False)
+        elif columns is not None:
+            monkeypatch.setenv("COLUMNS", str(columns))
+        return served
+
+    return serve
 
 
 @pytest.fixture

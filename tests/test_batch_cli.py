@@ -6,12 +6,12 @@ import json
 import re
 import signal
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import longweave.llm
 from longweave.batch import ResultLog
 from longweave.batch_inputs import batch_items, load_questions
 from longweave.cli import app
@@ -26,13 +26,10 @@ def _reply(request: Request) -> str:
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
     """A scripted model behind every model string, a private cache, and a wide console."""
-    scripted = ScriptedModel(name="scripted", context_window=2048)
+    scripted = scripted_cli(context_window=2048, columns=200)
     scripted.on("reader", reply=_reply)
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "200")
     return scripted
 
 

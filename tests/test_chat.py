@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -572,12 +572,9 @@ def chat_cli(monkeypatch: pytest.MonkeyPatch, capsys: Any, stdin: str, *args: st
 
 
 @pytest.fixture
-def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def cli_model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
     """The scripted model behind every model string of the CLI, and a private cache."""
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    return model
+    return scripted_cli(scripted())
 
 
 def test_chat_command_resumes_the_conversation_and_new_starts_over(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,11 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
     """A scripted model behind every model string, and a private cache directory."""
-    scripted = ScriptedModel(name="scripted", context_window=700)
+    scripted = scripted_cli(context_window=700)
     scripted.on("worker", reply=lambda r: "Mara Quill kept the light [c1].")
     scripted.on("manager", reply="Mara Quill [c1].")
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     return scripted
 
 

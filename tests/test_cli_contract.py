@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,11 @@ ANSWER = "Mara Quill kept the light first."
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
     """A scripted model behind every model string, a private cache, and no COLUMNS: output is
     laid out as for a pipe (80 columns) unless a test says otherwise."""
-    scripted = ScriptedModel(name="scripted", context_window=700)
+    scripted = scripted_cli(context_window=700, columns="unset")
     scripted.on("reader", reply=ANSWER)
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("COLUMNS", raising=False)
     return scripted
 
 

@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import longweave.llm
 from longweave.testing import Request, ScriptedModel
 from tests.cli_run import run_cli
 
@@ -22,13 +22,9 @@ ANSWER = "Mara Quill kept the light first."
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
     """A scripted model behind every model string, a private cache, messages unwrapped."""
-    scripted = ScriptedModel(name="scripted", context_window=700)
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "400")
-    return scripted
+    return scripted_cli(context_window=700, columns=400)
 
 
 def ctrl_c_here(request: Request) -> str:

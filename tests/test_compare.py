@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import longweave.llm
 from longweave.cli import app
 from longweave.compare import acompare, resolve_strategies, split_options
 from longweave.errors import ConfigError
@@ -19,15 +19,12 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
     """Scripted replies for truncate (reader) and Chain-of-Agents (worker, manager)."""
-    scripted = ScriptedModel(name="scripted", context_window=700)
+    scripted = scripted_cli(context_window=700, columns=200)
     scripted.on("reader", reply="Mara Quill kept the light first.")
     scripted.on("worker", reply="Mara Quill was the first keeper [c1].")
     scripted.on("manager", reply="Mara Quill [c1].")
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "200")
     return scripted
 
 

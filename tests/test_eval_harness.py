@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import longweave.llm
 import longweave.retrieval.index as index_module
 from longweave.compare import split_options
 from longweave.errors import ConfigError
@@ -167,10 +166,9 @@ async def test_reports_written_and_plot_skipped_without_matplotlib(
     assert {r["case"]: float(r["score"]) for r in rows} == EXPECTED
 
 
-def test_cli_prints_the_table_and_writes_every_file(cache, tmp_path, monkeypatch, capsys) -> None:
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
-    monkeypatch.setenv("COLUMNS", "200")  # the whole table on one line per row
+def test_cli_prints_the_table_and_writes_every_file(cache, tmp_path, monkeypatch, capsys,
+                                                    scripted_cli) -> None:
+    model = scripted_cli(scripted(), columns=200)  # the whole table on one line per row
     out = tmp_path / "out"
     code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "truncate,rag",
                    "--out", str(out), "--no-cache", "--set", "max_new=32")
@@ -188,11 +186,9 @@ def test_cli_prints_the_table_and_writes_every_file(cache, tmp_path, monkeypatch
 
 
 def test_the_table_keeps_every_number_whole_at_80_columns(cache, tmp_path, monkeypatch,
-                                                          capsys) -> None:
+                                                          capsys, scripted_cli) -> None:
     """A pipe gets 80 columns: the numbers used to shrink to "0.…" there, score included."""
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
-    monkeypatch.setenv("COLUMNS", "80")
+    scripted_cli(scripted(), columns=80)
     code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "truncate,rag",
                    "--out", str(tmp_path / "out"), "--no-cache", "--set", "max_new=32")
     stdout = capsys.readouterr().out
@@ -204,19 +200,18 @@ def test_the_table_keeps_every_number_whole_at_80_columns(cache, tmp_path, monke
 
 
 def test_a_misspelt_strategy_is_named_even_with_options(cache, tmp_path, monkeypatch,
-                                                         capsys) -> None:
+                                                         capsys, scripted_cli) -> None:
     """With --set, the options were split first and the error was about the option."""
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    scripted_cli(scripted())
     code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "trunacte",
                    "--set", "max_new=32", "--out", str(tmp_path / "out"))
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "unknown strategy 'trunacte'" in err and "did you mean truncate?" in err
 
 
-def test_cli_bad_strategy_is_a_clear_error(cache, tmp_path, monkeypatch, capsys) -> None:
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+def test_cli_bad_strategy_is_a_clear_error(cache, tmp_path, monkeypatch, capsys,
+                                           scripted_cli) -> None:
+    model = scripted_cli(scripted())
     code = run_cli(monkeypatch, "eval", str(GENERIC), "--strategies", "nope",
                    "--out", str(tmp_path / "out"))
     assert code == 1 and "unknown strategy" in capsys.readouterr().err

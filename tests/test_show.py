@@ -7,12 +7,12 @@ import html
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import longweave.llm
 import longweave.retrieval.index as index_module
 from longweave.agents.graph_reader import GraphReader
 from longweave.agents.mem_walker import MemWalker
@@ -264,23 +264,21 @@ def test_trail_of_names() -> None:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, ScriptedModel]:
+def cli(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scripted_cli: Callable[..., ScriptedModel]
+) -> dict[str, ScriptedModel]:
     """Scripted models behind every model string (one per structure), a hash embedder, and a
     private cache directory."""
     models = {"graph": graph_model(), "tree": tree_model()}
-    current = {"model": models["graph"]}
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: current["model"])
+    scripted_cli(models["graph"], columns=300)  # commands in messages stay on one line
     monkeypatch.setattr(index_module, "resolve_embedder",
                         lambda spec, cache_dir=None: HashEmbedder(dim=64))
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "300")  # commands in messages stay on one line
     monkeypatch.chdir(tmp_path)
     (tmp_path / "story.md").write_text("\n\n".join(PARAS) + "\n")
     (tmp_path / "sentinels.txt").write_text(tree_text())
 
     def use(kind: str) -> ScriptedModel:
-        current["model"] = models[kind]
-        return models[kind]
+        return scripted_cli(models[kind])
 
     models["use"] = use  # type: ignore[assignment]
     return models

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-import longweave.llm
 from longweave.agents.base import available, strategy_class
 from longweave.cli import app
 from longweave.errors import ConfigError
@@ -55,12 +54,10 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
-    scripted = ScriptedModel(name="scripted", context_window=2048)
+def model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
+    scripted = scripted_cli(context_window=2048)  # COLUMNS: see `wide`
     scripted.on("reader", contains=["Mara Quill", "Who was the first keeper?"],
                 reply="Mara Quill.")
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     return scripted
 
 
