@@ -337,6 +337,27 @@ async def test_a_long_question_takes_room_from_the_working_memory() -> None:
 # -- §4.6.3 and backtracking -----------------------------------------------------------------------
 
 
+def test_a_question_with_options_is_measured_against_the_planned_counts() -> None:
+    """plan() counts the leaf and fallback prompts with "." as question; measuring a question
+    with options counts only the two prompts that show it, and takes the rest from the plan."""
+    question = "Which colour is the lamp?\nA. red\nB. green\nC. blue"
+    model, doc = scripted(), sentinel_document(3)
+    ctx = RunContext(model, doc, question, MW.name)
+    plan, choices = MW.plan(ctx), MW._choices(question)
+    assert plan.leaf_fixed[0] == model.count_prompt_tokens(
+        mem_walker_prompts.leaf_messages(".", ".", "."))
+    counted: list[str] = []
+    count = model.count_prompt_tokens
+
+    def spy(messages: list[Any]) -> int:
+        counted.append("\n".join(m.content for m in messages))
+        return count(messages)
+
+    model.count_prompt_tokens = spy  # type: ignore[method-assign]
+    MW._question_tokens(ctx, choices, plan)
+    assert len(counted) == 2 and all("green" in text and "lamp" in text for text in counted)
+
+
 async def test_child_one_everywhere_costs_depth_plus_one_and_cites_the_leftmost_leaf() -> None:
     model, doc = scripted(reader=reader_for(0, "S0 is here")), sentinel_document(9)
     answer = await arun(MW, doc, "Where is S0?", model)

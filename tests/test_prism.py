@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
+from longweave.agents import prism_prompts
+from longweave.agents.base import RunContext
 from longweave.agents.prism import Prism
+from longweave.agents.prism_compact import COMPLAINT_CHARS
 from longweave.agents.prism_prompts import END_OF_MEMORY, QAMemory, final_schema, revision_schema
 from longweave.cache import ArtifactCache
 from longweave.chunking import Chunker
 from longweave.documents import Document, open_document
 from longweave.memory.structured_memory import from_model
 from longweave.runner import arun
-from longweave.structured import json_instructions
+from longweave.structured import json_instructions, reask_message
 from longweave.testing import Request, ScriptedModel, quoted_blocks
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -227,6 +230,21 @@ async def test_a_cut_step_keeps_its_whole_revisions_without_a_reask(keep_cut: bo
     else:  # re-asked up to `retries` times, then an empty batch
         assert len(model.calls("stepper")) == 3 * len(steps)
         assert all(not s.detail["applied"] for s in steps) and "invalid_step" in answer.flags
+
+
+@pytest.mark.parametrize("variant", ["amendments", "in_place"])
+async def test_a_reask_with_the_longest_complaint_fits_beside_a_full_step(variant: str) -> None:
+    """The plan reserves a complaint of COMPLAINT_CHARS characters at a token each: as many
+    punctuation marks (a token each to the scripted model, where as many "x" are one) still fit
+    beside a memory at mem_cap, a whole chunk and the reply."""
+    model, prism = scripted(), Prism(variant=variant, **SMALL)
+    ctx = RunContext(model, sentinel_document(4), "q?", prism.name)
+    run = (await prism.initial_state(ctx))["run"]
+    memory = prism_prompts.memory_part("x " * run.plan.mem_cap, variant)
+    step = prism_prompts.step_messages(run.prefix, memory, 9998, 9999,
+                                       "x " * run.plan.chunk_tokens)
+    worst = [*step, reask_message("!" * COMPLAINT_CHARS)]
+    assert model.count_prompt_tokens(worst) + prism.step_max_new <= run.plan.window
 
 
 async def test_citations_come_from_provenance_of_used_paths() -> None:

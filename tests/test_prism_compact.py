@@ -14,14 +14,21 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from longweave.agents.base import RunContext
 from longweave.agents.prism import Prism, _cost_report
+from longweave.agents.prism_compact import (
+    COMPLAINT_CHARS,
+    ITEMS_CEILING,
+    UNBOUNDED_CHARS,
+    rewrite_request,
+)
 from longweave.agents.prism_prompts import QAMemory, revision_schema
 from longweave.answer import Usage
 from longweave.errors import BudgetExceeded
 from longweave.llm import Completion
 from longweave.memory.structured_memory import from_model
 from longweave.runner import arun
-from longweave.structured import json_instructions
+from longweave.structured import json_instructions, reask_message
 from longweave.testing import Request, ScriptedModel
 from tests.test_prism import END_OF_MEMORY, SENTINEL, SMALL, chunk_text, piece, sentinel_document
 
@@ -223,12 +230,16 @@ def test_a_rewrite_must_be_smaller_than_what_it_had_to_hold() -> None:
 
     prism, ctx = compact(compact_at=0.9), SimpleNamespace(llm=ScriptedModel())
     memory, longer = memory_of("saw 0", "saw 1"), memory_of("saw 0", "saw 1 and more")
-    assert "no smaller than the memory (" in _room(prism, ctx, memory, longer, [], 1000)
+
+    def room(result: StructuredMemory, revisions: list[Any]) -> StructuredMemory | str:
+        return _room(prism, ctx, memory, memory.render("in_place"), result,
+                     prism._size(ctx, result), revisions, 1000)
+
+    assert "no smaller than the memory (" in room(longer, [])
     shown = [SimpleNamespace(op="add", path=["evidence", 2], value="saw 2 and a lot more")]
-    assert _room(prism, ctx, memory, longer, shown, 1000) is longer  # folded, and smaller
-    assert "no smaller than the memory with the revisions shown" in _room(
-        prism, ctx, memory, memory_of("saw 0", "saw 1", "saw 2 and a lot more, and more"),
-        shown, 1000)
+    assert room(longer, shown) is longer  # folded, and smaller
+    assert "no smaller than the memory with the revisions shown" in room(
+        memory_of("saw 0", "saw 1", "saw 2 and a lot more, and more"), shown)
 
 
 @dataclasses.dataclass
@@ -257,6 +268,28 @@ async def test_a_reply_without_json_is_not_told_it_was_cut() -> None:
         assert reask.startswith("Your previous reply was not usable: the reply held no JSON "
                                 "object."), reask
         assert "cut off" not in reask
+    assert events(answer, "compact")[0].detail["attempts"] == 2
+
+
+async def test_step_and_rewrite_reasks_clip_the_complaint_to_complaint_chars() -> None:
+    """Both calls are re-asked by one loop: the same prompt, then the validator's complaint cut
+    to COMPLAINT_CHARS characters."""
+    model = ScriptedModel(context_window=2400)
+    model.on("stepper", reply={"revisions": [{"path": ["evidence", 0], "op": "drop"}]}, times=1)
+    model.on("stepper", reply=fact_step)
+    model.on("compressor", reply={"evidence": [[1], [2], [3]]}, times=1)
+    model.on("compressor", reply=keep_last)
+    model.on("manager", reply={"answer": "a", "used_paths": []})
+    answer = await arun(compact(compact_at=0.5, compact_target=0.25), sentinel_document(5), "q?",
+                        model)
+    blank = reask_message("").content
+    for role in ("stepper", "compressor"):
+        first, again = model.calls(role)[:2]
+        assert again.messages[:-1] == first.messages
+        reask = again.messages[-1].content
+        assert reask.startswith("Your previous reply was not usable: reply does not match "), reask
+        assert len(reask) == len(blank) + COMPLAINT_CHARS  # the complaint was longer
+    assert [s.detail["attempts"] for s in answer.steps if s.role == "stepper"][0] == 2
     assert events(answer, "compact")[0].detail["attempts"] == 2
 
 
@@ -289,6 +322,20 @@ async def test_the_rewrite_call_fits_the_window_and_lowers_the_default_cap() -> 
     with pytest.raises(BudgetExceeded, match="overflow=freeze"):
         await arun(compact(mem_cap=plans["freeze"]), sentinel_document(4), "q?",
                    model_with(keep_last))
+
+
+async def test_a_rewrite_reask_with_the_longest_complaint_fits_the_window() -> None:
+    """The default cap leaves the rewrite call room for a memory at mem_cap, one step reply of
+    revisions, its reply at mem_cap and a complaint of COMPLAINT_CHARS punctuation marks (a
+    token each to the scripted model)."""
+    model, prism = model_with(keep_last), Prism(overflow="compact", **SMALL)
+    ctx = RunContext(model, sentinel_document(4), "q?", prism.name)
+    run = (await prism.initial_state(ctx))["run"]
+    cap = run.plan.mem_cap
+    messages, _ = rewrite_request(prism, "q?", run.schema, "x " * cap,
+                                  ["x " * prism.step_max_new], UNBOUNDED_CHARS, ITEMS_CEILING)
+    worst = [*messages, reask_message("!" * COMPLAINT_CHARS)]
+    assert model.count_prompt_tokens(worst) + cap <= run.plan.window
 
 
 async def test_revisions_shown_to_the_rewrite_are_bounded_by_one_step_reply() -> None:

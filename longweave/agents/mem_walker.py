@@ -52,6 +52,11 @@ class Plan:
     summary_cap: int
     summary_max_new: int
     segment_tokens: int
+    leaf_fixed: tuple[int, int]
+    """The leaf prompt with "." for question, memory and segment, and its reply schema's
+    instructions, in tokens: `_question_tokens` measures a question against them."""
+    fallback_fixed: tuple[int, int]
+    """The same two counts for the fallback prompt."""
 
 
 class WalkState(TypedDict, total=False):
@@ -142,21 +147,23 @@ class MemWalker(BaseModel):
         if internal + k * summary_cap + summary_max_new + self.margin > w:
             raise BudgetExceeded(internal + k * summary_cap, summary_max_new, w,
                                  hint="lower max_children or wm_share")
-        leaf = llm.count_prompt_tokens(prompts.leaf_messages(".", ".", "."))
-        leaf += self._schema_tokens(ctx, self._leaf_schema(Choices(".")))
-        fallback = llm.count_prompt_tokens(prompts.fallback_messages(".", ".", "."))
-        fallback += self._schema_tokens(ctx, self._answer_schema(Choices(".")))
+        leaf_fixed = (llm.count_prompt_tokens(prompts.leaf_messages(".", ".", ".")),
+                      self._schema_tokens(ctx, self._leaf_schema(Choices("."))))
+        fallback_fixed = (llm.count_prompt_tokens(prompts.fallback_messages(".", ".", ".")),
+                          self._schema_tokens(ctx, self._answer_schema(Choices("."))))
         summarize = llm.count_prompt_tokens(prompts.leaf_summary_messages(".", words))
         carried = wm_cap + q_res
         segment = min(
             self.segment_tokens,
-            chunk_budget(w, max_new=nav_out, fixed_tokens=leaf, carried_tokens=carried,
-                         margin=self.margin),
+            chunk_budget(w, max_new=nav_out, fixed_tokens=sum(leaf_fixed),
+                         carried_tokens=carried, margin=self.margin),
             chunk_budget(w, max_new=self.answer_max_new + self._reask_tokens(ctx),
-                         fixed_tokens=fallback, carried_tokens=carried, margin=self.margin),
+                         fixed_tokens=sum(fallback_fixed), carried_tokens=carried,
+                         margin=self.margin),
             chunk_budget(w, max_new=summary_max_new, fixed_tokens=summarize, margin=self.margin),
         )
-        return Plan(w, wm_cap, q_res, summary_cap, summary_max_new, segment)
+        return Plan(w, wm_cap, q_res, summary_cap, summary_max_new, segment, leaf_fixed,
+                    fallback_fixed)
 
     def _triage_schema(self, children: int) -> type[BaseModel]:
         return prompts.triage_schema(children, self.reasoning_chars)
@@ -184,21 +191,21 @@ class MemWalker(BaseModel):
         return (prompts.fallback_messages(choices.stem, memory, segment, choices.options,
                                           choices.multi), self._answer_schema(choices))
 
-    def _question_tokens(self, ctx: RunContext, choices: Choices) -> int:
+    def _question_tokens(self, ctx: RunContext, choices: Choices, plan: Plan) -> int:
         """The question's share of the largest prompt it appears in. With options, the leaf and
         fallback prompts show them in their own slot, in other words and with another schema:
-        the difference counts as question, as budgets are planned without it."""
+        the difference from the plan's counts (`leaf_fixed`, `fallback_fixed`) counts as
+        question, as budgets are planned without it."""
         tokens = ctx.llm.count_tokens(ctx.question)  # triage shows the question as given
         if not choices.options:
             return tokens
-        count, free = ctx.llm.count_prompt_tokens, Choices(".")
-        for make, schema in ((prompts.leaf_messages, self._leaf_schema),
-                             (prompts.fallback_messages, self._answer_schema)):
-            shown = count(make(choices.stem, ".", ".", choices.options, choices.multi))
-            planned = count(make(".", ".", "."))  # as plan() counts it, "." the question
-            letters = self._schema_tokens(ctx, schema(choices))
-            extra = max(0, letters - self._schema_tokens(ctx, schema(free)))
-            tokens = max(tokens, shown - planned + 1 + extra)
+        for make, schema, (planned, free) in (
+                (prompts.leaf_messages, self._leaf_schema, plan.leaf_fixed),
+                (prompts.fallback_messages, self._answer_schema, plan.fallback_fixed)):
+            shown = ctx.llm.count_prompt_tokens(
+                make(choices.stem, ".", ".", choices.options, choices.multi))
+            extra = max(0, self._schema_tokens(ctx, schema(choices)) - free)
+            tokens = max(tokens, shown - planned + 1 + extra)  # + 1: the "." plan() counted
         return tokens
 
     @staticmethod
@@ -226,7 +233,7 @@ class MemWalker(BaseModel):
         plan = self.plan(ctx)
         tree = await self.tree(ctx, plan)
         choices = self._choices(ctx.question)
-        q_tokens = self._question_tokens(ctx, choices)
+        q_tokens = self._question_tokens(ctx, choices, plan)
         wm_limit = plan.wm_cap - max(0, q_tokens - plan.question_reserve)
         if wm_limit < 0:
             raise BudgetExceeded(q_tokens, 0, plan.question_reserve + plan.wm_cap,

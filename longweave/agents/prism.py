@@ -13,6 +13,7 @@ import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypedDict
 
@@ -245,8 +246,7 @@ class Prism(BaseModel):
         llm = ctx.llm
         w = min(self.window, llm.context_window)
         empty = prompts.memory_part("", self.variant)
-        fixed = llm.count_prompt_tokens(prompts.step_messages(prefix, empty, 9998, 9999, ""))
-        fixed += llm.count_prompt_tokens([reask_message("x" * COMPLAINT_CHARS)])
+        fixed = compaction.with_reask(llm, prompts.step_messages(prefix, empty, 9998, 9999, ""))
         room = chunk_budget(w, max_new=self.step_max_new, fixed_tokens=fixed, margin=self.margin)
         final_fixed = llm.count_prompt_tokens(
             prompts.final_messages(self._task(ctx.question), ctx.question, schema, "", query=True))
@@ -328,6 +328,8 @@ class Prism(BaseModel):
             ctx.step("overflow", f"{len(held)} revisions rejected at mem_cap", index=i,
                      policy=self.overflow, action="reject", mem_cap=run.plan.mem_cap)
         memory_tokens = ctx.llm.count_tokens(memory.render(self.variant))
+        # Counted once, if at all: `due` may need it, `compact` does.
+        size = cache(partial(self._size, ctx, memory, memory_tokens))
         ctx.step("stepper", f"{len(applied)} applied, {len(rejected)} rejected", index=i,
                  applied=applied, rejected=rejected, attempts=attempts,
                  empty_batch=not ok,
@@ -335,16 +337,19 @@ class Prism(BaseModel):
                  shared_prefix_tokens=ctx.llm.count_tokens(text[:shared]) if shared else 0,
                  cached_tokens=cached, memory_tokens=memory_tokens)
         done = state["compactions"]
-        if compaction.due(self, bool(held), i, len(chunks), lambda: self._size(ctx, memory),
-                          run.plan.mem_cap):
-            memory, more, done = await compaction.compact(self, ctx, state, memory, held, done)
+        if compaction.due(self, bool(held), i, len(chunks), size, run.plan.mem_cap):
+            memory, more, done = await compaction.compact(self, ctx, state, memory, size(), held,
+                                                          done)
             flags += more
         return {"memory": memory, "position": i + 1, "last_prompt": text, "flags": flags,
                 "compactions": done}
 
-    def _size(self, ctx: RunContext, memory: StructuredMemory) -> int:
-        """What mem_cap bounds: the memory as the steps show it, and as the final call does."""
-        return max(ctx.llm.count_tokens(memory.render(v)) for v in {self.variant, "in_place"})
+    def _size(self, ctx: RunContext, memory: StructuredMemory, shown: int | None = None) -> int:
+        """What mem_cap bounds: the memory as the steps show it (`shown` tokens, when already
+        counted), and as the final call does."""
+        count = ctx.llm.count_tokens
+        shown = count(memory.render(self.variant)) if shown is None else shown
+        return shown if self.variant == "in_place" else max(shown, count(memory.render("in_place")))
 
     def _fits(self, ctx: RunContext, mem_cap: int) -> Callable[[StructuredMemory], bool]:
         return lambda trial: self._size(ctx, trial) <= mem_cap
@@ -352,35 +357,58 @@ class Prism(BaseModel):
     async def _batch(self, ctx: RunContext, messages: list[Message], schema: type[BaseModel],
                      i: int, n: int) -> tuple[list[Any], int, int, bool]:
         """(revisions, attempts, cached tokens, ok); after `retries` re-asks an empty batch."""
-        prompt, cached = messages, 0
+
+        def keep_whole(raw: str, problem: str) -> BaseModel | None:
+            whole = whole_items(raw, schema, "revisions") if self.keep_cut else []
+            if not whole:
+                return None
+            ctx.step("stepper", f"reply cut short: kept its {len(whole)} whole revisions",
+                     index=i, reason=problem[:COMPLAINT_CHARS])
+            return schema(revisions=whole)
+
+        parsed, attempts, cached, _ = await self._ask(ctx, "stepper", messages, schema,
+                                                      self.step_max_new, i, n,
+                                                      "propose fewer revisions", keep_whole)
+        if parsed is None:
+            return [], attempts, cached, False
+        return list(parsed.revisions), attempts, cached, True
+
+    async def _ask(self, ctx: RunContext, role: str, messages: list[Message],
+                   schema: type[BaseModel], max_tokens: int, i: int, n: int, cut_advice: str,
+                   salvage: Callable[[str, str], BaseModel | None] | None = None,
+                   ) -> tuple[BaseModel | None, int, int, str]:
+        """The step's and the rewrite's call (for item i of n), re-asked up to `retries` times
+        with the complaint clipped to COMPLAINT_CHARS; `cut_advice` tells a reply cut at
+        max_tokens how to fit. A failed reply's text and complaint go to `salvage` first: what
+        it keeps ends the loop as a reply would. Returns (the reply, None when no attempt gave
+        one; attempts; cached prompt tokens; the last complaint, "" on success)."""
+        prompt, cached, problem = messages, 0, ""
         for attempt in range(1, self.retries + 2):
             try:
-                reply = await ctx.call("stepper", prompt, max_tokens=self.step_max_new,
-                                       schema=schema, temperature=self.temperature, index=i,
-                                       total=n)
+                reply = await ctx.call(role, prompt, max_tokens=max_tokens, schema=schema,
+                                       temperature=self.temperature, index=i, total=n)
                 cached += reply.usage.cached_tokens
                 if reply.finish_reason != "length" and reply.parsed is not None:
-                    return list(reply.parsed.revisions), attempt, cached, True
+                    return reply.parsed, attempt, cached, ""
                 raw = reply.text if reply.finish_reason == "length" else ""
-                problem = ("the reply was cut off at the token limit; propose fewer revisions"
+                problem = (f"the reply was cut off at the token limit; {cut_advice}"
                            if reply.finish_reason == "length" else "the reply held no JSON object")
             except ParseError as exc:
                 raw, problem = exc.raw or "", exc.message
-            whole = whole_items(raw, schema, "revisions") if self.keep_cut else []
-            if whole:
-                ctx.step("stepper", f"reply cut short: kept its {len(whole)} whole revisions",
-                         index=i, reason=problem[:COMPLAINT_CHARS])
-                return whole, attempt, cached, True
+            kept = salvage(raw, problem) if salvage is not None else None
+            if kept is not None:
+                return kept, attempt, cached, ""
             prompt = [*messages, reask_message(problem[:COMPLAINT_CHARS])]
-        return [], self.retries + 1, cached, False
+        return None, self.retries + 1, cached, problem
 
     async def final(self, state: PrismState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         """Answer from the folded memory; cite the chunks that wrote the paths used."""
         ctx, memory = runtime.context, state["memory"]
         run = state["run"]
         query = self._query(self.memory_schema, ctx.question)
+        shown = memory.render("in_place")
         messages = prompts.final_messages(self._task(ctx.question), ctx.question, run.schema,
-                                          memory.render("in_place"), query=query)
+                                          shown, query=query)
         flags: list[str] = []
         used: list[list[Any]] = []
         if query:
@@ -415,8 +443,7 @@ class Prism(BaseModel):
         chunks = state["chunks"]
         citations = [ctx.cite_chunk(chunks[c]) for c in sources]
         ctx.step("manager", answer, used_paths=[render_json(p) for p in used],
-                 cited_by=cited_by, memory=memory.render("in_place"),
-                 memory_tokens=ctx.llm.count_tokens(memory.render("in_place")),
+                 cited_by=cited_by, memory=shown, memory_tokens=ctx.llm.count_tokens(shown),
                  cost=_cost_report(ctx.usage, self.output_weight))  # the whole run's calls
         if not citations:
             flags.append("uncited")
