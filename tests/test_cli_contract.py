@@ -213,8 +213,13 @@ def server(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
     served: list[tuple[str, int]] = []
     monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: spec)
-    monkeypatch.setattr(server_module, "serve",
-                        lambda llm, host, port: served.append((host, port)))
+
+    def serve(llm: object, host: str, port: int, sockets: list[socket.socket]) -> None:
+        for sock in sockets:  # the sockets the command bound, closed as the server would
+            sock.close()
+        served.append((host, port))
+
+    monkeypatch.setattr(server_module, "serve", serve)
     return served
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+from typing import Any
 
 import httpx
 import openai
@@ -15,6 +21,7 @@ from longweave.events import token_sink
 from longweave.local_models.schema_model import model_from_schema
 from longweave.local_models.server import running_server
 from longweave.testing import ScriptedModel
+from tests.cli_run import run_cli
 
 
 class Capital(BaseModel):
@@ -335,6 +342,121 @@ def test_a_client_that_goes_away_cancels_its_generation(stream: bool) -> None:
                 with pytest.raises(httpx.ReadTimeout):
                     http.post(f"{url}/chat/completions", json=body)
         assert model.cancelled.wait(5)
+
+
+# -- `longweave serve`: the address ------------------------------------------------------------
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
+    not _has_ipv6_loopback(), reason="no IPv6 loopback here"))]
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """`longweave serve` with a scripted model and no server: what the server was given, and
+    whether another server could have bound the port while it was being given it."""
+    import longweave.llm
+    import longweave.local_models.server as server_module
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(longweave.llm, "resolve_model",
+                        lambda spec, **_: ScriptedModel(name="scripted-model"))
+
+    def serve(llm: Any, *, host: str, port: int, sockets: list[socket.socket]) -> None:
+        with socket.socket(sockets[0].family) as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers
+            try:
+                other.bind(sockets[0].getsockname()[:2])
+                taken = False
+            except OSError:
+                taken = True
+        calls.append({"host": host, "port": port, "sockets": sockets, "held": taken,
+                      "family": sockets[0].family, "address": sockets[0].getsockname()[:2]})
+
+    monkeypatch.setattr(server_module, "serve", serve)
+    return calls
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_serve_refuses_a_port_in_use_before_loading_the_model(served, monkeypatch, capsys,
+                                                               host: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as taken:
+        taken.bind((host, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = run_cli(monkeypatch, "serve", "--host", host, "--port", str(port))
+    out, err = capsys.readouterr()
+    assert code == 1 and served == []
+    assert err.startswith(f"error: cannot listen on {host}:{port} (Address already in use)")
+    assert "pass another --port (or --host)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_serve_hands_the_server_the_socket_it_bound(served, monkeypatch, host: str) -> None:
+    """One bind, before the model loads, and the server accepts on that very socket: no
+    moment in which another process could take the port between a check and the server."""
+    assert run_cli(monkeypatch, "serve", "--host", host, "--port", "0") == 0
+    [call] = served
+    [sock] = call["sockets"]
+    assert (call["host"], call["port"]) == (host, 0)
+    assert call["family"] == (socket.AF_INET6 if ":" in host else socket.AF_INET)
+    assert call["address"][0] == host and call["address"][1] > 0
+    assert call["held"]  # even a server binding with SO_REUSEADDR could not take it
+    assert sock.fileno() == -1  # closed when the command ends
+
+
+_SERVE = """
+import longweave.llm
+from longweave.testing import ScriptedModel
+
+model = ScriptedModel(name="scripted-model")
+model.on("", contains="capital of Peru", reply="Lima.")
+longweave.llm.resolve_model = lambda spec, **_: model
+from longweave.cli import main
+
+main()
+"""
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_the_serve_command_answers_on_the_port_it_bound_and_stops_on_ctrl_c(host: str) -> None:
+    command = [sys.executable, "-c", _SERVE, "serve", "--host", host, "--port", "0"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True)
+    watchdog = threading.Timer(60, server.kill)  # a server that never says where it runs
+    watchdog.start()
+    try:
+        lines = []
+        assert server.stderr is not None
+        for line in server.stderr:
+            lines.append(line)
+            if found := re.search(r"Uvicorn running on (http://\S+) \(Press CTRL\+C", line):
+                break
+        assert found, "".join(lines)
+        url = found[1] + "/v1"
+        assert url.startswith(f"http://[{host}]:" if ":" in host else f"http://{host}:")
+        assert [m.id for m in client(url).models.list()] == ["scripted-model"]
+        reply = client(url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "capital of Peru?"}], max_tokens=8)
+        assert reply.choices[0].message.content == "Lima."
+        server.send_signal(signal.SIGINT)  # uvicorn's own handler: it stops gracefully
+        rest = server.stderr.read()
+        assert server.wait(30) == 0, rest
+    finally:
+        watchdog.cancel()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert "Finished server process" in rest and "Traceback" not in rest
 
 
 def test_schema_conversion_keeps_bounds_and_refuses_free_maps() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    import socket
 
 
 def serve(
@@ -19,24 +22,25 @@ def serve(
     from longweave.llm import resolve_model
     from longweave.local_models.server import serve as run_server
 
-    _check_address(host, port)
-    run_server(resolve_model(model), host=host, port=port)
+    sockets = _listen(host, port)
+    try:
+        run_server(resolve_model(model), host=host, port=port, sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-def _check_address(host: str, port: int) -> None:
-    """Refuse an address that cannot be listened on (a port in use, a host not of this
-    machine) before the model loads: the server would find out only after loading it, and
-    say so in its log and exit 3 rather than with an error line and 1."""
-    import socket
-
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, bound before the model loads: an address that cannot be listened
+    on (a port in use, a host not of this machine) is refused at once with an error line and
+    1, where the server would find out only after loading the model, and say so in its log and
+    exit 3. The server accepts on these very sockets, so no other process can take the port
+    in between."""
     from longweave.errors import ConfigError
+    from longweave.local_models.server import listen
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-            sock.bind(address)
+        return listen(host, port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
                           hint="pass another --port (or --host), or stop what is using it"

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["build_app", "running_server", "serve"]
+__all__ = ["build_app", "listen", "running_server", "serve"]
 
 _log = logging.getLogger("longweave.serve")
 
@@ -452,14 +452,57 @@ async def _live_stream(
             task.cancel()
 
 
+def listen(host: str = "127.0.0.1", port: int = 8000) -> list[socket.socket]:
+    """A socket listening on `port` at the first address `host` resolves to (IPv4 or IPv6), as
+    uvicorn binds one, for `serve` to accept on (a list, as uvicorn takes them). Bound here,
+    once, and listening at once (on Linux a socket that is only bound still lets another
+    server bind the port with SO_REUSEADDR), so no other process can take the port before the
+    server runs; connections made meanwhile wait to be answered. Raises OSError when the
+    address cannot be listened on (a port in use, a host not of this machine)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # one family per socket, as asyncio's servers
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return [sock]
+
+
 def serve(
-    llm: LLM | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"
+    llm: LLM | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+    *, sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serve `llm` until interrupted; binds loopback unless told otherwise."""
+    """Serve `llm` until interrupted; binds loopback unless told otherwise. `sockets` are
+    those `listen(host, port)` bound already (the command line binds before loading the
+    model, so that a port in use is an error line rather than a failure after the load)."""
     _require_starlette()
     import uvicorn
 
-    uvicorn.run(build_app(llm), host=host, port=port, log_level=log_level)
+    sockets = sockets if sockets is not None else listen(host, port)
+    config = uvicorn.Config(build_app(llm), log_level=log_level)
+    server = uvicorn.Server(config)
+    try:
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on %s (Press CTRL+C to quit)", _url(host, sockets))
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:  # Ctrl-C stopped the server gracefully: its normal end
+        pass
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _url(host: str, sockets: list[socket.socket]) -> str:
+    """`http://host:port` for `host` as given (bracketed when IPv6) and the port it is bound to
+    (the one picked for port 0)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{sockets[0].getsockname()[1]}"
 
 
 @contextlib.contextmanager
@@ -471,12 +514,10 @@ def running_server(llm: LLM | None = None, host: str = "127.0.0.1", port: int = 
     _require_starlette()
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sockets = listen(host, port)
     config = uvicorn.Config(build_app(llm), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
@@ -484,8 +525,9 @@ def running_server(llm: LLM | None = None, host: str = "127.0.0.1", port: int = 
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the longweave server did not start")
             time.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}/v1"
+        yield f"{_url(host, sockets)}/v1"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        sock.close()
+        for sock in sockets:
+            sock.close()
