@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -31,10 +32,10 @@ def _reply(request: Request) -> str:
     return "room " + text.split("Room ", 1)[1].split(" ", 1)[0]
 
 
-def _batch_command(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-                   ) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`longweave batch` over a two-document corpus in a fresh process (so a hang is a timeout,
-    and Ray's state in this process is untouched); the result and its wall time."""
+def _batch_args(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                ) -> tuple[list[str], dict[str, str]]:
+    """The arguments of `longweave batch` over a two-document corpus, run on a local Ray
+    runtime, and the environment to run it in."""
     items = _corpus(tmp_path, 2)
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps({"question": i.question, "document": i.document})
@@ -42,13 +43,18 @@ def _batch_command(tmp_path: Path, *args: str, env: dict[str, str] | None = None
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     environ.update({"COLUMNS": "300", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
                     "OPENAI_API_KEY": "sk-test", **(env or {})})
+    return ["batch", str(tmp_path), "-q", str(questions), "-o", str(tmp_path / "out.jsonl"),
+            "--strategy", "truncate", "--model", "openai:m", "--executor", "ray", *args], environ
+
+
+def _batch_command(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                   ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`longweave batch` over a two-document corpus in a fresh process (so a hang is a timeout,
+    and Ray's state in this process is untouched); the result and its wall time."""
+    argv, environ = _batch_args(tmp_path, *args, env=env)
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "longweave.cli", "batch", str(tmp_path), "-q", str(questions),
-         "-o", str(tmp_path / "out.jsonl"), "--strategy", "truncate", "--model", "openai:m",
-         "--executor", "ray", *args],
-        capture_output=True, text=True, env=environ, timeout=60,
-    )
+    result = subprocess.run([sys.executable, "-m", "longweave.cli", *argv],
+                            capture_output=True, text=True, env=environ, timeout=60)
     return result, time.perf_counter() - started
 
 
@@ -92,6 +98,84 @@ def test_a_ray_address_where_no_cluster_answers_fails_fast_and_clearly(
     assert "ray://host:10001" in result.stderr  # the hint says what an address looks like
     assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
     assert seconds < 30
+
+
+# Python's own Ctrl-C handler, as in a terminal: a process started by a shell without job control
+# (a CI runner) inherits SIGINT ignored, and would never see it.
+_WITH_CTRL_C = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                "from longweave.cli import main; main()")
+
+
+def _ray_processes(session: str) -> list[str]:
+    """The command lines of the processes of the Ray runtime `session` still running."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if session in line]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds Ray's processes with Linux's ps")
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_while_ray_starts_ends_like_ctrl_c_elsewhere(tmp_path: Path,
+                                                            presses: int) -> None:
+    """Ctrl-C once: Ray's start finishes (it blocks the event loop), then the run stops before
+    any work is sent. Twice: the start itself is interrupted. Either way one `interrupted:`
+    line and 130, as at any other moment of a batch, and no Ray process outlives the run."""
+    argv, environ = _batch_args(tmp_path)
+    run = subprocess.Popen([sys.executable, "-c", _WITH_CTRL_C, *argv], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=environ)
+    try:
+        session = ""
+        deadline = time.monotonic() + 60
+        while not session and time.monotonic() < deadline and run.poll() is None:
+            children = subprocess.run(["ps", "-ww", "-o", "args=", "--ppid", str(run.pid)],
+                                      capture_output=True, text=True).stdout
+            found = re.search(r"--session-name=(\S+)", children)  # Ray's first process is up
+            session = found[1] if found else ""
+            time.sleep(0.05)
+        assert session, "Ray's start was not seen"
+        for press in range(presses):
+            time.sleep(0.5 * press)
+            run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130, err
+    assert err.splitlines()[-1] == (f"interrupted: 0 answers written to {tmp_path / 'out.jsonl'} "
+                                    "(0 of them failed); rerun the same command to resume")
+    assert "Traceback" not in err and "error" not in err
+    deadline = time.monotonic() + 15
+    while _ray_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _ray_processes(session) == []
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError("raylet died")])
+def test_a_ray_start_that_does_not_finish_is_shut_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException | type[BaseException]
+) -> None:
+    """What a stopped or failed `ray.init` had started is shut down; Ctrl-C goes on as itself
+    (for the command's `interrupted` line), a failure as one clear error."""
+    import ray
+
+    from longweave.errors import ConfigError
+
+    calls: list[str] = []
+
+    def init(**options: object) -> None:
+        calls.append("init")
+        raise stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    job = BatchJob("truncate", ScriptedModel(), cache=False, cache_dir=tmp_path / "cache")
+    expected = KeyboardInterrupt if stop is KeyboardInterrupt else ConfigError
+    with pytest.raises(expected) as raised:
+        asyncio.run(anext(RayExecutor().run(job, [_corpus(tmp_path, 1)])))
+    assert calls == ["init", "shutdown"]
+    if expected is ConfigError:
+        assert "cannot start a local Ray runtime: RuntimeError: raylet died" in str(raised.value)
 
 
 async def test_a_model_that_cannot_be_built_is_recorded_as_the_local_executor_records_it(

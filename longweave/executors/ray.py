@@ -14,6 +14,7 @@ records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -113,7 +114,7 @@ class RayExecutor:
             options = {"include_dashboard": False, "log_to_driver": False,
                        "logging_level": logging.ERROR, **self.init_options}
             try:
-                ray.init(address=self.address, **options)
+                _start(ray, self.address, options)
             except Exception as exc:
                 where = (f"connect to the Ray cluster at {self.address!r}" if self.address
                          else "start a local Ray runtime")
@@ -137,6 +138,9 @@ class RayExecutor:
         self, job: BatchJob, groups: list[list[BatchItem]], *, stop: asyncio.Event | None = None
     ) -> AsyncIterator[BatchRecord]:
         ray = self._ray()
+        # Ctrl-C while Ray was starting could only mark this task cancelled (the start blocks the
+        # event loop): the cancellation lands here, before any work is submitted.
+        await asyncio.sleep(0)
         task = self._task(ray, job)
         job_ref = ray.put(job)
         limit = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
@@ -188,6 +192,19 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise MissingDependency("ray", "ray") from exc
     return ray
+
+
+def _start(ray: Any, address: str | None, options: dict[str, Any]) -> None:
+    """`ray.init`, stopping what it started when it does not finish: Ctrl-C (the
+    KeyboardInterrupt goes on, for the caller to end the run as at any other moment) or a
+    failure. What Ray already connected is shut down; processes it had not yet handed to its
+    runtime end with this process, as all of Ray's local processes do."""
+    try:
+        ray.init(address=address, **options)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            ray.shutdown()
+        raise
 
 
 def _check_reachable(address: str | None) -> None:
