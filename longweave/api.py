@@ -96,7 +96,8 @@ def make_model(model: str | LLM, *, cache: bool = True, settings: Settings | Non
         return llm
     from longweave.cache import CachedLLM, CompletionCache
 
-    return CachedLLM(llm, CompletionCache(settings.cache_dir / "completions.sqlite"))
+    return CachedLLM(llm, CompletionCache(settings.cache_dir / "completions.sqlite",
+                                          tag_folder=True))
 
 
 async def aask(

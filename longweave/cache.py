@@ -70,9 +70,13 @@ class CompletionCache:
     {'text': 'Lima'}
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0,
+                 tag_folder: bool = False) -> None:
         self.path = Path(path).expanduser()
         self.busy_timeout_s = busy_timeout_s
+        self.tag_folder = tag_folder
+        """Write the folder's CACHEDIR.TAG: the file is in longweave's cache folder (the caller
+        knows; a file the user put elsewhere sits beside anything)."""
         # One connection per process, shared by threads under a lock: queries take
         # microseconds next to a model call, and one connection is simple to rebuild.
         self._lock = threading.Lock()
@@ -139,7 +143,7 @@ class CompletionCache:
             self._conn = None  # inherited across fork: never reuse a parent's connection
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.name == "completions.sqlite":  # in longweave's cache folder: tagged
+            if self.tag_folder:
                 from longweave.cache_contents import mark_cache_folder
 
                 mark_cache_folder(self.path.parent)

@@ -176,6 +176,31 @@ def test_put_get_roundtrip_persists_in_a_wal_database(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_only_the_cache_folders_completion_cache_tags_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CACHEDIR.TAG tells backup tools to skip a folder: the completion cache that `make_model`
+    puts in longweave's cache folder writes it there; a file the user named the same in a
+    folder of their own does not (that folder would silently drop out of their backups)."""
+    from longweave.api import make_model
+
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    default = make_model(FakeLLM())
+    assert isinstance(default, CachedLLM)
+    default.cache.put("k", {"text": "Lima"})
+    assert (tmp_path / "cache" / "completions.sqlite").is_file()
+    assert (tmp_path / "cache" / "CACHEDIR.TAG").read_bytes().startswith(b"Signature: ")
+    from longweave.config import Settings
+
+    given = make_model(FakeLLM(), settings=Settings(cache_dir=tmp_path / "given"))
+    given.cache.put("k", {"text": "Lima"})  # a cache folder given in code, not the environment
+    assert (tmp_path / "given" / "CACHEDIR.TAG").is_file()
+    mine = CompletionCache(tmp_path / "mine" / "completions.sqlite")
+    mine.put("k", {"text": "Lima"})
+    assert mine.get("k") == {"text": "Lima"} and mine.path.is_file()
+    assert not (tmp_path / "mine" / "CACHEDIR.TAG").exists()
+
+
 @pytest.mark.parametrize("damage", ["garbage", "malformed"])
 def test_a_corrupt_database_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "completions.sqlite"
