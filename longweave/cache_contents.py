@@ -313,7 +313,7 @@ def why_outdated(kind: str, folder: Path) -> str:
     try:
         if kind == "memories":  # `EpisodicMemory.load` refuses a memory saved without them
             about = json.loads((folder / "episodes.json").read_text(encoding="utf-8"))
-            kept = isinstance(about, dict) and ("checksums" in about or "vectors_sha256" in about)
+            kept = isinstance(about, dict) and "checksums" in about
             return "" if kept else "old format (no checksums)"
         if kind == "corpora" and not (folder / "corpus.json").exists():
             return "old format (1)" if (folder / "store" / "manifest.json").is_file() else ""

@@ -73,39 +73,33 @@ def test_a_truncated_vectors_file_is_named_as_such(tmp_path: Path) -> None:
         EpisodicMemory.load(d, WordEmbedder())
 
 
-def test_a_memory_without_a_checksum_is_rebuilt_as_an_index_would_be(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old", ["no checksum", "sha256 alone"])
+def test_a_memory_without_a_checksum_is_rebuilt_as_an_index_would_be(tmp_path: Path,
+                                                                     old: str) -> None:
     """Memories saved before the checksum loaded unchecked: a changed file still read as
     these episodes. Now they are refused, so the artifact cache moves them aside and LIGHT
-    builds the memory again, as it does for a retrieval index of an older format."""
+    builds the memory again, as it does for a retrieval index of an older format. So is one
+    saved in the brief format that recorded the vectors' sha256 without their size."""
+    import hashlib
+
     from longweave.cache import ArtifactCache
+    from longweave.cache_contents import why_outdated
 
     cache = ArtifactCache(tmp_path / "artifacts")
     d = cache.get_or_build("light-x", saved_memory)
     about = json.loads((d / "episodes.json").read_text())
-    about.pop("checksums", None)
-    about.pop("vectors_sha256", None)
+    del about["checksums"]
+    if old == "sha256 alone":
+        vectors = (d / "episode_vectors.npy").read_bytes()
+        about["vectors_sha256"] = hashlib.sha256(vectors).hexdigest()
     (d / "episodes.json").write_text(json.dumps(about))
+    assert why_outdated("memories", d) == "old format (no checksums)"  # as `longweave cache` says
     with pytest.raises(ValueError, match="no checksum"):
         EpisodicMemory.load(d, WordEmbedder())
     with pytest.warns(RuntimeWarning, match="rebuilding the LIGHT memory.*no checksum"):
         assert cache.load("light-x", lambda f: EpisodicMemory.load(f, WordEmbedder()),
                           "the LIGHT memory") is None
     assert cache.find("light-x") is None
-
-
-def test_a_memory_checked_by_its_sha256_alone_still_loads(tmp_path: Path) -> None:
-    """What longweave wrote before the checksum named the file's size too."""
-    import hashlib
-
-    d = saved_memory(tmp_path)
-    about = json.loads((d / "episodes.json").read_text())
-    about.pop("checksums", None)
-    about["vectors_sha256"] = hashlib.sha256((d / "episode_vectors.npy").read_bytes()).hexdigest()
-    (d / "episodes.json").write_text(json.dumps(about))
-    assert len(EpisodicMemory.load(d, WordEmbedder())) == 6
-    np.save(d / "episode_vectors.npy", np.load(d / "episode_vectors.npy")[::-1].copy())
-    with pytest.raises(ValueError, match="checksum"):
-        EpisodicMemory.load(d, WordEmbedder())
 
 
 def test_scratchpad_tags_compression_trigger_and_pieces() -> None:

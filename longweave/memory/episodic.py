@@ -118,10 +118,8 @@ class EpisodicMemory:
 def _check_vectors(file: Path, about: dict[str, Any]) -> None:
     """The vectors file is the one saved, checked before numpy reads it, as a retrieval index's
     is: a changed file that still parses gave wrong episodes silently. A memory saved with no
-    checksum is refused, so the artifact cache moves it aside and LIGHT builds it again; one
-    saved with its sha256 alone (`vectors_sha256`, before sizes were recorded) is checked by it."""
+    checksum (of size and sha256) is refused, so the artifact cache moves it aside and LIGHT
+    builds it again."""
     expected = (about.get("checksums") or {}).get("vectors")
-    if expected is None and isinstance(about.get("vectors_sha256"), str):
-        expected = {"bytes": file.stat().st_size, "sha256": about["vectors_sha256"]}
     if (problem := checksum_problem(file, expected)) is not None:
         raise ValueError(f"{_VECTORS} {problem}")
