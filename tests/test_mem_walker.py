@@ -583,12 +583,12 @@ async def test_working_memory_holds_summaries_left_on_descent_in_order() -> None
         [root],  # part 1
         [root, a],  # leaf S0
         [root, a],  # part 1 again
-        [root, a, a],  # leaf S1
-        [root, a, a],
-        [root, a, a, a],  # leaf S2
-        [root, a, a, a],  # root again (part 1 is exhausted)
-        [root, a, a, a, root],  # part 2
-        [root, a, a, a, root, b],  # leaf S3
+        [root, a],  # leaf S1: part 1 is left again, and its summary is in the memory once
+        [root, a],
+        [root, a],  # leaf S2
+        [root, a],  # root again (part 1 is exhausted)
+        [root, a],  # part 2
+        [root, a, b],  # leaf S3
     ]
 
 
@@ -598,8 +598,8 @@ async def test_working_memory_drops_the_oldest_entries_at_its_cap() -> None:
     await arun(walker, sentinel_document(9), "q?", model)
     root, a, b = _summary(range(9)), _summary([0, 1, 2]), _summary([3, 4, 5])
     last = next(r for r in model.calls("reader") if [3] == passage(r))
-    assert memory(last) == [root, b]  # 15 tokens hold the two newest of [root, a, a, a, root, b]
-    assert model.count_tokens("\n\n".join([a, root, b])) > 15 >= model.count_tokens(root + b)
+    assert memory(last) == [a, b]  # 15 tokens hold the two newest of [root, a, b]
+    assert model.count_tokens("\n\n".join([root, a, b])) > 15 >= model.count_tokens(a + b)
 
 
 async def test_path_memory_and_no_memory() -> None:

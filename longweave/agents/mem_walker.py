@@ -92,8 +92,8 @@ class MemWalker(BaseModel):
     """K, the most children of a node (unverified: ablated around 5-8; ours: 5). At least 3, so
     balanced groups never leave a node with one child."""
     working_memory: Literal["visited", "path", "none"] = "visited"
-    """`visited`: the summary of every internal node left on descent, append-only (§4.2,
-    unverified); `path`: only the ancestors of the current node; `none`: the ablation."""
+    """`visited`: the summary of every internal node left on descent, append-only, each once
+    (§4.2, unverified); `path`: only the ancestors of the current node; `none`: the ablation."""
     wm_share: float = Field(0.25, gt=0, lt=0.6)
     """wm_cap as a share of W; oldest entries are dropped beyond it (ours)."""
     question_share: float = Field(0.1, gt=0, lt=0.5)
@@ -289,8 +289,10 @@ class MemWalker(BaseModel):
                                   "flags": [] if reply else ["invalid_action"]}
         if reply is not None and reply.action == "goto":
             child = shown[reply.child - 1]  # 1-based in the prompt: converted here, once
+            # A node left again after a revert is in the memory already: its summary once.
+            seen = node in state["memory"]
             update |= {"node": child, "stack": [*state["stack"], node],
-                       "memory": [*state["memory"], node]}
+                       "memory": state["memory"] if seen else [*state["memory"], node]}
         else:
             update |= _retreat(tree, node, state)
         ctx.step("navigator", reply.reasoning if reply else "", index=state["steps"], node=node,
