@@ -24,7 +24,7 @@ def compare(
     ],
     question: Annotated[str, typer.Argument(help="The question; '' asks for a summary.")],
     strategies: Annotated[
-        str, typer.Option("--strategies", "-S", help="Comma-separated names, or 'all'.")
+        str, typer.Option("--strategies", "-s", "-S", help="Comma-separated names, or 'all'.")
     ] = "all",
     model: Model = "local",
     option: Annotated[

@@ -46,7 +46,7 @@ def eval_command(
                      "jsonl (detected from the path when left out)."),
     ] = None,
     strategies: Annotated[
-        str, typer.Option("--strategies", "-s", help="Comma-separated strategy names.")
+        str, typer.Option("--strategies", "-s", "-S", help="Comma-separated strategy names.")
     ] = "truncate,rag",
     model: Model = "local",
     judge: Annotated[
