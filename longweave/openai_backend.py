@@ -39,7 +39,7 @@ from longweave.llm import Completion, Message, check_budget
 from longweave.structured import (
     json_instructions,
     parse_structured,
-    reask_message,
+    reask,
     repair_json,
     strict_schema,
 )
@@ -285,7 +285,7 @@ class OpenAILLM:
             return self._done(call, reply, parse_structured(text, schema))
         except ParseError as error:
             complaint = _complaint(error, reply[1], call.max_tokens)
-        retry = [*prompt, Message("assistant", text), reask_message(complaint)]
+        retry = reask(prompt, text, complaint)
         if self.count_prompt_tokens(retry) + call.max_tokens > self.context_window:
             raise ParseError(f"{complaint} (no room left to re-ask)", raw=text, provider=PROVIDER)
         call.meta["reasked"] = True

@@ -1,4 +1,4 @@
-"""Schema-valid output: JSON instructions, tolerant parsing with repair, and the re-ask message.
+"""Schema-valid output: JSON instructions, tolerant parsing with repair, and the re-ask.
 
 Backend-independent: the OpenAI-compatible backend uses it when a server cannot enforce a JSON
 schema, and local backends use it to validate (and, without constrained decoding, to repair).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +22,7 @@ __all__ = [
     "is_complete_json",
     "json_instructions",
     "parse_structured",
+    "reask",
     "reask_message",
     "repair_json",
     "reply_floor_tokens",
@@ -490,6 +491,19 @@ def reask_message(error: ParseError | str) -> Message:
         f"Your previous reply was not usable: {complaint}. Reply again with only one JSON "
         "object that matches the schema: no prose, no code fences.",
     )
+
+
+def reask(
+    messages: Sequence[Message], reply: str, complaint: ParseError | str
+) -> list[Message]:
+    """The prompt again, then the unusable reply (when there was one) and the re-ask message.
+
+    Shown its own reply, the model meets a prompt it has not answered yet: at temperature 0 the
+    same prompt again would mostly get the same reply again. The caller clips `reply` and
+    `complaint` where a long one must not crowd out the prompt.
+    """
+    shown = [Message("assistant", reply)] if reply else []
+    return [*messages, *shown, reask_message(complaint)]
 
 
 def schema_fits(

@@ -11,9 +11,10 @@ from longweave.agents.chain_of_agents import ChainOfAgents, permuted_orders, unf
 from longweave.agents.coa_prompts import CODE_LAST_PART, CODE_TASK
 from longweave.answer import Answer
 from longweave.documents import Document
-from longweave.errors import UnscriptedCall
-from longweave.llm import quoted, unquote
+from longweave.errors import ParseError, UnscriptedCall
+from longweave.llm import Message, quoted, unquote
 from longweave.runner import arun
+from longweave.structured import reask_message
 from longweave.testing import Request, ScriptedModel, quoted_after, quoted_blocks
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -212,6 +213,36 @@ async def test_a_judge_that_never_validates_is_reasked_twice_then_path_one_stand
     assert all(r.messages[-2].role == "assistant" and r.messages[-2].content for r in reasks)
     assert answer.text == "Ottawa" and "judge_failed" in answer.flags
     assert answer.usage.calls == len(model.requests)
+
+
+async def test_the_judges_reask_clips_a_runaway_reply_and_its_complaint() -> None:
+    model, coa = split_paths(("Ottawa", "Toronto"), selector="judge")
+    runaway = "The first answer is right because " + "x" * 2000
+    why = "the reply was cut off " + "y" * 1000
+
+    def backend_refuses(request: Request) -> str:
+        raise ParseError(why, raw=runaway)  # as a backend does after its own re-ask
+
+    model.on("judge", reply=backend_refuses)
+    answer = await arun(coa, sentinel_document(6), "Capital?", model)
+    first, *reasks = model.calls("judge")
+    assert len(reasks) == 2 and "judge_failed" in answer.flags
+    for reask in reasks:
+        assert reask.messages[:-2] == first.messages
+        shown, complaint = reask.messages[-2:]
+        assert shown == Message("assistant", runaway[:400])
+        assert complaint == reask_message(why[:400])
+
+
+async def test_an_empty_judge_reply_is_reasked_without_an_empty_turn() -> None:
+    model, coa = split_paths(("Ottawa", "Toronto"), selector="judge")
+    model.on("judge", reply="")
+    await arun(coa, sentinel_document(6), "Capital?", model)
+    first, *reasks = model.calls("judge")
+    assert len(reasks) == 2
+    assert all(r.messages[:-1] == first.messages for r in reasks)
+    assert all(r.messages[-1].content.startswith("Your previous reply was not usable: ")
+               for r in reasks)
 
 
 async def test_blank_cu_keeps_the_previous_one_and_is_flagged() -> None:

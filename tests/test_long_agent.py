@@ -28,6 +28,7 @@ from longweave.documents import Document, open_document
 from longweave.errors import BudgetExceeded, ParseError
 from longweave.events import EventLog
 from longweave.runner import arun
+from longweave.structured import reask_message
 from longweave.testing import Request, ScriptedModel, quoted_blocks
 
 SENTINEL = re.compile(r"SENTINEL-(\d+)")
@@ -334,6 +335,31 @@ async def test_reask_carries_the_bad_reply_and_a_valid_retry_is_used() -> None:
     assert retry.messages[-2].content == '{"found": tr'
     assert "not valid JSON: cut" in retry.messages[-1].content
     assert answer.text == "The code is Heliotrope." and "member_failed" not in answer.flags
+
+
+@pytest.mark.parametrize("runaway", ["reply", "complaint"])
+async def test_a_reask_that_cannot_fit_drops_the_bad_reply_then_the_complaint(
+    runaway: str,
+) -> None:
+    """The re-ask must fit the member's window: a runaway bad reply is left out first, and a
+    complaint that cannot fit either leaves the prompt as it was first sent."""
+    long = " ".join(["word"] * WINDOW)
+    why = long if runaway == "complaint" else "the reply was cut"
+    model = ScriptedModel(context_window=WINDOW)
+    model.on("leader", reply=leader())
+
+    def bad(request: Request) -> Any:
+        raise ParseError(why, raw=long)
+
+    model.on("member", contains="SENTINEL-0 ", reply=bad, times=1)
+    model.on("member", reply=member({0: "Heliotrope"}))
+    answer = await arun(agent(), sentinel_document(2), QUESTION, model)
+    first, retry = [r for r in model.calls("member") if parts(r) == [0]]
+    if runaway == "reply":
+        assert retry.messages == (*first.messages, reask_message(why))
+    else:
+        assert retry.messages == first.messages
+    assert answer.text == "The code is Heliotrope."
 
 
 async def test_leader_failures_fall_back_to_the_question_and_the_top_cluster() -> None:

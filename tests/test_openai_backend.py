@@ -404,6 +404,18 @@ async def test_a_blank_structured_reply_is_reasked_under_json_schema(server: Fau
     assert all("response_format" in r.body for r in server.requests)
 
 
+async def test_the_reask_after_a_blank_reply_shows_no_empty_assistant_turn(
+    server: FaultServer,
+) -> None:
+    server.push(assistant({"content": None}), completion('{"city": "Lima", "confidence": 1}'))
+    llm, _ = make_llm(server)
+    await llm.complete(QUESTION, max_tokens=64, schema=City)
+    first, again = (r.body["messages"] for r in server.requests)
+    *sent, reask = again
+    assert sent == first and reask["role"] == "user"
+    assert reask["content"].startswith("Your previous reply was not usable: ")
+
+
 async def test_a_refusal_to_a_plain_call_is_its_text(server: FaultServer) -> None:
     server.push(refused("I can't help with that."))
     llm, _ = make_llm(server)

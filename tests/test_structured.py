@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field
 from longweave.agents.base import RunContext
 from longweave.documents import Document
 from longweave.errors import ParseError
+from longweave.llm import Message
 from longweave.structured import (
     json_instructions,
     parse_structured,
+    reask,
     reask_message,
     repair_json,
     reply_floor_tokens,
@@ -123,6 +125,20 @@ def test_reask_message_carries_the_complaint() -> None:
     assert reask_message("plain complaint").content.startswith(
         "Your previous reply was not usable: plain complaint."
     )
+
+
+def test_reask_shows_the_bad_reply_between_the_prompt_and_the_complaint() -> None:
+    prompt = [Message("system", "Reply in JSON."), Message("user", "Plan a trip.")]
+    error = ParseError("the reply does not match Plan: title: Field required", raw="{}")
+    again = reask(prompt, '{"steps": []}', error)
+    assert again[:2] == prompt and again[2] == Message("assistant", '{"steps": []}')
+    assert again[3] == reask_message(error) and len(again) == 4
+    assert prompt == [Message("system", "Reply in JSON."), Message("user", "Plan a trip.")]
+
+
+def test_reask_after_an_empty_reply_shows_no_empty_turn() -> None:
+    prompt = [Message("user", "Plan a trip.")]
+    assert reask(prompt, "", "no JSON") == [*prompt, reask_message("no JSON")]
 
 
 class Node(BaseModel):

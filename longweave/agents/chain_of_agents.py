@@ -32,8 +32,8 @@ from longweave.answer import Citation, plural, vote_key
 from longweave.budget import chunk_budget
 from longweave.chunking import Chunk
 from longweave.errors import BudgetExceeded, ConfigError, ParseError
-from longweave.llm import Message, unquote
-from longweave.structured import reask_message
+from longweave.llm import unquote
+from longweave.structured import reask
 
 _MARKER = re.compile(r"\s*\[c(\d+)\]")
 _FENCED = re.compile(r"\A\s*(`{3,})[^`\n]*\n(.*?)\n?[ \t]*\1`*\s*\Z", re.DOTALL)
@@ -285,8 +285,7 @@ class ChainOfAgents(BaseModel):
                 break
             # The bad reply and why it failed, so that a re-ask at temperature 0 is not the
             # same prompt again (clipped: a runaway reply must not crowd out the candidates).
-            prompt = [*messages, Message("assistant", raw[:_REPLY_CHARS]),
-                      reask_message(complaint[:_REPLY_CHARS])]
+            prompt = reask(messages, raw[:_REPLY_CHARS], complaint[:_REPLY_CHARS])
         return 0, ["judge_failed"]
 
 

@@ -53,7 +53,7 @@ from longweave.budget import MIN_CHUNK_TOKENS, chunk_budget
 from longweave.chunking import Chunk, Chunker
 from longweave.errors import ParseError
 from longweave.llm import Message
-from longweave.structured import json_instructions, parse_structured, reask_message
+from longweave.structured import json_instructions, parse_structured, reask
 
 T = TypeVar("T", bound=BaseModel)
 NOT_FOUND = MemberReply(found=False, answer="", evidence=[])
@@ -442,10 +442,9 @@ class LongAgent(BaseModel):
         self, ctx: RunContext, messages: list[Message], raw: str, complaint: str,
         schema: type[BaseModel],
     ) -> list[Message]:
-        """The prompt plus the bad reply and the complaint, or less of that when it cannot fit."""
-        options = [[*messages, reask_message(complaint)], messages]
-        if raw:
-            options.insert(0, [*messages, Message("assistant", raw), reask_message(complaint)])
+        """The prompt plus the bad reply and the complaint, or less of that when it cannot fit:
+        first without the bad reply, then without the complaint too."""
+        options = [reask(messages, raw, complaint), reask(messages, "", complaint), messages]
         return next((p for p in options if self._fits(ctx, p, schema)), messages)
 
 
