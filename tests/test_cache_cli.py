@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ import pytest
 import typer
 
 import longweave
-import longweave.llm
 import longweave.retrieval.index as index_module
 from longweave.cache_contents import CACHE_KINDS, KEPT_KINDS
 from longweave.cli.cache import size_text
@@ -36,21 +36,19 @@ HOUR_AGO = time.time() - STALE_AFTER_S - 600
 
 
 @pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
+def model(scripted_cli: Callable[..., ScriptedModel],
+          monkeypatch: pytest.MonkeyPatch) -> ScriptedModel:
     """A scripted model behind every model string, a hashing embedder behind every embedder
     spec (cached as the real one is), and a private cache folder that does not exist yet."""
-    scripted = ScriptedModel(context_window=1024)
+    scripted = scripted_cli(context_window=1024, columns="unset")
     scripted.on("reader", contains="passage of the text", reply={
         "reasoning": "r", "action": "answer", "answer": "Mara"})  # MemWalker's leaf
     scripted.on("reader", reply=ANSWER)
     scripted.on("summarizer", reply="a summary of this part")
     scripted.on("navigator", reply={"reasoning": "r", "action": "goto", "child": 1})
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
     monkeypatch.setattr(index_module, "resolve_embedder", lambda spec, cache_dir=None:
                         CachedEmbedder(HashEmbedder(), EmbeddingCache(
                             Path(cache_dir) / "embeddings.sqlite")))
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("COLUMNS", raising=False)
     return scripted
 
 

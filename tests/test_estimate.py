@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -737,14 +737,10 @@ def _strategy(name: str, **options: Any) -> Any:
 
 
 @pytest.fixture
-def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
-    import longweave.llm
-
-    scripted = ScriptedModel(name="scripted", context_window=1024)
+def cli_model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
+    scripted = scripted_cli(context_window=1024)
     scripted.on("worker", reply=words(32))
     scripted.on("manager", reply="Under the stairs.")
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     return scripted
 
 

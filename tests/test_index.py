@@ -247,16 +247,12 @@ def test_a_conversation_file_is_indexed_as_ask_reads_it(tmp_path: Path) -> None:
     assert asked.reused and asked.key == row.key  # what `ask -s rag` builds is the one indexed
 
 
-def test_cli_index_prints_what_it_built_and_reused(monkeypatch, tmp_path, capsys) -> None:
-    import longweave.llm
-    import longweave.retrieval.index as index_module
+def test_cli_index_prints_what_it_built_and_reused(scripted_cli, monkeypatch, capsys) -> None:
     from longweave.cli import main
-    from longweave.testing import ScriptedModel
 
     fake = HashEmbedder()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: ScriptedModel())
+    scripted_cli()
     monkeypatch.setattr(index_module, "resolve_embedder", lambda spec, cache_dir=None: fake)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     args = ["longweave", "index", str(EXAMPLE), "--chunk-tokens", "64"]
     for expected in ("built", "reused"):
         monkeypatch.setattr(sys, "argv", args)

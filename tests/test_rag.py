@@ -200,8 +200,7 @@ def test_registered_with_documented_defaults() -> None:
         get_strategy("rag", kk=3)
 
 
-def test_cli_ask_a_folder_with_rag(monkeypatch, tmp_path, capsys) -> None:
-    import longweave.llm
+def test_cli_ask_a_folder_with_rag(scripted_cli, monkeypatch, tmp_path, capsys) -> None:
     import longweave.retrieval.index as index_module
     from longweave.cli import main
 
@@ -209,11 +208,9 @@ def test_cli_ask_a_folder_with_rag(monkeypatch, tmp_path, capsys) -> None:
     folder.mkdir()
     (folder / "keeper.md").write_text("Mara Quill was the first keeper of the light. " * 5)
     (folder / "boats.txt").write_text("The lifeboat was rowed by twelve men. " * 5)
-    model = scripted()
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: model)
+    scripted_cli(scripted())
     fake = HashEmbedder(dim=256)
     monkeypatch.setattr(index_module, "resolve_embedder", lambda spec, cache_dir=None: fake)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["longweave", "ask", str(folder), "first keeper light",
                                       "--strategy", "rag", "--set", "k=1", "--json"])
     with pytest.raises(SystemExit) as exit_info:

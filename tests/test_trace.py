@@ -7,7 +7,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import longweave.llm
 from longweave.agents.chain_of_agents import ChainOfAgents
 from longweave.answer import Usage
 from longweave.api import aask, ask
@@ -253,14 +252,11 @@ async def test_a_failing_batch_item_ends_its_trace_with_the_error(tmp_path: Path
 
 
 @pytest.fixture
-def cli_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ScriptedModel:
-    scripted_model = ScriptedModel(name="scripted", context_window=700)
+def cli_model(scripted_cli: Callable[..., ScriptedModel]) -> ScriptedModel:
+    scripted_model = scripted_cli(context_window=700, columns=200)
     scripted_model.on("reader", reply="Mara Quill kept the light first.")
     scripted_model.on("worker", reply="Mara Quill was the first keeper [c1].")
     scripted_model.on("manager", reply="Mara Quill [c1].")
-    monkeypatch.setattr(longweave.llm, "resolve_model", lambda spec, **_: scripted_model)
-    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("COLUMNS", "200")
     return scripted_model
 
 
