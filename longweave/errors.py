@@ -40,7 +40,18 @@ class DocumentError(LongweaveError):
 
 
 class ConfigError(LongweaveError):
-    """Invalid settings, an unknown model string or strategy, or a missing optional extra."""
+    """Invalid settings, an unknown model string or strategy, or a missing optional extra.
+
+    `fatal`: raised by a call, it fails every later call too (a backend with no API key), so a
+    batch stops at it, as at a fatal `ModelError`."""
+
+    fatal: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 fatal: bool | None = None) -> None:
+        if fatal is not None:  # else the class's own (a failed model load is always fatal)
+            self.fatal = fatal
+        super().__init__(message, hint=hint)
 
 
 def invalid_fields(

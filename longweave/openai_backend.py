@@ -178,10 +178,9 @@ class OpenAILLM:
         self.name = f"openai:{model}"
         self.base_url = base_url or settings.openai_base_url
         key = api_key or settings.openai_api_key
-        if not key and not self.base_url:
-            raise ConfigError(
-                f"no API key for model {model!r}", hint="set OPENAI_API_KEY or use --model local"
-            )
+        # Refused at the first call, not here: counting tokens and planning (`--estimate`)
+        # need no key.
+        self._keyless = not key and not self.base_url
         # Local servers accept any key, but the client insists on one.
         self._api_key = key or "not-needed"
         self.context_window = (context_window or settings.context_window
@@ -405,8 +404,16 @@ class OpenAILLM:
         server = (self.base_url or "default").rstrip("/")
         return f"{self.name}|{server}|structured={self.structured}"
 
+    def check_key(self) -> None:
+        """Raise ConfigError (fatal) when no call can be made: no API key and no server of
+        one's own (a base URL). Calls check it first; `longweave serve` checks it at start."""
+        if self._keyless:
+            raise ConfigError(f"no API key for model {self.model!r}",
+                              hint="set OPENAI_API_KEY or use --model local", fatal=True)
+
     def _client_for_loop(self) -> tuple[Any, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
+        self.check_key()
         if self._client is None or self._loop is not loop or self._semaphore is None:
             import openai
 

@@ -19,6 +19,8 @@ from longweave.cli import app
 from longweave.testing import ScriptedModel
 from tests.cli_run import run_cli
 
+REAL_RESOLVE = longweave.llm.resolve_model
+
 EXAMPLE = Path(__file__).parents[1] / "examples" / "harbour_report.md"
 GENERIC = Path(__file__).parent / "fixtures" / "eval" / "generic" / "questions.jsonl"
 ANSWER = "Mara Quill kept the light first."
@@ -238,6 +240,40 @@ def test_serve_refuses_a_port_in_use_before_loading_the_model(server, monkeypatc
         port = free.getsockname()[1]
     assert run_cli(monkeypatch, "serve", "--port", str(port)) == 0
     assert server == [("127.0.0.1", port)]
+
+
+def no_openai_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(f"LONGWEAVE_{name}", raising=False)
+
+
+def test_an_estimate_for_an_api_model_needs_no_key(monkeypatch, capsys, tmp_path) -> None:
+    # Planning counts tokens and calls nothing: the key is asked for by the first call.
+    no_openai_key(monkeypatch)
+    monkeypatch.setenv("LONGWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "-s", "truncate",
+                   "-m", "openai:gpt-4o-mini", "--estimate")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "truncate" in out and "calls" in out and "API key" not in err
+    code = run_cli(monkeypatch, "ask", str(EXAMPLE), "Who?", "-s", "truncate",
+                   "-m", "openai:gpt-4o-mini", "--no-cache")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "error: no API key for model 'gpt-4o-mini'" in err
+    assert "set OPENAI_API_KEY or use --model local" in err
+
+
+def test_serve_refuses_an_api_model_without_a_key_at_start(server, monkeypatch, capsys) -> None:
+    no_openai_key(monkeypatch)
+    monkeypatch.setattr(longweave.llm, "resolve_model", REAL_RESOLVE)  # the fixture's stub aside
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    code = run_cli(monkeypatch, "serve", "-m", "openai:gpt-4o-mini", "--port", str(port))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and server == []
+    assert "error: no API key for model 'gpt-4o-mini'" in err
 
 
 def test_serve_refuses_a_port_out_of_range_as_a_usage_error(server, monkeypatch,

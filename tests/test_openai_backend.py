@@ -502,13 +502,16 @@ async def test_json_schema_reply_failing_validation_is_reasked_with_the_schema(
 # -- construction and loops ---------------------------------------------------------------
 
 
-def test_no_key_and_no_base_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_key_and_no_base_url_is_a_config_error_at_the_first_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"LONGWEAVE_{name}", raising=False)
-    with pytest.raises(ConfigError) as info:
-        OpenAILLM("gpt-4o")
-    assert "set OPENAI_API_KEY or use --model local" in str(info.value)
+    llm = OpenAILLM("gpt-4o")  # made, and it counts: planning a run needs no key
+    assert llm.count_tokens("How far is the lighthouse?") > 0
+    with pytest.raises(ConfigError) as info:  # the first call is refused, before any request
+        await llm.complete([user("Hello?")], max_tokens=8)
+    assert "set OPENAI_API_KEY or use --model local" in str(info.value) and info.value.fatal
 
 
 async def test_a_base_url_needs_no_key(

@@ -24,7 +24,11 @@ def serve(
 
     sockets = _listen(host, port)
     try:
-        run_server(resolve_model(model), host=host, port=port, sockets=sockets)
+        llm = resolve_model(model)
+        check_key = getattr(llm, "check_key", None)
+        if check_key is not None:  # an API model without a key would fail every request
+            check_key()
+        run_server(llm, host=host, port=port, sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
