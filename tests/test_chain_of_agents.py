@@ -11,7 +11,7 @@ from longweave.agents.chain_of_agents import ChainOfAgents, permuted_orders, unf
 from longweave.agents.coa_prompts import CODE_LAST_PART, CODE_TASK
 from longweave.answer import Answer
 from longweave.documents import Document
-from longweave.errors import ParseError, UnscriptedCall
+from longweave.errors import ConfigError, ParseError, UnscriptedCall
 from longweave.llm import Message, quoted, unquote
 from longweave.runner import arun
 from longweave.structured import reask_message
@@ -647,3 +647,11 @@ def test_the_vote_keeps_combining_marks_in_their_words() -> None:
     assert _normalize("हिन्दी!") == "हिन्दी" != _normalize("हिन्द")
     assert normalize("The हिन्दी.") == "हिन्दी" != normalize("हिन्द")
     assert _vote(["हिन्द", "हिन्दी", "हिन्दी."]) == (1, False)
+
+
+async def test_a_query_task_without_a_question_is_refused_before_any_call() -> None:
+    model = ScriptedModel(context_window=500)
+    with pytest.raises(ConfigError) as info:
+        await arun(ChainOfAgents(task="query"), Document.from_text("Some text."), " ", model)
+    assert info.value.message == "task='query' needs a question"
+    assert "'summarize'" in info.value.hint and model.requests == []

@@ -146,7 +146,9 @@ class ChainOfAgents(BaseModel):
     def initial_state(self, ctx: RunContext) -> dict[str, Any]:
         mode = self.mode(ctx.question)
         if mode == "query" and not ctx.question.strip():
-            raise ConfigError("task='query' needs a question")
+            raise ConfigError("task='query' needs a question",
+                              hint="ask a question, or leave task at 'auto' (or set "
+                                   "'summarize') for a summary")
         # Worker 1 of 1: in code mode the longest prompt (it is also the last part).
         fixed = ctx.llm.count_prompt_tokens(
             worker_messages(0, 1, "", "", ctx.question, mode=mode, cite=self.cites(ctx.question))
