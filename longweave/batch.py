@@ -331,6 +331,8 @@ class BatchJob:
         self._llm: LLM | None = None
         self._documents: OrderedDict[str, Document] = OrderedDict()
         self._trace: TraceWriter | None = None
+        self._keyed: tuple[dict[str, Any], dict[str, Any]] | None = None
+        """The options and their validated form, which `key` uses (made once, not per item)."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -351,7 +353,23 @@ class BatchJob:
         return self.model if isinstance(self.model, str) else self.model.name
 
     def key(self, item: BatchItem) -> str:
-        return item.key(self.strategy, self.model_name, self.options)
+        return item.key(self.strategy, self.model_name, self._validated_options())
+
+    def _validated_options(self) -> dict[str, Any]:
+        """The options as the strategy's settings validated them (`max_new=48.0` is 48), so
+        that options meaning the same settings give the same keys, and a rerun written either
+        way resumes the other's answers. A strategy that is not a pydantic model keeps them as
+        given; a bad option is the strategy's `ConfigError`, as `check` raises it."""
+        if not self.options:
+            return {}
+        if self._keyed is None or self._keyed[0] != self.options:
+            from longweave.agents.base import get_strategy
+
+            strategy = get_strategy(self.strategy, **self.options)
+            dump = getattr(strategy, "model_dump", None)
+            validated = dump(include=set(self.options)) if dump is not None else self.options
+            self._keyed = (dict(self.options), validated)
+        return self._keyed[1]
 
     def check(self) -> None:
         """Fail before any work starts on an unknown strategy or a bad option."""

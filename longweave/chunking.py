@@ -135,7 +135,9 @@ class Chunker:
         if not isinstance(overlap, int) or not 0 <= overlap < max_tokens:
             raise ConfigError(
                 f"overlap must be an integer with 0 <= overlap < max_tokens ({max_tokens}), "
-                f"got {overlap!r}"
+                f"got {overlap!r}",
+                hint="a chunk cannot repeat all of the one before: lower the overlap or raise "
+                     "the chunk size",
             )
         if not 0.0 <= min_fill <= 1.0:
             raise ConfigError(f"min_fill must lie in [0, 1], got {min_fill!r}")

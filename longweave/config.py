@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     """Where completions and per-document artifacts are cached."""
     cache: bool = True
     """Cache completions made at temperature 0 on disk (SQLite)."""
-    max_document_bytes: int = 256 * 1024 * 1024
-    """Files larger than this are refused with a clear error rather than read into memory."""
+    max_document_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    """Files larger than this are refused with a clear error rather than read into memory;
+    at least 1 (there is no "no limit": a file of any size would be read whole)."""
     openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "LONGWEAVE_OPENAI_API_KEY")
     )

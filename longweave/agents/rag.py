@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from longweave.agents.base import RunContext
 from longweave.agents.baseline_prompts import passage_block, rag_messages
@@ -35,6 +35,10 @@ from longweave.retrieval.index import (
     embed_counted,
 )
 from longweave.retrieval.store import Hit, VectorStore
+
+MIN_CHUNK_TOKENS = 16
+"""The smallest chunk_tokens rag takes (ours), and so the smallest `longweave index` builds:
+an index of smaller chunks could never be reused."""
 
 
 class Passage(BaseModel):
@@ -67,10 +71,10 @@ class RAG(UsesEmbedder):
     k: int | None = Field(default=8, ge=1)
     """Most passages shown (ours); fewer when the window is full. None fills the window (the
     same-window baseline of STRATEGIES.md §8.10)."""
-    chunk_tokens: int = Field(default=DEFAULT_CHUNK_TOKENS, ge=16)
+    chunk_tokens: int = Field(default=DEFAULT_CHUNK_TOKENS, ge=MIN_CHUNK_TOKENS)
     """Chunk size in the model's tokens (ours: 256, within all-MiniLM-L6-v2's 256-piece input)."""
     overlap: int = Field(default=0, ge=0)
-    """Tokens each chunk repeats from the one before (ours: 0)."""
+    """Tokens each chunk repeats from the one before (ours: 0); less than chunk_tokens."""
     embedder: str = "bundled"
     """"bundled" (all-MiniLM-L6-v2, offline), "st:<model or path>" or "openai:<model>"."""
     max_new: int = Field(default=256, ge=1)
@@ -84,6 +88,15 @@ class RAG(UsesEmbedder):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     """Sampling temperature of the answer call (ours)."""
 
+    @field_validator("overlap")
+    @classmethod
+    def _less_than_a_chunk(cls, overlap: int, info: ValidationInfo) -> int:
+        """Refused with the other settings, before any work: the chunker cannot move on."""
+        chunk_tokens = info.data.get("chunk_tokens")  # absent when it was itself invalid
+        if chunk_tokens is not None and overlap >= chunk_tokens:
+            raise ValueError(f"must be smaller than chunk_tokens ({chunk_tokens}), "
+                             f"got {overlap}")
+        return overlap
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -94,8 +107,6 @@ class RAG(UsesEmbedder):
                 "rag needs a question to retrieve with",
                 hint="ask a question, or use chain-of-agents for a summary",
             )
-        if self.overlap >= self.chunk_tokens:
-            raise ConfigError("overlap must be smaller than chunk_tokens")
         embedder = self.get_embedder(ctx)
         common = dict(embedder=embedder, tokenizer=ctx.llm.tokenizer,
                       chunk_tokens=self.chunk_tokens, overlap=self.overlap,

@@ -21,7 +21,7 @@ from longweave.cli.options import (
     PriceOut,
     StrategyName,
     Throughput,
-    check_prices,
+    check_estimate_flags,
     parse_options,
 )
 from longweave.cli.render import print_line
@@ -72,7 +72,7 @@ def ask(
 
     if run and not estimate:
         raise typer.BadParameter("--run goes with --estimate", param_hint="--run")
-    check_prices(price_in, price_out)
+    check_estimate_flags(estimate, price_in, price_out, throughput)
     if trace is not None and not (estimate and not run):  # named up front, as batch does
         from longweave.batch import check_writable
 

@@ -17,7 +17,8 @@ from longweave.cli.options import (
     RayAddress,
     StrategyName,
     Throughput,
-    check_prices,
+    check_estimate_flags,
+    check_ray_address,
     parse_options,
 )
 
@@ -101,9 +102,10 @@ def batch(
     if (pilot or run_too) and not estimate:
         raise typer.BadParameter("--pilot and --run go with --estimate",
                                  param_hint="--pilot/--run")
+    check_estimate_flags(estimate, price_in, price_out, throughput)
+    check_ray_address(executor, ray_address)
     err = Console(stderr=True)
     items = batch_items(folder, questions, include=include, exclude=exclude)
-    check_prices(price_in, price_out)
     _check_paths(out, questions, trace)
     job = BatchJob(strategy, model, options=parse_options(option), cache=not no_cache, steps=steps)
     extra = {"address": ray_address} if executor == "ray" else {}

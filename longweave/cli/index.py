@@ -21,7 +21,7 @@ def index(
         str, typer.Option("--embedder", help="'bundled', 'st:<model>' or 'openai:<model>'.")
     ] = "bundled",
     chunk_tokens: Annotated[
-        int, typer.Option("--chunk-tokens", min=1, help="Chunk size in the model's tokens.")
+        int, typer.Option("--chunk-tokens", help="Chunk size in the model's tokens.")
     ] = 256,
     overlap: Annotated[int, typer.Option("--overlap", min=0, help="Tokens chunks share.")] = 0,
     model: Annotated[
@@ -42,6 +42,7 @@ def index(
     from longweave.llm import resolve_model
     from longweave.retrieval.index import IndexReport, index_paths, resolve_embedder
 
+    _check_chunking(chunk_tokens, overlap)
     settings = Settings()
     out = Console(highlight=False)
 
@@ -66,3 +67,20 @@ def index(
         exclude=exclude,
         on_report=show,
     )
+
+
+def _check_chunking(chunk_tokens: int, overlap: int) -> None:
+    """Refuse, as usage errors naming this command's flags, chunks that `ask --strategy rag`
+    refuses (its bound, read from rag): it could never reuse such an index."""
+    from longweave.agents.rag import MIN_CHUNK_TOKENS
+
+    if chunk_tokens < MIN_CHUNK_TOKENS:
+        raise typer.BadParameter(
+            f"{chunk_tokens} is below {MIN_CHUNK_TOKENS}, the smallest chunk `ask --strategy rag` "
+            f"takes, so it could never use the index: pass {MIN_CHUNK_TOKENS} or more",
+            param_hint="'--chunk-tokens'")
+    if overlap >= chunk_tokens:
+        raise typer.BadParameter(
+            f"{overlap} is not smaller than --chunk-tokens ({chunk_tokens}): a chunk cannot "
+            "repeat all of the one before; lower --overlap or raise --chunk-tokens",
+            param_hint="'--overlap'")

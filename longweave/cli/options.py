@@ -44,6 +44,14 @@ RayAddress = Annotated[
 ]
 
 
+def check_ray_address(executor: str, address: str | None) -> None:
+    """A Ray address with another executor would be silently ignored and the work run here."""
+    if address is not None and executor != "ray":
+        raise ConfigError(f"--ray-address needs --executor ray (not {executor}): the work "
+                          "would run here, not on that cluster",
+                          hint="add --executor ray, or drop --ray-address to run here")
+
+
 def _positive(value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise typer.BadParameter(f"must be more than 0, got {value:g}")
@@ -59,8 +67,20 @@ Throughput = Annotated[float | None, typer.Option(
     help="Measured tokens/s (prompt + completion), for the estimate's time.")]
 
 
-def check_prices(price_in: float | None, price_out: float | None) -> None:
-    """Both prices or neither: a cost from one of them would be silently missing."""
+def check_estimate_flags(
+    estimate: bool, price_in: float | None, price_out: float | None, throughput: float | None
+) -> None:
+    """Prices and a throughput only feed the estimate: without --estimate they would be taken
+    and silently ignored. Both prices or neither: a cost from one of them would be missing."""
+    given = [flag for flag, value in (("--price-in", price_in), ("--price-out", price_out),
+                                      ("--throughput", throughput)) if value is not None]
+    if given and not estimate:
+        one = len(given) == 1
+        names = given[0] if one else f"{', '.join(given[:-1])} and {given[-1]}"
+        raise ConfigError(f"{names} go{'es' if one else ''} with --estimate: without it nothing "
+                          f"would use {'it' if one else 'them'}",
+                          hint="add --estimate to see what the run will cost first (with --run "
+                               f"to answer as well), or drop {'it' if one else 'them'}")
     if (price_in is None) != (price_out is None):
         raise ConfigError("the estimate's cost needs both --price-in and --price-out",
                           hint="pass both (0 for a side that is free)")
