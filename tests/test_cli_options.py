@@ -193,6 +193,17 @@ def test_batch_refuses_a_ray_address_without_the_ray_executor(
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_eval_refuses_a_ray_address_without_the_ray_executor(
+    model: ScriptedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    generic = Path(__file__).parent / "fixtures" / "eval" / "generic" / "questions.jsonl"
+    code = run_cli(monkeypatch, "eval", str(generic), "-s", "truncate", "--ray-address", "auto",
+                   "-o", str(tmp_path / "eval"))
+    assert code == 1 and model.requests == []
+    assert "error: --ray-address needs --executor ray (not local)" in _err(capsys)
+    assert not (tmp_path / "eval").exists()
+
+
 # -- 6. and 7. index takes the chunking rag takes, and says so in its own flags -----------------
 
 

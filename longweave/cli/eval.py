@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from longweave.cli.options import Model, NoCache, RayAddress, parse_options
+from longweave.cli.options import Model, NoCache, RayAddress, check_ray_address, parse_options
 
 
 def _depths(text: str | None) -> tuple[float, ...]:
@@ -97,6 +97,7 @@ def eval_command(
     from longweave.evals.report import results_table, write_reports
     from longweave.executors import get_executor
 
+    check_ray_address(executor, ray_address)
     err = Console(stderr=True)
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     folder = out or Path("longweave-eval") / (dataset.stem or "dataset")
