@@ -28,7 +28,12 @@ from longweave.errors import (
 )
 from longweave.events import Event
 from longweave.llm import unquote
-from longweave.local_models.attention import AttentionScorer, question_weights, token_scores
+from longweave.local_models.attention import (
+    AttentionScorer,
+    check_layer,
+    question_weights,
+    token_scores,
+)
 
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 _NO_SCORER_HINT = (
@@ -129,6 +134,8 @@ class InfiniRetri(BaseModel):
             self._scorer = _local_scorer(self.scorer)
         elif self.scorer is not None:
             self._scorer = self.scorer
+        if self._scorer is not None:
+            self._check_layer(self._scorer)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -161,8 +168,16 @@ class InfiniRetri(BaseModel):
                 f"{exc.message}", capability="attention", hint=_NO_SCORER_HINT,
             ) from exc
 
+    def _check_layer(self, scorer: AttentionScorer) -> None:
+        """`layer` must name one of the scorer's layers, told before any document work when the
+        scorer knows its layer count without loading weights (else the first forward checks)."""
+        layers = getattr(scorer, "layers", None)
+        if isinstance(layers, int):
+            check_layer(self.layer, layers, scorer.name)
+
     def initial_state(self, ctx: RunContext) -> dict[str, Any]:
         scorer = self.scorer_for(ctx.llm)  # first: a missing scorer fails before any work
+        self._check_layer(scorer)
         question = ctx.question.strip() or ctx.document.text[-self.no_question_chars :]
         template = Template.build(scorer, question)
         cap = self._cap()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
+import typing
 import warnings
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from longweave.cli import ask as _ask
 from longweave.cli import batch as _batch
@@ -29,12 +34,79 @@ from longweave.cli.exits import (
 from longweave.cli.render import labelled, print_line
 from longweave.errors import LongweaveError, LongweaveWarning, debugging
 
+_NAMES = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+_METAVARS = {"--set": "KEY=VALUE", "--include": "GLOB", "--exclude": "GLOB"}
+"""Options whose values say more than their type (TEXT)."""
+
+
+def _metavar(annotation: Any) -> str:
+    """click's name for a value of `annotation`: TEXT, PATH, INTEGER, FLOAT (one item of a
+    list: the help says when an option repeats)."""
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        return _metavar(annotation)
+    return _NAMES.get(annotation, getattr(annotation, "__name__", "VALUE").upper())
+
+
+class _ClassicHelp:
+    """--help in click's terms: a value's metavar (TEXT, PATH, KEY=VALUE), none for a flag, and
+    `PATH QUESTION` in the usage line.
+
+    typer 0.29 labels every parameter with its Python type instead: `--json <bool>` (as if the
+    flag took a value), `--set <list[str]>`, `paths... <list[Path]>`, and `{path} {question}`
+    in the usage line. An option's metavar replaces its label in every typer version; an
+    argument's label has no such setting, so in 0.29 its `display_type_rich` is replaced on the
+    instance (earlier versions label arguments `<path>` by a rule of their own).
+    """
+
+    params: list[Any]
+    callback: Callable[..., Any] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        hints = typing.get_type_hints(inspect.unwrap(self.callback)) if self.callback else {}
+        for param in self.params:
+            if param.metavar is not None:  # the command chose its own
+                continue
+            label = "" if getattr(param, "is_flag", False) else next(
+                (_METAVARS[o] for o in param.opts if o in _METAVARS),
+                _metavar(hints.get(param.name, str)))
+            if isinstance(param, TyperArgument):
+                param.display_type_rich = lambda ctx, label=label: label
+            else:
+                param.metavar = label
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""  # a flag
+        return option
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []  # type: ignore[attr-defined]
+        for param in self.get_params(ctx):  # type: ignore[attr-defined]
+            if isinstance(param, TyperArgument):
+                name = param.name.upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        more = getattr(self, "subcommand_metavar", None)  # a group's COMMAND [ARGS]...
+        return pieces + ([more] if more else [])
+
+
+class _Command(_ClassicHelp, TyperCommand):
+    """A command whose --help uses click's labels."""
+
+
+class _Group(_ClassicHelp, TyperGroup):
+    """The command group, its --help in click's labels too."""
+
+
 app = typer.Typer(
     name="longweave",
     help="Ask questions of documents far longer than a model's context window.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -62,7 +134,8 @@ def _paragraphs(doc: str) -> str:
 
 
 def _command(name: str, function: Callable[..., None]) -> None:
-    app.command(name, help=_paragraphs(function.__doc__ or ""))(stops_cleanly(function))
+    app.command(name, help=_paragraphs(function.__doc__ or ""), cls=_Command)(
+        stops_cleanly(function))
 
 
 _command("ask", _ask.ask)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 def serve(
     model: Annotated[str, typer.Option(
-        "--model", "-m", envvar="LONGWEAVE_MODEL", help="'local' or 'hf:<id>'.")] = "local",
+        "--model", "-m", envvar="LONGWEAVE_MODEL",
+        help="'local', 'hf:<id>', or 'openai:<model>' to relay an API model.")] = "local",
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = (
         "127.0.0.1"
     ),

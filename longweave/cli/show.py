@@ -67,13 +67,9 @@ def show(
     with ProgressView(err) as view:
         structure = find_structure(document, kind, model=model, build=build, on_event=view,
                                    include=include, exclude=exclude, **options)
-    marks: list[object] = []
-    if highlight:
-        marks = [int(h) if kind == "tree" and h.isdigit() else h for h in highlight]
-        if kind == "graph":
-            from longweave.graphs.store import normalize_key
-
-            marks = [normalize_key(str(h)) for h in marks]  # as GraphReader names its nodes
+    # Checked once the structure is found: a --build above is cached, so a rerun with the
+    # right --highlight calls no model.
+    marks = _marks(highlight or [], structure)
     text = document.text if kind == "tree" else None
     extra = {"max_nodes": max_nodes} if kind == "graph" else {}
     render(structure, target, highlight=given if given is not None else marks or None, text=text,
@@ -133,11 +129,42 @@ def _kind(graph: bool, tree: bool, answer: object) -> str:
                       hint="e.g. longweave show report.md --graph")
 
 
-def _describe(structure: object) -> str:
+def _marks(highlight: list[str], structure: object) -> list[object]:
+    """The nodes `--highlight` names: tree node ids, or graph key elements as GraphReader
+    names them; ConfigError naming any the structure does not have, and what it does have."""
     from longweave.memory.summary_tree import SummaryTree
 
     if isinstance(structure, SummaryTree):
-        return f"a tree of {len(structure.nodes)} nodes, depth {structure.depth}"
+        last = len(structure.nodes) - 1
+        unknown = [h for h in highlight if not (h.isdecimal() and int(h) <= last)]
+        if unknown:
+            raise ConfigError(f"--highlight {', '.join(unknown)}: no such node in this tree",
+                              hint=f"give a node id from 0 to {last} (the root is "
+                                   f"{structure.root}); the page shows each node's id")
+        return [int(h) for h in highlight]
+    import difflib
+
+    from longweave.graphs.store import normalize_key
+
+    names = [str(n) for n in structure.graph.nodes]  # type: ignore[attr-defined]
+    known = set(names)
+    marks = [normalize_key(h) for h in highlight]
+    unknown = [h for h, m in zip(highlight, marks, strict=True) if m not in known]
+    if unknown:
+        close = difflib.get_close_matches(normalize_key(unknown[0]), names, n=3)
+        guess = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ConfigError(f"--highlight {', '.join(unknown)}: no such key element in this graph",
+                          hint=f"{guess}give a key element as the page names its nodes")
+    return list(marks)
+
+
+def _describe(structure: object) -> str:
+    from longweave.answer import plural
+    from longweave.memory.summary_tree import SummaryTree
+
+    if isinstance(structure, SummaryTree):
+        return f"a tree of {plural(len(structure.nodes), 'node')}, depth {structure.depth}"
     g = structure.graph  # type: ignore[attr-defined]
-    return (f"a graph of {g.number_of_nodes()} key elements, {g.number_of_edges()} edges, "
-            f"{len(structure.facts)} facts")  # type: ignore[attr-defined]
+    return (f"a graph of {plural(g.number_of_nodes(), 'key element')}, "
+            f"{plural(g.number_of_edges(), 'edge')}, "
+            f"{plural(len(structure.facts), 'fact')}")  # type: ignore[attr-defined]

@@ -13,11 +13,15 @@ Importing this module loads neither torch nor transformers.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from longweave.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +33,7 @@ __all__ = [
     "AttentionScorer",
     "LocalAttentionScorer",
     "box_filter",
+    "check_layer",
     "eager_question_attention",
     "question_attention",
     "question_weights",
@@ -38,7 +43,11 @@ __all__ = [
 
 @runtime_checkable
 class AttentionScorer(Protocol):
-    """A model whose attention can be read: renders and tokenizes prompts, returns question rows."""
+    """A model whose attention can be read: renders and tokenizes prompts, returns question rows.
+
+    A scorer may also have `layers`, its number of decoder layers (None when unknown yet):
+    InfiniRetri then checks its `layer` setting against it before any work.
+    """
 
     name: str
     context_window: int
@@ -69,6 +78,16 @@ class LocalAttentionScorer:
         self.llm = llm
         self.name = llm.name
         self.context_window = llm.context_window
+        self._layers: int | None = None
+
+    @property
+    def layers(self) -> int | None:
+        """The number of decoder layers, from the loaded weights or else the model's config,
+        never loading weights for it; None when only loading them would tell."""
+        if self._layers is None:
+            self._layers = (len(_decoder_layers(self.llm.hf_model())) if self.llm.loaded
+                            else _config_layers(self.llm))
+        return self._layers
 
     def _tokenizer(self) -> Any:
         return self.llm.tokenizer.tokenizer  # the HF tokenizer inside longweave's HFTokenizer
@@ -91,6 +110,86 @@ class LocalAttentionScorer:
         return question_attention(model, ids, start, layer=layer)
 
 
+def _config_layers(llm: LocalLLM) -> int | None:
+    """num_hidden_layers of the model's config (of its text model, for a multimodal one); for a
+    GGUF file, the block count in its header."""
+    source = llm.source
+    if source.gguf_file is not None:
+        try:
+            return _gguf_layers(Path(source.path) / source.gguf_file)
+        except (OSError, ValueError, KeyError, struct.error):  # loading the file will say why
+            return None
+    from longweave.local_models.loader import loading, require_transformers
+
+    require_transformers()
+    from transformers import AutoConfig
+
+    with loading(source, "configuration"):
+        config = AutoConfig.from_pretrained(source.path)
+    layers = getattr(config.get_text_config(), "num_hidden_layers", None)
+    return layers if isinstance(layers, int) and layers > 0 else None
+
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+"""Bytes of each GGUF scalar value type (8 is a string, 9 an array)."""
+_GGUF_INTS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
+
+
+def _gguf_layers(path: Path) -> int | None:
+    """`<architecture>.block_count` from a GGUF header, read up to that key only: the GGUF
+    readers of `gguf` and transformers parse every tensor's entry first, which takes seconds."""
+    with path.open("rb") as f:
+
+        def read(fmt: str) -> Any:
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        def text() -> str:
+            size = read("<Q")
+            if size > 1 << 16:  # no key or architecture name is that long: a damaged file
+                raise ValueError(f"a {size}-byte GGUF string")
+            return f.read(size).decode("utf-8", "replace")
+
+        def skip(kind: int) -> None:
+            if kind == 8:
+                f.seek(read("<Q"), 1)
+            elif kind == 9:
+                item, count = read("<I"), read("<Q")
+                if item in _GGUF_SIZES:
+                    f.seek(_GGUF_SIZES[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            else:
+                f.seek(_GGUF_SIZES[kind], 1)
+
+        if f.read(4) != b"GGUF" or read("<I") < 2:
+            return None
+        _tensors, entries = read("<Q"), read("<Q")
+        architecture: str | None = None
+        counts: dict[str, int] = {}
+        for _ in range(entries):
+            key, kind = text(), read("<I")
+            if key == "general.architecture" and kind == 8:
+                architecture = text()
+            elif key.endswith(".block_count") and kind in _GGUF_INTS:
+                counts[key] = read(_GGUF_INTS[kind])
+            else:
+                skip(kind)
+            if architecture is not None and f"{architecture}.block_count" in counts:
+                return int(counts[f"{architecture}.block_count"])
+    return None
+
+
+def check_layer(layer: int, layers: int, model: str) -> None:
+    """Raise ConfigError unless `layer` indexes one of `layers` decoder layers (negative
+    values count from the last, as in Python)."""
+    if not -layers <= layer < layers:
+        raise ConfigError(
+            f"layer={layer} is out of range: {model} has {layers} decoder layers",
+            hint=f"set layer to a value in {-layers}..{layers - 1} (-1, the last, is the default)",
+        )
+
+
 class _Captured(Exception):
     """Raised by the hook to stop the forward once the chosen layer's inputs are captured."""
 
@@ -101,6 +200,10 @@ def _decoder_layers(model: Any) -> Any:
     if layers is None:
         raise TypeError(f"{type(model).__name__} has no decoder layers at .model.layers")
     return layers
+
+
+def _model_name(model: Any) -> str:
+    return str(getattr(model.config, "name_or_path", "") or type(model).__name__)
 
 
 def _recomputable(attn: Any) -> bool:
@@ -121,6 +224,7 @@ def question_attention(
     import torch
 
     layers = _decoder_layers(model)
+    check_layer(layer, len(layers), _model_name(model))
     attn = layers[layer].self_attn
     if not _recomputable(attn):
         return eager_question_attention(model, ids, start, layer=layer)
@@ -182,6 +286,7 @@ def eager_question_attention(
     Used for the parity test and for architectures the recomputation does not know."""
     import torch
 
+    check_layer(layer, len(_decoder_layers(model)), _model_name(model))
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     device = next(model.parameters()).device

@@ -270,9 +270,30 @@ def _error_response(exc: Exception) -> Response:
     # A server fault: the operator sees it in the log, the client in the body.
     _log.error("chat completion failed: %s: %s", type(exc).__name__, exc,
                exc_info=not isinstance(exc, LongweaveError))
+    if isinstance(exc, ModelError) and exc.provider != "local":
+        # The model served is an API that failed, could not be reached or did not answer in
+        # time: this server is its gateway (a local model's own failure stays a 500).
+        if _timed_out(exc) or exc.status in (408, 504):
+            return _error(504, str(exc), "server_error", "upstream_timeout")
+        return _error(502, str(exc), "server_error", "upstream_error")
     if isinstance(exc, LongweaveError):
         return _error(500, str(exc), "server_error", type(exc).__name__)
     return _error(500, f"{type(exc).__name__}: {exc}", "server_error", None)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout is what `exc` was raised from or while handling. Backends end their
+    retries with an error raised `from None`, which hides the timeout from tracebacks but
+    keeps it as the context: a TimeoutError, or an HTTP library's *Timeout class."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError) or type(seen).__name__.endswith(
+                ("Timeout", "TimeoutError")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _unparsed(llm: LLM, call: dict[str, Any], error: ParseError) -> Completion:

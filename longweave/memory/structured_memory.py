@@ -88,6 +88,14 @@ class TypeNode:
 
 # -- schemas from pydantic models, JSON schemas and files ------------------------------------
 
+_SCHEMA_HINT = (
+    'a memory schema is a JSON schema of an object whose "properties" are strings, integers, '
+    "numbers, booleans, arrays, objects with properties or string-keyed maps "
+    '("additionalProperties"), e.g. {"type": "object", "properties": {"evidence": {"type": '
+    '"array", "items": {"type": "string"}}}}; see memory_schema in docs/strategies/prism.md'
+)
+"""What every error about a JSON or pydantic memory schema ends with."""
+
 
 def from_model(model: type[BaseModel]) -> TypeNode:
     """The schema of a pydantic model (through its JSON schema, so nothing is executed)."""
@@ -98,7 +106,8 @@ def from_json_schema(schema: dict[str, Any]) -> TypeNode:
     """Convert a JSON schema of objects, arrays, string-keyed maps and scalars; ConfigError else."""
     root = _convert(schema, schema.get("$defs", schema.get("definitions", {})), depth=0)
     if root.kind != "object" or not root.fields:
-        raise ConfigError("a memory schema must be an object with at least one field")
+        raise ConfigError("a memory schema must be an object with at least one field",
+                          hint=_SCHEMA_HINT)
     return root
 
 
@@ -108,19 +117,25 @@ _SCALARS: dict[str, Kind] = {"string": "str", "integer": "int", "number": "float
 
 def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int) -> TypeNode:
     if depth > 8:
-        raise ConfigError("the memory schema nests deeper than 8 levels (recursive?)")
+        raise ConfigError("the memory schema nests deeper than 8 levels (recursive?)",
+                          hint=_SCHEMA_HINT)
+    if not isinstance(node, dict):
+        raise ConfigError(f"the memory schema has {json.dumps(node)[:120]} where a type belongs",
+                          hint=_SCHEMA_HINT)
     desc = str(node.get("description", ""))[:200]
     if "$ref" in node:
         target = defs.get(node["$ref"].rsplit("/", 1)[-1])
         if target is None:
-            raise ConfigError(f"unresolved $ref {node['$ref']!r} in the memory schema")
+            raise ConfigError(f"unresolved $ref {node['$ref']!r} in the memory schema",
+                              hint=_SCHEMA_HINT)
         inner = _convert(target, defs, depth + 1)
         return TypeNode(inner.kind, inner.item, inner.fields, desc or inner.description)
     for key in ("anyOf", "oneOf"):
         if key in node:  # Optional[X] is X: an absent path already means "unknown"
-            options = [o for o in node[key] if o.get("type") != "null"]
+            options = [o for o in node[key] if not isinstance(o, dict) or o.get("type") != "null"]
             if len(options) != 1:
-                raise ConfigError("memory schema unions other than Optional are not supported")
+                raise ConfigError("memory schema unions other than Optional are not supported",
+                                  hint=_SCHEMA_HINT)
             inner = _convert(options[0], defs, depth + 1)
             return TypeNode(inner.kind, inner.item, inner.fields, desc or inner.description)
     kind = node.get("type")
@@ -136,7 +151,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int) -> TypeNode
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             return TypeNode("map", _convert(extra, defs, depth + 1), description=desc)
-    raise ConfigError(f"unsupported type in the memory schema: {json.dumps(node)[:120]}")
+        raise ConfigError(f"an object without properties in the memory schema: "
+                          f"{json.dumps(node)[:120]}", hint=_SCHEMA_HINT)
+    raise ConfigError(f"unsupported type in the memory schema: {json.dumps(node)[:120]}",
+                      hint=_SCHEMA_HINT)
 
 
 def load_schema_file(path: str | Path) -> TypeNode:
@@ -144,7 +162,10 @@ def load_schema_file(path: str | Path) -> TypeNode:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the memory schema {path}: {exc}") from None
+        raise ConfigError(f"cannot read the memory schema {path}: {exc}",
+                          hint=f"give a JSON file: {_SCHEMA_HINT}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the memory schema {path} is not a JSON object", hint=_SCHEMA_HINT)
     return from_json_schema(data)
 
 
