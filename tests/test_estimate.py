@@ -92,19 +92,26 @@ async def test_bidir_with_judge_counts_the_judge_only_in_the_high_bound(tie: boo
     assert_close(est, answer.usage, exact_calls=not tie)
 
 
-@pytest.mark.parametrize("paths", ["perm5", "self5"])
-async def test_five_path_chain_of_agents_counts_five_chains_and_the_judge_when_it_can_run(
-    paths: str,
-) -> None:
-    """P = 5: 5(l + 1) calls as a scripted run makes them; the paths agree, so the judge (and
-    its re-asks) is only in the high bound."""
-    doc, model = document(30), ScriptedModel(context_window=1024)
+async def judged_paths(doc: Document, paths: str) -> tuple[ScriptedModel, Any, Any]:
+    """A Chain-of-Agents run over `doc` with `paths` and the judge selector, whose paths all
+    agree, and the estimate of the same run: (model, answer, estimate)."""
+    model = ScriptedModel(context_window=1024)
     model.on("worker", reply=words(32))
     model.on("manager", reply="Under the stairs.")
     options = {"max_new": 128, "paths": paths, "selector": "judge"}
     answer = await arun(_strategy("chain-of-agents", **options), doc, QUESTION, model)
     est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), QUESTION,
                           assumptions=Assumptions(text_fill=0.25), **options)
+    return model, answer, est
+
+
+@pytest.mark.parametrize("paths", ["perm5", "self5"])
+async def test_five_path_chain_of_agents_counts_five_chains_and_the_judge_when_it_can_run(
+    paths: str,
+) -> None:
+    """P = 5: 5(l + 1) calls as a scripted run makes them; the paths agree, so the judge (and
+    its re-asks) is only in the high bound."""
+    model, answer, est = await judged_paths(document(30), paths)
     assert est.roles["worker"].calls == roles(model)["worker"] == 5 * est.n_chunks >= 15
     assert est.roles["manager"].calls == roles(model)["manager"] == 5
     assert est.calls == answer.usage.calls == 5 * (est.n_chunks + 1)
@@ -121,13 +128,7 @@ async def test_chain_of_agents_estimate_drops_the_repeated_orders_the_run_drops(
     """bidir over one chunk and perm5 over fewer chunks than orders run each order once (self5
     samples, so it keeps its five); the estimate counts the paths that run, and a judge only
     when there are several."""
-    doc, model = document(n, words=400), ScriptedModel(context_window=1024)
-    model.on("worker", reply=words(32))
-    model.on("manager", reply="Under the stairs.")
-    options = {"max_new": 128, "paths": paths, "selector": "judge"}
-    answer = await arun(_strategy("chain-of-agents", **options), doc, QUESTION, model)
-    est = await aestimate(doc, "chain-of-agents", ScriptedModel(context_window=1024), QUESTION,
-                          assumptions=Assumptions(text_fill=0.25), **options)
+    model, answer, est = await judged_paths(document(n, words=400), paths)
     assert est.n_chunks == answer.steps[0].detail["chunks"] == n
     assert answer.steps[0].detail["paths"] == kept
     assert est.roles["manager"].calls == roles(model)["manager"] == kept
