@@ -160,6 +160,36 @@ async def test_a_value_nobody_wrote_cites_nothing() -> None:
     assert [c.chunk_index for c in answer.citations] == [3]  # what the memory still holds
 
 
+@pytest.mark.parametrize(("at", "pending"), [(1.0, 1), (0.5, 0)])
+async def test_the_rewrite_shows_the_memory_last_and_names_no_entry_field(
+        at: float, pending: int) -> None:
+    # Shown the reply's shape after the memory, and told to write dicts as {"key", "value"}
+    # entries, the bundled model wrote {"people": [{"key": "key", "value": "value"}]}: the
+    # shape, not the memory; the steps after it went on adding to the key "key".
+    model = model_with(keep_last, step=four_facts)
+    answer = await arun(compact(compact_at=at, compact_target=0.3), sentinel_document(6), "q?",
+                        model)
+    request = model.calls("compressor")[0]
+    assert events(answer, "compact")[0].detail["pending"] == pending
+    (prompt,) = [m.content for m in request.messages if m.role == "user"]
+    shape = prompt[prompt.index("Answer with exactly one JSON object"):]
+    shape = shape[:shape.index("\n\n")]
+    assert '{"key": string (1 to 64 characters), "value": string' in shape  # entities' entries
+    # After the shape come the memory and the revisions that did not fit, and nothing else.
+    memory = prompt.index("\nMemory (")
+    assert prompt.index(shape) < memory
+    outside = prompt[:memory].replace(shape, "")  # the wording around the shape
+    assert '"key"' not in outside and '"value"' not in outside
+    assert "A dict becomes a list with one entry per name it keeps" in outside
+    last = prompt[memory:].splitlines()[-1]
+    if pending:
+        assert last == '{"path":["evidence",3],"op":"add","value":"saw 3"}'
+        assert "or the revisions after it do not hold" in outside
+    else:
+        assert json.loads(last) == shown_memory(request)
+        assert "Revisions from the last piece" not in prompt
+
+
 BAD_REWRITES = [
     ("not json at all", 3, "no usable rewrite"),
     ({"evidence": "saw everything"}, 3, "no usable rewrite"),  # not a list: never coerced

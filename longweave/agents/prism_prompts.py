@@ -2,7 +2,8 @@
 
 The step prompt is laid out static prefix (system message: task, question, schema, revision
 format) -> memory -> chunk, so consecutive step prompts share as long a byte prefix as possible.
-The compaction prompt (overflow `compact`) asks for the whole memory again, shorter.
+The compaction prompt (overflow `compact`) asks for the whole memory again, shorter, and shows
+the memory last.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from longweave.memory.structured_memory import (
 )
 from longweave.structured import is_complete_json, json_instructions, repair_json, whole_items
 
-PROMPT_VERSION = "prism-4"
+PROMPT_VERSION = "prism-5"
 """Bumped when wording changes; keys the cached generated schemas."""
 
 END_OF_MEMORY = "--- end of memory ---"
@@ -263,12 +264,17 @@ def step_messages(prefix: str, memory: str, i: int, total: int, chunk: str) -> l
     return [system(prefix), user(memory + chunk_part(i, total, chunk))]
 
 
-def _memory_head(task: str, question: str, schema: TypeNode, memory: str) -> list[str]:
-    """The lines the final and compaction calls open with: task, question, schema, memory."""
+def _task_head(task: str, question: str, schema: TypeNode) -> list[str]:
+    """The lines the final and compaction calls open with: task, question, schema."""
     head = [f"Task: {task}"]
     if question.strip():
         head.append(f"Question: {question.strip()}")
-    return [*head, "Memory schema:", *("- " + line for line in schema.outline()), memory]
+    return [*head, "Memory schema:", *("- " + line for line in schema.outline())]
+
+
+def _memory_head(task: str, question: str, schema: TypeNode, memory: str) -> list[str]:
+    """The lines the final call opens with: task, question, schema, memory."""
+    return [*_task_head(task, question, schema), memory]
 
 
 def final_messages(
@@ -337,24 +343,32 @@ def compact_messages(
     task: str, question: str, schema: TypeNode, memory: str, pending: list[str], chars: int,
     reply: type[BaseModel],
 ) -> list[Message]:
-    """The compaction call (overflow `compact`): the memory as JSON, the revisions of the last
-    piece that did not fit, and the size to rewrite the whole memory within."""
-    head = _memory_head(task, question, schema, f"Memory ({len(memory)} characters):\n{memory}")
-    if pending:
-        head.append("Revisions from the last piece read that no longer fit in the memory:\n"
-                    + "\n".join(pending))
+    """The compaction call (overflow `compact`): what to do, the size to rewrite the whole memory
+    within and the reply's shape, then the memory as JSON and the revisions of the last piece
+    that did not fit.
+
+    The memory comes last, nearest the reply, and the wording quotes no name from the reply's
+    shape: shown that shape after the memory, with dicts to be written as `{"key", "value"}`
+    entries, the bundled model copied the shape instead of the memory and wrote
+    `{"key": "key", "value": "value"}`, which the steps after it then copied in turn."""
     ask = (
-        f"Write the whole memory again in at most {chars} characters of JSON. Merge entries that "
+        f"Write the memory below again in at most {chars} characters of JSON. Merge entries that "
         "say the same thing, shorten long values and leave out what matters least for the task; "
         "keep names, numbers and dates exactly as written. Add nothing that the memory"
-        f"{' or those revisions do' if pending else ' does'} not hold."
+        f"{' or the revisions after it do' if pending else ' does'} not hold."
     )
     if any(node.kind == "map" for node in _all_types(schema)):
-        ask += ' Write each dict as a list of {"key", "value"} entries.'
+        ask += (" A dict becomes a list with one entry per name it keeps: the name as the memory "
+                "writes it, then its text.")
+    shown = [f"Memory ({len(memory)} characters):\n{memory}"]
+    if pending:
+        shown.append("Revisions from the last piece read that no longer fit in the memory:\n"
+                     + "\n".join(pending))
     return [
         system("You keep the memory of a reader of a long text under its size limit. The memory "
                "has grown too large: you rewrite it smaller, keeping what the task needs."),
-        user("\n".join(head) + "\n\n" + ask + "\n\n" + json_instructions(reply)),
+        user("\n".join(_task_head(task, question, schema)) + "\n\n" + ask + "\n\n"
+             + json_instructions(reply) + "\n\n" + "\n".join(shown)),
     ]
 
 
