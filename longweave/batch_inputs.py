@@ -79,7 +79,8 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
 
 
 def _jsonl_rows(p: Path, text: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    for n, line in enumerate(text.splitlines(), 1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -156,6 +157,8 @@ def expand_questions(
     from longweave.retrieval.corpus import corpus_files
 
     root = Path(folder).expanduser()
+    if not root.exists():  # worded as `ask` words a missing path
+        raise DocumentError(root, "no such file", hint="check the path and its spelling")
     if not root.is_dir():
         raise DocumentError(root, "is not a folder", hint="pass the folder of documents")
     everywhere: list[str] | None = None

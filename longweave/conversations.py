@@ -123,15 +123,16 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     except UnicodeDecodeError as exc:
         raise DocumentError(p, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                             hint=_FIX) from None
+    lines: list[int] | None = None
+    if p.suffix.lower() == ".jsonl":
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.
+        numbered = [(n, line) for n, line in enumerate(raw.split("\n"), 1) if line.strip()]
+        data: Any = [_json(p, line, n) for n, line in numbered]
+        lines = [n for n, _ in numbered]
+    else:
+        data = _json(p, raw)
     try:
-        if p.suffix.lower() == ".jsonl":
-            data: Any = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        else:
-            data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise DocumentError(p, f"not valid JSON ({exc})", hint=_FIX) from None
-    try:
-        return _parse(data, p.stem)
+        return _parse(data, p.stem, lines)
     except DocumentError as exc:  # named by the file, not by the conversation inside it
         raise DocumentError(p, exc.problem, hint=exc.hint) from None
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -141,7 +142,18 @@ def load_conversations(path: str | Path) -> list[Conversation]:
         raise DocumentError(p, f"a conversation in it is malformed ({why})", hint=_FIX) from None
 
 
-def _parse(data: Any, name: str) -> list[Conversation]:
+def _json(p: Path, text: str, line: int = 0) -> Any:
+    """`text` parsed; `line` is where it starts in the file (0: the whole file)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(p, f"line {line or exc.lineno}: not valid JSON ({exc.msg} at "
+                               f"column {exc.colno})", hint=_FIX) from None
+
+
+def _parse(data: Any, name: str, lines: list[int] | None = None) -> list[Conversation]:
+    """The conversations in `data`; `lines` holds each record's line in a JSONL file, so an
+    error names the line rather than the turn."""
     if isinstance(data, dict) and "chat" in data:
         return [_beam(data)]
     if isinstance(data, dict) and "document_id" in data and "turns" in data:
@@ -153,17 +165,23 @@ def _parse(data: Any, name: str) -> list[Conversation]:
     ):
         return [_locomo(d, i) for i, d in enumerate(data)]
     if isinstance(data, list):
-        return [Conversation(tuple(_plain(t, i) for i, t in enumerate(data)), name)]
+        where = ([f"line {n}" for n in lines] if lines is not None
+                 else [f"turn {i}" for i in range(1, len(data) + 1)])
+        turns = tuple(_plain(t, w) for t, w in zip(data, where, strict=True))
+        return [Conversation(turns, name)]
     raise DocumentError(name, "not a conversation", hint=_FIX)
 
 
-def _plain(item: Any, i: int) -> Turn:
+def _plain(item: Any, where: str) -> Turn:
+    """One turn; `where` names it in errors ("turn 2" of a JSON list, "line 3" of JSONL)."""
     if not isinstance(item, dict):
-        raise DocumentError("conversation", f"turn {i} is not an object", hint=_FIX)
+        raise DocumentError("conversation",
+                            f"{where}: expected a JSON object, got {type(item).__name__}",
+                            hint=_FIX)
     speaker = item.get("speaker", item.get("role"))
     text = item.get("text", item.get("content"))
     if not isinstance(speaker, str) or not isinstance(text, str):
-        raise DocumentError("conversation", f"turn {i} needs string `speaker` and `text`",
+        raise DocumentError("conversation", f"{where}: needs string `speaker` and `text`",
                             hint=_FIX)
     time = item.get("time")
     return Turn(speaker, text, str(time) if time is not None else None, _id(item))

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,13 @@ _BOMS = [
     (codecs.BOM_UTF16_BE, "utf-16"),
 ]
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")  # ESC (\x1b) is common in logs
+# What a path that is neither a file nor a folder is, by its stat mode.
+_SPECIAL = [
+    (stat.S_ISFIFO, "a pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+]
 
 
 @dataclass(frozen=True)
@@ -98,16 +106,26 @@ def open_document(path: str | Path, *, max_bytes: int | None = None) -> Document
 
 def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
     """A document file's bytes, refused with a `DocumentError` when the file is missing,
-    unreadable, a folder, empty, or over `max_bytes` (default: LONGWEAVE_MAX_DOCUMENT_BYTES)."""
+    unreadable, a folder, not a regular file (a pipe, socket or device), empty, or over
+    `max_bytes` (default: LONGWEAVE_MAX_DOCUMENT_BYTES)."""
     p = Path(path).expanduser()
     limit = Settings().max_document_bytes if max_bytes is None else max_bytes
     try:
-        if p.is_dir():
+        info = p.stat()
+        mode, size = info.st_mode, info.st_size
+        if stat.S_ISDIR(mode):
             raise DocumentError(
                 p, "is a directory", hint="pass a file, or use batch/corpus mode over folders"
             )
-        size = p.stat().st_size
-        with p.open("rb") as stream:  # bounded: a device or pipe reports no size (/dev/zero)
+        if not stat.S_ISREG(mode):
+            # Opening a pipe blocks until something writes to it, and a device may never end:
+            # both are refused before opening.
+            kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
+            raise DocumentError(
+                p, f"is {kind}, not a regular file",
+                hint="save the text to a file first (e.g. `command > doc.txt`) and pass that",
+            )
+        with p.open("rb") as stream:  # bounded: the file may have grown since stat
             data = stream.read(limit + 1) if size <= limit else b""
         if size > limit or len(data) > limit:
             raise DocumentError(

@@ -81,7 +81,7 @@ def test_role_content_keys_accepted() -> None:
 
 @pytest.mark.parametrize(("text", "problem"), [
     ('{"title": "not turns"}', "not a conversation"),
-    ('[{"speaker": "A", "text": "hi"}, 5]', "turn 1 is not an object"),
+    ('[{"speaker": "A", "text": "hi"}, 5]', "turn 2: expected a JSON object, got int"),
 ])
 def test_a_json_file_that_is_not_a_conversation_is_named_by_its_path(
     tmp_path: Path, text: str, problem: str

@@ -197,10 +197,11 @@ def test_files_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
-def test_a_device_without_a_size_is_read_only_up_to_the_limit() -> None:
-    # /dev/zero reports size 0 and never ends: the limit still stops the read.
+def test_a_device_is_refused_before_it_is_read() -> None:
+    # /dev/zero reports size 0 and never ends: it is refused as a device, not read.
     error = refused(Path("/dev/zero"), max_bytes=1000)
-    assert "more than the 1,000-byte limit" in error.problem
+    assert error.problem == "is a character device, not a regular file"
+    assert "save the text to a file" in error.hint
 
 
 def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

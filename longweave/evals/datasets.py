@@ -26,12 +26,12 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from longweave.choices import split_choices
-from longweave.errors import ConfigError, DocumentError
+from longweave.errors import ConfigError, DocumentError, choose_from, invalid_fields
 
 __all__ = [
     "Dataset",
@@ -45,14 +45,17 @@ __all__ = [
     "parse_lengths",
 ]
 
-Metric = Literal["em", "f1", "contains", "option", "cloze", "abstain", "beam"]
+GenericMetric = Literal["em", "f1", "contains", "option", "abstain"]
+"""The metrics a generic JSONL line may name: cloze and beam need data only loaders supply."""
+Metric = Literal[GenericMetric, "cloze", "beam"]
 CountTokens = Callable[[str], int]
 
 FORMATS = ("leval", "loogle", "hotpotqa", "locomo", "beam", "needle", "jsonl")
 """Every dataset format `load_dataset` reads."""
+GENERIC_METRICS: tuple[str, ...] = get_args(GenericMetric)
 
 _GENERIC = ("a generic JSONL line holds question, answers and document or document_path; "
-            "metric is one of em, f1, contains, option")
+            f"metric is one of {', '.join(GENERIC_METRICS)}")
 OPTION_HINT = "Answer with the letter of the correct option."
 MULTI_HINT = "Answer with the letters of all correct options."
 
@@ -169,14 +172,40 @@ def parse_lengths(text: str | None) -> tuple[int, ...]:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file's value, or a JSONL file's records as a list; a file that cannot be read or
+    parsed is a `DocumentError` naming its line."""
+    if path.suffix.lower() == ".jsonl":
+        return [row for _, row in read_jsonl(path)]
+    return _parsed(path, _text(path))
+
+
+def read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """A JSONL file's records, each with its line in the file: blank lines are skipped but
+    counted, so an error names the line an editor shows."""
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.
+    return [(n, _parsed(path, line, n))
+            for n, line in enumerate(_text(path).split("\n"), 1) if line.strip()]
+
+
+def _text(path: Path) -> str:
     try:
-        if path.suffix.lower() == ".jsonl":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DocumentError(path, f"cannot read it as JSON: {exc}",
-                            hint="pass a dataset file or folder") from None
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                            hint="datasets are JSON or JSONL in UTF-8: convert the file") from None
+    except OSError as exc:
+        raise DocumentError(path, f"cannot be read ({exc.strerror or exc})",
+                            hint="pass the dataset's file or folder") from None
+
+
+def _parsed(path: Path, text: str, line: int = 0) -> Any:
+    """`text` parsed; `line` is where it starts in the file (0: the whole file)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(
+            path, f"line {line or exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
+            hint="fix that line, or pass the dataset's own file or folder") from None
 
 
 def _first_record(path: Path) -> Any:
@@ -291,7 +320,7 @@ def load_dataset(
     p = Path(path).expanduser()
     fmt = format or detect_format(p)
     if fmt not in FORMATS:
-        raise ConfigError(f"unknown dataset format {fmt!r}", hint=f"use one of {FORMATS}")
+        raise ConfigError(f"unknown dataset format {fmt!r}", hint=choose_from(fmt, FORMATS))
     if not p.exists():
         raise DocumentError(p, "does not exist", hint="pass the dataset's file or folder")
     if limit is not None and limit < 1:
@@ -319,34 +348,87 @@ def load_dataset(
     return dataset
 
 
+_Scalar = str | int | float
+"""An answer or option: numbers are read as their text (strict: true and false are not)."""
+
+
+class _GenericRow(BaseModel):
+    """One line of the generic JSONL format, typed strictly: text where a list belongs, or a
+    list where text belongs, is a mistake in the file, refused rather than converted ("abc" as
+    three options, ["a"] as the document "['a']")."""
+
+    model_config = ConfigDict(strict=True)
+
+    question: str = Field("", description="a string")
+    answers: _Scalar | list[_Scalar] | None = Field(
+        None, description="a string or a list of strings")
+    answer: _Scalar | list[_Scalar] | None = Field(
+        None, description="a string or a list of strings")
+    document: str | None = Field(None, description="a string (the document's text)")
+    document_path: str | None = Field(None, description="a string (a file path)")
+    options: list[_Scalar] | dict[str, _Scalar] | None = Field(
+        None, description="a list of strings or an object of label: text")
+    metric: GenericMetric | None = Field(
+        None, description=f"one of {', '.join(GENERIC_METRICS)}")
+    id: str | int | None = Field(None, description="a string or an integer")
+    task: str | None = Field(None, description="a string")
+    category: str | int | None = Field(None, description="a string or an integer")
+
+
 def load_generic(path: Path, opts: LoadOptions, out: Dataset) -> None:
     """The documented generic JSONL format (see the module docstring)."""
     per_task: dict[str, int] = {}
     for file in files_of(path, "jsonl"):
-        for n, row in enumerate(read_json(file)):
-            task = str(row.get("task") or file.stem)
+        for n, (line, where, raw) in enumerate(_generic_rows(file)):
+            row = _generic_row(file, where, raw)
+            task = row.task or file.stem
             if opts.limit is not None and per_task.get(task, 0) >= opts.limit:
                 continue
             per_task[task] = per_task.get(task, 0) + 1
-            out.cases.append(_generic_case(file, n, row, task, opts))
+            out.cases.append(_generic_case(file, where, row, task, opts, line=line,
+                                           default_id=f"{task}-{n}"))
 
 
-def _generic_case(file: Path, n: int, row: dict[str, Any], task: str,
-                  opts: LoadOptions) -> EvalCase:
-    where = f"{file.name} line {n + 1}"
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
+def _generic_rows(file: Path) -> list[tuple[int, str, Any]]:
+    """Each record with where it is: its line in a JSONL file, its place in a JSON list."""
+    if file.suffix.lower() == ".jsonl":
+        return [(n, f"line {n}", row) for n, row in read_jsonl(file)]
+    data = read_json(file)
+    return [(n, f"record {n}", row)
+            for n, row in enumerate(data if isinstance(data, list) else [data], 1)]
+
+
+def _generic_row(file: Path, where: str, raw: Any) -> _GenericRow:
+    if not isinstance(raw, dict):
+        raise DocumentError(file, f"{where}: expected a JSON object, got {type(raw).__name__}",
+                            hint=_GENERIC)
+    try:
+        return _GenericRow.model_validate(raw)
+    except ValidationError as exc:
+        name = str(exc.errors()[0]["loc"][0])  # a union's members add their own errors after it
+        value = raw[name]
+        expected = _GenericRow.model_fields[name].description
+        hint = choose_from(str(value), GENERIC_METRICS) if name == "metric" else _GENERIC
+        raise DocumentError(file, f"{where}: `{name}` must be {expected}, got {value!r:.60}",
+                            hint=hint) from None
+
+
+def _generic_case(file: Path, where: str, row: _GenericRow, task: str, opts: LoadOptions, *,
+                  line: int, default_id: str) -> EvalCase:
+    question = row.question
+    if not question.strip():
         raise DocumentError(file, f"{where}: needs a `question` string", hint=_GENERIC)
-    if "answers" not in row and "answer" not in row and row.get("metric") != "abstain":
+    given = row.answers if row.answers is not None else row.answer
+    if given is None and row.metric != "abstain":
         raise DocumentError(file, f"{where}: needs `answers` (the gold answers)", hint=_GENERIC)
-    answers = row.get("answers", row.get("answer", []))
-    answers = [str(a) for a in (answers if isinstance(answers, list) else [answers])]
-    if "document" in row:
-        doc, tokens = opts.store.text(task, str(row["document"]))
-    elif "document_path" in row:
-        target = (file.parent / str(row["document_path"])).expanduser().resolve()
+    gold = given if isinstance(given, list) else [] if given is None else [given]
+    answers = [str(a) for a in gold]
+    if row.document is not None:
+        doc, tokens = opts.store.text(task, row.document)
+    elif row.document_path is not None:
+        target = (file.parent / row.document_path).expanduser().resolve()
         if not target.exists():
-            raise DocumentError(target, f"{where}: the document_path does not exist",
+            raise DocumentError(file, f"{where}: the document_path {target} does not exist",
                                 hint="document_path is read relative to the JSONL file")
         from longweave.api import load_source
 
@@ -355,29 +437,32 @@ def _generic_case(file: Path, n: int, row: dict[str, Any], task: str,
     else:
         raise DocumentError(file, f"{where}: needs `document` or `document_path`",
                             hint=_GENERIC)
-    options = row.get("options") or []
     labels: list[str] = []
-    if isinstance(options, dict):
-        labels, options = [str(k) for k in options], [str(v) for v in options.values()]
-    elif options:
+    options: list[str] = []
+    if isinstance(row.options, dict):
+        labels, options = list(row.options), [str(v) for v in row.options.values()]
+    elif row.options:
+        options = [str(o) for o in row.options]
         labels = [chr(ord("A") + i) for i in range(len(options))]
-    metric = row.get("metric") or ("option" if options else "f1")
+    metric = row.metric or ("option" if options else "f1")
     if options:
         # one line an option (a line break would end the list), as `split_choices` reads them
-        listed = "\n".join(f"{x}. {' '.join(str(o).split())}"
+        listed = "\n".join(f"{x}. {' '.join(o.split())}"
                            for x, o in zip(labels, options, strict=True))
         multi = len(answers) > 1
         question = f"{question}\n\n{listed}\n\n{MULTI_HINT if multi else OPTION_HINT}"
         _check_letters(file, where, question, labels)
     try:
         return EvalCase(
-            id=str(row.get("id", f"{task}-{n}")), task=task, document=doc, question=question,
-            answers=answers, metric=metric, labels=labels, options=[str(o) for o in options],
-            multi=bool(options) and len(answers) > 1, category=row.get("category"),
-            tokens=tokens, length=length_bucket(tokens), meta={"line": n + 1},
+            id=default_id if row.id is None else str(row.id), task=task, document=doc,
+            question=question, answers=answers, metric=metric, labels=labels, options=options,
+            multi=bool(options) and len(answers) > 1,
+            category=None if row.category is None else str(row.category),
+            tokens=tokens, length=length_bucket(tokens), meta={"line": line},
         )
     except ValidationError as exc:
-        raise DocumentError(file, f"{where}: {exc.errors()[0]['msg']}", hint=_GENERIC) from None
+        problem, _ = invalid_fields(exc)
+        raise DocumentError(file, f"{where}: {problem}", hint=_GENERIC) from None
 
 
 def _check_letters(file: Path, where: str, question: str, labels: list[str]) -> None:
