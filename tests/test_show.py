@@ -323,6 +323,12 @@ def test_cli_highlights_the_path_of_an_ask_answer(cli, monkeypatch, capsys) -> N
     assert {"hl", "start"} <= set(node_class(page, "data-name", "delta").split())
     code = run_cli(monkeypatch, "show", "story.md", "--tree", "--answer", "answer.json")
     assert code == 1 and "graph-reader answer" in capsys.readouterr().err
+    # the answer's path or the nodes named: one of them, not one silently dropped
+    code = run_cli(monkeypatch, "show", "story.md", "--answer", "answer.json", "--highlight",
+                   "delta", "-o", "q.html", *settings(GRAPH_SET))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 1 and "error: --answer and --highlight each choose" in err
+    assert not Path("q.html").exists()
 
 
 def test_cli_answer_files_that_are_no_answer_are_named(cli, monkeypatch, capsys) -> None:

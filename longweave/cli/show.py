@@ -55,6 +55,10 @@ def show(
     from longweave.visualize import STRUCTURES, find_structure, render
 
     err = Console(stderr=True, highlight=False)
+    if answer and highlight:  # the page marks one path: the answer's, or the nodes named
+        raise ConfigError("--answer and --highlight each choose what the page marks: pass one",
+                          hint="--answer marks the path the answer took; --highlight marks "
+                               "the nodes you name")
     given = _read_answer(answer) if answer else None
     kind = _kind(graph, tree, given)
     if given is not None and STRUCTURES.get(given.strategy) != kind:
@@ -72,8 +76,7 @@ def show(
     marks = _marks(highlight or [], structure)
     text = document.text if kind == "tree" else None
     extra = {"max_nodes": max_nodes} if kind == "graph" else {}
-    render(structure, target, highlight=given if given is not None else marks or None, text=text,
-           **extra)
+    render(structure, target, highlight=given or marks or None, text=text, **extra)
     err.print(f"wrote {escape(str(target))} ({escape(_describe(structure))})")
     if open_it and not open_in_browser(target):
         err.print("no browser to open it in here: open the file yourself", style="dim")
