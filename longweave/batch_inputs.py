@@ -17,6 +17,7 @@ to the record's `meta` (gold answers, a category).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from longweave.batch import BatchItem
+from longweave.documents import stat_input
 from longweave.errors import DocumentError
 
 __all__ = ["Question", "batch_items", "expand_questions", "load_questions"]
@@ -64,7 +66,11 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
             "'question' column",
         )
     try:
-        text = p.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a byte-order mark
+        stat_input(p, hint="save the questions to a file first (e.g. `command > q.jsonl`) and "
+                           "pass that")
+        # -sig: spreadsheets write a byte-order mark. Line ends are read as "\n" (a cell's
+        # "\r\n" too, so a question's text, its key when it has no id, is the same either way).
+        text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DocumentError(p, "no such file", hint="check the --questions path") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -93,7 +99,9 @@ def _jsonl_rows(p: Path, text: str) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def _csv_rows(p: Path, text: str, delimiter: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    # Rows split as csv splits them (newline=""), not by splitlines(): a cell may hold U+2028,
+    # \x0c and other characters splitlines() breaks at.
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = reader.fieldnames or []
         if "question" not in header:

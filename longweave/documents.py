@@ -10,6 +10,7 @@ import errno
 import hashlib
 import io
 import logging
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -104,6 +105,20 @@ def open_document(path: str | Path, *, max_bytes: int | None = None) -> Document
     return Document.from_text(text, source=str(p), meta=meta)
 
 
+def stat_input(path: Path, *, hint: str) -> os.stat_result:
+    """The stat of an input file or folder, refused with a `DocumentError` (`hint` says what to
+    pass instead) when it is a pipe, socket or device: opening a pipe blocks until something
+    writes to it, and a device may never end, so they are refused before anything opens them.
+
+    Errors of `stat` itself (a missing file) propagate: each caller words those.
+    """
+    info = path.stat()
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        kind = next((name for test, name in _SPECIAL if test(info.st_mode)), "a special file")
+        raise DocumentError(path, f"is {kind}, not a regular file", hint=hint)
+    return info
+
+
 def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
     """A document file's bytes, refused with a `DocumentError` when the file is missing,
     unreadable, a folder, not a regular file (a pipe, socket or device), empty, or over
@@ -111,20 +126,13 @@ def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> by
     p = Path(path).expanduser()
     limit = Settings().max_document_bytes if max_bytes is None else max_bytes
     try:
-        info = p.stat()
-        mode, size = info.st_mode, info.st_size
-        if stat.S_ISDIR(mode):
+        info = stat_input(p, hint="save the text to a file first (e.g. `command > doc.txt`) "
+                                  "and pass that")
+        if stat.S_ISDIR(info.st_mode):
             raise DocumentError(
                 p, "is a directory", hint="pass a file, or use batch/corpus mode over folders"
             )
-        if not stat.S_ISREG(mode):
-            # Opening a pipe blocks until something writes to it, and a device may never end:
-            # both are refused before opening.
-            kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
-            raise DocumentError(
-                p, f"is {kind}, not a regular file",
-                hint="save the text to a file first (e.g. `command > doc.txt`) and pass that",
-            )
+        size = info.st_size
         with p.open("rb") as stream:  # bounded: the file may have grown since stat
             data = stream.read(limit + 1) if size <= limit else b""
         if size > limit or len(data) > limit:

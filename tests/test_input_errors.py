@@ -3,6 +3,7 @@ of the file (as an editor counts it) or the field, and a hint saying what to wri
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import socket
@@ -122,6 +123,30 @@ def test_a_line_break_inside_a_json_string_is_not_a_line_of_the_file(tmp_path) -
     rows.write_text(json.dumps({**_ROW, "question": text}, ensure_ascii=False) + "\n",
                     encoding="utf-8")
     assert _load(rows, tmp_path).cases[0].question == text
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1e", "\x85"])
+def test_a_csv_cell_holding_a_break_splitlines_knows_stays_one_cell(tmp_path, brk) -> None:
+    # csv splits rows itself (newline=""); str.splitlines() would end the row inside the cell.
+    questions = tmp_path / "q.csv"
+    questions.write_text(f'question,id\n"Ada{brk}Lovelace?",1\nWhich{brk}year?,2\n',
+                         encoding="utf-8")
+    assert [(q.question, q.id, q.line) for q in load_questions(questions)] == [
+        (f"Ada{brk}Lovelace?", "1", 2), (f"Which{brk}year?", "2", 3)]
+
+
+def test_a_csv_error_after_such_a_cell_names_the_file_line(tmp_path) -> None:
+    questions = tmp_path / "q.csv"
+    questions.write_text('question,id\n"Ada\u2028Lovelace?",1\n\n"Why\nnot?",2\nWho?,3,x\n',
+                         encoding="utf-8")
+    with pytest.raises(DocumentError) as info:
+        load_questions(questions)
+    assert info.value.problem == "line 6: more cells than the header has columns"
+    questions.write_text('question,id\r\n"Ada\u2028Lovelace?",1\r\nWho?,1\r\n',
+                         encoding="utf-8", newline="")
+    with pytest.raises(DocumentError) as info:
+        load_questions(questions)
+    assert info.value.problem == "line 3: id '1' is already used on line 2"
 
 
 # -- 2. the metric hint lists every generic metric, from one list -------------------------------
@@ -334,3 +359,99 @@ def test_a_socket_is_refused() -> None:
             with pytest.raises(DocumentError) as info:
                 open_document(path)
     assert info.value.problem == "is a socket, not a regular file"
+
+
+_PIPE = "is a pipe (FIFO), not a regular file"
+
+
+def test_batch_refuses_a_named_pipe_as_the_questions_file(model, fifo, monkeypatch, capsys,
+                                                          tmp_path) -> None:
+    _write(tmp_path / "a.txt", "The apple is red.")
+    pipe = fifo("q.jsonl")
+    assert run_cli(monkeypatch, "batch", str(tmp_path), "-q", str(pipe), "-s", "truncate",
+                   "-o", str(tmp_path / "out.jsonl")) == 1
+    assert _error(capsys) == (
+        f"error: {pipe}: {_PIPE}",
+        "save the questions to a file first (e.g. `command > q.jsonl`) and pass that")
+    with pytest.raises(DocumentError) as info:
+        load_questions(fifo("q.csv"))
+    assert info.value.problem == _PIPE
+    assert model.requests == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_eval_refuses_a_named_pipe_as_the_dataset(model, fifo, monkeypatch, capsys,
+                                                  tmp_path) -> None:
+    pipe = fifo("ev.jsonl")
+    assert run_cli(monkeypatch, "eval", str(pipe), "-s", "truncate",
+                   "-o", str(tmp_path / "out")) == 1
+    assert _error(capsys) == (
+        f"error: {pipe}: {_PIPE}",
+        "save the dataset to a file first (e.g. `command > data.jsonl`) and pass that")
+    assert model.requests == []
+
+
+@pytest.mark.parametrize(("name", "fmt"), [
+    ("ev.jsonl", "jsonl"), ("ev.jsonl", "leval"), ("ev.json", "locomo"), ("ev.json", "beam"),
+    ("haystack.txt", None), ("haystack.txt", "needle"), ("data", None),
+])
+def test_a_named_pipe_as_any_dataset_is_refused_before_it_is_opened(fifo, tmp_path, name,
+                                                                    fmt) -> None:
+    # With --format nothing is detected (nor opened to detect it); the needle loader would
+    # otherwise read the pipe's folder as its haystack.
+    _write(tmp_path / "essay.txt", "Grass is green. " * 50)
+    pipe = fifo(name)
+    with pytest.raises(DocumentError) as info:
+        _load(pipe, tmp_path, fmt)
+    assert (info.value.path, info.value.problem) == (str(pipe), _PIPE)
+
+
+def test_a_named_pipe_inside_a_dataset_folder_is_refused(fifo, tmp_path) -> None:
+    # BEAM reads every chats/*.json it finds, and a needle spec wherever it is.
+    (tmp_path / "chats").mkdir()
+    pipe = fifo("chats/chat.json")
+    with pytest.raises(DocumentError) as info:
+        _load(tmp_path, tmp_path, "beam")
+    assert (info.value.path, info.value.problem) == (str(pipe), _PIPE)
+    needle = tmp_path / "needle"
+    needle.mkdir()
+    _write(needle / "essay.txt", "Grass is green. " * 50)
+    spec = fifo("needle/needles.json")
+    with pytest.raises(DocumentError) as info:
+        _load(needle, tmp_path, "needle")
+    assert (info.value.path, info.value.problem) == (str(spec), _PIPE)
+
+
+# -- 9. datasets may start with a byte-order mark, as questions and conversations may -----------
+
+
+_EVAL_FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+@pytest.mark.parametrize(("source", "fmt"), [
+    (None, "jsonl"), (_EVAL_FIXTURES / "leval" / "quality.jsonl", "leval"),
+])
+def test_a_dataset_with_a_utf8_byte_order_mark_loads(tmp_path, source, fmt) -> None:
+    text = (json.dumps(_ROW) + "\n" if source is None
+            else source.read_text(encoding="utf-8"))
+    plain = _write(tmp_path / f"{fmt}.jsonl", text)
+    marked = tmp_path / "marked" / plain.name
+    marked.parent.mkdir()
+    marked.write_bytes(codecs.BOM_UTF8 + plain.read_bytes())
+    expected = [(c.question, c.answers) for c in _load(plain, tmp_path, fmt).cases]
+    for given in (fmt, None):  # the format is detected through the mark too
+        loaded = _load(marked, tmp_path, given)
+        assert (loaded.format, [(c.question, c.answers) for c in loaded.cases]) == (
+            fmt, expected)
+    assert expected  # a file of questions, not an empty comparison
+
+
+def test_a_dataset_that_is_not_utf8_is_named_clearly(tmp_path) -> None:
+    latin = tmp_path / "ev.jsonl"
+    latin.write_bytes(json.dumps(_ROW).replace("Ada wrote", "Ad\u00e9 wrote").encode("latin-1"))
+    error = _refused(latin, tmp_path)
+    at = latin.read_bytes().index(b"\xe9")
+    assert error.problem == f"not UTF-8 text (invalid continuation byte at byte {at})"
+    assert error.hint == "datasets are JSON or JSONL in UTF-8: convert the file"
+    with pytest.raises(DocumentError) as info:  # detecting the format reads it too
+        _load(latin, tmp_path, None)
+    assert info.value.problem == "is not UTF-8 text"

@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from longweave.documents import stat_input
 from longweave.errors import ConfigError, DocumentError, choose_from
 
 __all__ = [
@@ -180,13 +181,20 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
 
 def _text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        _stat(path)
+        return path.read_text(encoding="utf-8-sig")  # -sig: as questions and conversations
     except UnicodeDecodeError as exc:
         raise DocumentError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                             hint="datasets are JSON or JSONL in UTF-8: convert the file") from None
     except OSError as exc:
         raise DocumentError(path, f"cannot be read ({exc.strerror or exc})",
                             hint="pass the dataset's file or folder") from None
+
+
+def _stat(path: Path) -> os.stat_result:
+    """`path`'s stat; a pipe or device is refused before anything opens it (`stat_input`)."""
+    return stat_input(path, hint="save the dataset to a file first (e.g. `command > data.jsonl`) "
+                                 "and pass that")
 
 
 def _parsed(path: Path, text: str, line: int = 0) -> Any:
@@ -203,8 +211,9 @@ def _first_record(path: Path) -> Any:
     """The first record of a data file; None when it is not JSON. A file that is not UTF-8
     text, or cannot be read, is a `DocumentError` naming it."""
     try:
+        _stat(path)
         if path.suffix.lower() == ".jsonl":
-            with path.open(encoding="utf-8") as handle:
+            with path.open(encoding="utf-8-sig") as handle:
                 for line in handle:
                     if line.strip():
                         try:
@@ -212,7 +221,7 @@ def _first_record(path: Path) -> Any:
                         except ValueError:
                             return None
             return None
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DocumentError(path, "is not UTF-8 text",
                             hint="datasets are JSON or JSONL in UTF-8: convert the file, "
@@ -264,6 +273,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     p = Path(path).expanduser()
     if not p.exists():
         raise DocumentError(p, "does not exist", hint="pass the dataset's file or folder")
+    _stat(p)
     hint = f"pass --format, one of: {', '.join(FORMATS)}"
     if p.is_dir():
         texts = [*p.glob("*.txt"), *p.glob("essays/*.txt")]
@@ -314,6 +324,9 @@ def load_dataset(
         raise ConfigError(f"unknown dataset format {fmt!r}", hint=choose_from(fmt, FORMATS))
     if not p.exists():
         raise DocumentError(p, "does not exist", hint="pass the dataset's file or folder")
+    # detect_format refuses a pipe too, but --format skips it (and the needle loader would read
+    # the pipe's folder as the haystack)
+    _stat(p)
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit}")
     opts = LoadOptions(DocumentStore(workdir, count_tokens), limit, tuple(lengths),
