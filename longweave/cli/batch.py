@@ -80,7 +80,7 @@ def batch(
     price_out: PriceOut = None,
     throughput: Throughput = None,
 ) -> None:
-    """Answer every question of FILE about the documents in FOLDER, one JSONL record each.
+    """Answer the questions of --questions about the documents in FOLDER, one JSONL record each.
 
     A question with a 'document' field is asked of that file (relative to FOLDER, or
     absolute); one without is asked of every document in FOLDER. Each record (document,
