@@ -213,15 +213,16 @@ def triple(counts: Any) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize(("options", "point", "low", "high"), [
-    ({}, (11, 15300, 1694), (11, 6830, 11), (32, 93449, 16384)),
-    ({"mem_cap": 100}, (11, 7830, 1694), (11, 6830, 11), (32, 23240, 16384)),
+    ({}, (11, 15500, 1694), (11, 7030, 11), (32, 93469, 16384)),
+    ({"mem_cap": 100}, (11, 8030, 1694), (11, 7030, 11), (32, 23840, 16384)),
 ])
 async def test_prism_freeze_estimate_is_unchanged_by_compaction_support(
         options: dict[str, Any], point: tuple[int, ...], low: tuple[int, ...],
         high: tuple[int, ...]) -> None:
     # The values the estimate gave before it counted compaction (overflow="freeze" is default),
-    # but for the default mem_cap's high bound: the re-ask room is now one token per complaint
-    # character (100322 with the old reserve), so the default cap is smaller.
+    # moved since by two prompt changes only: the re-ask room is one token per complaint
+    # character (the default mem_cap's high bound was 100322), and the prism-6 step prefix is
+    # 20 tokens longer (each of the 10 steps' prompts, 200 in all).
     est = await aestimate(document(10), "prism", ScriptedModel(context_window=4096), QUESTION,
                           **PRISM_OPTIONS, **options)
     assert (triple(est), triple(est.low), triple(est.high)) == (point, low, high)

@@ -106,6 +106,22 @@ async def test_in_place_variant_renders_json_and_keeps_the_static_prefix() -> No
     assert "log of revisions" not in steps[0].text
 
 
+@pytest.mark.parametrize("ops", ["add", "add_update"])
+async def test_step_prefix_quotes_no_path_placeholder_and_ends_on_where_values_come_from(
+    ops: str,
+) -> None:
+    # A small model copied quoted placeholders ("key", a field's name) into the memory.
+    model, settings = scripted(), Prism(ops=ops, **SMALL)
+    await arun(settings, sentinel_document(3), "q?", model)
+    lines = model.calls("stepper")[0].messages[0].content.split("\n")
+    batch = revision_schema(from_model(QAMemory), settings._ops(), settings.value_chars,
+                            settings.list_items, settings.max_revisions)
+    assert lines[-2] == json_instructions(batch)  # the shape, then what fills it
+    assert lines[-1].startswith("That shape only says where things go. Every name and value "
+                                "you write is taken from the piece")
+    assert not any('"field"' in line or '"key"' in line for line in lines)
+
+
 async def test_rejected_revisions_are_logged_and_valid_siblings_apply() -> None:
     model = ScriptedModel(context_window=2400)
     batch = revision_schema(from_model(QAMemory), ("add",), 300, 10, 16)

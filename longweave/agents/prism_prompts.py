@@ -22,7 +22,7 @@ from longweave.memory.structured_memory import (
 )
 from longweave.structured import is_complete_json, json_instructions, repair_json, whole_items
 
-PROMPT_VERSION = "prism-5"
+PROMPT_VERSION = "prism-6"
 """Bumped when wording changes; keys the cached generated schemas."""
 
 END_OF_MEMORY = "--- end of memory ---"
@@ -203,10 +203,11 @@ def _templates(
 
 
 def _ops_text(ops: tuple[str, ...]) -> str:
+    # Paths are described in words: shown `["field", "key"]`, the bundled model wrote "key",
+    # "str" or a field's name where the text's names belong.
     text = (
-        '- "add" creates a value that does not exist yet: a field (path ["field"]), a new key of '
-        'a dict (path ["field", "key"]) or the next item of a list (path ["field", n] where n is '
-        "the number of items the list has now, starting at 0)."
+        '- "add" writes what is not there yet: a whole field, a new name in a dict, or the next '
+        "item of a list (its position: how many items the list has now, counting from 0)."
     )
     if "update" in ops:
         text += '\n- "update" replaces a value that exists, at the same path.'
@@ -219,7 +220,11 @@ def static_prefix(
     task: str, question: str, schema: TypeNode, ops: tuple[str, ...], variant: Variant,
     batch: type[BaseModel],
 ) -> str:
-    """The cached part of every step prompt: byte-identical across the steps of a run."""
+    """The cached part of every step prompt: byte-identical across the steps of a run.
+
+    It ends with the reply's shape and then what the names and values in it are taken from:
+    told to keep values exact before a shape of `string (1 to 64 characters)` placeholders, the
+    bundled model filled the shape with its own words (a field's name as every list item)."""
     lines = [
         "You keep a structured memory while reading a long text one piece at a time. You never "
         "see the whole text again: only the memory and the current piece.",
@@ -230,16 +235,19 @@ def static_prefix(
     lines += ["Memory schema (the memory is a JSON object with these fields):",
               *("- " + line for line in schema.outline())]
     lines += [
-        'You change the memory only through revisions {"path", "op", "value"}:', _ops_text(ops),
+        'You change the memory only through revisions {"path", "op", "value"}: the path is the '
+        "field, then a name in it or a list position.", _ops_text(ops),
         "A revision that breaks the schema is rejected.",
     ]
     if variant == "amendments":
         lines.append("The memory is shown as a log of revisions, one per line; later lines "
                      "override earlier ones.")
     lines += [
-        "Propose only revisions this piece justifies, or none when it adds nothing relevant. "
-        "Keep values short and exact: names, numbers and dates as the text gives them.",
         json_instructions(batch),
+        "That shape only says where things go. Every name and value you write is taken from the "
+        "piece: the name of a person, place or thing as the piece writes it, and a short fact "
+        "with the names, numbers and dates the piece gives. Propose only revisions this piece "
+        "justifies, or none when it adds nothing relevant.",
     ]
     return "\n".join(lines)
 
