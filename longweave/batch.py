@@ -233,6 +233,18 @@ def _record(line: bytes) -> BatchRecord | None:
         return None
 
 
+def _key_value(given: Any, validated: Any) -> Any:
+    """An option's value in a record key: a validated number, text or flag, with a whole float
+    written as an integer (`temperature=0`, validated 0.0, keys as it did before options were
+    validated, and so does `max_new=48.0`); anything else as given (a validated schema object
+    has no stable text)."""
+    if isinstance(validated, float) and validated.is_integer():
+        return int(validated)
+    if validated is None or isinstance(validated, str | int | float | bool):
+        return validated
+    return given
+
+
 def options_as_json(options: dict[str, Any]) -> dict[str, Any]:
     """Strategy options as a record holds them: JSON values, anything else by its repr (a
     schema class, say)."""
@@ -368,7 +380,8 @@ class BatchJob:
             strategy = get_strategy(self.strategy, **self.options)
             dump = getattr(strategy, "model_dump", None)
             validated = dump(include=set(self.options)) if dump is not None else self.options
-            self._keyed = (dict(self.options), validated)
+            self._keyed = (dict(self.options), {k: _key_value(v, validated.get(k, v))
+                                                for k, v in self.options.items()})
         return self._keyed[1]
 
     def check(self) -> None:

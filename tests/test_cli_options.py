@@ -299,3 +299,15 @@ def test_an_output_written_before_with_validated_values_keeps_its_keys(
     (record,) = ResultLog(tmp_path / "out.jsonl").records()
     item = BatchItem(document=str(EXAMPLE), question="Where is the spare lamp?")
     assert record.key == item.key("truncate", record.model, {"max_new": 48})
+
+
+def test_a_whole_number_given_for_a_float_keeps_the_key_it_had(
+    model: ScriptedModel, tmp_path: Path
+) -> None:
+    """temperature=0 is validated to 0.0; its key is still the one written before options were
+    validated (the raw 0), so an output of an earlier version resumes."""
+    result = _batch(tmp_path, "--set", "temperature=0")
+    assert result.exit_code == 0, result.output
+    (record,) = ResultLog(tmp_path / "out.jsonl").records()
+    item = BatchItem(document=str(EXAMPLE), question="Where is the spare lamp?")
+    assert record.key == item.key("truncate", record.model, {"temperature": 0})
