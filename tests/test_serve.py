@@ -542,3 +542,25 @@ def test_openai_backend_runs_chain_of_agents_through_the_server() -> None:
     assert answer.usage.calls == chunks + 1
     # the usage comes from the server's replies, counted with the served model's tokenizer
     assert answer.usage.completion_tokens > 0 and answer.usage.prompt_tokens > 300 * chunks
+
+
+def test_listen_binds_as_uvicorn_did() -> None:
+    """`localhost` is IPv4, as uvicorn bound it; `::` takes IPv4 clients too where the system
+    runs dual-stack sockets (it did under uvicorn's own bind)."""
+    from longweave.local_models.server import listen
+
+    (sock,) = listen("localhost", 0)
+    with sock:
+        assert sock.family == socket.AF_INET
+    if not socket.has_ipv6:
+        return
+    try:
+        (sock,) = listen("::", 0)
+    except OSError:  # no IPv6 on this machine
+        return
+    with sock:
+        assert sock.family == socket.AF_INET6
+        if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            return  # the system makes IPv6 sockets IPv6-only
+        with socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=5):
+            pass  # an IPv4 client reaches the server listening on ::

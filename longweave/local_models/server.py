@@ -474,20 +474,18 @@ async def _live_stream(
 
 
 def listen(host: str = "127.0.0.1", port: int = 8000) -> list[socket.socket]:
-    """A socket listening on `port` at the first address `host` resolves to (IPv4 or IPv6), as
-    uvicorn binds one, for `serve` to accept on (a list, as uvicorn takes them). Bound here,
-    once, and listening at once (on Linux a socket that is only bound still lets another
-    server bind the port with SO_REUSEADDR), so no other process can take the port before the
-    server runs; connections made meanwhile wait to be answered. Raises OSError when the
-    address cannot be listened on (a port in use, a host not of this machine)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    """A socket listening on `port` at `host`, made as uvicorn makes its own (IPv6 when the
+    host is written with a colon, so `::` takes IPv4 clients too where the system allows; IPv4
+    otherwise, so `localhost` is 127.0.0.1), for `serve` to accept on (a list, as uvicorn takes
+    them). Bound here, once, and listening at once (on Linux a socket that is only bound still
+    lets another server bind the port with SO_REUSEADDR), so no other process can take the port
+    before the server runs; connections made meanwhile wait to be answered. Raises OSError when
+    the address cannot be listened on (a port in use, a host not of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:  # one family per socket, as asyncio's servers
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen()
     except OSError:
         sock.close()
@@ -506,9 +504,8 @@ def serve(
     import uvicorn
 
     sockets = sockets if sockets is not None else listen(host, port)
-    config = uvicorn.Config(build_app(llm), log_level=log_level)
-    server = uvicorn.Server(config)
     try:
+        server = uvicorn.Server(uvicorn.Config(build_app(llm), log_level=log_level))
         logging.getLogger("uvicorn.error").info(
             "Uvicorn running on %s (Press CTRL+C to quit)", _url(host, sockets))
         server.run(sockets=sockets)
