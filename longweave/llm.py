@@ -63,9 +63,9 @@ def unquote(reply: str, *, indent: bool = False) -> str:
     `indent`: keep the first line's indentation (code: a completed line inside a function body
     is indented); only blank lines and trailing spaces around the reply go."""
     lines = reply.splitlines()
-    while lines and (not lines[0].strip() or _QUOTE_LINE.fullmatch(lines[0])):
+    while lines and (not lines[0].strip() or _QUOTE_LINE.fullmatch(lines[0].strip())):
         lines.pop(0)
-    while lines and (not lines[-1].strip() or _QUOTE_LINE.fullmatch(lines[-1])):
+    while lines and (not lines[-1].strip() or _QUOTE_LINE.fullmatch(lines[-1].strip())):
         lines.pop()
     text = "\n".join(lines)
     return text.rstrip() if indent else text.strip()

@@ -126,6 +126,7 @@ def test_unquote_drops_only_the_outer_quote_lines() -> None:
     assert unquote('\n  \n"""\n    return x\n  y\n"""\n', indent=True) == "    return x\n  y"
     assert unquote('\n    return x  \n', indent=True) == "    return x"
     assert unquote('\n    return x  \n') == "return x"
+    assert unquote('\xa0"""\nkept\n"""\u3000') == "kept"  # any whitespace around a quote line
 
 
 async def test_full_length_cus_never_overflow_the_window() -> None:
