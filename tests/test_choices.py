@@ -62,6 +62,11 @@ def test_the_docstring_examples_run() -> None:
         # a lettered line in the prose above the options: the loader took it for an option
         ("tpo", "Notes:\nA. Lincoln spoke first.\nWho came next?\nA. Grant\nB. Lee\nC. Sherman",
          "B", ["A", "B", "C"], ["Grant", "Lee", "Sherman"], ["B"]),
+        # a gold written as a letter and its text: the letter, not the text's capitals
+        ("tpo", "Which year?\nA. 1989\nB. 1990\nC. 1991", "B. In 1990", ["A", "B", "C"],
+         ["1989", "1990", "1991"], ["B"]),
+        ("coursera", "Which hold?\nA. x\nB. y\nC. z\nD. w", "A, C and D",
+         ["A", "B", "C", "D"], ["x", "y", "z", "w"], ["A", "C", "D"]),
         # prose under the options that starts like one ("D.C. ..."): not an option
         ("tpo", "Where?\nA. Boston\nB. Denver\nC. Austin\nD.C. is not among them.", "C",
          ["A", "B", "C"], ["Boston", "Denver", "Austin"], ["C"]),

@@ -35,6 +35,8 @@ LOCOMO_HINT = 'Answer in a few words; if the conversation does not say, answer "
 
 _NUMBER_OPTION = re.compile(r"^\s*([1-9])\.\s*(.+?)\s*$", re.MULTILINE)
 _EXAM_TASKS = {"quality", "coursera", "tpo"}
+_LEADING_LETTERS = re.compile(r"(?:[A-Z]+(?![a-z])(?:[\s,.;]|and\b)*)*")
+"""Option letters at the start of a gold answer ("ACD", "A, C and D"; "B. In 1990" is B)."""
 
 
 def _options(question: str, pattern: re.Pattern[str]) -> tuple[list[str], list[str]]:
@@ -82,7 +84,8 @@ def _leval_case(name: str, evaluation: str, question: str, gold: str,
         # The options as a strategy reads them (MemWalker answers with these letters only), so
         # the letters scored are the letters a strategy may answer with.
         choices = split_choices(asked)
-        head = gold.split(")")[0] if gold.startswith("(") else gold  # "(B) text", or "ACD"
+        # "(B) text", or letters alone ("ACD", "A, C"): not the capitals of a text after them
+        head = gold.split(")")[0] if gold.startswith("(") else _LEADING_LETTERS.match(gold)[0]
         return EvalCase(question=asked, answers=re.findall(r"[A-Z]", head), metric="option",
                         labels=list(choices.letters) or list("ABCD"),  # none read: L-Eval's four
                         options=[text for _, text in choices.options], multi=multi, **case)
