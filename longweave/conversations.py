@@ -118,11 +118,12 @@ def load_conversation(path: str | Path, which: int | str = 0) -> Conversation:
 def load_conversations(path: str | Path) -> list[Conversation]:
     """Every conversation in a JSONL/JSON turn list, a LoCoMo file or a BEAM chat file."""
     p = Path(path).expanduser()
+    data = read_document_bytes(p)
     try:
-        raw = read_document_bytes(p).decode("utf-8-sig")
+        raw = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DocumentError(p, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-                            hint=_FIX) from None
+        at = exc.start + len(data) - len(exc.object)  # a byte-order mark was read, not decoded
+        raise DocumentError(p, f"not UTF-8 text ({exc.reason} at byte {at})", hint=_FIX) from None
     lines: list[int] | None = None
     if p.suffix.lower() == ".jsonl":
         # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.

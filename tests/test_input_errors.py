@@ -421,6 +421,16 @@ def test_a_named_pipe_inside_a_dataset_folder_is_refused(fifo, tmp_path) -> None
     assert (info.value.path, info.value.problem) == (str(spec), _PIPE)
 
 
+def test_a_named_pipe_among_the_haystack_files_is_refused(fifo, tmp_path) -> None:
+    from longweave.evals.needle import read_haystack
+
+    _write(tmp_path / "a.txt", "Grass is green. " * 50)
+    pipe = fifo("b.txt")
+    with pytest.raises(DocumentError) as info:
+        read_haystack(tmp_path)
+    assert (info.value.path, info.value.problem) == (str(pipe), _PIPE)
+
+
 # -- 9. datasets may start with a byte-order mark, as questions and conversations may -----------
 
 
@@ -455,3 +465,17 @@ def test_a_dataset_that_is_not_utf8_is_named_clearly(tmp_path) -> None:
     with pytest.raises(DocumentError) as info:  # detecting the format reads it too
         _load(latin, tmp_path, None)
     assert info.value.problem == "is not UTF-8 text"
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_a_byte_that_is_not_utf8_is_named_by_its_offset_in_the_file(tmp_path: Path,
+                                                                   bom: bytes) -> None:
+    from longweave.evals.datasets import read_jsonl
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(bom + b'{"speaker": "a", "text": "\xff"}\n')
+    at = len(bom) + 26  # the mark is read, not decoded: the offset still counts it
+    for read in (load_conversations, read_jsonl):
+        with pytest.raises(DocumentError) as info:
+            read(path)
+        assert info.value.problem == f"not UTF-8 text (invalid start byte at byte {at})"

@@ -12,6 +12,7 @@ format, one object per line (`longweave.evals.generic`).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -184,7 +185,9 @@ def _text(path: Path) -> str:
         _stat(path)
         return path.read_text(encoding="utf-8-sig")  # -sig: as questions and conversations
     except UnicodeDecodeError as exc:
-        raise DocumentError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+        with path.open("rb") as file:  # the byte-order mark was read, not decoded
+            at = exc.start + (len(codecs.BOM_UTF8) if file.read(3) == codecs.BOM_UTF8 else 0)
+        raise DocumentError(path, f"not UTF-8 text ({exc.reason} at byte {at})",
                             hint="datasets are JSON or JSONL in UTF-8: convert the file") from None
     except OSError as exc:
         raise DocumentError(path, f"cannot be read ({exc.strerror or exc})",

@@ -131,8 +131,12 @@ def read_haystack(folder: str | Path, pattern: str = "*.txt") -> str:
 
 
 def read_haystack_file(path: Path) -> str:
-    """One haystack file's text; a `DocumentError` naming it when it is not UTF-8 or unreadable."""
+    """One haystack file's text; a `DocumentError` naming it when it is not UTF-8 or unreadable,
+    or a pipe or device (refused before it is opened, which would block)."""
+    from longweave.documents import stat_input
+
     try:
+        stat_input(path, hint="haystack files are UTF-8 text files: save it to one first")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DocumentError(path, "is not UTF-8 text",
