@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from longweave.batch import BatchItem
-from longweave.documents import stat_input
+from longweave.documents import parse_jsonl, stat_input
 from longweave.errors import DocumentError
 
 __all__ = ["Question", "batch_items", "expand_questions", "load_questions"]
@@ -85,14 +84,7 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
 
 
 def _jsonl_rows(p: Path, text: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _bad(p, n, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for n, row in parse_jsonl(p, text, hint=_FIX_ROW):
         if not isinstance(row, dict):
             raise _bad(p, n, f"expected a JSON object, got {type(row).__name__}")
         yield n, row
@@ -144,8 +136,11 @@ def _check_ids(p: Path, questions: Sequence[Question]) -> None:
             raise _bad(p, q.line, f"id {q.id!r} is already used on line {first}")
 
 
+_FIX_ROW = "fix that row of the questions file"
+
+
 def _bad(p: Path, line: int, problem: str) -> DocumentError:
-    return DocumentError(p, f"line {line}: {problem}", hint="fix that row of the questions file")
+    return DocumentError(p, f"line {line}: {problem}", hint=_FIX_ROW)
 
 
 def expand_questions(

@@ -13,14 +13,13 @@ chat saved as JSON (`Session.save("x.json")`, `/save x.json`, or its resume file
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from longweave.documents import Document, read_document_bytes
+from longweave.documents import Document, parse_json, parse_jsonl, read_document_bytes
 from longweave.errors import DocumentError
 
 __all__ = [
@@ -118,20 +117,19 @@ def load_conversation(path: str | Path, which: int | str = 0) -> Conversation:
 def load_conversations(path: str | Path) -> list[Conversation]:
     """Every conversation in a JSONL/JSON turn list, a LoCoMo file or a BEAM chat file."""
     p = Path(path).expanduser()
-    data = read_document_bytes(p)
+    content = read_document_bytes(p)
     try:
-        raw = data.decode("utf-8-sig")
+        raw = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        at = exc.start + len(data) - len(exc.object)  # a byte-order mark was read, not decoded
+        at = exc.start + len(content) - len(exc.object)  # a byte-order mark was read, not decoded
         raise DocumentError(p, f"not UTF-8 text ({exc.reason} at byte {at})", hint=_FIX) from None
     lines: list[int] | None = None
     if p.suffix.lower() == ".jsonl":
-        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.
-        numbered = [(n, line) for n, line in enumerate(raw.split("\n"), 1) if line.strip()]
-        data: Any = [_json(p, line, n) for n, line in numbered]
-        lines = [n for n, _ in numbered]
+        records = parse_jsonl(p, raw, hint=_FIX)
+        data: Any = [record for _, record in records]
+        lines = [n for n, _ in records]
     else:
-        data = _json(p, raw)
+        data = parse_json(p, raw, hint=_FIX)
     try:
         return _parse(data, p.stem, lines)
     except DocumentError as exc:  # named by the file, not by the conversation inside it
@@ -141,15 +139,6 @@ def load_conversations(path: str | Path) -> list[Conversation]:
         # as such, not as a traceback.
         why = f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else str(exc)
         raise DocumentError(p, f"a conversation in it is malformed ({why})", hint=_FIX) from None
-
-
-def _json(p: Path, text: str, line: int = 0) -> Any:
-    """`text` parsed; `line` is where it starts in the file (0: the whole file)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DocumentError(p, f"line {line or exc.lineno}: not valid JSON ({exc.msg} at "
-                               f"column {exc.colno})", hint=_FIX) from None
 
 
 def _parse(data: Any, name: str, lines: list[int] | None = None) -> list[Conversation]:

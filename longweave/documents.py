@@ -9,6 +9,7 @@ import codecs
 import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -117,6 +118,24 @@ def stat_input(path: Path, *, hint: str) -> os.stat_result:
         kind = next((name for test, name in _SPECIAL if test(info.st_mode)), "a special file")
         raise DocumentError(path, f"is {kind}, not a regular file", hint=hint)
     return info
+
+
+def parse_json(path: Path, text: str, *, hint: str, line: int = 0) -> Any:
+    """`text` (from the file at `path`) parsed, or a `DocumentError` naming the line: `line`
+    is where `text` starts in the file, 0 when it is the whole file."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(path, f"line {line or exc.lineno}: not valid JSON ({exc.msg} at "
+                                  f"column {exc.colno})", hint=hint) from None
+
+
+def parse_jsonl(path: Path, text: str, *, hint: str) -> list[tuple[int, Any]]:
+    """The records of JSONL `text`, each with its line in the file: blank lines are skipped but
+    counted, so an error names the line an editor shows. Split at "\n" only, not as
+    `splitlines` does: JSON strings may hold U+2028 and other breaks unescaped."""
+    return [(n, parse_json(path, record, hint=hint, line=n))
+            for n, record in enumerate(text.split("\n"), 1) if record.strip()]
 
 
 def read_document_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:

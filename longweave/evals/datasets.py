@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from longweave.documents import stat_input
+from longweave.documents import parse_json, parse_jsonl, stat_input
 from longweave.errors import ConfigError, DocumentError, choose_from
 
 __all__ = [
@@ -51,6 +51,7 @@ GENERIC_METRICS: tuple[str, ...] = get_args(GenericMetric)
 
 OPTION_HINT = "Answer with the letter of the correct option."
 MULTI_HINT = "Answer with the letters of all correct options."
+_FIX_LINE = "fix that line, or pass the dataset's own file or folder"
 
 
 class EvalCase(BaseModel):
@@ -169,15 +170,12 @@ def read_json(path: Path) -> Any:
     parsed is a `DocumentError` naming its line."""
     if path.suffix.lower() == ".jsonl":
         return [row for _, row in read_jsonl(path)]
-    return _parsed(path, _text(path))
+    return parse_json(path, _text(path), hint=_FIX_LINE)
 
 
 def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """A JSONL file's records, each with its line in the file: blank lines are skipped but
-    counted, so an error names the line an editor shows."""
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other breaks unescaped.
-    return [(n, _parsed(path, line, n))
-            for n, line in enumerate(_text(path).split("\n"), 1) if line.strip()]
+    """A JSONL file's records, each with its line in the file (`documents.parse_jsonl`)."""
+    return parse_jsonl(path, _text(path), hint=_FIX_LINE)
 
 
 def _text(path: Path) -> str:
@@ -198,16 +196,6 @@ def _stat(path: Path) -> os.stat_result:
     """`path`'s stat; a pipe or device is refused before anything opens it (`stat_input`)."""
     return stat_input(path, hint="save the dataset to a file first (e.g. `command > data.jsonl`) "
                                  "and pass that")
-
-
-def _parsed(path: Path, text: str, line: int = 0) -> Any:
-    """`text` parsed; `line` is where it starts in the file (0: the whole file)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DocumentError(
-            path, f"line {line or exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
-            hint="fix that line, or pass the dataset's own file or folder") from None
 
 
 def _first_record(path: Path) -> Any:
