@@ -169,13 +169,21 @@ def unreachable(exc: BaseException) -> bool:
 
     Told by the HTTP library's exception names along the cause chain: the openai client's
     transport may be httpx or a renamed copy of it, whose classes are not httpx's."""
+    return raised_from(exc, lambda e: type(e).__name__ in ("ConnectError", "ConnectTimeout"))
+
+
+def raised_from(exc: BaseException, matches: Callable[[BaseException], bool], *,
+                context: bool = False, depth: int = 5) -> bool:
+    """Whether `exc`, or an error it was raised from (`__cause__`, looking `depth` errors
+    deep), `matches`. `context`: follow the error being handled when it was raised too
+    (`__context__`), which an error raised `from None` keeps though tracebacks hide it."""
     seen: BaseException | None = exc
-    for _ in range(5):
+    for _ in range(depth):
         if seen is None:
             return False
-        if type(seen).__name__ in ("ConnectError", "ConnectTimeout"):
+        if matches(seen):
             return True
-        seen = seen.__cause__
+        seen = seen.__cause__ or (seen.__context__ if context else None)
     return False
 
 

@@ -158,7 +158,7 @@ def _marks(highlight: list[str], structure: object) -> list[object]:
         guess = f"did you mean {' or '.join(close)}? " if close else ""
         raise ConfigError(f"--highlight {', '.join(unknown)}: no such key element in this graph",
                           hint=f"{guess}give a key element as the page names its nodes")
-    return list(marks)
+    return marks
 
 
 def _describe(structure: object) -> str:

@@ -28,6 +28,7 @@ from longweave.errors import (
     MissingDependency,
     ModelError,
     ParseError,
+    raised_from,
 )
 from longweave.events import token_sink
 from longweave.llm import LLM, Completion, Message
@@ -285,15 +286,8 @@ def _timed_out(exc: BaseException) -> bool:
     """Whether a timeout is what `exc` was raised from or while handling. Backends end their
     retries with an error raised `from None`, which hides the timeout from tracebacks but
     keeps it as the context: a TimeoutError, or an HTTP library's *Timeout class."""
-    seen: BaseException | None = exc
-    for _ in range(6):
-        if seen is None:
-            return False
-        if isinstance(seen, TimeoutError) or type(seen).__name__.endswith(
-                ("Timeout", "TimeoutError")):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return raised_from(exc, lambda e: isinstance(e, TimeoutError) or type(e).__name__.endswith(
+        ("Timeout", "TimeoutError")), context=True, depth=6)
 
 
 def _unparsed(llm: LLM, call: dict[str, Any], error: ParseError) -> Completion:
