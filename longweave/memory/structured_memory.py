@@ -97,6 +97,10 @@ _SCHEMA_HINT = (
 """What every error about a JSON or pydantic memory schema ends with."""
 
 
+def _schema_error(message: str) -> ConfigError:
+    return ConfigError(message, hint=_SCHEMA_HINT)
+
+
 def from_model(model: type[BaseModel]) -> TypeNode:
     """The schema of a pydantic model (through its JSON schema, so nothing is executed)."""
     return from_json_schema(model.model_json_schema())
@@ -106,8 +110,7 @@ def from_json_schema(schema: dict[str, Any]) -> TypeNode:
     """Convert a JSON schema of objects, arrays, string-keyed maps and scalars; ConfigError else."""
     root = _convert(schema, schema.get("$defs", schema.get("definitions", {})), depth=0)
     if root.kind != "object" or not root.fields:
-        raise ConfigError("a memory schema must be an object with at least one field",
-                          hint=_SCHEMA_HINT)
+        raise _schema_error("a memory schema must be an object with at least one field")
     return root
 
 
@@ -117,25 +120,22 @@ _SCALARS: dict[str, Kind] = {"string": "str", "integer": "int", "number": "float
 
 def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int) -> TypeNode:
     if depth > 8:
-        raise ConfigError("the memory schema nests deeper than 8 levels (recursive?)",
-                          hint=_SCHEMA_HINT)
+        raise _schema_error("the memory schema nests deeper than 8 levels (recursive?)")
     if not isinstance(node, dict):
-        raise ConfigError(f"the memory schema has {json.dumps(node)[:120]} where a type belongs",
-                          hint=_SCHEMA_HINT)
+        raise _schema_error(
+            f"the memory schema has {json.dumps(node)[:120]} where a type belongs")
     desc = str(node.get("description", ""))[:200]
     if "$ref" in node:
         target = defs.get(node["$ref"].rsplit("/", 1)[-1])
         if target is None:
-            raise ConfigError(f"unresolved $ref {node['$ref']!r} in the memory schema",
-                              hint=_SCHEMA_HINT)
+            raise _schema_error(f"unresolved $ref {node['$ref']!r} in the memory schema")
         inner = _convert(target, defs, depth + 1)
         return TypeNode(inner.kind, inner.item, inner.fields, desc or inner.description)
     for key in ("anyOf", "oneOf"):
         if key in node:  # Optional[X] is X: an absent path already means "unknown"
             options = [o for o in node[key] if not isinstance(o, dict) or o.get("type") != "null"]
             if len(options) != 1:
-                raise ConfigError("memory schema unions other than Optional are not supported",
-                                  hint=_SCHEMA_HINT)
+                raise _schema_error("memory schema unions other than Optional are not supported")
             inner = _convert(options[0], defs, depth + 1)
             return TypeNode(inner.kind, inner.item, inner.fields, desc or inner.description)
     kind = node.get("type")
@@ -151,10 +151,9 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], depth: int) -> TypeNode
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             return TypeNode("map", _convert(extra, defs, depth + 1), description=desc)
-        raise ConfigError(f"an object without properties in the memory schema: "
-                          f"{json.dumps(node)[:120]}", hint=_SCHEMA_HINT)
-    raise ConfigError(f"unsupported type in the memory schema: {json.dumps(node)[:120]}",
-                      hint=_SCHEMA_HINT)
+        raise _schema_error(f"an object without properties in the memory schema: "
+                            f"{json.dumps(node)[:120]}")
+    raise _schema_error(f"unsupported type in the memory schema: {json.dumps(node)[:120]}")
 
 
 def load_schema_file(path: str | Path) -> TypeNode:
@@ -165,7 +164,7 @@ def load_schema_file(path: str | Path) -> TypeNode:
         raise ConfigError(f"cannot read the memory schema {path}: {exc}",
                           hint=f"give a JSON file: {_SCHEMA_HINT}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"the memory schema {path} is not a JSON object", hint=_SCHEMA_HINT)
+        raise _schema_error(f"the memory schema {path} is not a JSON object")
     return from_json_schema(data)
 
 
